@@ -1,0 +1,1 @@
+//! gate-face (being written).

@@ -1,0 +1,1 @@
+//! gate-fleet (being written).

@@ -1,0 +1,1 @@
+//! gate-hw (being written).

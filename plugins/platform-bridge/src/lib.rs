@@ -1,0 +1,1 @@
+//! platform-bridge (being written).

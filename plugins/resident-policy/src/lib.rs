@@ -1,0 +1,1 @@
+//! resident-policy (being written).

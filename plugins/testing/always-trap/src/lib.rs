@@ -1,0 +1,1 @@
+//! always-trap (being written).

@@ -1,0 +1,1 @@
+//! deep-recursion (being written).

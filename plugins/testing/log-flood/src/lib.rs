@@ -1,0 +1,1 @@
+//! log-flood (being written).

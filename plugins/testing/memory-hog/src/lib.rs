@@ -1,0 +1,1 @@
+//! memory-hog (being written).

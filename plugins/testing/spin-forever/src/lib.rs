@@ -1,0 +1,1 @@
+//! spin-forever (being written).

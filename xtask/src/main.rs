@@ -1,0 +1,108 @@
+//! `cargo xtask`: the one place that orchestrates the mixed host / wasm build,
+//! so a newcomer never builds plugins or fetches models by hand.
+
+mod broker;
+mod models;
+mod plugins;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(about = "Build orchestration for the gate workspace")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the wasm target, build every plugin, fetch and verify models, install the test broker.
+    Setup,
+    /// Build every plugin for wasm32-wasip2 into target/plugins/.
+    Plugins,
+    /// Fetch and verify the face models and ONNX Runtime into models/.
+    Models,
+    /// Set up, then run the demo gateway serving a recorded morning through the real plugins.
+    Demo {
+        /// Extra arguments passed to `gate run`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test.
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the benchmarks reported in the README.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::Setup => setup(&root, true),
+        Cmd::Plugins => plugins::build_all(&root),
+        Cmd::Models => models::fetch(&root),
+        Cmd::Demo { args } => {
+            setup(&root, false)?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root).args([
+                "run", "--release", "--quiet", "-p", "gate", "--", "run", "--config",
+                "configs/demo-site.toml", "--trace", "tests/traces/morning.jsonl",
+            ]);
+            cmd.args(args);
+            run(&mut cmd)
+        }
+        Cmd::Test { args } => {
+            setup(&root, true)?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root).args(["test", "--release", "--workspace"]);
+            cmd.args(args);
+            run(&mut cmd)
+        }
+        Cmd::Bench => {
+            setup(&root, false)?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root).args([
+                "run", "--release", "--quiet", "-p", "gate", "--", "bench", "--config",
+                "configs/demo-site.toml",
+            ]);
+            run(&mut cmd)
+        }
+    }
+}
+
+/// Everything a fresh machine with only the Rust toolchain needs; each step is idempotent.
+fn setup(root: &Path, for_tests: bool) -> Result<()> {
+    plugins::ensure_wasm_target()?;
+    plugins::build_all(root)?;
+    models::fetch(root)?;
+    if for_tests {
+        broker::ensure_installed()?;
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        anyhow::bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}

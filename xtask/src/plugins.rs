@@ -1,0 +1,56 @@
+//! Builds the guest plugins for wasm32-wasip2 and collects them in target/plugins/.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::Command;
+
+/// Every plugin crate in the workspace; each becomes target/plugins/<name>.wasm.
+pub const PLUGINS: &[&str] = &[
+    "resident-policy",
+    "platform-bridge",
+    "spin-forever",
+    "memory-hog",
+    "deep-recursion",
+    "always-trap",
+    "log-flood",
+    "garbage-decision",
+];
+
+const TARGET: &str = "wasm32-wasip2";
+
+/// Installs the wasm32-wasip2 standard library through rustup when it is missing.
+pub fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustc").args(["--print", "sysroot"]).output().context("running rustc")?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if Path::new(&sysroot).join("lib/rustlib").join(TARGET).exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {TARGET} target with rustup");
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .context("running rustup (needed to add the wasm32-wasip2 target)")?;
+    if !status.success() {
+        bail!("rustup target add {TARGET} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds all plugins with the size-optimised `plugin` profile.
+pub fn build_all(root: &Path) -> Result<()> {
+    let mut cmd = super::cargo();
+    cmd.current_dir(root).args(["build", "--quiet", "--profile", "plugin", "--target", TARGET]);
+    for p in PLUGINS {
+        cmd.args(["-p", p]);
+    }
+    super::run(&mut cmd).context("building plugins")?;
+    let out_dir = root.join("target/plugins");
+    std::fs::create_dir_all(&out_dir)?;
+    for p in PLUGINS {
+        let file = format!("{}.wasm", p.replace('-', "_"));
+        let src = root.join("target").join(TARGET).join("plugin").join(&file);
+        let dst = out_dir.join(format!("{p}.wasm"));
+        std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(())
+}
