@@ -1,1 +1,60 @@
-//! Plugin SDK (being written).
+//! SDK for gate plugins: the generated bindings of `gate:plugin@0.1.0` (both worlds) plus
+//! small pure helpers (schedules, typed settings, a typed kv wrapper, logging shorthands).
+//!
+//! A policy plugin implements [`Policy`] and calls [`export_policy!`]; an integration plugin
+//! implements [`Handler`] and calls [`export_integration!`]. See `plugins/README.md`.
+
+// Lets the generated code name this crate the same way from inside and from plugin crates.
+extern crate self as gate_plugin_sdk;
+
+#[doc(hidden)]
+pub use wit_bindgen::rt as __rt;
+
+/// Bindings of the `policy-plugin` world: shared types, log/clock/kv/config imports, `policy` export.
+pub mod policy {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "gate:plugin/policy-plugin@0.1.0",
+        runtime_path: "gate_plugin_sdk::__rt",
+        pub_export_macro: true,
+        export_macro_name: "export_policy",
+        default_bindings_module: "gate_plugin_sdk::policy",
+        additional_derives: [PartialEq],
+    });
+}
+
+/// Bindings of the `integration-plugin` world; it reuses the shared interfaces of [`policy`]
+/// so both worlds speak the same Rust types.
+pub mod integration {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "gate:plugin/integration-plugin@0.1.0",
+        runtime_path: "gate_plugin_sdk::__rt",
+        pub_export_macro: true,
+        export_macro_name: "export_integration",
+        default_bindings_module: "gate_plugin_sdk::integration",
+        additional_derives: [PartialEq],
+        with: {
+            "gate:plugin/types@0.1.0": crate::policy::gate::plugin::types,
+            "gate:plugin/log@0.1.0": crate::policy::gate::plugin::log,
+            "gate:plugin/clock@0.1.0": crate::policy::gate::plugin::clock,
+            "gate:plugin/kv@0.1.0": crate::policy::gate::plugin::kv,
+            "gate:plugin/config@0.1.0": crate::policy::gate::plugin::config,
+        },
+    });
+}
+
+pub use integration::exports::gate::plugin::handler::Guest as Handler;
+pub use integration::gate::plugin::publish;
+pub use policy::exports::gate::plugin::policy::Guest as Policy;
+pub use policy::gate::plugin::{clock, config, kv, log, types};
+
+pub mod logging;
+pub mod names;
+pub mod schedule;
+pub mod settings;
+pub mod store;
+
+pub use schedule::{Schedule, ScheduleError};
+pub use settings::{Settings, SettingsError};
+pub use store::{HostKv, KvStore, MemoryKv, TypedKv};
