@@ -175,7 +175,7 @@ mod tests {
                 self.door.relay(change.energised, change.at_us);
             }
             if let Some(edge) = self.contact.sample(at).expect("contact") {
-                self.out.extend(self.door.contact(edge.active, edge.at_us));
+                self.out.extend(self.door.contact(edge.active, edge.changed_at_us));
             }
             self.out.extend(self.door.poll(at));
         }

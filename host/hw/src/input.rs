@@ -12,8 +12,10 @@ pub struct InputEdge {
     pub input: String,
     /// `true` = the input became active (door open, button pressed, alarm on).
     pub active: bool,
-    /// When the new level was first seen (it then held for the whole debounce time).
+    /// When the level became stable: first seen plus the debounce time (the moment it is known).
     pub at_us: u64,
+    /// When the new level was first seen (the physical change, give or take sampling).
+    pub changed_at_us: u64,
 }
 
 /// A digital input that reports a change only after the level held for `debounce_us`.
@@ -52,8 +54,9 @@ impl<P: InputPin> DebouncedInput<P> {
         if now_us.saturating_sub(since) >= self.debounce_us {
             self.active = active;
             self.candidate = None;
-            tracing::debug!(input = %self.name, active, at_us = since, "input changed");
-            return Ok(Some(InputEdge { input: self.name.clone(), active, at_us: since }));
+            let at_us = since + self.debounce_us;
+            tracing::debug!(input = %self.name, active, at_us, "input changed");
+            return Ok(Some(InputEdge { input: self.name.clone(), active, at_us, changed_at_us: since }));
         }
         Ok(None)
     }
@@ -99,13 +102,13 @@ mod tests {
         for t in times {
             edges.extend(input.sample(t * 1_000).expect("mock pin"));
         }
-        assert_eq!(edges, vec![InputEdge { input: "north-contact".into(), active: true, at_us: 8_000 }]);
+        assert_eq!(edges, vec![InputEdge { input: "north-contact".into(), active: true, at_us: 28_000, changed_at_us: 8_000 }]);
         assert!(input.is_active());
         input.into_pin().done();
     }
 
     #[test]
-    fn active_high_release_is_reported_with_the_time_it_began() {
+    fn active_high_changes_are_stamped_when_they_became_stable() {
         use State::{High as H, Low as L};
         let mut input = DebouncedInput::new("fire", mock(&[H, H, L, H, L, L]), true, 1_000);
         let mut edges = Vec::new();
@@ -115,8 +118,8 @@ mod tests {
         assert_eq!(
             edges,
             vec![
-                InputEdge { input: "fire".into(), active: true, at_us: 0 },
-                InputEdge { input: "fire".into(), active: false, at_us: 6_000 },
+                InputEdge { input: "fire".into(), active: true, at_us: 1_000, changed_at_us: 0 },
+                InputEdge { input: "fire".into(), active: false, at_us: 7_000, changed_at_us: 6_000 },
             ]
         );
         input.into_pin().done();

@@ -60,6 +60,16 @@ pub enum WiegandFrame {
     Key(Key),
 }
 
+/// A closed frame and when it closed (end of the last pulse plus the frame gap, whenever
+/// it was polled), so decoding gives the same times live and in virtual time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameOutcome {
+    /// When the frame closed.
+    pub at_us: u64,
+    /// The frame, or why it was rejected.
+    pub result: Result<WiegandFrame, RejectReason>,
+}
+
 /// Which parity bit of a card frame failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ParityHalf {
@@ -188,7 +198,7 @@ impl WiegandDecoder {
         line: WiegandLine,
         level: bool,
         at_us: u64,
-    ) -> Option<Result<WiegandFrame, RejectReason>> {
+    ) -> Option<FrameOutcome> {
         let finished = self.poll(at_us);
         let i = line.index();
         if !level {
@@ -225,7 +235,7 @@ impl WiegandDecoder {
     }
 
     /// Ends the frame in progress if the line has been quiet for the frame gap.
-    pub fn poll(&mut self, now_us: u64) -> Option<Result<WiegandFrame, RejectReason>> {
+    pub fn poll(&mut self, now_us: u64) -> Option<FrameOutcome> {
         let gap = u64::from(self.timing.frame_gap_us);
         // A line held low for a whole frame gap is not a pulse: spoil and close the frame.
         for (i, line) in [WiegandLine::D0, WiegandLine::D1].into_iter().enumerate() {
@@ -236,7 +246,7 @@ impl WiegandDecoder {
                     if self.spoilt.is_none() {
                         self.spoilt = Some(RejectReason::LongPulse { line, width_us: width });
                     }
-                    return Some(self.finish());
+                    return Some(self.finish(start + gap));
                 }
             }
         }
@@ -245,7 +255,7 @@ impl WiegandDecoder {
         }
         let last = self.last_activity_us?;
         if (self.nbits > 0 || self.spoilt.is_some()) && now_us.saturating_sub(last) >= gap {
-            return Some(self.finish());
+            return Some(self.finish(last + gap));
         }
         None
     }
@@ -263,7 +273,7 @@ impl WiegandDecoder {
         None
     }
 
-    fn finish(&mut self) -> Result<WiegandFrame, RejectReason> {
+    fn finish(&mut self, at_us: u64) -> FrameOutcome {
         let result = match self.spoilt.take() {
             Some(reason) => Err(reason),
             None => decode_bits(self.value, self.nbits),
@@ -293,7 +303,7 @@ impl WiegandDecoder {
                 tracing::warn!(reader = %self.reader, reason = reason.name(), detail = ?reason, "wiegand frame rejected");
             }
         }
-        result
+        FrameOutcome { at_us, result }
     }
 }
 
@@ -356,7 +366,7 @@ impl<D0: InputPin, D1: InputPin> WiegandReader<D0, D1> {
     }
 
     /// Reads both lines, decodes any change, and returns frames that ended by `now_us`.
-    pub fn sample(&mut self, now_us: u64) -> Result<Vec<Result<WiegandFrame, RejectReason>>, HwError> {
+    pub fn sample(&mut self, now_us: u64) -> Result<Vec<FrameOutcome>, HwError> {
         let name = self.decoder.reader().to_owned();
         let d0 = self.d0.is_high().map_err(|e| HwError::pin(&format!("reader {name} D0"), "read", e))?;
         let d1 = self.d1.is_high().map_err(|e| HwError::pin(&format!("reader {name} D1"), "read", e))?;
@@ -389,6 +399,7 @@ mod tests {
     use embedded_hal_mock::eh1::digital::{Mock, State, Transaction};
 
     fn run(bits: &[bool]) -> (Vec<Result<WiegandFrame, RejectReason>>, WiegandStats) {
+        let gap = u64::from(WiegandTiming::default().frame_gap_us);
         let mut dec = WiegandDecoder::new("t", WiegandTiming::default());
         let edges = pulse_train(bits, 1_000, PulseTiming::default(), "d0", "d1");
         let mut out = Vec::new();
@@ -397,8 +408,11 @@ mod tests {
             out.extend(dec.edge(line, e.level, e.at_us));
         }
         assert!(dec.poll(edges.last().map_or(0, |e| e.at_us) + 1_000).is_none(), "frame ended too early");
-        out.extend(dec.poll(10_000_000));
-        (out, dec.stats())
+        let last = edges.last().map_or(0, |e| e.at_us);
+        let closed = dec.poll(10_000_000);
+        assert_eq!(closed.as_ref().map(|c| c.at_us), Some(last + gap), "frame time is pulse end + gap, not poll time");
+        out.extend(closed);
+        (out.into_iter().map(|o| o.result).collect(), dec.stats())
     }
 
     #[test]
@@ -476,6 +490,7 @@ mod tests {
             out.extend(dec.edge(line, e.level, e.at_us));
         }
         out.extend(dec.poll(1_000_000));
+        let out: Vec<_> = out.into_iter().map(|o| o.result).collect();
         assert_eq!(out, vec![Ok(WiegandFrame::Card { bits: 26, facility: 10, number: 20 })]);
         assert_eq!(dec.stats().glitches, 2);
     }
@@ -487,12 +502,12 @@ mod tests {
         dec.edge(WiegandLine::D1, false, 10);
         dec.edge(WiegandLine::D0, true, 50);
         dec.edge(WiegandLine::D1, true, 60);
-        assert_eq!(dec.poll(100_000), Some(Err(RejectReason::BothLinesActive)));
+        assert_eq!(dec.poll(100_000), Some(FrameOutcome { at_us: 25_060, result: Err(RejectReason::BothLinesActive) }));
         // D1 held low: the frame is closed after one frame gap, not left hanging.
         dec.edge(WiegandLine::D1, false, 200_000);
         assert_eq!(dec.next_deadline(), Some(225_000));
         assert_eq!(dec.poll(224_999), None);
-        assert!(matches!(dec.poll(225_000), Some(Err(RejectReason::LongPulse { line: WiegandLine::D1, .. }))));
+        assert!(matches!(dec.poll(225_000), Some(FrameOutcome { at_us: 225_000, result: Err(RejectReason::LongPulse { line: WiegandLine::D1, .. }) })));
         assert_eq!(dec.stats().both_lines_active, 1);
         assert_eq!(dec.stats().long_pulses, 1);
     }
@@ -508,6 +523,9 @@ mod tests {
             }
         }
         out.extend(dec.poll(1_000_000));
+        let times: Vec<u64> = out.iter().map(|o| o.at_us).collect();
+        assert_eq!(times, vec![6_050 + 25_000, 106_050 + 25_000]);
+        let out: Vec<_> = out.into_iter().map(|o| o.result).collect();
         assert_eq!(out, vec![Ok(WiegandFrame::Key(Key::Digit(1))), Ok(WiegandFrame::Key(Key::Digit(2)))]);
     }
 
@@ -526,7 +544,7 @@ mod tests {
             out.extend(reader.sample(t).expect("mock pins read"));
             let _ = i;
         }
-        assert_eq!(out, vec![Ok(WiegandFrame::Key(Key::Digit(1)))]);
+        assert_eq!(out, vec![FrameOutcome { at_us: 31_050, result: Ok(WiegandFrame::Key(Key::Digit(1))) }]);
         reader.d0.done();
         reader.d1.done();
 
