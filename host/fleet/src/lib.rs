@@ -10,6 +10,8 @@ pub mod bundle;
 pub mod commands;
 pub mod deploy;
 pub mod keys;
+pub mod link;
 pub mod messages;
+pub mod outbox;
 pub mod store;
 pub mod topics;

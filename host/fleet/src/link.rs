@@ -1,0 +1,672 @@
+//! The gateway's MQTT link (rumqttc): TLS via rustls with a CA file and optional client
+//! certificate, or username / password; reconnect with exponential back-off; the
+//! retained birth status and the last-will death status; subscriptions to jobs and
+//! commands; draining the [`Outbox`] with QoS 1 (cursor advanced on PUBACK); and the
+//! rate-limited publish path for integration plugins.
+//!
+//! One task owns the rumqttc event loop and all link state ([`LinkState`]); the host
+//! talks to it through a cloneable [`LinkHandle`] and receives [`Inbound`] messages.
+
+use crate::messages::{now_ms, JobStatus, Status};
+use crate::outbox::{Outbox, OutboxError};
+use crate::topics::{GatewayTopics, TopicError};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+
+/// TLS files for the broker connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM client certificate chain, for brokers that require client certificates.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Where and how to reach the broker (the site configuration's `[fleet.broker]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// MQTT keep-alive, seconds (the broker declares the client dead after 1.5×).
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+}
+
+fn default_keep_alive() -> u64 {
+    15
+}
+
+/// Largest MQTT packet either side of the link handles (bundles travel as one message).
+pub const MAX_PACKET_BYTES: usize = 40 * 1024 * 1024;
+
+/// Problems setting up or running the link.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error("TLS file {path}: {why}")]
+    TlsFile { path: String, why: String },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("the MQTT client's request queue is closed")]
+    Closed,
+}
+
+fn tls_config(t: &TlsFiles) -> Result<rustls::ClientConfig, LinkError> {
+    let file_err = |p: &PathBuf, why: String| LinkError::TlsFile { path: p.display().to_string(), why };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&t.ca).map_err(|e| file_err(&t.ca, e.to_string()))?;
+    for c in certs {
+        let c = c.map_err(|e| file_err(&t.ca, e.to_string()))?;
+        roots.add(c).map_err(|e| file_err(&t.ca, e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(&t.ca, "no CERTIFICATE in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&t.client_cert, &t.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain: Result<Vec<_>, _> = CertificateDer::pem_file_iter(cert).map_err(|e| file_err(cert, e.to_string()))?.collect();
+            let chain = chain.map_err(|e| file_err(cert, e.to_string()))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| LinkError::Tls(e.to_string()))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(LinkError::Tls("client_cert and client_key go together".into())),
+    }
+}
+
+/// rumqttc options for `broker` with `client_id`: clean session, TLS and credentials
+/// as configured, packet limit [`MAX_PACKET_BYTES`].
+pub fn mqtt_options(broker: &BrokerConfig, client_id: &str) -> Result<MqttOptions, LinkError> {
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    o.set_keep_alive(Duration::from_secs(broker.keep_alive_secs.max(1)));
+    o.set_clean_session(true);
+    o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some(t) = &broker.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(t)?))));
+    }
+    if let (Some(u), Some(p)) = (&broker.username, &broker.password) {
+        o.set_credentials(u.clone(), p.clone());
+    }
+    Ok(o)
+}
+
+/// Exponential back-off between reconnect attempts, with ±20 % jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(250), max: Duration::from_secs(30) }
+    }
+}
+
+impl Backoff {
+    /// Delay before attempt `attempt` (0-based) without jitter.
+    pub fn base_delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+    /// Delay with jitter, so a fleet that lost the broker together does not return together.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        use rand_core::RngCore;
+        let base = self.base_delay(attempt).as_millis() as u64;
+        let spread = base / 5;
+        let jitter = if spread == 0 { 0 } else { rand_core::OsRng.next_u64() % (2 * spread + 1) };
+        Duration::from_millis(base - spread + jitter)
+    }
+}
+
+/// Publish limits of one integration plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    pub per_second: u32,
+    pub burst: u32,
+    pub max_payload: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self { per_second: 20, burst: 40, max_payload: 64 * 1024 }
+    }
+}
+
+/// Why a plugin's publish was refused (maps 1:1 onto the WIT `publish-error`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PluginPublishError {
+    #[error("invalid topic: {0}")]
+    InvalidTopic(#[from] TopicError),
+    #[error("publish rate limit exceeded")]
+    RateLimited,
+    #[error("payload of {0} bytes is larger than the plugin's limit")]
+    PayloadTooLarge(usize),
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+/// Link settings.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub broker: BrokerConfig,
+    pub site: String,
+    pub gateway: String,
+    /// MQTT client id; defaults to `gate-{site}-{gateway}`.
+    pub client_id: Option<String>,
+    pub backoff: Backoff,
+    /// Most outbox events in flight (published, not yet acknowledged).
+    pub window: usize,
+    pub plugin_limits: PluginLimits,
+}
+
+impl LinkConfig {
+    pub fn new(broker: BrokerConfig, site: &str, gateway: &str) -> Self {
+        Self { broker, site: site.into(), gateway: gateway.into(), client_id: None, backoff: Backoff::default(), window: 256, plugin_limits: PluginLimits::default() }
+    }
+}
+
+/// Messages for the host from the operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A job request (raw JSON of a [`crate::messages::JobRequest`]) on `jobs/{job_id}`.
+    Job { job_id: String, payload: Vec<u8> },
+    /// A signed command on `cmd/{id}`.
+    Command { id: String, payload: Vec<u8> },
+}
+
+/// Where the link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Opening the connection (attempt number).
+    Connecting { attempt: u32 },
+    Connected,
+    /// Waiting out the back-off before the next attempt.
+    Waiting { attempt: u32, until: Instant },
+    Stopped,
+}
+
+/// Counters the host can show (and tests and benchmarks use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkSnapshot {
+    pub connected: bool,
+    /// Successful connections so far.
+    pub connects: u64,
+    /// Outbox events acknowledged by the broker.
+    pub events_acked: u64,
+    /// Highest event seq acknowledged.
+    pub cursor: i64,
+    /// Plugin messages dropped because the link was down.
+    pub plugin_dropped: u64,
+}
+
+enum Request {
+    JobStatus(JobStatus),
+    Reply { id: String, payload: Vec<u8> },
+    Status(Box<Status>),
+    Plugin { topic: String, payload: Vec<u8> },
+    Shutdown,
+}
+
+/// The host's side of the link. Cheap to clone.
+#[derive(Clone)]
+pub struct LinkHandle {
+    tx: mpsc::UnboundedSender<Request>,
+    events: Arc<Notify>,
+    topics: GatewayTopics,
+    limits: PluginLimits,
+    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    snapshot: watch::Receiver<LinkSnapshot>,
+}
+
+impl LinkHandle {
+    /// Tells the link new rows were written to the event log.
+    pub fn events_appended(&self) {
+        self.events.notify_one();
+    }
+    /// Publishes (retained) a job's progress; kept and sent on reconnect if offline.
+    pub fn publish_job_status(&self, s: &JobStatus) {
+        let _ = self.tx.send(Request::JobStatus(s.clone()));
+    }
+    /// Publishes a command reply (kept and sent on reconnect if offline).
+    pub fn publish_reply(&self, r: &crate::commands::CommandReply) {
+        let _ = self.tx.send(Request::Reply { id: r.id.clone(), payload: serde_json::to_vec(r).unwrap_or_default() });
+    }
+    /// Replaces the status: published retained now, and the death message from the next connect.
+    pub fn update_status(&self, s: Status) {
+        let _ = self.tx.send(Request::Status(Box::new(s)));
+    }
+    /// An integration plugin publishes `payload` to `topic` under its `prefix`: topic
+    /// checked, payload size and rate limited; QoS 0, dropped (and counted) while offline.
+    pub fn plugin_publish(&self, prefix: &str, topic: &str, payload: Vec<u8>) -> Result<(), PluginPublishError> {
+        let full = self.topics.plugin_out(prefix, topic)?;
+        if payload.len() > self.limits.max_payload {
+            return Err(PluginPublishError::PayloadTooLarge(payload.len()));
+        }
+        {
+            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            let b = buckets.entry(prefix.to_string()).or_insert(Bucket { tokens: self.limits.burst as f64, at: now });
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.limits.per_second as f64).min(self.limits.burst as f64);
+            b.at = now;
+            if b.tokens < 1.0 {
+                return Err(PluginPublishError::RateLimited);
+            }
+            b.tokens -= 1.0;
+        }
+        let _ = self.tx.send(Request::Plugin { topic: full, payload });
+        Ok(())
+    }
+    /// Publishes an offline status, disconnects and ends [`Link::run`].
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown);
+    }
+    /// The latest counters.
+    pub fn snapshot(&self) -> LinkSnapshot {
+        *self.snapshot.borrow()
+    }
+    /// Waits until the counters satisfy `pred` or `timeout` passes; returns the last snapshot.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&LinkSnapshot) -> bool) -> Result<LinkSnapshot, LinkSnapshot> {
+        let mut rx = self.snapshot.clone();
+        let res = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await;
+        match res {
+            Ok(Ok(s)) => Ok(*s),
+            _ => Err(*self.snapshot.borrow()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tag {
+    Event(i64),
+    Job(String),
+    Reply(String),
+    Other,
+}
+
+/// The link task: owns the rumqttc client and event loop, the outbox and the state.
+pub struct Link {
+    cfg: LinkConfig,
+    topics: GatewayTopics,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    outbox: Outbox,
+    state: LinkState,
+    status: Status,
+    rx: mpsc::UnboundedReceiver<Request>,
+    events: Arc<Notify>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+    snapshot_tx: watch::Sender<LinkSnapshot>,
+    snap: LinkSnapshot,
+    /// Tags of publishes handed to rumqttc, in order; matched to packet ids on send.
+    sent: VecDeque<Tag>,
+    by_pkid: HashMap<u16, Tag>,
+    pending_jobs: BTreeMap<String, JobStatus>,
+    pending_replies: BTreeMap<String, Vec<u8>>,
+}
+
+impl Link {
+    /// Builds the link (it connects when [`Link::run`] is awaited). `status` is the first
+    /// birth message; its offline twin is the last will.
+    pub fn new(cfg: LinkConfig, outbox: Outbox, status: Status) -> Result<(Link, LinkHandle, mpsc::UnboundedReceiver<Inbound>), LinkError> {
+        let topics = GatewayTopics::new(&cfg.site, &cfg.gateway)?;
+        let client_id = cfg.client_id.clone().unwrap_or_else(|| format!("gate-{}-{}", cfg.site, cfg.gateway));
+        let opts = mqtt_options(&cfg.broker, &client_id)?;
+        let (client, eventloop) = AsyncClient::new(opts, cfg.window + 256);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let snap = LinkSnapshot { cursor: outbox.cursor(), ..Default::default() };
+        let (snapshot_tx, snapshot) = watch::channel(snap);
+        let events = Arc::new(Notify::new());
+        let handle = LinkHandle { tx, events: events.clone(), topics: topics.clone(), limits: cfg.plugin_limits, buckets: Arc::default(), snapshot };
+        let link = Link {
+            cfg,
+            topics,
+            client,
+            eventloop,
+            outbox,
+            state: LinkState::Connecting { attempt: 0 },
+            status,
+            rx,
+            events,
+            inbound: in_tx,
+            snapshot_tx,
+            snap,
+            sent: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            pending_jobs: BTreeMap::new(),
+            pending_replies: BTreeMap::new(),
+        };
+        Ok((link, handle, in_rx))
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    fn death(&self) -> Vec<u8> {
+        let mut d = self.status.clone();
+        d.online = false;
+        serde_json::to_vec(&d).unwrap_or_default()
+    }
+
+    fn publish(&mut self, tag: Tag, topic: String, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
+        match self.client.try_publish(topic, qos, retain, payload) {
+            Ok(()) => {
+                self.sent.push_back(tag);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT request queue full; message will be retried");
+                false
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let mut s = self.status.clone();
+        s.online = true;
+        s.at_ms = now_ms();
+        s.outbox = self.outbox.stats().ok();
+        let payload = serde_json::to_vec(&s).unwrap_or_default();
+        let topic = self.topics.status();
+        self.publish(Tag::Other, topic, QoS::AtLeastOnce, true, payload);
+    }
+
+    fn on_connected(&mut self) -> Result<(), LinkError> {
+        self.state = LinkState::Connected;
+        self.snap.connected = true;
+        self.snap.connects += 1;
+        tracing::info!(broker = %self.cfg.broker.host, port = self.cfg.broker.port, "MQTT link up");
+        self.publish_status();
+        let _ = self.client.try_subscribe(self.topics.jobs_filter(), QoS::AtLeastOnce);
+        let _ = self.client.try_subscribe(self.topics.commands_filter(), QoS::AtLeastOnce);
+        let jobs: Vec<JobStatus> = self.pending_jobs.values().cloned().collect();
+        for j in jobs {
+            self.send_job(j);
+        }
+        let replies: Vec<(String, Vec<u8>)> = self.pending_replies.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (id, p) in replies {
+            if let Ok(t) = self.topics.command_reply(&id) {
+                self.publish(Tag::Reply(id), t, QoS::AtLeastOnce, false, p);
+            }
+        }
+        self.outbox.rewind()?;
+        self.outbox.enforce_retention(now_ms())?;
+        self.fill_window()
+    }
+
+    fn on_disconnected(&mut self, err: &rumqttc::ConnectionError) -> Result<(), LinkError> {
+        let attempt = match self.state {
+            LinkState::Connecting { attempt } => attempt + 1,
+            _ => 0,
+        };
+        if self.snap.connected {
+            tracing::warn!(error = %err, "MQTT link down; events queue in the outbox");
+        } else {
+            tracing::debug!(error = %err, attempt, "MQTT connect failed");
+        }
+        self.snap.connected = false;
+        self.sent.clear();
+        self.by_pkid.clear();
+        self.outbox.rewind()?;
+        self.outbox.enforce_retention(now_ms())?;
+        let until = Instant::now() + self.cfg.backoff.delay(attempt);
+        self.state = LinkState::Waiting { attempt, until };
+        // The next connection carries the latest status as its last will.
+        let will = LastWill::new(self.topics.status(), self.death(), QoS::AtLeastOnce, true);
+        self.eventloop.mqtt_options.set_last_will(will);
+        Ok(())
+    }
+
+    fn send_job(&mut self, j: JobStatus) {
+        if let Ok(t) = self.topics.job_progress(&j.job_id) {
+            let payload = serde_json::to_vec(&j).unwrap_or_default();
+            self.publish(Tag::Job(j.job_id.clone()), t, QoS::AtLeastOnce, true, payload);
+        }
+    }
+
+    fn fill_window(&mut self) -> Result<(), LinkError> {
+        if self.state != LinkState::Connected {
+            return Ok(());
+        }
+        let room = self.cfg.window.saturating_sub(self.outbox.in_flight());
+        if room == 0 {
+            return Ok(());
+        }
+        for ev in self.outbox.next_batch(room)? {
+            let topic = if ev.is_alarm() { self.topics.alarms() } else { self.topics.events() };
+            let payload = serde_json::to_vec(&ev.to_message()).unwrap_or_default();
+            if !self.publish(Tag::Event(ev.seq), topic, QoS::AtLeastOnce, false, payload) {
+                // Queue full: forget the rest of this batch; it is re-read after a rewind.
+                self.outbox.rewind()?;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: Event) -> Result<(), LinkError> {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => self.on_connected()?,
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(tag) = self.sent.pop_front() {
+                    if pkid != 0 {
+                        self.by_pkid.insert(pkid, tag);
+                    }
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => match self.by_pkid.remove(&ack.pkid) {
+                Some(Tag::Event(seq)) => {
+                    self.outbox.acked(seq)?;
+                    self.snap.events_acked += 1;
+                    self.snap.cursor = self.outbox.cursor();
+                    self.fill_window()?;
+                }
+                Some(Tag::Job(id)) => {
+                    self.pending_jobs.remove(&id);
+                }
+                Some(Tag::Reply(id)) => {
+                    self.pending_replies.remove(&id);
+                }
+                _ => {}
+            },
+            Event::Incoming(Packet::Publish(p)) => {
+                if p.payload.is_empty() {
+                    return Ok(()); // a cleared retained job
+                }
+                match self.topics.parse_inbound(&p.topic) {
+                    Ok(crate::topics::Inbound::Job(id)) => {
+                        let _ = self.inbound.send(Inbound::Job { job_id: id.into(), payload: p.payload.to_vec() });
+                    }
+                    Ok(crate::topics::Inbound::Command(id)) => {
+                        let _ = self.inbound.send(Inbound::Command { id: id.into(), payload: p.payload.to_vec() });
+                    }
+                    Err(e) => tracing::warn!(topic = %p.topic, error = %e, "ignoring message on an unexpected topic"),
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, r: Request) -> Result<bool, LinkError> {
+        let connected = self.state == LinkState::Connected;
+        match r {
+            Request::JobStatus(j) => {
+                self.pending_jobs.insert(j.job_id.clone(), j.clone());
+                if connected {
+                    self.send_job(j);
+                }
+            }
+            Request::Reply { id, payload } => {
+                self.pending_replies.insert(id.clone(), payload.clone());
+                if connected {
+                    if let Ok(t) = self.topics.command_reply(&id) {
+                        self.publish(Tag::Reply(id), t, QoS::AtLeastOnce, false, payload);
+                    }
+                }
+            }
+            Request::Status(s) => {
+                self.status = *s;
+                if connected {
+                    self.publish_status();
+                }
+            }
+            Request::Plugin { topic, payload } => {
+                if connected {
+                    self.publish(Tag::Other, topic, QoS::AtMostOnce, false, payload);
+                } else {
+                    self.snap.plugin_dropped += 1;
+                }
+            }
+            Request::Shutdown => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Runs the link until [`LinkHandle::shutdown`] (or every handle is dropped).
+    pub async fn run(mut self) -> Result<(), LinkError> {
+        let will = LastWill::new(self.topics.status(), self.death(), QoS::AtLeastOnce, true);
+        self.eventloop.mqtt_options.set_last_will(will);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let _ = self.snapshot_tx.send(self.snap);
+            match self.state {
+                LinkState::Stopped => return Ok(()),
+                LinkState::Waiting { attempt, until } => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => self.state = LinkState::Connecting { attempt },
+                        r = self.rx.recv() => match r {
+                            Some(r) => if !self.on_request(r)? { self.state = LinkState::Stopped },
+                            None => self.state = LinkState::Stopped,
+                        },
+                        _ = tick.tick() => { self.outbox.enforce_retention(now_ms())?; }
+                    }
+                }
+                LinkState::Connecting { .. } => match self.eventloop.poll().await {
+                    Ok(ev) => self.on_event(ev)?,
+                    Err(e) => self.on_disconnected(&e)?,
+                },
+                LinkState::Connected => {
+                    tokio::select! {
+                        biased;
+                        ev = self.eventloop.poll() => match ev {
+                            Ok(ev) => self.on_event(ev)?,
+                            Err(e) => self.on_disconnected(&e)?,
+                        },
+                        r = self.rx.recv() => match r {
+                            Some(r) => if !self.on_request(r)? { self.stop().await; },
+                            None => self.stop().await,
+                        },
+                        _ = self.events.notified() => self.fill_window()?,
+                        _ = tick.tick() => self.fill_window()?,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        let death = self.death();
+        let _ = self.client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, death);
+        let _ = self.client.try_disconnect();
+        // Let the event loop flush the offline status and the disconnect.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+                _ => {}
+            }
+        }
+        let _ = self.outbox.save();
+        self.snap.connected = false;
+        let _ = self.snapshot_tx.send(self.snap);
+        self.state = LinkState::Stopped;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_bounded_jitter() {
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2) };
+        assert_eq!(b.base_delay(0), Duration::from_millis(100));
+        assert_eq!(b.base_delay(3), Duration::from_millis(800));
+        assert_eq!(b.base_delay(10), Duration::from_secs(2));
+        assert_eq!(b.base_delay(u32::MAX), Duration::from_secs(2));
+        for a in 0..8 {
+            let d = b.delay(a).as_millis() as f64;
+            let base = b.base_delay(a).as_millis() as f64;
+            assert!(d >= base * 0.8 && d <= base * 1.2, "attempt {a}: {d} vs {base}");
+        }
+    }
+
+    #[test]
+    fn missing_or_empty_tls_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "").unwrap();
+        let mut b = BrokerConfig { host: "localhost".into(), port: 8883, tls: Some(TlsFiles { ca: empty.clone(), client_cert: None, client_key: None }), username: None, password: None, keep_alive_secs: 5 };
+        let e = mqtt_options(&b, "x").unwrap_err().to_string();
+        assert!(e.contains("ca.pem") && e.contains("no CERTIFICATE"), "{e}");
+        b.tls = Some(TlsFiles { ca: dir.path().join("missing.pem"), client_cert: None, client_key: None });
+        assert!(mqtt_options(&b, "x").unwrap_err().to_string().contains("missing.pem"));
+    }
+
+    #[tokio::test]
+    async fn plugin_publishes_are_checked_and_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ev.sqlite");
+        crate::outbox::create_event_log(&rusqlite::Connection::open(&path).unwrap()).unwrap();
+        let outbox = Outbox::open(&path, Default::default()).unwrap();
+        let mut cfg = LinkConfig::new(BrokerConfig { host: "127.0.0.1".into(), port: 1, tls: None, username: None, password: None, keep_alive_secs: 5 }, "s", "g");
+        cfg.plugin_limits = PluginLimits { per_second: 1, burst: 3, max_payload: 8 };
+        let status = Status { site: "s".into(), gateway: "g".into(), online: true, host_version: "0.1.0".parse().unwrap(), plugins: vec![], last_job: None, outbox: None, at_ms: 0 };
+        let (_link, h, _rx) = Link::new(cfg, outbox, status).unwrap();
+        assert!(matches!(h.plugin_publish("bridge", "../x", vec![]), Err(PluginPublishError::InvalidTopic(_))));
+        assert_eq!(h.plugin_publish("bridge", "a", vec![0; 9]), Err(PluginPublishError::PayloadTooLarge(9)));
+        for _ in 0..3 {
+            h.plugin_publish("bridge", "a", vec![1]).unwrap();
+        }
+        assert_eq!(h.plugin_publish("bridge", "a", vec![1]), Err(PluginPublishError::RateLimited));
+        // Another plugin has its own budget.
+        h.plugin_publish("other", "a", vec![1]).unwrap();
+    }
+}
