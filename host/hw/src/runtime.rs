@@ -25,8 +25,8 @@ pub trait PinBackend {
     type Output: OutputPin;
     /// Opens an input line; `name` is its trace name, `idle_high` its resting level.
     fn input(&mut self, what: &str, chip: &str, line: u32, name: &str, idle_high: bool) -> Result<Self::Input, HwError>;
-    /// Opens an output line.
-    fn output(&mut self, what: &str, chip: &str, line: u32, name: &str) -> Result<Self::Output, HwError>;
+    /// Opens an output line driven to `idle_high` from the first instant.
+    fn output(&mut self, what: &str, chip: &str, line: u32, name: &str, idle_high: bool) -> Result<Self::Output, HwError>;
     /// Opens a Wiegand reader's lines: `Some` pins to sample, or `None` when the backend
     /// delivers their edges itself (through [`HwRuntime::feed_edges`]).
     fn wiegand(&mut self, reader: &str, chip: &str, d0: (u32, &str), d1: (u32, &str)) -> Result<Option<(Self::Input, Self::Input)>, HwError>;
@@ -45,8 +45,8 @@ impl PinBackend for SimBackend {
     fn input(&mut self, _what: &str, _chip: &str, _line: u32, name: &str, idle_high: bool) -> Result<SimPin, HwError> {
         Ok(self.lines.line(name, idle_high))
     }
-    fn output(&mut self, _what: &str, _chip: &str, _line: u32, name: &str) -> Result<SimPin, HwError> {
-        Ok(self.lines.line(name, false))
+    fn output(&mut self, _what: &str, _chip: &str, _line: u32, name: &str, idle_high: bool) -> Result<SimPin, HwError> {
+        Ok(self.lines.line(name, idle_high))
     }
     fn wiegand(&mut self, _reader: &str, _chip: &str, d0: (u32, &str), d1: (u32, &str)) -> Result<Option<(SimPin, SimPin)>, HwError> {
         Ok(Some((self.lines.line(d0.1, true), self.lines.line(d1.1, true))))
@@ -86,7 +86,7 @@ impl<B: PinBackend> HwRuntime<B> {
         let mut relays = Vec::new();
         for r in &config.relays {
             let name = HardwareConfig::relay_line_name(&r.door);
-            let pin = backend.output(&format!("door {} relay", r.door), config.chip_of(&r.chip), r.line, &name)?;
+            let pin = backend.output(&format!("door {} relay", r.door), config.chip_of(&r.chip), r.line, &name, !r.active_high)?;
             relays.push(Relay::new(r.door.clone(), pin, r.active_high)?);
         }
         let mut inputs = Vec::new();
