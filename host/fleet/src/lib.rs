@@ -4,14 +4,19 @@
 //! event log, authorised remote commands, the MQTT link and the operator side.
 //!
 //! It does not depend on the host crate: the host implements [`deploy::PluginSlot`]
-//! and executes authorised commands; everything else is here.
+//! and [`agent::CommandExecutor`]; everything else is here.
 
+pub mod agent;
 pub mod bundle;
 pub mod commands;
 pub mod deploy;
 pub mod keys;
 pub mod link;
 pub mod messages;
+pub mod operator;
 pub mod outbox;
+pub mod schema;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topics;

@@ -1,0 +1,107 @@
+//! The gateway's fleet agent: turns [`Inbound`] messages from the link into deployment
+//! jobs and authorised commands, publishes progress, replies and status, and logs every
+//! command with its sender. The host calls [`Agent::handle`] for each inbound message
+//! (from the thread or task that owns its plugin runtime) and
+//! [`Agent::report_plugin_failure`] when a plugin traps, times out or decides garbage.
+
+use crate::commands::{self, AuthorisedCommand};
+use crate::deploy::{Deployer, PluginSlot};
+use crate::link::{Inbound, LinkHandle};
+use crate::messages::{now_ms, JobStatus, PluginInfo, Status};
+use crate::store::StoreError;
+use semver::Version;
+
+/// What the host does with an authorised command; the `Ok` text or `Err` reason goes
+/// into the reply. Door commands must stay one-shot and must not bypass fire release.
+pub trait CommandExecutor {
+    fn execute(&mut self, cmd: &AuthorisedCommand) -> Result<String, String>;
+}
+
+/// Deployment and command handling for one gateway.
+pub struct Agent {
+    site: String,
+    gateway: String,
+    host_version: Version,
+    deployer: Deployer,
+    link: LinkHandle,
+}
+
+impl Agent {
+    /// `interrupted` are the jobs [`Deployer::new`] found unfinished; they are published.
+    pub fn new(site: &str, gateway: &str, host_version: Version, deployer: Deployer, link: LinkHandle, interrupted: &[JobStatus]) -> Self {
+        for j in interrupted {
+            link.publish_job_status(j);
+        }
+        Self { site: site.into(), gateway: gateway.into(), host_version, deployer, link }
+    }
+
+    /// The birth status for the current plugins and last job.
+    pub fn status(&self, slot: &dyn PluginSlot) -> Status {
+        Status {
+            site: self.site.clone(),
+            gateway: self.gateway.clone(),
+            online: true,
+            host_version: self.host_version.clone(),
+            plugins: slot.plugins().iter().map(PluginInfo::from).collect(),
+            last_job: self.deployer.last_job().ok().flatten(),
+            outbox: None,
+            at_ms: now_ms(),
+        }
+    }
+
+    /// The deployer (job lookups, store).
+    pub fn deployer(&mut self) -> &mut Deployer {
+        &mut self.deployer
+    }
+
+    /// Handles one inbound message.
+    pub fn handle(&mut self, msg: Inbound, slot: &mut dyn PluginSlot, exec: &mut dyn CommandExecutor) -> Result<(), StoreError> {
+        match msg {
+            Inbound::Job { job_id, payload } => {
+                let link = self.link.clone();
+                let before = self.deployer.job(&job_id)?;
+                let end = self.deployer.run_job(slot, &payload, &job_id, &now_ms, &mut |s| link.publish_job_status(s))?;
+                if before.is_none() {
+                    self.link.update_status(self.status(slot));
+                }
+                tracing::debug!(job = %end.job_id, state = end.state.as_str(), "job handled");
+            }
+            Inbound::Command { id, payload } => self.command(&id, &payload, exec)?,
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, id: &str, payload: &[u8], exec: &mut dyn CommandExecutor) -> Result<(), StoreError> {
+        let now = now_ms();
+        let trusted = self.deployer.trusted().clone();
+        let auth = commands::authorise(payload, id, &self.site, &self.gateway, &trusted, self.deployer.store(), now);
+        let reply = match auth {
+            Ok(cmd) => {
+                let action = serde_json::to_string(&cmd.command.action).unwrap_or_default();
+                let outcome = exec.execute(&cmd);
+                let reply = cmd.reply(outcome, now_ms());
+                tracing::info!(command = %id, sender = %cmd.sender, action = %action, ok = reply.ok, "remote command");
+                self.deployer.store().log_command(id, Some(&cmd.sender), &action, reply.ok, &reply.code, &reply.detail, now)?;
+                reply
+            }
+            Err(e) => {
+                let reply = commands::refusal(id, &e, now);
+                tracing::warn!(command = %id, code = %reply.code, reason = %reply.detail, "remote command refused");
+                self.deployer.store().log_command(id, None, "(refused)", false, &reply.code, &reply.detail, now)?;
+                reply
+            }
+        };
+        self.link.publish_reply(&reply);
+        Ok(())
+    }
+
+    /// The host saw `plugin` fail; may roll it back by itself (and says so on the broker).
+    pub fn report_plugin_failure(&mut self, slot: &mut dyn PluginSlot, plugin: &str) -> Result<Option<JobStatus>, StoreError> {
+        let rolled = self.deployer.report_failure(slot, plugin, now_ms())?;
+        if let Some(s) = &rolled {
+            self.link.publish_job_status(s);
+            self.link.update_status(self.status(slot));
+        }
+        Ok(rolled)
+    }
+}

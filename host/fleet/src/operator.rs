@@ -1,0 +1,312 @@
+//! The operator's side, for the `gate` CLI: sign bundles, deploy to a gateway or a whole
+//! site with progress, roll back, read fleet status from the retained status messages,
+//! and send signed commands — all through the broker.
+
+use crate::bundle::{sign_bundle, Bundle, BundleError, Manifest};
+use crate::commands::{sign_command, Command, CommandAction, CommandError, CommandReply};
+use crate::deploy::sign_rollback;
+use crate::keys::{KeyError, OperatorKey};
+use crate::link::{mqtt_options, BrokerConfig, LinkError};
+use crate::messages::{now_ms, JobAction, JobRequest, JobState, JobStatus, RollbackOrder, Status};
+use crate::topics::{self, GatewayTopics, TopicError};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Operator-side failures.
+#[derive(Debug, Error)]
+pub enum OperatorError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("reading {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("could not connect to the broker at {0} within the timeout")]
+    ConnectTimeout(String),
+    #[error("the broker connection failed: {0}")]
+    Mqtt(String),
+    #[error("site {0:?} has no gateway with a retained status")]
+    EmptySite(String),
+    #[error("no reply to command {0:?} within the timeout")]
+    NoReply(String),
+}
+
+/// Which gateways a deployment goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Gateway { site: String, gateway: String },
+    /// Every gateway of the site that has a retained status (online or not).
+    Site(String),
+}
+
+/// One row of `gate fleet status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayView {
+    pub site: String,
+    pub gateway: String,
+    pub status: Status,
+}
+
+/// Reads and signs a component file into a bundle (`gate plugin sign`).
+pub fn sign_bundle_file(key_file: &Path, component_file: &Path, manifest: Manifest) -> Result<Bundle, OperatorError> {
+    let key = OperatorKey::load(key_file)?;
+    let component = std::fs::read(component_file).map_err(|source| OperatorError::Io { path: component_file.display().to_string(), source })?;
+    Ok(sign_bundle(&key, manifest, &component)?)
+}
+
+/// Reads a bundle file written by the CLI.
+pub fn read_bundle_file(path: &Path) -> Result<Bundle, OperatorError> {
+    let raw = std::fs::read(path).map_err(|source| OperatorError::Io { path: path.display().to_string(), source })?;
+    serde_json::from_slice(&raw).map_err(|e| OperatorError::Bundle(BundleError::Malformed(format!("{}: {e}", path.display()))))
+}
+
+/// A fresh job id: `{prefix}-{unix ms}-{random}`.
+pub fn new_job_id(prefix: &str) -> String {
+    use rand_core::RngCore;
+    format!("{prefix}-{}-{:08x}", now_ms(), rand_core::OsRng.next_u32())
+}
+
+/// An operator's connection to the broker.
+pub struct Operator {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Publish>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    /// Connects (waiting for the broker's CONNACK up to `timeout`).
+    pub async fn connect(broker: &BrokerConfig, client_id: &str, timeout: Duration) -> Result<Self, OperatorError> {
+        let opts = mqtt_options(broker, client_id)?;
+        let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (up_tx, mut up_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = up_tx.send(Ok(()));
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => return,
+                    Err(e) => {
+                        let _ = up_tx.send(Err(e.to_string()));
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        });
+        let addr = format!("{}:{}", broker.host, broker.port);
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, up_rx.recv()).await {
+                Ok(Some(Ok(()))) => return Ok(Self { client, rx, task }),
+                Ok(Some(Err(e))) => tracing::debug!(error = %e, "operator connect attempt failed"),
+                Ok(None) | Err(_) => {
+                    task.abort();
+                    return Err(OperatorError::ConnectTimeout(addr));
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), OperatorError> {
+        self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await.map_err(|e| OperatorError::Mqtt(e.to_string()))
+    }
+
+    async fn subscribe(&self, filter: String) -> Result<(), OperatorError> {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await.map_err(|e| OperatorError::Mqtt(e.to_string()))
+    }
+
+    /// Retained status of every gateway (of `site`, or of the whole fleet), collected until
+    /// no new one arrived for `settle`.
+    pub async fn fleet_status(&mut self, site: Option<&str>, settle: Duration) -> Result<Vec<GatewayView>, OperatorError> {
+        let filter = match site {
+            Some(s) => topics::site_status_filter(s)?,
+            None => topics::fleet_status_filter(),
+        };
+        self.subscribe(filter.clone()).await?;
+        let mut seen: BTreeMap<(String, String), Status> = BTreeMap::new();
+        while let Ok(Some(p)) = tokio::time::timeout(settle, self.rx.recv()).await {
+            if let Some((s, g)) = topics::parse_status_topic(&p.topic) {
+                match serde_json::from_slice::<Status>(&p.payload) {
+                    Ok(st) => {
+                        seen.insert((s.to_string(), g.to_string()), st);
+                    }
+                    Err(e) if !p.payload.is_empty() => tracing::warn!(topic = %p.topic, error = %e, "unreadable status message"),
+                    Err(_) => {}
+                }
+            }
+        }
+        let _ = self.client.unsubscribe(filter).await;
+        Ok(seen.into_iter().map(|((site, gateway), status)| GatewayView { site, gateway, status }).collect())
+    }
+
+    async fn gateways(&mut self, target: &Target) -> Result<Vec<GatewayTopics>, OperatorError> {
+        match target {
+            Target::Gateway { site, gateway } => Ok(vec![GatewayTopics::new(site, gateway)?]),
+            Target::Site(site) => {
+                let rows = self.fleet_status(Some(site), Duration::from_millis(500)).await?;
+                if rows.is_empty() {
+                    return Err(OperatorError::EmptySite(site.clone()));
+                }
+                rows.iter().map(|r| GatewayTopics::new(&r.site, &r.gateway).map_err(OperatorError::from)).collect()
+            }
+        }
+    }
+
+    /// Sends a job (retained, so offline gateways get it when they return) to every target
+    /// gateway and streams progress to `progress` until each reaches a terminal state or
+    /// `timeout` passes. Returns the last status seen per gateway (None: nothing heard —
+    /// the job stays queued on the broker). Finished jobs' retained requests are cleared.
+    pub async fn run_job(&mut self, target: &Target, job_id: &str, action: JobAction, timeout: Duration, progress: &mut dyn FnMut(&str, &JobStatus)) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
+        let gws = self.gateways(target).await?;
+        let req = JobRequest { job_id: job_id.into(), action, at_ms: now_ms() };
+        let payload = serde_json::to_vec(&req).map_err(|e| OperatorError::Mqtt(e.to_string()))?;
+        let mut last: BTreeMap<String, Option<JobStatus>> = BTreeMap::new();
+        let mut by_topic = BTreeMap::new();
+        for g in &gws {
+            let t = g.job_progress(job_id)?;
+            self.subscribe(t.clone()).await?;
+            by_topic.insert(t, g.gateway().to_string());
+            last.insert(g.gateway().to_string(), None);
+        }
+        for g in &gws {
+            self.publish(g.job(job_id)?, true, payload.clone()).await?;
+        }
+        let deadline = Instant::now() + timeout;
+        let done = |l: &BTreeMap<String, Option<JobStatus>>| l.values().all(|s| s.as_ref().is_some_and(|s| s.state.is_terminal()));
+        while !done(&last) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(p)) => {
+                    let Some(gw) = by_topic.get(p.topic.as_str()) else { continue };
+                    if let Ok(s) = serde_json::from_slice::<JobStatus>(&p.payload) {
+                        progress(gw, &s);
+                        last.insert(gw.clone(), Some(s));
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for g in &gws {
+            if last.get(g.gateway()).and_then(|s| s.as_ref()).is_some_and(|s| s.state.is_terminal()) {
+                self.publish(g.job(job_id)?, true, Vec::new()).await?;
+            }
+        }
+        Ok(last.into_iter().collect())
+    }
+
+    /// `gate plugin deploy`: a signed bundle to a gateway or a site.
+    pub async fn deploy(&mut self, target: &Target, bundle: &Bundle, timeout: Duration, progress: &mut dyn FnMut(&str, &JobStatus)) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
+        let name = bundle.unverified_manifest().map(|m| m.name).unwrap_or_else(|_| "bundle".into());
+        let job = new_job_id(&format!("deploy-{name}"));
+        self.run_job(target, &job, JobAction::Deploy { bundle: bundle.clone() }, timeout, progress).await
+    }
+
+    /// `gate plugin rollback`: a signed order to restore the kept previous version.
+    /// `sequence` must be newer than any deployment of the plugin (e.g. the current Unix ms).
+    pub async fn rollback(&mut self, key: &OperatorKey, target: &Target, plugin: &str, sequence: u64, timeout: Duration, progress: &mut dyn FnMut(&str, &JobStatus)) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
+        let order = sign_rollback(key, &RollbackOrder { plugin: plugin.into(), sequence, created_at_ms: now_ms() });
+        let job = new_job_id(&format!("rollback-{plugin}"));
+        self.run_job(target, &job, JobAction::Rollback { order }, timeout, progress).await
+    }
+
+    /// Sends a signed command and waits for its reply (correlated by the command id).
+    pub async fn command(&mut self, key: &OperatorKey, site: &str, gateway: &str, action: CommandAction, timeout: Duration) -> Result<CommandReply, OperatorError> {
+        let t = GatewayTopics::new(site, gateway)?;
+        let id = new_job_id("cmd");
+        let now = now_ms();
+        let cmd = Command { id: id.clone(), site: site.into(), gateway: gateway.into(), issued_at_ms: now, expires_at_ms: now + timeout.as_millis() as i64, action };
+        let signed = sign_command(key, &cmd)?;
+        let reply_topic = t.command_reply(&id)?;
+        self.subscribe(reply_topic.clone()).await?;
+        self.publish(t.command(&id)?, false, serde_json::to_vec(&signed).unwrap_or_default()).await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(p)) if p.topic == reply_topic => {
+                    if let Ok(r) = serde_json::from_slice::<CommandReply>(&p.payload) {
+                        return Ok(r);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return Err(OperatorError::NoReply(id)),
+            }
+        }
+    }
+
+    /// Disconnects cleanly.
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.task.abort();
+    }
+}
+
+/// `gate fleet status` as a table: site, gateway, online, plugins, last job.
+pub fn format_status_table(rows: &[GatewayView]) -> String {
+    let mut out = String::from("SITE\tGATEWAY\tONLINE\tPLUGINS\tLAST JOB\n");
+    for r in rows {
+        let plugins: Vec<String> = r.status.plugins.iter().map(|p| format!("{}@{}", p.name, p.version)).collect();
+        let job = match &r.status.last_job {
+            Some(j) => format!("{} {}{}", j.job_id, j.state.as_str(), j.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()),
+            None => "-".into(),
+        };
+        out.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", r.site, r.gateway, if r.status.online { "yes" } else { "NO" }, if plugins.is_empty() { "-".into() } else { plugins.join(",") }, job));
+    }
+    out
+}
+
+/// One progress line for the CLI: `gateway: state [step] reason`.
+pub fn format_progress(gateway: &str, s: &JobStatus) -> String {
+    let mut line = format!("{gateway}: {}", s.state.as_str());
+    if let Some(step) = &s.step {
+        line.push_str(&format!(" [{step}]"));
+    }
+    if let Some(r) = &s.reason {
+        line.push_str(&format!(" {r}"));
+    }
+    if matches!(s.state, JobState::Rejected | JobState::Failed) {
+        if let Some(c) = &s.code {
+            line.push_str(&format!(" ({c})"));
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::PluginInfo;
+
+    #[test]
+    fn the_status_table_shows_offline_gateways_and_their_last_job() {
+        let st = Status {
+            site: "s".into(),
+            gateway: "g".into(),
+            online: false,
+            host_version: "0.1.0".parse().unwrap(),
+            plugins: vec![PluginInfo { name: "policy".into(), world: crate::bundle::World::PolicyPlugin, version: "1.2.0".parse().unwrap(), sha256: "ab".into(), previous: None }],
+            last_job: Some(JobStatus { job_id: "j1".into(), gateway: "g".into(), state: JobState::Rejected, step: None, plugin: None, version: None, code: Some("replayed".into()), reason: Some("old".into()), signer: None, at_ms: 0 }),
+            outbox: None,
+            at_ms: 0,
+        };
+        let t = format_status_table(&[GatewayView { site: "s".into(), gateway: "g".into(), status: st }]);
+        assert!(t.contains("s\tg\tNO\tpolicy@1.2.0\tj1 rejected (old)"), "{t}");
+    }
+}

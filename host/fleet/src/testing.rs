@@ -1,0 +1,198 @@
+//! A real Mosquitto broker for tests and benchmarks (feature `testing`): started on free
+//! loopback ports with a generated configuration, a plain listener and a TLS listener
+//! whose CA, server and client certificates are generated at run time (rcgen), killed on
+//! drop, and able to be killed and restarted mid-test on the same ports.
+
+use crate::link::{BrokerConfig, TlsFiles};
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running (or deliberately stopped) mosquitto process.
+pub struct Broker {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    pub tls_port: u16,
+    /// CA that signed the broker's certificate (and the client certificate).
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    child: Option<Child>,
+}
+
+const SETUP_HINT: &str = "mosquitto is not installed: run `cargo xtask setup` (it installs the Debian packages mosquitto and mosquitto-clients)";
+
+fn find_mosquitto() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let p = d.join("mosquitto");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+        if Path::new(p).is_file() {
+            return Ok(p.into());
+        }
+    }
+    Err(SETUP_HINT.into())
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("finding a free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn generate_certs(dir: &Path) -> Result<(), String> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+    let e = |e: rcgen::Error| format!("generating test certificates: {e}");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "gate test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(e)?).map_err(e)?;
+
+    let server_key = KeyPair::generate().map_err(e)?;
+    let mut sp = CertificateParams::new(vec!["localhost".to_string()]).map_err(e)?;
+    sp.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    sp.distinguished_name.push(DnType::CommonName, "localhost");
+    let server = sp.signed_by(&server_key, &ca).map_err(e)?;
+
+    let client_key = KeyPair::generate().map_err(e)?;
+    let mut cp = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    cp.distinguished_name.push(DnType::CommonName, "gate-test-gateway");
+    let client = cp.signed_by(&client_key, &ca).map_err(e)?;
+
+    write(&dir.join("ca.pem"), &ca.pem())?;
+    write(&dir.join("server.pem"), &server.pem())?;
+    write(&dir.join("server.key"), &server_key.serialize_pem())?;
+    write(&dir.join("client.pem"), &client.pem())?;
+    write(&dir.join("client.key"), &client_key.serialize_pem())
+}
+
+fn current_user() -> Option<String> {
+    let out = Command::new("id").arg("-un").output().ok()?;
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+impl Broker {
+    /// Generates certificates and a configuration and starts mosquitto. The TLS listener
+    /// asks for a client certificate but does not require one (both modes are testable).
+    pub fn start() -> Result<Broker, String> {
+        let bin = find_mosquitto()?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        generate_certs(dir.path())?;
+        let (port, tls_port) = (free_port()?, free_port()?);
+        let d = dir.path();
+        let user = current_user().map(|u| format!("user {u}\n")).unwrap_or_default();
+        let conf = format!(
+            "{user}per_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\n\
+             max_queued_messages 0\nmax_inflight_messages 0\n\
+             listener {port} 127.0.0.1\n\
+             listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate false\n",
+            log = d.join("mosquitto.log").display(),
+            ca = d.join("ca.pem").display(),
+            cert = d.join("server.pem").display(),
+            key = d.join("server.key").display(),
+        );
+        write(&d.join("mosquitto.conf"), &conf)?;
+        let mut b = Broker { ca: d.join("ca.pem"), client_cert: d.join("client.pem"), client_key: d.join("client.key"), dir, bin, port, tls_port, child: None };
+        b.restart()?;
+        Ok(b)
+    }
+
+    /// Starts (again) on the same ports; waits until both listeners accept connections.
+    pub fn restart(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new(&self.bin)
+                .arg("-c")
+                .arg(self.dir.path().join("mosquitto.conf"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    // Usually the port is still in TIME_WAIT after a kill: try again.
+                    if Instant::now() > deadline {
+                        return Err(format!("mosquitto exited with {status}; log: {}", self.log()));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+                let up = |p| TcpStream::connect((Ipv4Addr::LOCALHOST, p)).is_ok();
+                if up(self.port) && up(self.tls_port) {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("mosquitto did not start listening; log: {}", self.log()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the broker (SIGKILL, like a crash or a cut cable on the broker's side).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Connection settings for the plain listener.
+    pub fn plain(&self) -> BrokerConfig {
+        BrokerConfig { host: "127.0.0.1".into(), port: self.port, tls: None, username: None, password: None, keep_alive_secs: 5 }
+    }
+
+    /// Connection settings for the TLS listener, verifying the generated CA, with the
+    /// generated client certificate.
+    pub fn tls(&self) -> BrokerConfig {
+        BrokerConfig {
+            host: "127.0.0.1".into(),
+            port: self.tls_port,
+            tls: Some(TlsFiles { ca: self.ca.clone(), client_cert: Some(self.client_cert.clone()), client_key: Some(self.client_key.clone()) }),
+            username: None,
+            password: None,
+            keep_alive_secs: 5,
+        }
+    }
+
+    /// A scratch directory that lives as long as the broker.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
