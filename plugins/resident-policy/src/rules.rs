@@ -46,7 +46,7 @@ impl Verdict {
 pub fn decide(event: &AccessEvent, cfg: &PolicyConfig, last_direction: Option<Direction>) -> Verdict {
     let entry = event.direction == Direction::Entry;
     let open_ms = |subject: Option<&Subject>| match subject {
-        Some(s) if s.groups.iter().any(|g| *g == cfg.long_open_group) => cfg.long_open_ms,
+        Some(s) if s.groups.contains(&cfg.long_open_group) => cfg.long_open_ms,
         _ => cfg.default_open_ms,
     };
 
