@@ -211,6 +211,29 @@ impl Operator {
         Ok(last.into_iter().collect())
     }
 
+    /// The retained progress of a job on one gateway, waiting up to `wait` for one that
+    /// satisfies `pred` (e.g. "rolled back"). Returns the last one seen.
+    pub async fn job_status(&mut self, site: &str, gateway: &str, job_id: &str, wait: Duration, pred: impl Fn(&JobStatus) -> bool) -> Result<Option<JobStatus>, OperatorError> {
+        let topic = GatewayTopics::new(site, gateway)?.job_progress(job_id)?;
+        self.subscribe(topic.clone()).await?;
+        let deadline = Instant::now() + wait;
+        let mut last = None;
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            if p.topic != topic {
+                continue;
+            }
+            if let Ok(s) = serde_json::from_slice::<JobStatus>(&p.payload) {
+                let hit = pred(&s);
+                last = Some(s);
+                if hit {
+                    break;
+                }
+            }
+        }
+        let _ = self.client.unsubscribe(topic).await;
+        Ok(last)
+    }
+
     /// `gate plugin deploy`: a signed bundle to a gateway or a site.
     pub async fn deploy(&mut self, target: &Target, bundle: &Bundle, timeout: Duration, progress: &mut dyn FnMut(&str, &JobStatus)) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
         let name = bundle.unverified_manifest().map(|m| m.name).unwrap_or_else(|_| "bundle".into());

@@ -196,3 +196,136 @@ impl Drop for Broker {
         self.kill();
     }
 }
+
+/// A whole gateway's fleet side on a real broker, for tests and benchmarks: the link,
+/// the agent with a [`MemorySlot`](crate::deploy::MemorySlot), an event log in SQLite
+/// (WAL), one trusted operator key with every permission, and a command executor that
+/// records what it was asked to do.
+pub struct TestGateway {
+    pub site: String,
+    pub gateway: String,
+    pub handle: crate::link::LinkHandle,
+    pub slot: std::sync::Arc<std::sync::Mutex<crate::deploy::MemorySlot>>,
+    pub agent: std::sync::Arc<std::sync::Mutex<crate::agent::Agent>>,
+    pub executed: std::sync::Arc<std::sync::Mutex<Vec<crate::commands::AuthorisedCommand>>>,
+    pub operator_key: crate::keys::OperatorKey,
+    pub db: PathBuf,
+    writer: rusqlite::Connection,
+    next_seq: i64,
+    link_task: tokio::task::JoinHandle<Result<(), crate::link::LinkError>>,
+    agent_task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<crate::commands::AuthorisedCommand>>>);
+
+impl crate::agent::CommandExecutor for Recorder {
+    fn execute(&mut self, cmd: &crate::commands::AuthorisedCommand) -> Result<String, String> {
+        self.0.lock().map_err(|e| e.to_string())?.push(cmd.clone());
+        Ok(format!("{:?} executed", cmd.command.action))
+    }
+}
+
+/// Options for [`TestGateway::start`].
+#[derive(Debug, Clone)]
+pub struct TestGatewayOptions {
+    pub backoff: crate::link::Backoff,
+    pub window: usize,
+    pub retention: crate::outbox::Retention,
+    pub rule: crate::deploy::RollbackRule,
+}
+
+impl Default for TestGatewayOptions {
+    fn default() -> Self {
+        Self {
+            backoff: crate::link::Backoff { initial: Duration::from_millis(500), max: Duration::from_millis(500) },
+            window: 256,
+            retention: crate::outbox::Retention::default(),
+            rule: crate::deploy::RollbackRule { max_failures: 3, within_ms: 60_000 },
+        }
+    }
+}
+
+impl TestGateway {
+    /// Starts the gateway's link and agent tasks (inside a tokio runtime) against `broker`.
+    pub fn start(broker: BrokerConfig, site: &str, gateway: &str, opts: TestGatewayOptions) -> Result<TestGateway, String> {
+        use crate::deploy::{DeployConfig, Deployer, MemorySlot};
+        use crate::keys::{OperatorKey, Permission, TrustedKeys};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let db = dir.path().join("gate.sqlite");
+        let writer = rusqlite::Connection::open(&db).map_err(|e| e.to_string())?;
+        writer.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").map_err(|e| e.to_string())?;
+        crate::outbox::create_event_log(&writer).map_err(|e| e.to_string())?;
+        let key = OperatorKey::generate("test-operator").map_err(|e| e.to_string())?;
+        let trusted = TrustedKeys::from_config(&[key.trusted_entry(&[Permission::Deploy, Permission::Door, Permission::Credentials, Permission::Pin])]).map_err(|e| e.to_string())?;
+        let host_version: semver::Version = "0.1.0".parse().map_err(|e: semver::Error| e.to_string())?;
+        let store = crate::store::FleetStore::open(&db).map_err(|e| e.to_string())?;
+        let cfg = DeployConfig { gateway: gateway.into(), host_version: host_version.clone(), max_bundle_bytes: crate::bundle::DEFAULT_MAX_BUNDLE_BYTES, rule: opts.rule };
+        let (deployer, interrupted) = Deployer::new(cfg, trusted, store, crate::messages::now_ms()).map_err(|e| e.to_string())?;
+        let outbox = crate::outbox::Outbox::open(&db, opts.retention).map_err(|e| e.to_string())?;
+        let mut lc = crate::link::LinkConfig::new(broker, site, gateway);
+        lc.backoff = opts.backoff;
+        lc.window = opts.window;
+        let slot = Arc::new(Mutex::new(MemorySlot::default()));
+        let status = crate::messages::Status { site: site.into(), gateway: gateway.into(), online: true, host_version: host_version.clone(), plugins: vec![], last_job: None, outbox: None, at_ms: crate::messages::now_ms() };
+        let (link, handle, mut inbound) = crate::link::Link::new(lc, outbox, status).map_err(|e| e.to_string())?;
+        let agent = Arc::new(Mutex::new(crate::agent::Agent::new(site, gateway, host_version, deployer, handle.clone(), &interrupted)));
+        let executed = Arc::new(Mutex::new(Vec::new()));
+        let link_task = tokio::spawn(link.run());
+        let (a, s, e) = (agent.clone(), slot.clone(), executed.clone());
+        let agent_task = tokio::spawn(async move {
+            while let Some(msg) = inbound.recv().await {
+                let (a, s, mut exec) = (a.clone(), s.clone(), Recorder(e.clone()));
+                // Jobs touch SQLite and the slot: run them off the async threads.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let (Ok(mut a), Ok(mut s)) = (a.lock(), s.lock()) else { return };
+                    if let Err(err) = a.handle(msg, &mut *s, &mut exec) {
+                        tracing::error!(error = %err, "agent failed");
+                    }
+                })
+                .await;
+            }
+        });
+        let next_seq = writer.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+        Ok(TestGateway { site: site.into(), gateway: gateway.into(), handle, slot, agent, executed, operator_key: key, db, writer, next_seq, link_task, agent_task, _dir: dir })
+    }
+
+    /// Appends `n` decision events to the event log (one transaction) and tells the link.
+    /// Returns the seqs written.
+    pub fn append_events(&mut self, n: usize) -> Result<std::ops::RangeInclusive<i64>, String> {
+        let first = self.next_seq + 1;
+        let tx = self.writer.transaction().map_err(|e| e.to_string())?;
+        {
+            let mut st = tx.prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, 'decision', 'lobby', ?4)").map_err(|e| e.to_string())?;
+            for _ in 0..n {
+                self.next_seq += 1;
+                let s = self.next_seq;
+                let body = format!("{{\"decision\":\"grant\",\"credential\":\"card\",\"subject\":\"s-{}\",\"n\":{s}}}", s % 97);
+                st.execute(rusqlite::params![s, format!("{}-ev-{s}", self.gateway), crate::messages::now_ms(), body]).map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        self.handle.events_appended();
+        Ok(first..=self.next_seq)
+    }
+
+    /// Publishes the agent's current status (as the host does after start-up).
+    pub fn announce(&self) {
+        if let (Ok(a), Ok(s)) = (self.agent.lock(), self.slot.lock()) {
+            self.handle.update_status(a.status(&*s));
+        }
+    }
+
+    /// The host saw `plugin` fail.
+    pub fn report_failure(&self, plugin: &str) -> Option<crate::messages::JobStatus> {
+        let (Ok(mut a), Ok(mut s)) = (self.agent.lock(), self.slot.lock()) else { return None };
+        a.report_plugin_failure(&mut *s, plugin).ok().flatten()
+    }
+
+    /// Kills the gateway's MQTT connection without a DISCONNECT (as a crash or power cut would).
+    pub fn crash(&self) {
+        self.link_task.abort();
+        self.agent_task.abort();
+    }
+}
