@@ -3,6 +3,38 @@
 //!
 //! A policy plugin implements [`Policy`] and calls [`export_policy!`]; an integration plugin
 //! implements [`Handler`] and calls [`export_integration!`]. See `plugins/README.md`.
+//!
+//! ```no_run
+//! use gate_plugin_sdk::types::{AccessEvent, Decision, Role};
+//! use gate_plugin_sdk::{logging, Policy, Settings};
+//!
+//! /// The rule as a pure function: testable natively.
+//! pub fn rule(event: &AccessEvent, open_ms: u32) -> Decision {
+//!     match &event.subject {
+//!         Some(s) if s.role == Role::Resident => Decision::Grant(open_ms),
+//!         Some(_) => Decision::deny("not a resident"),
+//!         None => Decision::deny("unknown credential"),
+//!     }
+//! }
+//!
+//! struct MyPolicy;
+//!
+//! impl Policy for MyPolicy {
+//!     fn decide(event: AccessEvent) -> Decision {
+//!         // A malformed setting must not be guessed at: log it and trap (the host falls back).
+//!         let open_ms = match Settings::host().u32_or("open-ms", 5000) {
+//!             Ok(ms) => ms,
+//!             Err(e) => {
+//!                 logging::error(&e.to_string());
+//!                 panic!("{e}");
+//!             }
+//!         };
+//!         rule(&event, open_ms)
+//!     }
+//! }
+//!
+//! gate_plugin_sdk::export_policy!(MyPolicy);
+//! ```
 
 // Lets the generated code name this crate the same way from inside and from plugin crates.
 extern crate self as gate_plugin_sdk;
