@@ -17,6 +17,9 @@ use crate::relay::{Relay, RelayChange};
 use crate::sim::{SimLines, SimPin};
 use crate::wiegand::{FrameOutcome, WiegandDecoder, WiegandFrame, WiegandLine, WiegandReader, WiegandStats};
 
+/// The two data lines of a Wiegand reader, when the backend hands them out to be sampled.
+pub type WiegandPins<I> = Option<(I, I)>;
+
 /// Where pins come from: simulated wires or GPIO lines of the board.
 pub trait PinBackend {
     /// Input pin type.
@@ -29,7 +32,7 @@ pub trait PinBackend {
     fn output(&mut self, what: &str, chip: &str, line: u32, name: &str, idle_high: bool) -> Result<Self::Output, HwError>;
     /// Opens a Wiegand reader's lines: `Some` pins to sample, or `None` when the backend
     /// delivers their edges itself (through [`HwRuntime::feed_edges`]).
-    fn wiegand(&mut self, reader: &str, chip: &str, d0: (u32, &str), d1: (u32, &str)) -> Result<Option<(Self::Input, Self::Input)>, HwError>;
+    fn wiegand(&mut self, reader: &str, chip: &str, d0: (u32, &str), d1: (u32, &str)) -> Result<WiegandPins<Self::Input>, HwError>;
 }
 
 /// Simulated pins: every configured line becomes a named [`SimPin`] in `lines`.

@@ -334,10 +334,10 @@ fn decode_card(value: u64, bits: u8, facility_bits: u32) -> Result<WiegandFrame,
     let second = payload & ((1u64 << half) - 1);
     let leading = (value >> (bits - 1)) & 1;
     let trailing = value & 1;
-    if (first.count_ones() + leading as u32) % 2 != 0 {
+    if !(first.count_ones() + leading as u32).is_multiple_of(2) {
         return Err(RejectReason::BadParity { bits, half: ParityHalf::Leading });
     }
-    if (second.count_ones() + trailing as u32) % 2 != 1 {
+    if (second.count_ones() + trailing as u32).is_multiple_of(2) {
         return Err(RejectReason::BadParity { bits, half: ParityHalf::Trailing });
     }
     let number_bits = u32::from(bits - 2) - facility_bits;

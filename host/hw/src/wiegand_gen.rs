@@ -32,9 +32,9 @@ fn card(payload: u64, payload_bits: u32) -> Vec<bool> {
     let first = payload >> half;
     let second = payload & ((1u64 << half) - 1);
     let mut out = Vec::with_capacity(payload_bits as usize + 2);
-    out.push(first.count_ones() % 2 == 1); // even parity over the first half
+    out.push(!first.count_ones().is_multiple_of(2)); // even parity over the first half
     push_bits(&mut out, payload, payload_bits);
-    out.push(second.count_ones() % 2 == 0); // odd parity over the second half
+    out.push(second.count_ones().is_multiple_of(2)); // odd parity over the second half
     out
 }
 
