@@ -24,7 +24,9 @@ pub mod wiegand;
 pub mod wiegand_gen;
 
 
+pub use config::HardwareConfig;
 pub use edge::PinEdge;
+pub use event::HwEvent;
 pub use error::HwError;
 
 pub use keys::Key;
