@@ -7,6 +7,8 @@
 //! and [`agent::CommandExecutor`]; everything else is here.
 
 pub mod agent;
+#[cfg(feature = "testing")]
+pub mod bench;
 pub mod bundle;
 pub mod commands;
 pub mod deploy;
