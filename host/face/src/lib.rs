@@ -1,1 +1,27 @@
-//! gate-face (being written).
+//! gate-face: the on-device face matcher of the gate gateway.
+//!
+//! Frames go in, match results come out: a pseudonymous subject id, a score, a band and a
+//! liveness verdict. Frames, crops and embeddings never leave this crate; templates are
+//! stored encrypted under a device key and erased for real when consent is withdrawn.
+
+mod align;
+mod detect;
+mod engine;
+mod error;
+mod frame;
+mod gallery;
+mod key;
+mod manifest;
+mod store;
+
+#[cfg(test)]
+mod accuracy_tests;
+
+pub use detect::Rejection;
+pub use engine::{FaceEngine, FaceMatch, Liveness, MatchBand, MatchConfig, Outcome, StageTimings};
+pub use error::{FaceError, ModelError, StoreError};
+pub use frame::Frame;
+pub use gallery::Gallery;
+pub use manifest::{verify as verify_models, ModelFiles};
+pub use key::DeviceKey;
+pub use store::{validate_subject, Consent, ConsentRecord, EnrollPolicy, EnrollReport, TemplateStore, WithdrawReport};

@@ -1,0 +1,313 @@
+//! The face engine: verified models loaded into ONNX Runtime, and the pipeline
+//! frame -> detect -> choose -> align -> quality -> embed -> 1:N search -> match result.
+
+use crate::align::{self, AlignedFace, SIDE};
+use crate::detect::{self, Detection, Rejection, StrideOutput};
+use crate::error::{FaceError, ModelError};
+use crate::frame::Frame;
+use crate::gallery::{Embedding, Gallery, DIM};
+use crate::manifest;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Side of YuNet's square input.
+const DETECT_SIDE: usize = 640;
+
+/// Thresholds of the pipeline; the defaults are the measured ones documented in the README.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchConfig {
+    /// Cosine at or above which a match is `strong`.
+    pub strong: f32,
+    /// Cosine at or above which a match is `weak`; below it nobody matched.
+    pub weak: f32,
+    /// YuNet score a face needs to count as detected.
+    pub detect_score: f32,
+    /// IoU above which overlapping detections are merged.
+    pub nms_iou: f32,
+    /// Smallest face side, in frame pixels, that is recognised.
+    pub min_face_px: f32,
+    /// Smallest variance of the Laplacian of the aligned face.
+    pub min_sharpness: f32,
+    /// Largest yaw proxy (nose offset from the eye midline, in inter-eye distances).
+    pub max_yaw: f32,
+    /// Largest roll, in degrees.
+    pub max_roll_deg: f32,
+}
+
+impl Default for MatchConfig {
+    fn default() -> Self {
+        MatchConfig {
+            strong: 0.60,
+            weak: 0.50,
+            detect_score: 0.8,
+            nms_iou: 0.3,
+            min_face_px: 60.0,
+            min_sharpness: 15.0,
+            max_yaw: 0.35,
+            max_roll_deg: 30.0,
+        }
+    }
+}
+
+/// How strong a match is, by the site's thresholds (mirrors the contract's `match-band`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchBand {
+    Strong,
+    Weak,
+}
+
+/// Presentation-attack verdict (mirrors the contract's `liveness`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    Spoof,
+    /// No presentation-attack model is available on this gateway.
+    Unknown,
+}
+
+/// A face match: the only thing that leaves the matcher. No image, crop or template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceMatch {
+    /// Pseudonymous subject id of the best gallery match.
+    pub subject: String,
+    /// Cosine similarity of that match, clamped to 0.0 ..= 1.0.
+    pub score: f32,
+    pub band: MatchBand,
+    pub liveness: Liveness,
+}
+
+/// What one frame gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// No face detected.
+    NoFace,
+    /// A face was seen but not used, and why.
+    Unusable(Rejection),
+    /// A usable face that matches nobody above the weak threshold (best score given).
+    NoMatch { best_score: f32 },
+    /// A match at the strong or weak band.
+    Match(FaceMatch),
+}
+
+/// Wall time of each stage of one identification.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    pub detect: Duration,
+    pub align: Duration,
+    pub embed: Duration,
+    pub search: Duration,
+    pub total: Duration,
+}
+
+/// A usable face of a frame, its embedding and its quality; private to the crate.
+pub(crate) struct Sample {
+    pub embedding: Embedding,
+    pub sharpness: f32,
+}
+
+/// The on-device face matcher. Sessions are behind mutexes because ONNX Runtime runs need
+/// exclusive access; one engine serves one camera at a time.
+pub struct FaceEngine {
+    detector: Mutex<Session>,
+    recogniser: Mutex<Session>,
+    config: MatchConfig,
+    _env: ort::environment::Environment,
+}
+
+impl std::fmt::Debug for FaceEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaceEngine").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl FaceEngine {
+    /// Verifies `models_dir/manifest.toml` and every file it names by sha256, loads ONNX
+    /// Runtime from the verified library and both models. Any failure is a [`ModelError`]
+    /// naming the file; the caller then runs the gate without face.
+    pub fn open(models_dir: &Path, config: MatchConfig) -> Result<FaceEngine, ModelError> {
+        let files = manifest::verify(models_dir)?;
+        let runtime = std::fs::canonicalize(&files.runtime)
+            .map_err(|source| ModelError::Read { path: files.runtime.clone(), source })?;
+        let env = environment(&runtime)?;
+        let load = |path: &Path, role: &'static str| -> Result<Session, ModelError> {
+            let err = |e: String| ModelError::Model { path: path.to_path_buf(), role, message: e };
+            Session::builder(&env)
+                .map_err(|e| err(e.to_string()))?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| err(e.to_string()))?
+                .with_intra_threads(2)
+                .map_err(|e| err(e.to_string()))?
+                .commit_from_file(path)
+                .map_err(|e| err(e.to_string()))
+        };
+        let detector = load(&files.detector, "detector")?;
+        let recogniser = load(&files.recogniser, "recogniser")?;
+        tracing::info!(detector = %files.detector.display(), recogniser = %files.recogniser.display(), "face engine ready");
+        Ok(FaceEngine { detector: Mutex::new(detector), recogniser: Mutex::new(recogniser), config, _env: env })
+    }
+
+    /// The thresholds in force.
+    pub fn config(&self) -> &MatchConfig {
+        &self.config
+    }
+
+    /// Runs the whole pipeline on a frame against the gallery.
+    pub fn identify(&self, frame: &Frame, gallery: &Gallery) -> Result<Outcome, FaceError> {
+        self.identify_timed(frame, gallery).map(|(o, _)| o)
+    }
+
+    /// [`FaceEngine::identify`], also reporting the time of each stage (for the benchmark).
+    pub fn identify_timed(&self, frame: &Frame, gallery: &Gallery) -> Result<(Outcome, StageTimings), FaceError> {
+        let start = Instant::now();
+        let mut t = StageTimings::default();
+        let sample = match self.sample(frame, self.config.min_face_px, &mut t)? {
+            Ok(s) => s,
+            Err(outcome) => {
+                t.total = start.elapsed();
+                return Ok((outcome, t));
+            }
+        };
+        let s0 = Instant::now();
+        let best = gallery.best(&sample.embedding).map(|(who, score)| (who.to_string(), score));
+        t.search = s0.elapsed();
+        let outcome = match best {
+            Some((subject, score)) if score >= self.config.weak => {
+                let band = if score >= self.config.strong { MatchBand::Strong } else { MatchBand::Weak };
+                Outcome::Match(FaceMatch { subject, score: score.clamp(0.0, 1.0), band, liveness: Liveness::Unknown })
+            }
+            Some((_, score)) => Outcome::NoMatch { best_score: score.clamp(0.0, 1.0) },
+            None => Outcome::NoMatch { best_score: 0.0 },
+        };
+        t.total = start.elapsed();
+        Ok((outcome, t))
+    }
+
+    /// Detects, chooses, aligns, checks quality and embeds the face of a frame.
+    /// The inner `Err` is the outcome to report when no usable face was found.
+    pub(crate) fn sample(&self, frame: &Frame, min_face_px: f32, t: &mut StageTimings) -> Result<Result<Sample, Outcome>, FaceError> {
+        let t0 = Instant::now();
+        let dets = self.detect(frame)?;
+        t.detect = t0.elapsed();
+        if dets.is_empty() {
+            return Ok(Err(Outcome::NoFace));
+        }
+        let face = match detect::choose(&dets, frame.width() as f32, frame.height() as f32, min_face_px) {
+            Ok(d) => d,
+            Err(Some(r)) => return Ok(Err(Outcome::Unusable(r))),
+            Err(None) => return Ok(Err(Outcome::NoFace)),
+        };
+        let t1 = Instant::now();
+        let (yaw, roll) = align::pose(&face.landmarks);
+        if yaw > self.config.max_yaw || roll > self.config.max_roll_deg {
+            return Ok(Err(Outcome::Unusable(Rejection::Pose)));
+        }
+        let Some(aligned) = align::align(frame, &face.landmarks) else {
+            return Ok(Err(Outcome::Unusable(Rejection::Pose)));
+        };
+        let sharpness = aligned.sharpness();
+        t.align = t1.elapsed();
+        if sharpness < self.config.min_sharpness {
+            return Ok(Err(Outcome::Unusable(Rejection::Blurred)));
+        }
+        let t2 = Instant::now();
+        let embedding = self.embed(aligned)?;
+        t.embed = t2.elapsed();
+        Ok(Ok(Sample { embedding, sharpness }))
+    }
+
+    /// Embeds every face of at least `min_side` pixels in a frame (accuracy measurements).
+    #[cfg(test)]
+    pub(crate) fn embed_all(&self, frame: &Frame, min_side: f32) -> Result<Vec<Embedding>, FaceError> {
+        let mut out = Vec::new();
+        for d in self.detect(frame)? {
+            if d.bbox[2].min(d.bbox[3]) < min_side {
+                continue;
+            }
+            if let Some(face) = align::align(frame, &d.landmarks) {
+                out.push(self.embed(face)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, FaceError> {
+        let inference = |e: ort::Error| FaceError::Inference { stage: "detect", message: e.to_string() };
+        // The 2023mar YuNet graph has a fixed 640x640 input: letterbox the frame into it.
+        let scale = DETECT_SIDE as f32 / frame.width().max(frame.height()) as f32;
+        let (tw, th) = (DETECT_SIDE, DETECT_SIDE);
+        let mut input = Vec::new();
+        frame.to_planar(scale, tw, th, &mut input);
+        let tensor = Tensor::from_array(([1usize, 3, th, tw], input)).map_err(inference)?;
+        let mut session = self.detector.lock().map_err(|_| FaceError::Inference { stage: "detect", message: "detector lock poisoned".into() })?;
+        let outputs = session.run(ort::inputs![tensor]).map_err(inference)?;
+        let get = |name: &str| -> Result<&[f32], FaceError> {
+            let v = outputs.get(name).ok_or_else(|| FaceError::Inference { stage: "detect", message: format!("model has no output {name}") })?;
+            v.try_extract_tensor::<f32>().map(|(_, d)| d).map_err(inference)
+        };
+        let mut strides = Vec::with_capacity(3);
+        for stride in [8usize, 16, 32] {
+            strides.push(StrideOutput {
+                stride,
+                cls: get(&format!("cls_{stride}"))?,
+                obj: get(&format!("obj_{stride}"))?,
+                bbox: get(&format!("bbox_{stride}"))?,
+                kps: get(&format!("kps_{stride}"))?,
+            });
+        }
+        let dets = detect::decode(&strides, tw, th, scale, self.config.detect_score);
+        Ok(detect::nms(dets, self.config.nms_iou))
+    }
+
+    fn embed(&self, face: AlignedFace) -> Result<Embedding, FaceError> {
+        let inference = |e: ort::Error| FaceError::Inference { stage: "embed", message: e.to_string() };
+        let mut face = face;
+        let input = std::mem::take(&mut face.planar);
+        let tensor = Tensor::from_array(([1usize, 3, SIDE, SIDE], input)).map_err(inference)?;
+        let mut session = self.recogniser.lock().map_err(|_| FaceError::Inference { stage: "embed", message: "recogniser lock poisoned".into() })?;
+        let outputs = session.run(ort::inputs![tensor]).map_err(inference)?;
+        let (_, raw) = outputs[0].try_extract_tensor::<f32>().map_err(inference)?;
+        if raw.len() != DIM {
+            return Err(FaceError::Inference { stage: "embed", message: format!("recogniser gave {} values, expected {DIM}", raw.len()) });
+        }
+        Embedding::normalised(raw).ok_or(FaceError::Inference { stage: "embed", message: "recogniser gave an empty embedding".into() })
+    }
+}
+
+/// ONNX Runtime allows one environment per process: it is created on the first successful
+/// open and shared by every engine after it (a failed load leaves nothing behind, so a later
+/// open after `cargo xtask models` can still succeed).
+fn environment(runtime: &Path) -> Result<ort::environment::Environment, ModelError> {
+    static ENV: Mutex<Option<(std::path::PathBuf, ort::environment::Environment)>> = Mutex::new(None);
+    let mut slot = ENV.lock().map_err(|_| ModelError::Runtime { path: runtime.to_path_buf(), message: "runtime lock poisoned".into() })?;
+    if let Some((loaded, env)) = slot.as_ref() {
+        if loaded != runtime {
+            return Err(ModelError::Runtime {
+                path: runtime.to_path_buf(),
+                message: format!("ONNX Runtime is already loaded from {} in this process", loaded.display()),
+            });
+        }
+        return Ok(env.clone());
+    }
+    let err = |e: String| ModelError::Runtime { path: runtime.to_path_buf(), message: e };
+    let env = ort::init_from(runtime)
+        .map_err(|e| err(e.to_string()))?
+        .with_name("gate-face")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    *slot = Some((runtime.to_path_buf(), env.clone()));
+    Ok(env)
+}
+
+/// A short human reason for an outcome without a usable face.
+pub(crate) fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::NoFace => "no face detected".into(),
+        Outcome::Unusable(r) => r.to_string(),
+        Outcome::NoMatch { .. } | Outcome::Match(_) => "face used".into(),
+    }
+}

@@ -1,0 +1,235 @@
+//! Unit-length face embeddings and the in-memory 1:N gallery they are searched in.
+//! Neither type exposes its numbers: the matcher is the only place they exist.
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Length of an SFace embedding.
+pub(crate) const DIM: usize = 128;
+
+/// An L2-normalised face embedding; wiped on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct Embedding(pub(crate) [f32; DIM]);
+
+impl Embedding {
+    /// Normalises a raw recogniser output; `None` for an all-zero or non-finite vector.
+    pub fn normalised(raw: &[f32]) -> Option<Embedding> {
+        if raw.len() != DIM || raw.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm < 1e-6 {
+            return None;
+        }
+        let mut e = [0.0; DIM];
+        for (o, v) in e.iter_mut().zip(raw) {
+            *o = v / norm;
+        }
+        Some(Embedding(e))
+    }
+
+    /// Cosine similarity of two unit vectors.
+    pub fn cosine(&self, other: &Embedding) -> f32 {
+        dot(&self.0, &other.0)
+    }
+
+    /// The normalised mean of several embeddings (the enrolled template).
+    pub fn mean(samples: &[Embedding]) -> Option<Embedding> {
+        let mut sum = [0.0f32; DIM];
+        for s in samples {
+            for (o, v) in sum.iter_mut().zip(&s.0) {
+                *o += v;
+            }
+        }
+        let out = Embedding::normalised(&sum);
+        sum.zeroize();
+        out
+    }
+
+    pub(crate) fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(self.0.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Embedding> {
+        if bytes.len() != DIM * 4 {
+            return None;
+        }
+        let mut raw = [0.0f32; DIM];
+        for (o, c) in raw.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        let e = Embedding::normalised(&raw);
+        raw.zeroize();
+        e
+    }
+}
+
+/// Dot product written so the compiler vectorises it (eight independent lanes).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum()
+}
+
+/// The decrypted templates of every enrolled subject, held only in memory and wiped on drop.
+#[derive(Default, Zeroize, ZeroizeOnDrop)]
+pub struct Gallery {
+    #[zeroize(skip)]
+    subjects: Vec<String>,
+    vectors: Vec<f32>,
+}
+
+impl std::fmt::Debug for Gallery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gallery({} templates)", self.subjects.len())
+    }
+}
+
+impl Gallery {
+    /// An empty gallery.
+    pub fn new() -> Gallery {
+        Gallery::default()
+    }
+
+    /// Number of templates.
+    pub fn len(&self) -> usize {
+        self.subjects.len()
+    }
+
+    /// True when nobody is enrolled.
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+
+    /// Bytes of memory one template takes in the gallery (vector plus id, typical).
+    pub fn bytes_per_template(&self) -> usize {
+        let ids: usize = self.subjects.iter().map(|s| s.capacity() + std::mem::size_of::<String>()).sum();
+        DIM * 4 + ids.checked_div(self.subjects.len()).unwrap_or(std::mem::size_of::<String>())
+    }
+
+    pub(crate) fn push(&mut self, subject: String, e: &Embedding) {
+        self.subjects.push(subject);
+        self.vectors.extend_from_slice(&e.0);
+    }
+
+    /// Best match: (subject, cosine). Scans every template; splits across two threads
+    /// for large galleries.
+    pub(crate) fn best(&self, probe: &Embedding) -> Option<(&str, f32)> {
+        let n = self.subjects.len();
+        if n == 0 {
+            return None;
+        }
+        let scan = |from: usize, to: usize| -> (usize, f32) {
+            let mut best = (from, f32::NEG_INFINITY);
+            for (i, row) in self.vectors[from * DIM..to * DIM].chunks_exact(DIM).enumerate() {
+                let s = dot(row, &probe.0);
+                if s > best.1 {
+                    best = (from + i, s);
+                }
+            }
+            best
+        };
+        let (i, s) = if n >= PARALLEL_FROM {
+            let mid = n / 2;
+            let (a, b) = std::thread::scope(|sc| {
+                let h = sc.spawn(|| scan(mid, n));
+                let a = scan(0, mid);
+                (a, h.join().unwrap_or((mid, f32::NEG_INFINITY)))
+            });
+            if b.1 > a.1 { b } else { a }
+        } else {
+            scan(0, n)
+        };
+        Some((self.subjects[i].as_str(), s))
+    }
+
+    /// A gallery of `n` random unit vectors under ids `s0..s{n-1}`, for benchmarks of search
+    /// speed and memory (not faces; nothing biometric).
+    #[doc(hidden)]
+    pub fn synthetic(n: usize, seed: u64) -> Gallery {
+        let mut g = Gallery { subjects: Vec::with_capacity(n), vectors: Vec::with_capacity(n * DIM) };
+        let mut state = seed | 1;
+        let mut raw = [0.0f32; DIM];
+        for i in 0..n {
+            for v in raw.iter_mut() {
+                // xorshift64*: cheap, deterministic, good enough for timing.
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                *v = ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+            }
+            if let Some(e) = Embedding::normalised(&raw) {
+                g.push(format!("s{i}"), &e);
+            }
+        }
+        g
+    }
+
+    /// Searches the gallery with a random probe and returns the best score; for benchmarks.
+    #[doc(hidden)]
+    pub fn search_random(&self, seed: u64) -> Option<f32> {
+        let probe = Gallery::synthetic(1, seed);
+        let e = Embedding::normalised(&probe.vectors)?;
+        self.best(&e).map(|(_, s)| s)
+    }
+}
+
+/// Galleries at least this large are scanned by two threads.
+const PARALLEL_FROM: usize = 20_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(k: usize) -> Embedding {
+        let mut v = [0.0; DIM];
+        v[k] = 1.0;
+        Embedding(v)
+    }
+
+    #[test]
+    fn normalisation_gives_unit_length_and_refuses_zero() {
+        let e = Embedding::normalised(&[3.0; DIM]).unwrap();
+        assert!((e.cosine(&e) - 1.0).abs() < 1e-5);
+        assert!(Embedding::normalised(&[0.0; DIM]).is_none());
+        assert!(Embedding::normalised(&[1.0; 5]).is_none());
+        assert!(Embedding::normalised(&[f32::NAN; DIM]).is_none());
+    }
+
+    #[test]
+    fn search_returns_the_closest_subject() {
+        let mut g = Gallery::new();
+        g.push("a".into(), &unit(0));
+        g.push("b".into(), &unit(1));
+        let mut probe = [0.0; DIM];
+        probe[1] = 0.9;
+        probe[0] = 0.1;
+        let (who, score) = g.best(&Embedding::normalised(&probe).unwrap()).unwrap();
+        assert_eq!(who, "b");
+        assert!(score > 0.99);
+        assert!(Gallery::new().best(&unit(0)).is_none());
+    }
+
+    #[test]
+    fn the_two_thread_scan_finds_the_same_best_as_a_plain_scan() {
+        let mut g = Gallery::synthetic(PARALLEL_FROM + 10, 7);
+        let target = g.len() - 3;
+        let probe = Embedding::normalised(&g.vectors[target * DIM..(target + 1) * DIM]).unwrap();
+        g.subjects[target] = "needle".into();
+        assert_eq!(g.best(&probe).unwrap().0, "needle");
+    }
+
+    #[test]
+    fn bytes_round_trip_and_mean_is_unit() {
+        let e = Embedding::normalised(&[1.0; DIM]).unwrap();
+        let back = Embedding::from_bytes(&e.to_bytes()).unwrap();
+        assert!((back.cosine(&e) - 1.0).abs() < 1e-6);
+        let m = Embedding::mean(&[unit(0), unit(1)]).unwrap();
+        assert!((m.cosine(&unit(0)) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-5);
+        assert_eq!(format!("{:?}", Gallery::synthetic(3, 1)), "Gallery(3 templates)");
+    }
+}
