@@ -8,7 +8,7 @@ use crate::commands::{self, AuthorisedCommand};
 use crate::deploy::{Deployer, PluginSlot};
 use crate::link::{Inbound, LinkHandle};
 use crate::messages::{now_ms, JobStatus, PluginInfo, Status};
-use crate::store::StoreError;
+use crate::store::{CommandLogEntry, StoreError};
 use semver::Version;
 
 /// What the host does with an authorised command; the `Ok` text or `Err` reason goes
@@ -81,13 +81,13 @@ impl Agent {
                 let outcome = exec.execute(&cmd);
                 let reply = cmd.reply(outcome, now_ms());
                 tracing::info!(command = %id, sender = %cmd.sender, action = %action, ok = reply.ok, "remote command");
-                self.deployer.store().log_command(id, Some(&cmd.sender), &action, reply.ok, &reply.code, &reply.detail, now)?;
+                self.deployer.store().log_command(&CommandLogEntry { id: id.into(), sender: Some(cmd.sender.clone()), action, ok: reply.ok, code: reply.code.clone(), detail: reply.detail.clone(), at_ms: now })?;
                 reply
             }
             Err(e) => {
                 let reply = commands::refusal(id, &e, now);
                 tracing::warn!(command = %id, code = %reply.code, reason = %reply.detail, "remote command refused");
-                self.deployer.store().log_command(id, None, "(refused)", false, &reply.code, &reply.detail, now)?;
+                self.deployer.store().log_command(&CommandLogEntry { id: id.into(), sender: None, action: "(refused)".into(), ok: false, code: reply.code.clone(), detail: reply.detail.clone(), at_ms: now })?;
                 reply
             }
         };

@@ -115,22 +115,37 @@ impl FleetStore {
     }
 
     /// Appends a command and its outcome to the command log (who sent what, and what happened).
-    pub fn log_command(&self, id: &str, sender: Option<&str>, action: &str, ok: bool, code: &str, detail: &str, at_ms: i64) -> Result<(), StoreError> {
+    pub fn log_command(&self, e: &CommandLogEntry) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "INSERT INTO fleet_command_log (id, sender, action, ok, code, detail, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![id, sender, action, ok, code, detail, at_ms],
+                params![e.id, e.sender, e.action, e.ok, e.code, e.detail, e.at_ms],
             )
             .map_err(self.err("logging a command"))?;
         Ok(())
     }
 
-    /// The command log, oldest first: (id, sender, action, code).
-    pub fn command_log(&self) -> Result<Vec<(String, Option<String>, String, String)>, StoreError> {
-        let mut st = self.conn.prepare("SELECT id, sender, action, code FROM fleet_command_log ORDER BY rowid").map_err(self.err("reading the command log"))?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(self.err("reading the command log"))?;
+    /// The command log, oldest first.
+    pub fn command_log(&self) -> Result<Vec<CommandLogEntry>, StoreError> {
+        let mut st = self.conn.prepare("SELECT id, sender, action, ok, code, detail, at_ms FROM fleet_command_log ORDER BY rowid").map_err(self.err("reading the command log"))?;
+        let rows = st
+            .query_map([], |r| Ok(CommandLogEntry { id: r.get(0)?, sender: r.get(1)?, action: r.get(2)?, ok: r.get(3)?, code: r.get(4)?, detail: r.get(5)?, at_ms: r.get(6)? }))
+            .map_err(self.err("reading the command log"))?;
         Ok(rows.filter_map(|r| r.ok()).collect())
     }
+}
+
+/// One remote command as logged: who sent it (verified key id; None when refused before
+/// the signature verified), what it asked (action JSON), and the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLogEntry {
+    pub id: String,
+    pub sender: Option<String>,
+    pub action: String,
+    pub ok: bool,
+    pub code: String,
+    pub detail: String,
+    pub at_ms: i64,
 }
 
 impl SeenCommands for FleetStore {

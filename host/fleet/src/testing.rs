@@ -15,13 +15,21 @@ pub struct Broker {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// TLS listener; requires a client certificate signed by [`Broker::ca`].
     pub tls_port: u16,
+    /// Plain listener that requires [`TEST_USER`] / [`TEST_PASSWORD`].
+    pub password_port: u16,
     /// CA that signed the broker's certificate (and the client certificate).
     pub ca: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
     child: Option<Child>,
 }
+
+/// User name accepted on the password listener.
+pub const TEST_USER: &str = "gateway";
+/// Password of [`TEST_USER`].
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
 
 const SETUP_HINT: &str = "mosquitto is not installed: run `cargo xtask setup` (it installs the Debian packages mosquitto and mosquitto-clients)";
 
@@ -86,26 +94,42 @@ fn current_user() -> Option<String> {
 
 impl Broker {
     /// Generates certificates and a configuration and starts mosquitto. The TLS listener
-    /// asks for a client certificate but does not require one (both modes are testable).
+    /// requires a client certificate; a third listener requires a user name and password.
     pub fn start() -> Result<Broker, String> {
         let bin = find_mosquitto()?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         generate_certs(dir.path())?;
-        let (port, tls_port) = (free_port()?, free_port()?);
+        let (port, tls_port, password_port) = (free_port()?, free_port()?, free_port()?);
         let d = dir.path();
         let user = current_user().map(|u| format!("user {u}\n")).unwrap_or_default();
+        let passwd = d.join("passwd");
+        write(&passwd, "")?;
+        let ok = Command::new(bin.with_file_name("mosquitto_passwd"))
+            .args(["-b"])
+            .arg(&passwd)
+            .args([TEST_USER, TEST_PASSWORD])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .or_else(|_| Command::new("mosquitto_passwd").arg("-b").arg(&passwd).args([TEST_USER, TEST_PASSWORD]).status())
+            .map_err(|e| format!("running mosquitto_passwd: {e}; {SETUP_HINT}"))?;
+        if !ok.success() {
+            return Err(format!("mosquitto_passwd failed with {ok}"));
+        }
         let conf = format!(
-            "{user}per_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\n\
+            "{user}per_listener_settings true\npersistence false\nlog_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\n\
              max_queued_messages 0\nmax_inflight_messages 0\n\
-             listener {port} 127.0.0.1\n\
-             listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate false\n",
+             listener {port} 127.0.0.1\nallow_anonymous true\n\
+             listener {tls_port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n\
+             listener {password_port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n",
             log = d.join("mosquitto.log").display(),
             ca = d.join("ca.pem").display(),
             cert = d.join("server.pem").display(),
             key = d.join("server.key").display(),
+            passwd = passwd.display(),
         );
         write(&d.join("mosquitto.conf"), &conf)?;
-        let mut b = Broker { ca: d.join("ca.pem"), client_cert: d.join("client.pem"), client_key: d.join("client.key"), dir, bin, port, tls_port, child: None };
+        let mut b = Broker { ca: d.join("ca.pem"), client_cert: d.join("client.pem"), client_key: d.join("client.key"), dir, bin, port, tls_port, password_port, child: None };
         b.restart()?;
         Ok(b)
     }
@@ -135,7 +159,7 @@ impl Broker {
                     break;
                 }
                 let up = |p| TcpStream::connect((Ipv4Addr::LOCALHOST, p)).is_ok();
-                if up(self.port) && up(self.tls_port) {
+                if up(self.port) && up(self.tls_port) && up(self.password_port) {
                     self.child = Some(child);
                     return Ok(());
                 }
@@ -181,6 +205,18 @@ impl Broker {
             tls: Some(TlsFiles { ca: self.ca.clone(), client_cert: Some(self.client_cert.clone()), client_key: Some(self.client_key.clone()) }),
             username: None,
             password: None,
+            keep_alive_secs: 5,
+        }
+    }
+
+    /// Connection settings for the password listener (plain TCP, user name and password).
+    pub fn password(&self) -> BrokerConfig {
+        BrokerConfig {
+            host: "127.0.0.1".into(),
+            port: self.password_port,
+            tls: None,
+            username: Some(TEST_USER.into()),
+            password: Some(TEST_PASSWORD.into()),
             keep_alive_secs: 5,
         }
     }
@@ -233,6 +269,7 @@ pub struct TestGatewayOptions {
     pub window: usize,
     pub retention: crate::outbox::Retention,
     pub rule: crate::deploy::RollbackRule,
+    pub max_bundle_bytes: usize,
 }
 
 impl Default for TestGatewayOptions {
@@ -242,6 +279,7 @@ impl Default for TestGatewayOptions {
             window: 256,
             retention: crate::outbox::Retention::default(),
             rule: crate::deploy::RollbackRule { max_failures: 3, within_ms: 60_000 },
+            max_bundle_bytes: crate::bundle::DEFAULT_MAX_BUNDLE_BYTES,
         }
     }
 }
@@ -261,7 +299,7 @@ impl TestGateway {
         let trusted = TrustedKeys::from_config(&[key.trusted_entry(&[Permission::Deploy, Permission::Door, Permission::Credentials, Permission::Pin])]).map_err(|e| e.to_string())?;
         let host_version: semver::Version = "0.1.0".parse().map_err(|e: semver::Error| e.to_string())?;
         let store = crate::store::FleetStore::open(&db).map_err(|e| e.to_string())?;
-        let cfg = DeployConfig { gateway: gateway.into(), host_version: host_version.clone(), max_bundle_bytes: crate::bundle::DEFAULT_MAX_BUNDLE_BYTES, rule: opts.rule };
+        let cfg = DeployConfig { gateway: gateway.into(), host_version: host_version.clone(), max_bundle_bytes: opts.max_bundle_bytes, rule: opts.rule };
         let (deployer, interrupted) = Deployer::new(cfg, trusted, store, crate::messages::now_ms()).map_err(|e| e.to_string())?;
         let outbox = crate::outbox::Outbox::open(&db, opts.retention).map_err(|e| e.to_string())?;
         let mut lc = crate::link::LinkConfig::new(broker, site, gateway);

@@ -172,8 +172,9 @@ async fn operator_rollback_and_commands_are_authorised_and_answered() {
 
     let log = gw.agent.lock().unwrap().deployer().store().command_log().unwrap();
     assert_eq!(log.len(), 2);
-    assert_eq!(log[0].1.as_deref(), Some("test-operator"));
-    assert_eq!(log[1].3, "unauthorised");
+    assert_eq!(log[0].sender.as_deref(), Some("test-operator"));
+    assert!(log[0].action.contains("open-door-once"), "{:?}", log[0]);
+    assert_eq!(log[1].code, "unauthorised");
     op.disconnect().await;
 }
 
@@ -211,4 +212,49 @@ async fn events_produced_while_the_broker_is_down_all_arrive_in_order_after_it_r
     assert!(arrivals.windows(2).all(|w| w[0] < w[1]), "events out of order");
     assert_eq!(arrivals.first(), Some(&1));
     assert!(gw.handle.snapshot().connects >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_password_and_client_certificates_are_enforced_by_the_broker() {
+    let broker = broker();
+    let gw = TestGateway::start(broker.password(), "oak-court", "south", TestGatewayOptions::default()).unwrap();
+    wait_connected(&gw, 1).await;
+
+    let mut wrong = broker.password();
+    wrong.password = Some("guess".into());
+    assert!(Operator::connect(&wrong, "op-wrong-password", Duration::from_secs(2)).await.is_err(), "wrong password accepted");
+
+    let mut no_cert = broker.tls();
+    if let Some(t) = no_cert.tls.as_mut() {
+        t.client_cert = None;
+        t.client_key = None;
+    }
+    assert!(Operator::connect(&no_cert, "op-no-cert", Duration::from_secs(2)).await.is_err(), "TLS without client certificate accepted");
+    let ok = Operator::connect(&broker.tls(), "op-cert", Duration::from_secs(5)).await.expect("TLS with client certificate refused");
+    ok.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_publish_only_under_their_prefix_and_oversized_bundles_are_rejected() {
+    let broker = broker();
+    let opts = TestGatewayOptions { max_bundle_bytes: 64 * 1024, ..Default::default() };
+    let gw = TestGateway::start(broker.plain(), "oak-court", "north", opts).unwrap();
+    wait_connected(&gw, 1).await;
+    let rec = Recorder::start(&broker.plain(), "gate/v1/#").await;
+    gw.handle.plugin_publish("platform-bridge", "doors/lobby", b"{\"open\":true}".to_vec()).unwrap();
+    assert!(gw.handle.plugin_publish("platform-bridge", "../../status", b"{}".to_vec()).is_err());
+    assert!(gw.handle.plugin_publish("platform-bridge", "#", b"{}".to_vec()).is_err());
+    let deadline = Instant::now() + T;
+    while rec.got.lock().unwrap().iter().all(|(t, _)| !t.contains("/out/")) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outs: Vec<String> = rec.got.lock().unwrap().iter().filter(|(t, _)| t.contains("/out/")).map(|(t, _)| t.clone()).collect();
+    assert_eq!(outs, vec!["gate/v1/oak-court/north/out/platform-bridge/doors/lobby".to_string()]);
+
+    let mut op = operator(&broker.plain()).await;
+    let big = gate_fleet::bundle::sign_bundle(&gw.operator_key, manifest("resident-policy", "1.0.0", 1), &[gate_fleet::deploy::COMPONENT_HEADER, &[0u8; 100_000][..]].concat()).unwrap();
+    let (s, _) = deploy_one(&mut op, &gw, &big).await;
+    assert_eq!((s.state, s.code.as_deref()), (JobState::Rejected, Some("too-large")), "{s:?}");
+    assert!(gw.slot.lock().unwrap().plugins().is_empty(), "something was installed");
+    op.disconnect().await;
 }

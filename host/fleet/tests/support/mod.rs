@@ -43,9 +43,12 @@ pub fn bundle(key: &OperatorKey, name: &str, version: &str, sequence: u64) -> Bu
     sign_bundle(key, manifest(name, version, sequence), &component(version)).unwrap()
 }
 
+/// (topic, payload) of a received message.
+pub type Received = (String, Vec<u8>);
+
 /// Records every event message published on a topic filter; re-subscribes after reconnects.
 pub struct Recorder {
-    pub got: Arc<Mutex<Vec<EventMessage>>>,
+    pub got: Arc<Mutex<Vec<Received>>>,
     pub subscribed: Arc<Mutex<u32>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -66,9 +69,7 @@ impl Recorder {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().unwrap() += 1,
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Ok(m) = serde_json::from_slice::<EventMessage>(&p.payload) {
-                            g.lock().unwrap().push(m);
-                        }
+                        g.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -93,7 +94,8 @@ impl Recorder {
     /// Distinct ids received, and the seqs in order of first arrival.
     pub fn first_arrivals(&self) -> Vec<i64> {
         let mut seen = std::collections::HashSet::new();
-        self.got.lock().unwrap().iter().filter(|m| seen.insert(m.id.clone())).map(|m| m.seq).collect()
+        let events: Vec<EventMessage> = self.got.lock().unwrap().iter().filter_map(|(_, p)| serde_json::from_slice(p).ok()).collect();
+        events.into_iter().filter(|m| seen.insert(m.id.clone())).map(|m| m.seq).collect()
     }
 }
 
