@@ -258,3 +258,33 @@ async fn plugins_publish_only_under_their_prefix_and_oversized_bundles_are_rejec
     assert!(gw.slot.lock().unwrap().plugins().is_empty(), "something was installed");
     op.disconnect().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_deployment_reaches_every_gateway_of_the_site() {
+    let broker = broker();
+    let a = TestGateway::start(broker.plain(), "elm-park", "east", TestGatewayOptions::default()).unwrap();
+    let b = TestGateway::start(broker.plain(), "elm-park", "west", TestGatewayOptions::default()).unwrap();
+    let other = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
+    for g in [&a, &b, &other] {
+        wait_connected(g, 1).await;
+        g.announce();
+    }
+    // Each test gateway trusts only its own key "test-operator" (a different key pair each),
+    // so one bundle signed with east's key must go to both elm-park gateways, succeed on east,
+    // be rejected on west, and never reach oak-court.
+    let mut op = operator(&broker.plain()).await;
+    let rows = op.fleet_status(Some("elm-park"), Duration::from_millis(300)).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.gateway.as_str()).collect::<Vec<_>>(), vec!["east", "west"]);
+    let mut progress_lines = vec![];
+    let res = op
+        .deploy(&Target::Site("elm-park".into()), &bundle(&a.operator_key, "resident-policy", "1.0.0", 1), T, &mut |gw, s| progress_lines.push(gate_fleet::operator::format_progress(gw, s)))
+        .await
+        .unwrap();
+    let by_gw: std::collections::BTreeMap<_, _> = res.into_iter().map(|(g, s)| (g, s.unwrap())).collect();
+    assert_eq!(by_gw["east"].state, JobState::Succeeded);
+    // west does not trust east's key: the same job is rejected there, with the reason.
+    assert_eq!((by_gw["west"].state, by_gw["west"].code.as_deref()), (JobState::Rejected, Some("bad-signature")));
+    assert!(progress_lines.iter().any(|l| l.starts_with("east: in-progress")), "{progress_lines:?}");
+    assert!(other.slot.lock().unwrap().plugins().is_empty(), "a gateway of another site got the job");
+    op.disconnect().await;
+}
