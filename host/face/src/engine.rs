@@ -36,6 +36,8 @@ pub struct MatchConfig {
     pub max_yaw: f32,
     /// Largest roll, in degrees.
     pub max_roll_deg: f32,
+    /// ONNX Runtime intra-op threads per model.
+    pub threads: usize,
 }
 
 impl Default for MatchConfig {
@@ -49,6 +51,7 @@ impl Default for MatchConfig {
             min_sharpness: 15.0,
             max_yaw: 0.35,
             max_roll_deg: 30.0,
+            threads: 2,
         }
     }
 }
@@ -139,7 +142,7 @@ impl FaceEngine {
                 .map_err(|e| err(e.to_string()))?
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(|e| err(e.to_string()))?
-                .with_intra_threads(2)
+                .with_intra_threads(config.threads.max(1))
                 .map_err(|e| err(e.to_string()))?
                 .commit_from_file(path)
                 .map_err(|e| err(e.to_string()))

@@ -87,23 +87,42 @@ impl Frame {
         out
     }
 
-    /// Writes the frame, resized by `scale`, into a zero-padded planar BGR tensor of `tw`x`th`.
+    /// Writes the frame, resized by `scale` (bilinear), into the top-left corner of a
+    /// zero-padded planar BGR tensor of `tw`x`th`.
     pub(crate) fn to_planar(&self, scale: f32, tw: usize, th: usize, out: &mut Vec<f32>) {
         out.clear();
         out.resize(3 * tw * th, 0.0);
-        let sw = ((self.width as f32 * scale).round() as usize).min(tw);
-        let sh = ((self.height as f32 * scale).round() as usize).min(th);
+        let (w, h) = (self.width as usize, self.height as usize);
+        let sw = ((w as f32 * scale).round() as usize).min(tw);
+        let sh = ((h as f32 * scale).round() as usize).min(th);
         let inv = 1.0 / scale;
+        // Source column pairs and weights, computed once per column.
+        let cols: Vec<(usize, usize, f32)> = (0..sw)
+            .map(|x| {
+                let sx = ((x as f32 + 0.5) * inv - 0.5).clamp(0.0, (w - 1) as f32);
+                let x0 = sx as usize;
+                (x0, (x0 + 1).min(w - 1), sx - x0 as f32)
+            })
+            .collect();
         let plane = tw * th;
         for y in 0..sh {
-            let syf = ((y as f32 + 0.5) * inv - 0.5).max(0.0);
-            for x in 0..sw {
-                let sxf = ((x as f32 + 0.5) * inv - 0.5).max(0.0);
-                let v = self.sample(sxf, syf.min(self.height as f32 - 1.0));
+            let sy = ((y as f32 + 0.5) * inv - 0.5).clamp(0.0, (h - 1) as f32);
+            let y0 = sy as usize;
+            let y1 = (y0 + 1).min(h - 1);
+            let fy = sy - y0 as f32;
+            let r0 = &self.bgr[y0 * w * 3..(y0 + 1) * w * 3];
+            let r1 = &self.bgr[y1 * w * 3..(y1 + 1) * w * 3];
+            for (x, &(x0, x1, fx)) in cols.iter().enumerate() {
                 let o = y * tw + x;
-                out[o] = v[0];
-                out[plane + o] = v[1];
-                out[2 * plane + o] = v[2];
+                for k in 0..3 {
+                    let a = r0[x0 * 3 + k] as f32;
+                    let b = r0[x1 * 3 + k] as f32;
+                    let c = r1[x0 * 3 + k] as f32;
+                    let d = r1[x1 * 3 + k] as f32;
+                    let top = a + (b - a) * fx;
+                    let bottom = c + (d - c) * fx;
+                    out[k * plane + o] = top + (bottom - top) * fy;
+                }
             }
         }
     }
@@ -130,6 +149,23 @@ mod tests {
         assert_eq!(f.sample(0.0, 0.0), [30.0, 20.0, 10.0]);
         assert_eq!(f.sample(0.5, 0.0), [50.0, 40.0, 30.0]);
         assert_eq!(f.sample(-5.0, 0.0), [0.0; 3]);
+    }
+
+    #[test]
+    fn planar_resize_halves_a_frame_into_the_padded_corner() {
+        // 4x2 frame, blue channel = 10 * x; halved into a 4x4 tensor.
+        let mut bgr = Vec::new();
+        for _y in 0..2 {
+            for x in 0..4u8 {
+                bgr.extend_from_slice(&[10 * x, 0, 0]);
+            }
+        }
+        let f = Frame::from_bgr(4, 2, bgr).unwrap();
+        let mut out = Vec::new();
+        f.to_planar(0.5, 4, 4, &mut out);
+        assert_eq!(out.len(), 48);
+        assert_eq!(&out[0..4], &[5.0, 25.0, 0.0, 0.0]);
+        assert_eq!(out[4], 0.0, "rows below the image are padding");
     }
 
     #[test]
