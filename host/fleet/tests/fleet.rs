@@ -181,24 +181,32 @@ async fn operator_rollback_and_commands_are_authorised_and_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_produced_while_the_broker_is_down_all_arrive_in_order_after_it_returns() {
     let mut broker = broker();
-    let mut gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
+    let relay = Relay::start(broker.port).await;
+    let mut gw = TestGateway::start(relay.config(&broker.plain()), "oak-court", "north", TestGatewayOptions::default()).unwrap();
     wait_connected(&gw, 1).await;
     let rec = Recorder::start(&broker.plain(), "gate/v1/oak-court/north/events").await;
 
-    let mut last = 0;
     for _ in 0..10 {
-        last = *gw.append_events(50).unwrap().end();
+        gw.append_events(50).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A burst right before the kill, so some events are in flight (sent, not acknowledged).
+    let mut last = *gw.append_events(5000).unwrap().end();
+    tokio::time::sleep(Duration::from_millis(30)).await;
     broker.kill();
+    relay.set_open(false);
+    let cursor_at_kill = gw.handle.snapshot().cursor;
     // Events keep coming while the broker is gone.
     for _ in 0..20 {
         last = *gw.append_events(50).unwrap().end();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!gw.handle.snapshot().connected);
+    eprintln!("cursor at kill {cursor_at_kill}, events so far {last}");
     broker.restart().unwrap();
+    // The broker keeps no sessions: let the gateway back only once the consumer listens again.
     rec.wait_subscribed(2).await;
+    relay.set_open(true);
     for _ in 0..10 {
         last = *gw.append_events(50).unwrap().end();
     }

@@ -109,3 +109,49 @@ pub fn rand_id() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     format!("{:x}{:x}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos(), std::process::id())
 }
+
+/// A TCP relay in front of the broker for the gateway, which the test can hold shut:
+/// while closed, connections are refused at once, so the test decides when the gateway
+/// may come back (after the recorder has re-subscribed to a restarted broker).
+pub struct Relay {
+    pub port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(broker_port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let o = open.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the gateway sees the connection fail
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { port, open, task }
+    }
+
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `broker` with the relay's port.
+    pub fn config(&self, broker: &BrokerConfig) -> BrokerConfig {
+        BrokerConfig { port: self.port, ..broker.clone() }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
