@@ -1,0 +1,213 @@
+//! End-to-end tests: the real `gate` binary, the real compiled plugins
+//! (built by `cargo xtask plugins`), real SQLite, over recorded traces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn plugin(name: &str) -> PathBuf {
+    let p = root().join("target/plugins").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `cargo xtask setup` (or `cargo xtask test`) to build the plugins", p.display());
+    p
+}
+
+fn gate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gate")).current_dir(root()).args(args).output().expect("run gate")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The demo site with the resident policy swapped for `policy_plugin`, its
+/// state in a temp dir. Returns the config path (the temp dir must outlive it).
+fn site_with(policy_plugin: &str, dir: &Path) -> PathBuf {
+    let demo = std::fs::read_to_string(root().join("configs/demo-site.toml")).unwrap();
+    let cfg = demo
+        .replace("../target/plugins/resident-policy.wasm", plugin(policy_plugin).to_str().unwrap())
+        .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
+        .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+        .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")))
+        // A small memory cap so the memory hog reaches it before its fuel runs out.
+        .replace("memory_mb = 32 ", "memory_mb = 4  ");
+    let path = dir.join("site.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn replay_jsonl(config: &Path, trace: &str) -> Vec<serde_json::Value> {
+    let out = gate(&["replay", "--config", config.to_str().unwrap(), "--trace", trace, "--format", "jsonl"]);
+    assert!(out.status.success(), "replay failed: {}", text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone())
+        .collect()
+}
+
+fn decisions(records: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    records.iter().filter(|r| r["kind"] == "decision").collect()
+}
+
+#[test]
+fn recorded_traces_replay_to_their_expected_outputs() {
+    plugin("resident-policy");
+    for trace in ["morning", "held-open", "fire", "stranger"] {
+        let path = format!("tests/traces/{trace}.jsonl");
+        let out = gate(&["replay", "--config", "configs/demo-site.toml", "--trace", &path]);
+        assert_eq!(out.status.code(), Some(0), "{trace}: {}", text(&out));
+        assert!(text(&out).contains("replay matches"), "{trace} has no expected outputs: {}", text(&out));
+    }
+}
+
+#[test]
+fn replay_is_byte_identical_across_runs() {
+    plugin("resident-policy");
+    let run = || gate(&["replay", "--config", "configs/demo-site.toml", "--trace", "tests/traces/morning.jsonl", "--format", "jsonl"]).stdout;
+    let first = run();
+    assert!(first.len() > 1000, "suspiciously little output");
+    assert_eq!(first, run());
+}
+
+#[test]
+fn a_changed_expectation_fails_with_a_readable_diff() {
+    plugin("resident-policy");
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(root().join("tests/traces/stranger.jsonl")).unwrap();
+    assert!(original.contains("\"reason\":\"unknown credential\""));
+    let tampered = original.replacen("\"reason\":\"unknown credential\"", "\"reason\":\"welcome home\"", 1);
+    let path = dir.path().join("tampered.jsonl");
+    std::fs::write(&path, tampered).unwrap();
+    let out = gate(&["replay", "--config", "configs/demo-site.toml", "--trace", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("-{\"at\":0,\"expect\":{\"kind\":\"decision\"") && t.contains("welcome home"), "{t}");
+    assert!(t.contains("+{\"at\":0,\"expect\":{\"kind\":\"decision\"") && t.contains("unknown credential"), "{t}");
+}
+
+/// Every misbehaving plugin: the host survives, residents' cards and PINs
+/// still open the door, strangers are still refused, fire still releases.
+#[test]
+fn misbehaving_plugins_never_lock_residents_out() {
+    for bad in ["spin-forever", "memory-hog", "deep-recursion", "always-trap", "garbage-decision", "log-flood"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = site_with(bad, dir.path());
+        let recs = replay_jsonl(&cfg, "tests/traces/bad-plugin.jsonl");
+        let d = decisions(&recs);
+        assert_eq!(d.len(), 6, "{bad}: {recs:#?}");
+        let by = |i: usize| d[i]["by"].as_str().unwrap().to_string();
+        // r-0001's card, r-0001's PIN, r-0002's card, r-0003's card: all open.
+        for i in [0, 2, 3, 5] {
+            assert_eq!(d[i]["outcome"], "grant", "{bad}: decision {i} {:?}", d[i]);
+        }
+        // The stranger stays out.
+        assert_eq!(d[1]["outcome"], "deny", "{bad}");
+        if bad == "log-flood" {
+            // Flooding the log is not a failure: it is rate-limited and the plugin still decides.
+            assert!(d.iter().all(|x| x["by"] == "plugin:resident-policy"), "{bad}: {d:?}");
+            assert!(!recs.iter().any(|r| r["kind"] == "plugin"), "{bad}");
+            continue;
+        }
+        assert!(by(0).starts_with("fallback:"), "{bad}: {}", by(0));
+        // Face alone is not honoured by the fallback.
+        assert_eq!(d[4]["outcome"], "deny", "{bad}");
+        let failures: Vec<_> = recs.iter().filter(|r| r["kind"] == "plugin" && r["status"] == "failed").collect();
+        let quarantined = recs.iter().filter(|r| r["kind"] == "plugin" && r["status"] == "quarantined").count();
+        assert_eq!(failures.len(), 4, "{bad}: 3 failures, quarantine, then one retry after it expires: {recs:#?}");
+        assert_eq!(quarantined, 2, "{bad}");
+        assert_eq!(by(3), "fallback:quarantined", "{bad}");
+        let expected_reason = match bad {
+            "spin-forever" => "instruction budget exhausted",
+            "memory-hog" => "memory cap reached",
+            "garbage-decision" => "invalid decision",
+            _ => "trap",
+        };
+        assert!(failures[0]["reason"].as_str().unwrap().contains(expected_reason), "{bad}: {:?}", failures[0]);
+        // Fire release is the host's: every fire-release door unlocks.
+        let fire_relays = recs.iter().filter(|r| r["kind"] == "relay" && r["on"] == true).count();
+        assert!(fire_relays >= 3, "{bad}");
+    }
+}
+
+/// In service (epoch deadline, no fuel) a hanging plugin's call ends at its
+/// wall-clock deadline and the resident still gets in.
+#[test]
+fn hanging_plugin_in_service_ends_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_with("spin-forever", dir.path());
+    let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/bad-plugin.jsonl", "--speed", "2000"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("deadline exceeded"), "the live engine should stop the call by its wall-clock deadline: {t}");
+    let first = t.lines().find(|l| l.contains("north-gate") && l.contains("card")).unwrap_or_default();
+    assert!(first.contains("GRANT") && first.contains("fallback"), "{t}");
+}
+
+#[test]
+fn the_demo_gateway_logs_every_decision_without_raw_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_with("resident-policy", dir.path());
+    let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/morning.jsonl", "--speed", "5000"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("GRANT") && t.contains("DENY  unknown credential"), "{t}");
+    let db = dir.path().join("state/events.sqlite");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM events WHERE kind = 'decision'", [], |r| r.get(0)).unwrap();
+    let distinct: i64 = conn.query_row("SELECT COUNT(DISTINCT id) FROM events", [], |r| r.get(0)).unwrap();
+    let all: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 12, "{t}");
+    assert_eq!(distinct, all);
+    drop(conn);
+    // No card number, PIN or NFC token from the trace is anywhere in the database files.
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes.extend(std::fs::read(dir.path().join("state/events.sqlite-wal")).unwrap_or_default());
+    for secret in ["10012345", "10012347", "99999999", "246810", "nfc-7f3a91", "20010001"] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} leaked into the event log");
+    }
+}
+
+#[test]
+fn plugin_check_reports_world_and_rejects_non_components() {
+    let out = gate(&["plugin", "check", plugin("resident-policy").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("gate:plugin/policy-plugin@0.1.0") && t.contains("gate:plugin/policy@0.1.0"), "{t}");
+    let out = gate(&["plugin", "check", plugin("platform-bridge").to_str().unwrap()]);
+    assert!(text(&out).contains("integration-plugin"), "{}", text(&out));
+
+    let out = gate(&["plugin", "check", "configs/demo-site.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("configs/demo-site.toml is not a valid component"), "{}", text(&out));
+}
+
+#[test]
+fn face_only_site_is_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_with("resident-policy", dir.path());
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    let face_only = body.replace("credentials = [\"face\", \"card\", \"pin\", \"nfc\"]", "credentials = [\"face\"]");
+    assert_ne!(body, face_only);
+    std::fs::write(&cfg, face_only).unwrap();
+    let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/morning.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let t = text(&out);
+    assert!(t.contains("site.toml:") && t.contains("door `building-3`") && t.contains("only way in"), "{t}");
+}
+
+#[test]
+fn malformed_trace_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.jsonl");
+    std::fs::write(
+        &path,
+        "{\"gate_trace\":1,\"site\":\"s\",\"start\":\"2026-11-23T07:00:00+08:00\"}\n{\"at\":1,\"input\":{\"kind\":\"card\",\"door\":\"north-gate\"}}\n",
+    )
+    .unwrap();
+    let out = gate(&["replay", "--config", "configs/demo-site.toml", "--trace", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("broken.jsonl:2:") && text(&out).contains("number"), "{}", text(&out));
+}

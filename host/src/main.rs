@@ -1,1 +1,248 @@
-fn main() {}
+//! `gate`: the gateway runtime and its tools.
+//!
+//! Exit codes: 0 success; 1 a replay differed from the trace's expected
+//! output; 2 bad input (configuration, trace, plugin, arguments); 3 the
+//! gateway failed while running.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use gate::config::SiteConfig;
+use gate::trace::Trace;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gate", version, about = "The gate gateway: owns the door, runs each site's sandboxed policy plugins, replays recorded hardware traces.")]
+struct Cli {
+    /// Log filter (also GATE_LOG), e.g. "warn" or "gate=debug".
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway. Without hardware it serves a recorded trace in real time.
+    Run {
+        /// Site configuration (configs/*.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Trace whose inputs stand in for the hardware.
+        #[arg(long)]
+        trace: PathBuf,
+        /// Playback speed (1 = real time).
+        #[arg(long, default_value_t = 20.0)]
+        speed: f64,
+        /// Event log database (default: <state_dir>/events.sqlite).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Replay a trace in virtual time; with expected outputs, diff and fail on any difference.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        trace: PathBuf,
+        /// Output format: readable text, or trace `expect` lines to paste into a trace.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+    },
+    /// Print the stored form of a PIN for a subject directory (PINs are never stored in clear).
+    PinHash {
+        /// Site id the hash is bound to.
+        #[arg(long)]
+        site: String,
+        /// The PIN; read from standard input when omitted.
+        pin: Option<String>,
+    },
+    /// Visitor QR passes (what the property's platform issues).
+    Qr {
+        #[command(subcommand)]
+        cmd: QrCmd,
+    },
+    /// Measure decision latency, instance cost and replay throughput with the real plugins.
+    Bench {
+        #[arg(long)]
+        config: PathBuf,
+        /// Decisions to time.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Validate a component against the contract and print its world, imports, exports and size.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum QrCmd {
+    /// Sign a visitor pass with an issuer's Ed25519 secret key (hex).
+    Sign {
+        #[arg(long)]
+        key_hex: String,
+        #[arg(long)]
+        visitor: String,
+        #[arg(long)]
+        host: String,
+        /// End of validity, RFC 3339.
+        #[arg(long)]
+        valid_until: String,
+    },
+    /// Print the public key (hex) of an issuer's secret key, for `qr.issuer_keys`.
+    PublicKey {
+        #[arg(long)]
+        key_hex: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Jsonl,
+}
+
+/// An error with the exit code it should produce.
+struct Failure(u8, anyhow::Error);
+
+fn input<E: Into<anyhow::Error>>(e: E) -> Failure {
+    Failure(2, e.into())
+}
+
+fn runtime<E: Into<anyhow::Error>>(e: E) -> Failure {
+    Failure(3, e.into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = cli.log.clone().or_else(|| std::env::var("GATE_LOG").ok()).unwrap_or_else(|| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.cmd) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, e)) => {
+            eprintln!("gate: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<SiteConfig, Failure> {
+    SiteConfig::load(path).map_err(input)
+}
+
+fn cache_dir(cfg: &SiteConfig) -> Option<PathBuf> {
+    cfg.site.state_dir.as_ref().map(|d| d.join("plugin-cache"))
+}
+
+fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
+    match cmd {
+        Cmd::Run { config, trace, speed, db } => {
+            let cfg = load_config(&config)?;
+            let trace = Trace::load(&trace).map_err(input)?;
+            let db = match db.or_else(|| cfg.site.state_dir.as_ref().map(|d| d.join("events.sqlite"))) {
+                Some(p) => p,
+                None => return Err(input(anyhow::anyhow!("{}: set `site.state_dir` or pass --db for the event log", config.display()))),
+            };
+            if let Some(parent) = db.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display())).map_err(runtime)?;
+            }
+            let cache = cache_dir(&cfg);
+            let mut stdout = std::io::stdout();
+            let s = gate::live::run(cfg, gate::live::RunOptions { trace, speed, db, cache_dir: cache }, &mut stdout).map_err(runtime)?;
+            println!(
+                "\ngate: done. {} granted, {} denied, {} other decisions, {} alarms raised, {} plugin incidents, {} messages published; {} records in the event log.",
+                s.granted, s.denied, s.other_decisions, s.alarms, s.plugin_failures, s.published, s.logged
+            );
+            Ok(0)
+        }
+        Cmd::Replay { config, trace, format } => {
+            let cfg = load_config(&config)?;
+            let trace = Trace::load(&trace).map_err(input)?;
+            let offset = gate::clock::parse_offset(&cfg.site.utc_offset).map_err(|m| input(anyhow::anyhow!(m)))?;
+            let cache = cache_dir(&cfg);
+            let result = gate::replay::run(cfg, &trace, cache).map_err(|e| runtime(anyhow::anyhow!(e)))?;
+            for p in &result.problems {
+                eprintln!("gate: warning: {p} (its doors were served by the fallback policy)");
+            }
+            let clock = gate::clock::Clock::new(trace.start_ms, offset);
+            match format {
+                Format::Jsonl => print!("{}", gate::replay::to_expect_lines(&result.records)),
+                Format::Text => {
+                    for (at, r) in &result.records {
+                        println!("{}  {r}", gate::replay::local_hms(&clock, trace.start_ms + *at as i64));
+                    }
+                }
+            }
+            if trace.expected.is_empty() {
+                return Ok(0);
+            }
+            match gate::replay::diff(&trace.expected, &result.records) {
+                None => {
+                    eprintln!("gate: replay matches the {} expected outputs", trace.expected.len());
+                    Ok(0)
+                }
+                Some(d) => {
+                    eprintln!("gate: replay differs from the trace's expected outputs:\n{d}");
+                    Ok(1)
+                }
+            }
+        }
+        Cmd::Plugin { cmd: PluginCmd::Check { file } } => {
+            let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
+            let r = gate::plugin::check::check(&rt, &file).map_err(input)?;
+            println!("{}: ok", file.display());
+            println!("  world:   gate:plugin/{}@0.1.0", match r.world { gate::config::World::Policy => "policy-plugin", gate::config::World::Integration => "integration-plugin" });
+            println!("  size:    {} bytes", r.size);
+            println!("  sha256:  {}", r.sha256);
+            println!("  exports: {}", r.exports.join(", "));
+            println!("  imports: {}", r.imports.join(", "));
+            Ok(0)
+        }
+        Cmd::PinHash { site, pin } => {
+            let pin = match pin {
+                Some(p) => p,
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin().read_line(&mut s).map_err(input)?;
+                    s.trim().to_string()
+                }
+            };
+            if pin.is_empty() || !pin.chars().all(|c| c.is_ascii_digit()) {
+                return Err(input(anyhow::anyhow!("a PIN is one or more digits")));
+            }
+            println!("{}", gate::credentials::pin_hash(&site, &pin));
+            Ok(0)
+        }
+        Cmd::Qr { cmd } => {
+            let key = |hexkey: &str| -> Result<ed25519_dalek::SigningKey, Failure> {
+                let b: [u8; 32] = hex::decode(hexkey).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| input(anyhow::anyhow!("--key-hex must be 32 bytes of hex")))?;
+                Ok(ed25519_dalek::SigningKey::from_bytes(&b))
+            };
+            match cmd {
+                QrCmd::Sign { key_hex, visitor, host, valid_until } => {
+                    let until = gate::clock::parse_rfc3339(&valid_until).map_err(|m| input(anyhow::anyhow!("--valid-until: {m}")))?;
+                    let p = gate::credentials::PassPayload { visitor, host, valid_until_ms: until };
+                    println!("{}", gate::credentials::sign_pass(&key(&key_hex)?, &p));
+                }
+                QrCmd::PublicKey { key_hex } => println!("{}", hex::encode(key(&key_hex)?.verifying_key().to_bytes())),
+            }
+            Ok(0)
+        }
+        Cmd::Bench { config, iterations } => {
+            let cfg = load_config(&config)?;
+            let report = gate::bench::run(cfg, iterations).map_err(runtime)?;
+            println!("{report}");
+            Ok(0)
+        }
+    }
+}

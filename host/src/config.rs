@@ -1,0 +1,545 @@
+//! Site configuration (`configs/*.toml`): doors, credentials, plugins, limits, fallback.
+//!
+//! Loading validates everything a gateway needs before it touches a door, and
+//! every error names the file, the line and the key. A site where some door
+//! accepts only face is refused: the law says face must never be the only way in.
+
+use crate::event::{CredentialKind, Role};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use toml::Spanned;
+
+/// A configuration problem, located as precisely as the file allows.
+#[derive(Debug, Error)]
+#[error("{}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// A fully loaded and validated site.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub site: Site,
+    pub limits: Limits,
+    pub timing: Timing,
+    pub face: FaceBands,
+    pub fallback: Fallback,
+    pub qr: QrConfig,
+    pub plugins: BTreeMap<String, PluginConfig>,
+    pub doors: Vec<Door>,
+    /// The subject directory (who holds which credential), from `site.subjects`.
+    pub subjects: Vec<SubjectEntry>,
+    /// The file this was loaded from.
+    pub path: PathBuf,
+}
+
+/// Identity of the site and gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub id: String,
+    pub gateway: String,
+    /// Site's offset from UTC, "+08:00"; local time drives schedules.
+    #[serde(default = "default_offset")]
+    pub utc_offset: String,
+    /// Subject directory file, relative to this config.
+    #[serde(default)]
+    pub subjects: Option<PathBuf>,
+    /// Where the event log and plugin cache live, relative to this config.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+fn default_offset() -> String {
+    "+00:00".into()
+}
+
+/// Sandbox limits applied to every plugin call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock deadline of one plugin call.
+    pub deadline_ms: u64,
+    /// Linear-memory cap of one plugin instance.
+    pub memory_mb: u64,
+    /// Instruction budget of one call in replay (deterministic).
+    pub fuel: u64,
+    /// Consecutive failures before a plugin is quarantined.
+    pub failures_before_quarantine: u32,
+    /// How long a quarantined plugin stays out of service.
+    pub quarantine_ms: u64,
+    /// Log lines a plugin may write per second; the rest are dropped and counted.
+    pub log_lines_per_sec: u32,
+    /// Bytes a plugin may keep in its key-value store.
+    pub kv_quota_bytes: usize,
+    /// Messages an integration plugin may publish per second.
+    pub publish_per_sec: u32,
+    /// Largest payload an integration plugin may publish.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 20,
+            memory_mb: 32,
+            fuel: 500_000_000,
+            failures_before_quarantine: 3,
+            quarantine_ms: 60_000,
+            log_lines_per_sec: 20,
+            kv_quota_bytes: 64 * 1024,
+            publish_per_sec: 50,
+            max_payload_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Time windows that make credential events one-shot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// The same credential at the same door within this window is a duplicate.
+    pub repeat_window_ms: u64,
+    /// A read captured longer ago than this is stale and ignored.
+    pub max_input_age_ms: u64,
+    /// How long a multi-factor attempt waits for its next factor.
+    pub factor_timeout_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { repeat_window_ms: 2_000, max_input_age_ms: 3_000, factor_timeout_ms: 20_000 }
+    }
+}
+
+/// Score thresholds that turn a face similarity into a band.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaceBands {
+    pub strong: f32,
+    pub weak: f32,
+}
+
+impl Default for FaceBands {
+    fn default() -> Self {
+        FaceBands { strong: 0.50, weak: 0.40 }
+    }
+}
+
+/// What the host decides by itself when a door's plugin cannot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fallback {
+    /// Roles whose credentials the fallback honours.
+    pub roles: Vec<Role>,
+    /// Non-biometric credentials the fallback honours.
+    pub credentials: Vec<CredentialKind>,
+    pub open_ms: u32,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Fallback {
+            roles: vec![Role::Resident, Role::Staff],
+            credentials: vec![CredentialKind::Card, CredentialKind::Pin, CredentialKind::Nfc],
+            open_ms: 5_000,
+        }
+    }
+}
+
+/// Trusted issuers of visitor QR passes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QrConfig {
+    /// Hex Ed25519 public keys.
+    #[serde(default)]
+    pub issuer_keys: Vec<String>,
+}
+
+/// Which contract a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    Policy,
+    Integration,
+}
+
+/// One plugin the site loads.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub name: String,
+    /// Absolute path of the component.
+    pub path: PathBuf,
+    pub world: World,
+    /// Settings the plugin reads through its `config` import.
+    pub settings: BTreeMap<String, String>,
+    /// Integration plugins publish only under this topic prefix.
+    pub prefix: Option<String>,
+}
+
+/// One door or lane.
+#[derive(Debug, Clone)]
+pub struct Door {
+    pub id: String,
+    pub credentials: Vec<CredentialKind>,
+    /// Name of the policy plugin serving this door; None = the fallback alone.
+    pub policy: Option<String>,
+    pub open_ms: u32,
+    pub max_open_ms: u32,
+    pub held_open_ms: u64,
+    pub exit_open_ms: u32,
+    pub fire_release: bool,
+}
+
+impl Door {
+    /// Whether this door accepts the credential kind at all.
+    pub fn accepts(&self, kind: CredentialKind) -> bool {
+        self.credentials.contains(&kind)
+    }
+}
+
+/// One subject in the directory: pseudonymous id, role, and the credentials
+/// that resolve to it. Never a name, ID number or unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectEntry {
+    pub id: String,
+    pub role: Role,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub cards: Vec<String>,
+    /// sha256 hex of "<site id>:<pin>" (see `gate pin-hash`); PINs are never stored in clear.
+    #[serde(default)]
+    pub pin_sha256: Vec<String>,
+    #[serde(default)]
+    pub nfc: Vec<String>,
+    #[serde(default)]
+    pub plates: Vec<String>,
+}
+
+// ---- raw file shapes -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    site: Site,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    timing: Timing,
+    #[serde(default)]
+    face: FaceBands,
+    #[serde(default)]
+    fallback: Fallback,
+    #[serde(default)]
+    qr: QrConfig,
+    #[serde(default)]
+    plugins: BTreeMap<String, RawPlugin>,
+    #[serde(default, rename = "door")]
+    doors: Vec<Spanned<RawDoor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: PathBuf,
+    world: World,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDoor {
+    id: String,
+    credentials: Spanned<Vec<CredentialKind>>,
+    #[serde(default)]
+    policy: Option<Spanned<String>>,
+    #[serde(default = "default_open")]
+    open_ms: u32,
+    #[serde(default = "default_max_open")]
+    max_open_ms: u32,
+    #[serde(default = "default_held_open")]
+    held_open_ms: u64,
+    #[serde(default = "default_open")]
+    exit_open_ms: u32,
+    #[serde(default = "default_true")]
+    fire_release: bool,
+}
+
+fn default_open() -> u32 {
+    5_000
+}
+fn default_max_open() -> u32 {
+    30_000
+}
+fn default_held_open() -> u64 {
+    30_000
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubjects {
+    #[serde(default, rename = "subject")]
+    subjects: Vec<Spanned<SubjectEntry>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+fn parse_err(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        line: e.span().map(|s| line_of(text, s.start)),
+        message: e.message().trim().to_string(),
+    }
+}
+
+impl SiteConfig {
+    /// Loads and validates a site configuration and its subject directory.
+    pub fn load(path: &Path) -> Result<SiteConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` locates errors and relative paths.
+    pub fn from_str(text: &str, path: &Path) -> Result<SiteConfig, ConfigError> {
+        let raw: RawSite = toml::from_str(text).map_err(|e| parse_err(path, text, e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+            file: path.to_path_buf(),
+            line: span.map(|s| line_of(text, s.start)),
+            message,
+        };
+
+        crate::clock::parse_offset(&raw.site.utc_offset)
+            .map_err(|m| err(None, format!("key `site.utc_offset`: {m}")))?;
+        if raw.site.id.is_empty() || raw.site.gateway.is_empty() {
+            return Err(err(None, "keys `site.id` and `site.gateway` must not be empty".into()));
+        }
+        if raw.limits.deadline_ms == 0 || raw.limits.memory_mb == 0 || raw.limits.fuel == 0 {
+            return Err(err(None, "keys `limits.deadline_ms`, `limits.memory_mb` and `limits.fuel` must be above 0".into()));
+        }
+        if let Some(k) = raw.fallback.credentials.iter().find(|k| k.is_biometric()) {
+            return Err(err(None, format!("key `fallback.credentials`: `{k}` is biometric; the fallback honours only non-biometric credentials")));
+        }
+
+        let mut plugins = BTreeMap::new();
+        for (name, p) in raw.plugins {
+            let settings = p
+                .config
+                .into_iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        toml::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (k, s)
+                })
+                .collect();
+            if p.world == World::Integration && p.prefix.as_deref().is_none_or(str::is_empty) {
+                return Err(err(None, format!("plugin `{name}`: key `prefix` is required for an integration plugin (it may publish only under it)")));
+            }
+            plugins.insert(
+                name.clone(),
+                PluginConfig { name, path: base.join(&p.path), world: p.world, settings, prefix: p.prefix },
+            );
+        }
+
+        let mut doors = Vec::new();
+        for sd in raw.doors {
+            let span = sd.span();
+            let d = sd.into_inner();
+            if doors.iter().any(|x: &Door| x.id == d.id) {
+                return Err(err(Some(span), format!("door `{}` is defined twice", d.id)));
+            }
+            let cred_span = d.credentials.span();
+            let creds = d.credentials.into_inner();
+            if creds.is_empty() {
+                return Err(err(Some(cred_span), format!("door `{}` key `credentials`: a door must accept at least one credential", d.id)));
+            }
+            if !creds.iter().any(|k| !k.is_biometric()) {
+                return Err(err(Some(cred_span), format!(
+                    "door `{}` key `credentials`: accepts only face. Face recognition must never be the only way in \
+                     (PRC face-recognition measures 2025, SPC 2021 art. 10): add a non-biometric credential such as \
+                     \"card\", \"pin\" or \"nfc\"", d.id)));
+            }
+            if !creds.iter().any(|k| raw.fallback.credentials.contains(k)) {
+                return Err(err(Some(cred_span), format!(
+                    "door `{}` key `credentials`: none of them is honoured by `fallback.credentials`, so a failing \
+                     plugin would leave residents no way in; accept one of {:?} or extend the fallback",
+                    d.id, raw.fallback.credentials.iter().map(|k| k.as_str()).collect::<Vec<_>>())));
+            }
+            let policy = match d.policy {
+                None => None,
+                Some(p) => {
+                    let pspan = p.span();
+                    let name = p.into_inner();
+                    match plugins.get(&name) {
+                        None => return Err(err(Some(pspan), format!("door `{}` key `policy`: no plugin `{name}` under [plugins]", d.id))),
+                        Some(pc) if pc.world != World::Policy => {
+                            return Err(err(Some(pspan), format!("door `{}` key `policy`: plugin `{name}` is not a policy plugin", d.id)))
+                        }
+                        Some(_) => Some(name),
+                    }
+                }
+            };
+            if d.open_ms == 0 || d.open_ms > d.max_open_ms {
+                return Err(err(Some(span), format!("door `{}`: `open_ms` must be between 1 and `max_open_ms` ({})", d.id, d.max_open_ms)));
+            }
+            doors.push(Door {
+                id: d.id,
+                credentials: creds,
+                policy,
+                open_ms: d.open_ms,
+                max_open_ms: d.max_open_ms,
+                held_open_ms: d.held_open_ms,
+                exit_open_ms: d.exit_open_ms,
+                fire_release: d.fire_release,
+            });
+        }
+        if doors.is_empty() {
+            return Err(err(None, "no [[door]] defined".into()));
+        }
+
+        let subjects = match &raw.site.subjects {
+            None => Vec::new(),
+            Some(rel) => load_subjects(&base.join(rel))?,
+        };
+
+        Ok(SiteConfig {
+            site: Site {
+                state_dir: raw.site.state_dir.as_ref().map(|d| base.join(d)),
+                ..raw.site
+            },
+            limits: raw.limits,
+            timing: raw.timing,
+            face: raw.face,
+            fallback: raw.fallback,
+            qr: raw.qr,
+            plugins,
+            doors,
+            subjects,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The door with this id.
+    pub fn door(&self, id: &str) -> Option<&Door> {
+        self.doors.iter().find(|d| d.id == id)
+    }
+}
+
+/// Loads a subject directory file; duplicate ids or credentials are refused.
+pub fn load_subjects(path: &Path) -> Result<Vec<SubjectEntry>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        message: format!("cannot read subject directory: {e}"),
+    })?;
+    let raw: RawSubjects = toml::from_str(&text).map_err(|e| parse_err(path, &text, e))?;
+    let mut seen_ids = std::collections::HashSet::new();
+    let mut seen_creds = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for s in raw.subjects {
+        let line = line_of(&text, s.span().start);
+        let s = s.into_inner();
+        let fail = |message: String| ConfigError { file: path.to_path_buf(), line: Some(line), message };
+        if s.id.is_empty() || !seen_ids.insert(s.id.clone()) {
+            return Err(fail(format!("subject id `{}` is empty or defined twice", s.id)));
+        }
+        let creds = s.cards.iter().map(|c| ("card", c)).chain(s.nfc.iter().map(|c| ("nfc", c))).chain(s.plates.iter().map(|c| ("plate", c)));
+        for (kind, value) in creds {
+            if let Some(other) = seen_creds.insert((kind, value.clone()), s.id.clone()) {
+                return Err(fail(format!("subject `{}`: the same {kind} is already held by subject `{other}`", s.id)));
+            }
+        }
+        for h in &s.pin_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(fail(format!("subject `{}` key `pin_sha256`: expected 64 hex digits (see `gate pin-hash`)", s.id)));
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[site]
+id = "test-site"
+gateway = "gw-1"
+
+[[door]]
+id = "north"
+credentials = ["face", "card"]
+"#;
+
+    #[test]
+    fn minimal_site_loads_with_defaults() {
+        let c = SiteConfig::from_str(BASE, Path::new("configs/t.toml")).expect("valid");
+        assert_eq!(c.doors[0].id, "north");
+        assert_eq!(c.limits.deadline_ms, 20);
+        assert!(c.doors[0].policy.is_none());
+    }
+
+    #[test]
+    fn face_only_door_is_refused_with_line_and_reason() {
+        let text = BASE.replace(r#"["face", "card"]"#, r#"["face"]"#);
+        let e = SiteConfig::from_str(&text, Path::new("configs/t.toml")).unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with("configs/t.toml:8:"), "{msg}");
+        assert!(msg.contains("door `north`") && msg.contains("only way in"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = format!("{BASE}colour = \"red\"\n");
+        let e = SiteConfig::from_str(&text, Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        assert_eq!(e.line, Some(9), "{e}");
+    }
+
+    #[test]
+    fn door_pointing_at_missing_plugin_is_refused() {
+        let text = format!("{BASE}policy = \"nope\"\n");
+        let e = SiteConfig::from_str(&text, Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("no plugin `nope`"), "{e}");
+    }
+
+    #[test]
+    fn fallback_may_not_honour_face() {
+        let text = format!("{BASE}\n[fallback]\ncredentials = [\"face\", \"card\"]\n");
+        let e = SiteConfig::from_str(&text, Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("biometric"), "{e}");
+    }
+
+    #[test]
+    fn door_without_fallback_credential_is_refused() {
+        let text = BASE.replace(r#"["face", "card"]"#, r#"["face", "qr"]"#);
+        let e = SiteConfig::from_str(&text, Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("fallback"), "{e}");
+    }
+}

@@ -1,0 +1,286 @@
+//! The door controller: the host's, never a plugin's.
+//!
+//! It owns relay timing, the door contact (held-open and forced-open alarms),
+//! the exit button and fire release. It is a state machine over the gateway
+//! clock, so the same code runs in service and in virtual-time replay.
+
+use crate::config::Door;
+use crate::event::{AlarmKind, Record};
+
+/// After the relay relocks, the door may still be swinging shut for this long
+/// before an opening counts as forced.
+const RELOCK_GRACE_MS: i64 = 1_500;
+
+/// The door id used for site-wide alarms (fire).
+pub const SITE: &str = "site";
+
+#[derive(Debug, Clone)]
+struct DoorState {
+    cfg: Door,
+    relay_on: bool,
+    unlock_until: Option<i64>,
+    relocked_at: i64,
+    open: bool,
+    opened_at: i64,
+    /// The door opened during the current unlock (so closing relocks early).
+    used: bool,
+    held_alarm: bool,
+    forced_alarm: bool,
+}
+
+/// All doors of the gateway and the fire state.
+#[derive(Debug, Clone)]
+pub struct DoorController {
+    doors: Vec<DoorState>,
+    fire: bool,
+}
+
+type Timed = Vec<(i64, Record)>;
+
+impl DoorController {
+    pub fn new(doors: &[Door]) -> Self {
+        DoorController {
+            doors: doors
+                .iter()
+                .map(|d| DoorState {
+                    cfg: d.clone(),
+                    relay_on: false,
+                    unlock_until: None,
+                    relocked_at: i64::MIN / 2,
+                    open: false,
+                    opened_at: 0,
+                    used: false,
+                    held_alarm: false,
+                    forced_alarm: false,
+                })
+                .collect(),
+            fire: false,
+        }
+    }
+
+    fn door(&mut self, id: &str) -> Option<&mut DoorState> {
+        self.doors.iter_mut().find(|d| d.cfg.id == id)
+    }
+
+    /// Whether the fire alarm currently holds fire-release doors open.
+    pub fn fire_active(&self) -> bool {
+        self.fire
+    }
+
+    /// Whether the door's relay is energised (unlocked).
+    pub fn relay_on(&self, id: &str) -> bool {
+        self.doors.iter().any(|d| d.cfg.id == id && d.relay_on)
+    }
+
+    /// Unlocks a door for `open_ms` (capped at the door's maximum).
+    pub fn grant(&mut self, id: &str, now: i64, open_ms: u32) -> Timed {
+        let mut out = Vec::new();
+        if let Some(d) = self.door(id) {
+            let ms = open_ms.min(d.cfg.max_open_ms);
+            let until = now + i64::from(ms);
+            d.unlock_until = Some(d.unlock_until.map_or(until, |u| u.max(until)));
+            d.used = false;
+            if !d.relay_on {
+                d.relay_on = true;
+                out.push((now, Record::Relay { door: id.to_string(), on: true }));
+            }
+        }
+        out
+    }
+
+    /// The request-to-exit button: a host decision, no plugin involved.
+    pub fn exit_button(&mut self, id: &str, now: i64) -> Timed {
+        let Some(ms) = self.doors.iter().find(|d| d.cfg.id == id).map(|d| d.cfg.exit_open_ms) else {
+            return Vec::new();
+        };
+        let mut out = vec![(now, Record::Exit { door: id.to_string(), open_ms: ms })];
+        out.extend(self.grant(id, now, ms));
+        out
+    }
+
+    /// The door contact changed.
+    pub fn contact(&mut self, id: &str, now: i64, open: bool) -> Timed {
+        let mut out = Vec::new();
+        let fire = self.fire;
+        let Some(d) = self.door(id) else { return out };
+        if d.open == open {
+            return out;
+        }
+        d.open = open;
+        if open {
+            d.opened_at = now;
+            let authorised = d.relay_on || (fire && d.cfg.fire_release) || now - d.relocked_at < RELOCK_GRACE_MS;
+            if authorised {
+                d.used = true;
+            } else if !d.forced_alarm {
+                d.forced_alarm = true;
+                out.push((now, Record::Alarm { door: id.to_string(), alarm: AlarmKind::ForcedOpen, active: true }));
+            }
+        } else {
+            if d.held_alarm {
+                d.held_alarm = false;
+                out.push((now, Record::Alarm { door: id.to_string(), alarm: AlarmKind::HeldOpen, active: false }));
+            }
+            if d.forced_alarm {
+                d.forced_alarm = false;
+                out.push((now, Record::Alarm { door: id.to_string(), alarm: AlarmKind::ForcedOpen, active: false }));
+            }
+            // Relock as soon as the person is through, so nobody tailgates on the rest of the pulse.
+            if d.used && d.relay_on && !(fire && d.cfg.fire_release) {
+                d.used = false;
+                d.unlock_until = None;
+                d.relay_on = false;
+                d.relocked_at = now;
+                out.push((now, Record::Relay { door: id.to_string(), on: false }));
+            }
+        }
+        out
+    }
+
+    /// The fire-alarm input changed: release (or restore) every fire-release door.
+    pub fn fire(&mut self, now: i64, active: bool) -> Timed {
+        let mut out = Vec::new();
+        if self.fire == active {
+            return out;
+        }
+        self.fire = active;
+        out.push((now, Record::Alarm { door: SITE.to_string(), alarm: AlarmKind::Fire, active }));
+        for d in self.doors.iter_mut().filter(|d| d.cfg.fire_release) {
+            if active && !d.relay_on {
+                d.relay_on = true;
+                out.push((now, Record::Relay { door: d.cfg.id.clone(), on: true }));
+            } else if !active && d.relay_on && d.unlock_until.is_none_or(|u| u <= now) {
+                d.relay_on = false;
+                d.unlock_until = None;
+                d.relocked_at = now;
+                out.push((now, Record::Relay { door: d.cfg.id.clone(), on: false }));
+            }
+        }
+        out
+    }
+
+    /// The next time a timer fires, if any.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.doors
+            .iter()
+            .flat_map(|d| {
+                let relock = d.unlock_until.filter(|_| d.relay_on && !(self.fire && d.cfg.fire_release));
+                let held = (d.open && !d.held_alarm).then(|| d.opened_at + d.cfg.held_open_ms as i64);
+                relock.into_iter().chain(held)
+            })
+            .min()
+    }
+
+    /// Fires every timer due at or before `now`, each at its own time, in order.
+    pub fn advance(&mut self, now: i64) -> Timed {
+        let mut out = Vec::new();
+        while let Some(t) = self.next_deadline().filter(|t| *t <= now) {
+            let fire = self.fire;
+            for d in self.doors.iter_mut() {
+                if d.relay_on && d.unlock_until == Some(t) && !(fire && d.cfg.fire_release) {
+                    d.relay_on = false;
+                    d.unlock_until = None;
+                    d.relocked_at = t;
+                    d.used = false;
+                    out.push((t, Record::Relay { door: d.cfg.id.clone(), on: false }));
+                }
+                if d.open && !d.held_alarm && d.opened_at + d.cfg.held_open_ms as i64 == t {
+                    d.held_alarm = true;
+                    out.push((t, Record::Alarm { door: d.cfg.id.clone(), alarm: AlarmKind::HeldOpen, active: true }));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::CredentialKind;
+
+    fn door(id: &str) -> Door {
+        Door {
+            id: id.into(),
+            credentials: vec![CredentialKind::Card],
+            policy: None,
+            open_ms: 5000,
+            max_open_ms: 10_000,
+            held_open_ms: 30_000,
+            exit_open_ms: 4000,
+            fire_release: true,
+        }
+    }
+
+    fn relay(id: &str, on: bool) -> Record {
+        Record::Relay { door: id.into(), on }
+    }
+
+    #[test]
+    fn grant_pulses_relay_and_caps_open_time() {
+        let mut c = DoorController::new(&[door("a")]);
+        assert_eq!(c.grant("a", 1000, 60_000), vec![(1000, relay("a", true))]);
+        assert!(c.advance(10_999).is_empty());
+        assert_eq!(c.advance(20_000), vec![(11_000, relay("a", false))]);
+    }
+
+    #[test]
+    fn closing_after_passage_relocks_early() {
+        let mut c = DoorController::new(&[door("a")]);
+        c.grant("a", 0, 5000);
+        assert!(c.contact("a", 1000, true).is_empty());
+        assert_eq!(c.contact("a", 2000, false), vec![(2000, relay("a", false))]);
+        assert!(c.advance(10_000).is_empty());
+    }
+
+    #[test]
+    fn opening_a_locked_door_is_forced_and_clears_on_close() {
+        let mut c = DoorController::new(&[door("a")]);
+        let raised = c.contact("a", 100_000, true);
+        assert_eq!(raised, vec![(100_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::ForcedOpen, active: true })]);
+        let cleared = c.contact("a", 101_000, false);
+        assert_eq!(cleared, vec![(101_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::ForcedOpen, active: false })]);
+    }
+
+    #[test]
+    fn door_left_open_raises_held_open_at_the_limit() {
+        let mut c = DoorController::new(&[door("a")]);
+        c.grant("a", 0, 5000);
+        c.contact("a", 1000, true);
+        let out = c.advance(40_000);
+        assert_eq!(
+            out,
+            vec![
+                (5000, relay("a", false)),
+                (31_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::HeldOpen, active: true })
+            ]
+        );
+        let out = c.contact("a", 45_000, false);
+        assert_eq!(out, vec![(45_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::HeldOpen, active: false })]);
+    }
+
+    #[test]
+    fn fire_releases_doors_until_cleared_and_suppresses_forced_alarm() {
+        let mut d2 = door("b");
+        d2.fire_release = false;
+        let mut c = DoorController::new(&[door("a"), d2]);
+        let out = c.fire(0, true);
+        assert_eq!(out[1], (0, relay("a", true)));
+        assert_eq!(out.len(), 2, "door b is not a fire-release door");
+        // Timers do not relock a released door, and opening it is not forced.
+        assert!(c.advance(100_000).iter().all(|(_, r)| !matches!(r, Record::Relay { .. })));
+        assert!(c.contact("a", 1000, true).is_empty());
+        c.contact("a", 2000, false);
+        assert!(c.relay_on("a"));
+        let out = c.fire(200_000, false);
+        assert!(out.contains(&(200_000, relay("a", false))));
+    }
+
+    #[test]
+    fn exit_button_opens_for_exit_time() {
+        let mut c = DoorController::new(&[door("a")]);
+        let out = c.exit_button("a", 0);
+        assert_eq!(out[0], (0, Record::Exit { door: "a".into(), open_ms: 4000 }));
+        assert_eq!(c.advance(4000), vec![(4000, relay("a", false))]);
+    }
+}

@@ -1,0 +1,360 @@
+//! The vocabulary that flows through the gateway: hardware inputs in, records out.
+//!
+//! Inputs are what the hardware (or a trace) reports; records are what the
+//! gateway did about them. Both are serialised in traces, so field names here
+//! are part of the trace format (see `trace.rs` and `tests/traces/README.md`).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Which way someone moves through a door.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    #[default]
+    Entry,
+    Exit,
+}
+
+/// The credential kinds a door can accept (mirrors the WIT `credential-kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    Face,
+    Card,
+    Pin,
+    Nfc,
+    Qr,
+    Plate,
+    GuardRelease,
+    Intercom,
+}
+
+impl CredentialKind {
+    /// Everything but face: what the law requires every door to offer.
+    pub fn is_biometric(self) -> bool {
+        matches!(self, CredentialKind::Face)
+    }
+
+    /// The name used in configs, traces and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Face => "face",
+            CredentialKind::Card => "card",
+            CredentialKind::Pin => "pin",
+            CredentialKind::Nfc => "nfc",
+            CredentialKind::Qr => "qr",
+            CredentialKind::Plate => "plate",
+            CredentialKind::GuardRelease => "guard-release",
+            CredentialKind::Intercom => "intercom",
+        }
+    }
+}
+
+impl fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Liveness verdict of a face match (mirrors the WIT `liveness`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Liveness {
+    Live,
+    Spoof,
+    #[default]
+    Unknown,
+}
+
+/// Roles a subject can have at a site (mirrors the WIT `role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Resident,
+    Staff,
+    Visitor,
+    Guard,
+    Contractor,
+}
+
+/// One thing the hardware reported. Credential inputs are one-shot: the
+/// gateway acts on each at most once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Input {
+    /// A card (or fob) number read at a door's reader.
+    Card {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        number: String,
+        /// When the reader captured it (ms since trace start), if it says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        captured_at: Option<u64>,
+    },
+    /// A PIN entered on a door's keypad.
+    Pin {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        pin: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        captured_at: Option<u64>,
+    },
+    /// A phone or watch NFC token.
+    Nfc {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        captured_at: Option<u64>,
+    },
+    /// A face-match *result* from the on-device matcher: never an image.
+    Face {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        /// Pseudonymous subject id of the best match; None when nobody matched.
+        subject: Option<String>,
+        score: f32,
+        #[serde(default)]
+        liveness: Liveness,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        captured_at: Option<u64>,
+    },
+    /// A licence plate read at a vehicle lane.
+    Plate {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        plate: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        captured_at: Option<u64>,
+    },
+    /// A visitor QR code scanned at a door.
+    Qr {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        code: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        captured_at: Option<u64>,
+    },
+    /// A guard opened the door by hand from the guard console.
+    GuardRelease {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        guard: String,
+    },
+    /// A resident approved a visitor over the intercom.
+    Intercom {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        resident: String,
+    },
+    /// The door contact changed.
+    DoorContact { door: String, open: bool },
+    /// The request-to-exit button was pressed.
+    ExitButton { door: String },
+    /// The fire-alarm input changed (site-wide).
+    FireAlarm { active: bool },
+}
+
+impl Input {
+    /// The credential kind, for inputs that present a credential.
+    pub fn credential_kind(&self) -> Option<CredentialKind> {
+        Some(match self {
+            Input::Card { .. } => CredentialKind::Card,
+            Input::Pin { .. } => CredentialKind::Pin,
+            Input::Nfc { .. } => CredentialKind::Nfc,
+            Input::Face { .. } => CredentialKind::Face,
+            Input::Plate { .. } => CredentialKind::Plate,
+            Input::Qr { .. } => CredentialKind::Qr,
+            Input::GuardRelease { .. } => CredentialKind::GuardRelease,
+            Input::Intercom { .. } => CredentialKind::Intercom,
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } => {
+                return None
+            }
+        })
+    }
+
+    /// The door the input concerns, if any (the fire alarm is site-wide).
+    pub fn door(&self) -> Option<&str> {
+        match self {
+            Input::Card { door, .. }
+            | Input::Pin { door, .. }
+            | Input::Nfc { door, .. }
+            | Input::Face { door, .. }
+            | Input::Plate { door, .. }
+            | Input::Qr { door, .. }
+            | Input::GuardRelease { door, .. }
+            | Input::Intercom { door, .. }
+            | Input::DoorContact { door, .. }
+            | Input::ExitButton { door } => Some(door),
+            Input::FireAlarm { .. } => None,
+        }
+    }
+}
+
+/// What the gate decided about an access attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Grant,
+    Deny,
+    NeedFactor,
+    Escalate,
+}
+
+/// Door alarms the host raises by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlarmKind {
+    HeldOpen,
+    ForcedOpen,
+    Fire,
+}
+
+/// Why an input was not acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IgnoreReason {
+    /// The same credential at the same door again within the repeat window.
+    Duplicate,
+    /// The reader captured it too long ago (a replayed or buffered read).
+    Stale,
+    /// The input names a door this site does not have.
+    UnknownDoor,
+}
+
+/// Something the gateway did. Replay prints these and compares them with a
+/// trace's expected outputs, so they carry no wall-clock times or random ids.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Record {
+    /// An access attempt was decided.
+    Decision {
+        door: String,
+        direction: Direction,
+        credential: CredentialKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        open_ms: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        factors: Vec<CredentialKind>,
+        /// "plugin:<name>", "fallback:<why>" or "host:<why>".
+        by: String,
+    },
+    /// The exit button released the door.
+    Exit { door: String, open_ms: u32 },
+    /// The door relay changed state (on = unlocked).
+    Relay { door: String, on: bool },
+    /// An alarm was raised or cleared.
+    Alarm { door: String, alarm: AlarmKind, active: bool },
+    /// An integration plugin published a message (topic includes its prefix).
+    Publish { plugin: String, topic: String, payload: serde_json::Value },
+    /// An input was not acted on.
+    Ignored { door: String, credential: Option<CredentialKind>, reason: IgnoreReason },
+    /// A plugin failed, was quarantined, or came back.
+    Plugin { plugin: String, status: PluginStatus, reason: String },
+}
+
+/// Plugin health changes the gateway reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginStatus {
+    Failed,
+    Quarantined,
+    Restored,
+}
+
+impl Record {
+    /// The record's kind as stored in the event log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Decision { .. } => "decision",
+            Record::Exit { .. } => "exit",
+            Record::Relay { .. } => "relay",
+            Record::Alarm { .. } => "alarm",
+            Record::Publish { .. } => "publish",
+            Record::Ignored { .. } => "ignored",
+            Record::Plugin { .. } => "plugin",
+        }
+    }
+
+    /// The door the record concerns, if any.
+    pub fn door(&self) -> Option<&str> {
+        match self {
+            Record::Decision { door, .. }
+            | Record::Exit { door, .. }
+            | Record::Relay { door, .. }
+            | Record::Alarm { door, .. }
+            | Record::Ignored { door, .. } => Some(door),
+            Record::Publish { .. } | Record::Plugin { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Record {
+    /// One human-readable line per record, as the demo and replay print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Record::Decision { door, direction, credential, subject, outcome, open_ms, reason, factors, by } => {
+                let who = subject.as_deref().unwrap_or("unknown");
+                let dir = match direction {
+                    Direction::Entry => "in ",
+                    Direction::Exit => "out",
+                };
+                write!(f, "{door:<14} {dir} {credential:<13} {who:<10} ")?;
+                match outcome {
+                    Outcome::Grant => write!(f, "GRANT {}ms", open_ms.unwrap_or(0))?,
+                    Outcome::Deny => write!(f, "DENY  {}", reason.as_deref().unwrap_or(""))?,
+                    Outcome::NeedFactor => {
+                        let kinds: Vec<&str> = factors.iter().map(|k| k.as_str()).collect();
+                        write!(f, "NEED  {}", kinds.join("|"))?
+                    }
+                    Outcome::Escalate => write!(f, "ESCALATE {}", reason.as_deref().unwrap_or(""))?,
+                }
+                write!(f, "  [{by}]")
+            }
+            Record::Exit { door, open_ms } => write!(f, "{door:<14} exit button -> open {open_ms}ms"),
+            Record::Relay { door, on } => {
+                write!(f, "{door:<14} relay {}", if *on { "ON  (unlocked)" } else { "off (locked)" })
+            }
+            Record::Alarm { door, alarm, active } => {
+                let kind = match alarm {
+                    AlarmKind::HeldOpen => "held-open",
+                    AlarmKind::ForcedOpen => "forced-open",
+                    AlarmKind::Fire => "fire",
+                };
+                write!(f, "{door:<14} ALARM {kind} {}", if *active { "RAISED" } else { "cleared" })
+            }
+            Record::Publish { plugin, topic, payload } => write!(f, "publish [{plugin}] {topic} {payload}"),
+            Record::Ignored { door, credential, reason } => {
+                let c = credential.map(|c| c.as_str()).unwrap_or("-");
+                let why = match reason {
+                    IgnoreReason::Duplicate => "duplicate read",
+                    IgnoreReason::Stale => "stale read",
+                    IgnoreReason::UnknownDoor => "unknown door",
+                };
+                write!(f, "{door:<14} ignored {c}: {why}")
+            }
+            Record::Plugin { plugin, status, reason } => {
+                let s = match status {
+                    PluginStatus::Failed => "FAILED",
+                    PluginStatus::Quarantined => "QUARANTINED",
+                    PluginStatus::Restored => "restored",
+                };
+                write!(f, "plugin {plugin} {s}: {reason}")
+            }
+        }
+    }
+}

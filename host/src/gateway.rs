@@ -1,0 +1,355 @@
+//! The gateway: one input at a time through resolve → decide → log → door →
+//! integrations. The same code serves the live gate, the demo and replay; only
+//! the clock and where inputs come from differ.
+
+use crate::clock::Clock;
+use crate::config::SiteConfig;
+use crate::credentials::{Directory, Subject};
+use crate::door::DoorController;
+use crate::event::{CredentialKind, Direction, IgnoreReason, Input, Liveness, Outcome, Record};
+use crate::plugin::bindings::policy::gate::plugin::types as wit;
+use crate::plugin::caps::clock::timestamp;
+use crate::plugin::Runtime;
+use crate::policy::{to_wit_kind, to_wit_role, PolicyEngine, Verdict};
+use crate::store::{EventLog, StoreError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use thiserror::Error;
+
+/// A failure that stops the gateway from acting on an input.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A record and the gateway time it happened at.
+pub type Timed = (i64, Record);
+
+#[derive(Clone, Debug)]
+struct Pending {
+    prior: Vec<wit::PriorFactor>,
+    expires_at: i64,
+}
+
+/// The whole gateway state.
+pub struct Gateway {
+    cfg: SiteConfig,
+    clock: Clock,
+    dir: Directory,
+    policy: PolicyEngine,
+    doors: DoorController,
+    log: EventLog,
+    pending: HashMap<String, Pending>,
+    recent: HashMap<(String, [u8; 16]), i64>,
+}
+
+impl Gateway {
+    /// Builds a gateway; returns it with any plugin load problems (served by the fallback).
+    pub fn new(cfg: SiteConfig, clock: Clock, rt: Runtime, log: EventLog) -> Result<(Gateway, Vec<String>), String> {
+        let dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
+        let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
+        let doors = DoorController::new(&cfg.doors);
+        Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new() }, problems))
+    }
+
+    pub fn config(&self) -> &SiteConfig {
+        &self.cfg
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    pub fn policy_mut(&mut self) -> &mut PolicyEngine {
+        &mut self.policy
+    }
+
+    /// The earliest time a door timer needs attention.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.doors.next_deadline()
+    }
+
+    /// Runs door timers up to `now` (relocks, held-open alarms).
+    pub fn advance(&mut self, now: i64) -> Result<Vec<Timed>, GatewayError> {
+        let due = self.doors.advance(now);
+        let mut out = Vec::new();
+        for (t, r) in due {
+            self.clock.set_ms(t);
+            self.emit(t, r, &mut out)?;
+        }
+        self.clock.set_ms(now);
+        Ok(out)
+    }
+
+    /// Acts on one input at `now`. `captured_at` is when the device captured it, if known.
+    pub fn handle(&mut self, now: i64, input: &Input, captured_at: Option<i64>) -> Result<Vec<Timed>, GatewayError> {
+        let mut out = self.advance(now)?;
+        match input {
+            Input::DoorContact { door, open } => {
+                if self.unknown_door(now, door, None, &mut out)? {
+                    return Ok(out);
+                }
+                for (t, r) in self.doors.contact(door, now, *open) {
+                    self.emit(t, r, &mut out)?;
+                }
+            }
+            Input::ExitButton { door } => {
+                if self.unknown_door(now, door, None, &mut out)? {
+                    return Ok(out);
+                }
+                for (t, r) in self.doors.exit_button(door, now) {
+                    self.emit(t, r, &mut out)?;
+                }
+            }
+            Input::FireAlarm { active } => {
+                for (t, r) in self.doors.fire(now, *active) {
+                    self.emit(t, r, &mut out)?;
+                }
+            }
+            _ => self.access(now, input, captured_at, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    fn unknown_door(&mut self, now: i64, door: &str, kind: Option<CredentialKind>, out: &mut Vec<Timed>) -> Result<bool, GatewayError> {
+        if self.cfg.door(door).is_some() {
+            return Ok(false);
+        }
+        tracing::warn!(door, "input for a door this site does not have");
+        self.emit(now, Record::Ignored { door: door.to_string(), credential: kind, reason: IgnoreReason::UnknownDoor }, out)?;
+        Ok(true)
+    }
+
+    fn access(&mut self, now: i64, input: &Input, captured_at: Option<i64>, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
+        let (Some(kind), Some(door_id)) = (input.credential_kind(), input.door()) else { return Ok(()) };
+        let door_id = door_id.to_string();
+        if self.unknown_door(now, &door_id, Some(kind), out)? {
+            return Ok(());
+        }
+        // One-shot: stale reads and repeats never reach the policy, so never open twice.
+        if captured_at.is_some_and(|c| now - c > self.cfg.timing.max_input_age_ms as i64) {
+            let r = Record::Ignored { door: door_id, credential: Some(kind), reason: IgnoreReason::Stale };
+            return self.emit(now, r, out);
+        }
+        let fp = (door_id.clone(), fingerprint(input));
+        if self.recent.get(&fp).is_some_and(|t| now - t < self.cfg.timing.repeat_window_ms as i64) {
+            let r = Record::Ignored { door: door_id, credential: Some(kind), reason: IgnoreReason::Duplicate };
+            return self.emit(now, r, out);
+        }
+        self.recent.retain(|_, t| now - *t < self.cfg.timing.repeat_window_ms as i64);
+        self.recent.insert(fp, now);
+
+        let Some(door) = self.cfg.door(&door_id).cloned() else { return Ok(()) };
+        let direction = direction_of(input);
+        let host_deny = |reason: String, by: &str, subject: Option<String>| Record::Decision {
+            door: door.id.clone(),
+            direction,
+            credential: kind,
+            subject,
+            outcome: Outcome::Deny,
+            open_ms: None,
+            reason: Some(reason),
+            factors: Vec::new(),
+            by: format!("host:{by}"),
+        };
+        if !door.accepts(kind) {
+            return self.emit(now, host_deny(format!("{kind} is not accepted at this door"), "not-accepted", None), out);
+        }
+        let (credential, subject) = match self.resolve(input) {
+            Ok(x) => x,
+            Err((reason, by)) => return self.emit(now, host_deny(reason, by, None), out),
+        };
+
+        self.pending.retain(|_, p| p.expires_at > now);
+        let prior = self.pending.get(&door.id).map(|p| p.prior.clone()).unwrap_or_default();
+        let event = wit::AccessEvent {
+            id: self.log.next_id(),
+            door: door.id.clone(),
+            direction: match direction {
+                Direction::Entry => wit::Direction::Entry,
+                Direction::Exit => wit::Direction::Exit,
+            },
+            time: timestamp(&self.clock, now),
+            credential,
+            subject: subject.as_ref().map(|s| wit::Subject { id: s.id.clone(), role: to_wit_role(s.role), groups: s.groups.clone() }),
+            prior,
+        };
+        let decided = self.policy.decide(&door, &event, kind, subject.as_ref(), now);
+        for r in decided.health {
+            self.emit(now, r, out)?;
+        }
+        if let Some((plugin, changes)) = &decided.kv {
+            self.log.kv_apply(plugin, changes)?;
+        }
+        let subject_id = subject.as_ref().map(|s| s.id.clone());
+        let (outcome, open_ms, reason, factors) = match &decided.verdict {
+            Verdict::Grant { open_ms } => (Outcome::Grant, Some(*open_ms), None, Vec::new()),
+            Verdict::Deny { reason } => (Outcome::Deny, None, Some(reason.clone()), Vec::new()),
+            Verdict::NeedFactor { kinds } => (Outcome::NeedFactor, None, None, kinds.clone()),
+            Verdict::Escalate { target } => (Outcome::Escalate, None, Some(target.clone()), Vec::new()),
+        };
+        if let Verdict::NeedFactor { .. } = decided.verdict {
+            let mut prior = event.prior.clone();
+            prior.push(wit::PriorFactor { kind: to_wit_kind(kind), subject_id: subject_id.clone(), unix_ms: now });
+            self.pending.insert(door.id.clone(), Pending { prior, expires_at: now + self.cfg.timing.factor_timeout_ms as i64 });
+        } else {
+            self.pending.remove(&door.id);
+        }
+        let record = Record::Decision { door: door.id.clone(), direction, credential: kind, subject: subject_id, outcome, open_ms, reason, factors, by: decided.by };
+        // The decision is in the log before the relay moves.
+        self.emit(now, record, out)?;
+        if let Verdict::Grant { open_ms } = decided.verdict {
+            for (t, r) in self.doors.grant(&door.id, now, open_ms) {
+                self.emit(t, r, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies the credential and finds its subject. Errors are host denials (reason, tag).
+    fn resolve(&self, input: &Input) -> Result<(wit::Credential, Option<Subject>), (String, &'static str)> {
+        let owned = |s: Option<&Subject>| s.cloned();
+        Ok(match input {
+            Input::Card { number, .. } => (wit::Credential::Card, owned(self.dir.by_card(number))),
+            Input::Pin { pin, .. } => (wit::Credential::Pin, owned(self.dir.by_pin(pin))),
+            Input::Nfc { token, .. } => (wit::Credential::Nfc, owned(self.dir.by_nfc(token))),
+            Input::Plate { plate, .. } => (wit::Credential::Plate, owned(self.dir.by_plate(plate))),
+            Input::Face { subject, score, liveness, .. } => {
+                let bands = &self.cfg.face;
+                let score = if score.is_finite() { score.clamp(0.0, 1.0) } else { 0.0 };
+                let band = if score >= bands.strong { wit::MatchBand::Strong } else { wit::MatchBand::Weak };
+                let who = subject.as_deref().filter(|_| score >= bands.weak).and_then(|id| self.dir.subject(id)).cloned();
+                let liveness = match liveness {
+                    Liveness::Live => wit::Liveness::Live,
+                    Liveness::Spoof => wit::Liveness::Spoof,
+                    Liveness::Unknown => wit::Liveness::Unknown,
+                };
+                (wit::Credential::Face(wit::FaceMatch { score, band, liveness }), who)
+            }
+            Input::Qr { code, .. } => {
+                let pass = self.dir.verify_qr(code).map_err(|e| (e.to_string(), "qr-invalid"))?;
+                let cred = wit::Credential::Qr(wit::VisitorPass { host_subject: pass.host_subject, valid_until_ms: pass.valid_until_ms });
+                (cred, Some(pass.visitor))
+            }
+            Input::GuardRelease { guard, .. } => match self.dir.subject(guard) {
+                Some(s) if s.role == crate::event::Role::Guard => (wit::Credential::GuardRelease, Some(s.clone())),
+                _ => return Err((format!("`{guard}` is not a guard of this site"), "not-a-guard")),
+            },
+            Input::Intercom { resident, .. } => match self.dir.subject(resident) {
+                Some(s) if s.role == crate::event::Role::Resident => (wit::Credential::Intercom(s.id.clone()), None),
+                _ => return Err((format!("`{resident}` is not a resident of this site"), "unknown-resident")),
+            },
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } => {
+                return Err(("not a credential".into(), "internal"))
+            }
+        })
+    }
+
+    /// Logs a record, hands decisions and alarms to integrations, and collects the output.
+    fn emit(&mut self, at: i64, record: Record, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
+        let id = self.log.append(at, &record)?;
+        let gate_event = self.gate_event(&id, at, &record);
+        out.push((at, record));
+        if let Some(ev) = gate_event {
+            let (published, health) = self.policy.notify(&ev, at);
+            for r in health {
+                self.log.append(at, &r)?;
+                out.push((at, r));
+            }
+            for (plugin, fx) in published {
+                self.log.kv_apply(&plugin, &fx.kv_changes)?;
+                for (topic, payload) in fx.published {
+                    let payload = serde_json::from_slice(&payload)
+                        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()));
+                    let r = Record::Publish { plugin: plugin.clone(), topic, payload };
+                    self.log.append(at, &r)?;
+                    out.push((at, r));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn gate_event(&self, id: &str, at: i64, record: &Record) -> Option<wit::GateEvent> {
+        let time = timestamp(&self.clock, at);
+        match record {
+            Record::Decision { door, direction, credential, subject, outcome: _, open_ms, reason, factors, by } => {
+                let role = subject.as_deref().and_then(|s| self.dir.subject(s)).map(|s| to_wit_role(s.role));
+                let decision = match record {
+                    Record::Decision { outcome: Outcome::Grant, .. } => wit::Decision::Grant(open_ms.unwrap_or(0)),
+                    Record::Decision { outcome: Outcome::NeedFactor, .. } => wit::Decision::NeedFactor(factors.iter().map(|k| to_wit_kind(*k)).collect()),
+                    Record::Decision { outcome: Outcome::Escalate, .. } => match reason.as_deref().and_then(|r| r.strip_prefix("call-resident:")) {
+                        Some(id) => wit::Decision::Escalate(wit::Escalation::CallResident(id.to_string())),
+                        None => wit::Decision::Escalate(wit::Escalation::CallGuard),
+                    },
+                    _ => wit::Decision::Deny(reason.clone().unwrap_or_default()),
+                };
+                Some(wit::GateEvent::Access(wit::DecidedAccess {
+                    event_id: id.to_string(),
+                    door: door.clone(),
+                    direction: match direction {
+                        Direction::Entry => wit::Direction::Entry,
+                        Direction::Exit => wit::Direction::Exit,
+                    },
+                    time,
+                    credential: to_wit_kind(*credential),
+                    subject_id: subject.clone(),
+                    role,
+                    decision,
+                    decided_by: by.clone(),
+                }))
+            }
+            Record::Alarm { door, alarm, active } => Some(wit::GateEvent::Alarm(wit::Alarm {
+                event_id: id.to_string(),
+                door: door.clone(),
+                time,
+                kind: match alarm {
+                    crate::event::AlarmKind::HeldOpen => wit::AlarmKind::HeldOpen,
+                    crate::event::AlarmKind::ForcedOpen => wit::AlarmKind::ForcedOpen,
+                    crate::event::AlarmKind::Fire => wit::AlarmKind::Fire,
+                },
+                active: *active,
+            })),
+            _ => None,
+        }
+    }
+}
+
+fn direction_of(input: &Input) -> Direction {
+    match input {
+        Input::Card { direction, .. }
+        | Input::Pin { direction, .. }
+        | Input::Nfc { direction, .. }
+        | Input::Face { direction, .. }
+        | Input::Plate { direction, .. }
+        | Input::Qr { direction, .. }
+        | Input::GuardRelease { direction, .. }
+        | Input::Intercom { direction, .. } => *direction,
+        _ => Direction::Entry,
+    }
+}
+
+/// A short hash of the credential value, so repeats are recognised without
+/// keeping raw card numbers or PINs around.
+fn fingerprint(input: &Input) -> [u8; 16] {
+    let value = match input {
+        Input::Card { number, .. } => format!("card:{number}"),
+        Input::Pin { pin, .. } => format!("pin:{pin}"),
+        Input::Nfc { token, .. } => format!("nfc:{token}"),
+        Input::Face { subject, .. } => format!("face:{}", subject.as_deref().unwrap_or("?")),
+        Input::Plate { plate, .. } => format!("plate:{plate}"),
+        Input::Qr { code, .. } => format!("qr:{code}"),
+        Input::GuardRelease { guard, .. } => format!("guard:{guard}"),
+        Input::Intercom { resident, .. } => format!("intercom:{resident}"),
+        _ => String::new(),
+    };
+    let d = Sha256::digest(value.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}

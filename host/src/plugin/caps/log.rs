@@ -1,0 +1,43 @@
+//! `gate:plugin/log`: rate-limited logging into the host's `tracing` log.
+
+use super::RateWindow;
+use crate::clock::Clock;
+use crate::plugin::bindings::policy::gate::plugin::log::{Host, Level};
+
+/// Longest message kept; the rest is cut so a plugin cannot bloat the log.
+const MAX_MESSAGE: usize = 512;
+
+/// The log capability of one plugin instance.
+pub struct LogCap {
+    plugin: String,
+    clock: Clock,
+    window: RateWindow,
+    /// Lines dropped by the rate limit since the instance started.
+    pub dropped: u64,
+}
+
+impl LogCap {
+    pub fn new(plugin: &str, clock: Clock, per_sec: u32) -> Self {
+        LogCap { plugin: plugin.to_string(), clock, window: RateWindow::new(per_sec), dropped: 0 }
+    }
+}
+
+impl Host for LogCap {
+    fn log(&mut self, level: Level, message: String) {
+        if !self.window.take(self.clock.now_ms()) {
+            self.dropped += 1;
+            return;
+        }
+        let mut msg: String = message.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE).collect();
+        if message.len() > MAX_MESSAGE {
+            msg.push('…');
+        }
+        let plugin = self.plugin.as_str();
+        match level {
+            Level::Debug => tracing::debug!(target: "gate::plugin_log", plugin, "{msg}"),
+            Level::Info => tracing::info!(target: "gate::plugin_log", plugin, "{msg}"),
+            Level::Warn => tracing::warn!(target: "gate::plugin_log", plugin, "{msg}"),
+            Level::Error => tracing::error!(target: "gate::plugin_log", plugin, "{msg}"),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! `gate:plugin/publish`: integration plugins publish only under their own
+//! topic prefix, within a rate and size limit. Messages are collected by the
+//! host and leave through the event pipeline (replay output, MQTT link).
+
+use super::RateWindow;
+use crate::clock::Clock;
+use crate::plugin::bindings::integration::gate::plugin::publish::{Host, PublishError};
+
+/// The publish capability of one integration plugin.
+pub struct PublishCap {
+    prefix: String,
+    clock: Clock,
+    window: RateWindow,
+    max_payload: usize,
+    /// Messages published by the current call, full topic first.
+    pub outbox: Vec<(String, Vec<u8>)>,
+}
+
+impl PublishCap {
+    pub fn new(prefix: &str, clock: Clock, per_sec: u32, max_payload: usize) -> Self {
+        PublishCap {
+            prefix: prefix.trim_end_matches('/').to_string(),
+            clock,
+            window: RateWindow::new(per_sec),
+            max_payload,
+            outbox: Vec::new(),
+        }
+    }
+}
+
+/// Checks a plugin-relative topic: no wildcards, no empty or climbing segments.
+pub fn valid_relative_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 200
+        && !topic.starts_with('/')
+        && topic.split('/').all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
+        && !topic.contains(['+', '#', '\0'])
+        && !topic.chars().any(char::is_control)
+}
+
+impl Host for PublishCap {
+    fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), PublishError> {
+        if !valid_relative_topic(&topic) {
+            return Err(PublishError::InvalidTopic);
+        }
+        if payload.len() > self.max_payload {
+            return Err(PublishError::PayloadTooLarge);
+        }
+        if !self.window.take(self.clock.now_ms()) {
+            return Err(PublishError::RateLimited);
+        }
+        self.outbox.push((format!("{}/{topic}", self.prefix), payload));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_stay_under_the_prefix() {
+        assert!(valid_relative_topic("access/north-gate"));
+        for bad in ["", "/abs", "a/../b", "a/+/b", "a/#", "a//b", "..", "a\nb"] {
+            assert!(!valid_relative_topic(bad), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn publishes_are_prefixed_limited_and_sized() {
+        let mut p = PublishCap::new("platform/", Clock::new(0, 0), 2, 4);
+        assert!(p.publish("a".into(), b"1".to_vec()).is_ok());
+        assert!(matches!(p.publish("a".into(), b"12345".to_vec()), Err(PublishError::PayloadTooLarge)));
+        assert!(p.publish("b".into(), b"2".to_vec()).is_ok());
+        assert!(matches!(p.publish("c".into(), b"3".to_vec()), Err(PublishError::RateLimited)));
+        assert_eq!(p.outbox[0].0, "platform/a");
+    }
+}

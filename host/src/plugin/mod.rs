@@ -1,0 +1,52 @@
+//! The plugin runtime: wasmtime components under a deadline, a memory cap and
+//! (in replay) a fuel budget, with the contract's capabilities and nothing else.
+
+pub mod bindings;
+pub mod caps;
+pub mod check;
+pub mod runtime;
+pub mod slot;
+
+use crate::config::World;
+use std::path::PathBuf;
+use thiserror::Error;
+
+pub use runtime::{ExecMode, Loaded, Runtime};
+pub use slot::{Effects, Slot};
+
+/// Loading or linking a plugin failed; the gateway reports it and serves the
+/// plugin's doors with the fallback.
+#[derive(Debug, Error)]
+pub enum PluginError {
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    #[error("cannot read plugin {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{} is not a valid component: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("plugin `{plugin}` does not fit the {world:?} world of gate:plugin@0.1.0: {reason}")]
+    Contract { plugin: String, world: World, reason: String },
+}
+
+/// One call that went wrong. The event is then decided by the host's fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PluginFault {
+    #[error("deadline exceeded")]
+    Timeout,
+    #[error("instruction budget exhausted")]
+    OutOfFuel,
+    #[error("memory cap reached")]
+    OutOfMemory,
+    #[error("stack overflow")]
+    StackOverflow,
+    #[error("trap: {0}")]
+    Trap(String),
+    #[error("could not instantiate: {0}")]
+    Instantiate(String),
+    #[error("invalid decision: {0}")]
+    Invalid(String),
+    #[error("plugin reported an error: {0}")]
+    Refused(String),
+    #[error("quarantined")]
+    Quarantined,
+}

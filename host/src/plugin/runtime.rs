@@ -1,0 +1,245 @@
+//! The wasmtime engine, linkers and compiled-component cache.
+//!
+//! One `Runtime` per gateway. Plugins get the contract's capabilities and a
+//! WASI that is linked but empty: no files, no network, no environment, and
+//! clocks that read the gateway clock.
+
+use super::caps::{clock::ClockCap, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap};
+use super::bindings::{integration, policy};
+use super::PluginError;
+use crate::clock::Clock;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How calls are bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecMode {
+    /// In service: epoch interruption bounds each call's wall time.
+    Live,
+    /// In replay: fuel bounds each call deterministically; the wall-clock
+    /// deadline stays as a generous backstop.
+    Deterministic,
+}
+
+/// Everything a plugin instance can reach, one field per capability.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryCap,
+    pub(crate) log: LogCap,
+    pub(crate) clock: ClockCap,
+    pub(crate) kv: KvCap,
+    pub(crate) config: ConfigCap,
+    pub(crate) publish: PublishCap,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory; records when a plugin hit the cap so its failure can say so.
+pub(crate) struct MemoryCap {
+    max_bytes: usize,
+    pub(crate) hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// What a plugin instance is given when it starts.
+pub struct StateSpec<'a> {
+    pub plugin: &'a str,
+    pub clock: Clock,
+    pub memory_bytes: usize,
+    pub log_per_sec: u32,
+    pub kv: KvCap,
+    pub settings: std::collections::BTreeMap<String, String>,
+    pub prefix: &'a str,
+    pub publish_per_sec: u32,
+    pub max_payload: usize,
+}
+
+/// A compiled component with the facts `gate plugin check` reports.
+#[derive(Clone)]
+pub struct Loaded {
+    pub component: Component,
+    pub sha256: String,
+    pub size: usize,
+}
+
+/// The engine, linkers, cache and epoch ticker of one gateway.
+pub struct Runtime {
+    engine: Engine,
+    mode: ExecMode,
+    pub(crate) policy_linker: Linker<State>,
+    pub(crate) integration_linker: Linker<State>,
+    cache_dir: Option<PathBuf>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// One epoch tick; deadlines are counted in these.
+pub const TICK: Duration = Duration::from_millis(1);
+
+impl Runtime {
+    /// Builds the engine and linkers; `cache_dir` keeps precompiled plugins across restarts.
+    pub fn new(mode: ExecMode, cache_dir: Option<PathBuf>) -> Result<Runtime, PluginError> {
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true);
+        cfg.epoch_interruption(true);
+        cfg.consume_fuel(mode == ExecMode::Deterministic);
+        cfg.max_wasm_stack(512 * 1024);
+        cfg.cranelift_nan_canonicalization(mode == ExecMode::Deterministic);
+        let engine = Engine::new(&cfg).map_err(|e| PluginError::Engine(e.to_string()))?;
+
+        let mut policy_linker = Linker::new(&engine);
+        link_common(&mut policy_linker)?;
+        let mut integration_linker = Linker::new(&engine);
+        link_common(&mut integration_linker)?;
+        integration::gate::plugin::publish::add_to_linker::<State, HasSelf<PublishCap>>(&mut integration_linker, |s| &mut s.publish)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (eng, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("gate-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    eng.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+
+        Ok(Runtime { engine, mode, policy_linker, integration_linker, cache_dir, ticker_stop })
+    }
+
+    pub fn mode(&self) -> ExecMode {
+        self.mode
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a component, or loads its precompiled form from the cache.
+    pub fn load(&self, path: &Path) -> Result<Loaded, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read { path: path.to_path_buf(), source: e })?;
+        self.load_bytes(&bytes, path)
+    }
+
+    /// Like `load`, from bytes already in memory (`path` only names them in errors).
+    pub fn load_bytes(&self, bytes: &[u8], path: &Path) -> Result<Loaded, PluginError> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let invalid = |e: wasmtime::Error| PluginError::Invalid { path: path.to_path_buf(), reason: format!("{e:#}") };
+        if wasmparser_is_core_module(bytes) {
+            return Err(PluginError::Invalid {
+                path: path.to_path_buf(),
+                reason: "this is a core WebAssembly module, not a component; build it for wasm32-wasip2".into(),
+            });
+        }
+        let component = match self.cache_path(&sha256) {
+            None => Component::new(&self.engine, bytes).map_err(invalid)?,
+            Some(cached) => {
+                // SAFETY: the cache directory is the gateway's own state; entries are
+                // written only by `precompile_component` below, named by the source's
+                // sha256 and this engine's compatibility hash, and wasmtime checks the
+                // header again on load. A corrupt entry fails to load and is rebuilt.
+                let hit = if cached.exists() { unsafe { Component::deserialize_file(&self.engine, &cached) }.ok() } else { None };
+                match hit {
+                    Some(c) => c,
+                    None => {
+                        let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
+                        if let Some(dir) = cached.parent() {
+                            let _ = std::fs::create_dir_all(dir);
+                        }
+                        let tmp = cached.with_extension("tmp");
+                        if std::fs::write(&tmp, &compiled).and_then(|_| std::fs::rename(&tmp, &cached)).is_err() {
+                            tracing::warn!(cache = %cached.display(), "could not write the plugin cache; compiling each start");
+                        }
+                        // SAFETY: these bytes were produced by this engine just now.
+                        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(invalid)?
+                    }
+                }
+            }
+        };
+        Ok(Loaded { component, sha256, size: bytes.len() })
+    }
+
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        Some(dir.join(format!("{sha256}-{:016x}.cwasm", h.finish())))
+    }
+
+    /// A fresh, locked-down store for one plugin instance.
+    pub fn new_store(&self, spec: StateSpec<'_>) -> wasmtime::Store<State> {
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.wall_clock(super::caps::clock::WasiWall(spec.clock.clone()))
+            .monotonic_clock(super::caps::clock::WasiMono(spec.clock.clone()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if self.mode == ExecMode::Deterministic {
+            wasi.secure_random(wasmtime_wasi::Deterministic::new(b"gate-replay".to_vec()))
+                .insecure_random(wasmtime_wasi::Deterministic::new(b"gate-replay-insecure".to_vec()))
+                .insecure_random_seed(0);
+        }
+        let state = State {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryCap { max_bytes: spec.memory_bytes, hit: false },
+            log: LogCap::new(spec.plugin, spec.clock.clone(), spec.log_per_sec),
+            clock: ClockCap { clock: spec.clock.clone() },
+            kv: spec.kv,
+            config: ConfigCap { settings: spec.settings },
+            publish: PublishCap::new(spec.prefix, spec.clock, spec.publish_per_sec, spec.max_payload),
+        };
+        let mut store = wasmtime::Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn link_common(linker: &mut Linker<State>) -> Result<(), PluginError> {
+    let e = |e: wasmtime::Error| PluginError::Engine(e.to_string());
+    wasmtime_wasi::p2::add_to_linker_sync(linker).map_err(e)?;
+    use policy::gate::plugin as p;
+    p::log::add_to_linker::<State, HasSelf<LogCap>>(linker, |s| &mut s.log).map_err(e)?;
+    p::clock::add_to_linker::<State, HasSelf<ClockCap>>(linker, |s| &mut s.clock).map_err(e)?;
+    p::kv::add_to_linker::<State, HasSelf<KvCap>>(linker, |s| &mut s.kv).map_err(e)?;
+    p::config::add_to_linker::<State, HasSelf<ConfigCap>>(linker, |s| &mut s.config).map_err(e)?;
+    Ok(())
+}
+
+/// A core module starts with the wasm magic and version 1; a component has a different layer.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}

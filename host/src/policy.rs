@@ -1,0 +1,307 @@
+//! Deciding access: the door's policy plugin when it is healthy, the host's
+//! fallback when it is not. Also hands decided events to integration plugins.
+//!
+//! Every plugin decision is checked before it is trusted: a grant longer than
+//! the door allows, or a request for "another factor" that offers only face,
+//! counts as a failure like a trap does. Repeated failures quarantine the plugin.
+
+use crate::clock::Clock;
+use crate::config::{Door, Fallback, Limits, SiteConfig, World};
+use crate::credentials::Subject;
+use crate::event::{CredentialKind, PluginStatus, Record, Role};
+use crate::plugin::bindings::policy::gate::plugin::types::{self as wit, AccessEvent, Decision, Escalation, GateEvent};
+use crate::plugin::{Effects, PluginFault, Runtime, Slot};
+use crate::store::EventLog;
+use std::collections::BTreeMap;
+
+/// A decision the host has accepted, whoever made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Grant { open_ms: u32 },
+    Deny { reason: String },
+    NeedFactor { kinds: Vec<CredentialKind> },
+    Escalate { target: String },
+}
+
+/// The outcome of asking for a decision.
+pub struct Decided {
+    pub verdict: Verdict,
+    /// "plugin:<name>", "fallback:<why>".
+    pub by: String,
+    /// Plugin health records to log (failures, quarantine, recovery).
+    pub health: Vec<Record>,
+    /// kv writes of the deciding plugin to persist.
+    pub kv: Option<(String, BTreeMap<String, Option<Vec<u8>>>)>,
+}
+
+struct Managed {
+    slot: Option<Slot>,
+    load_error: Option<String>,
+    failures: u32,
+    quarantined_until: Option<i64>,
+}
+
+/// The site's plugins and the rules for trusting them.
+pub struct PolicyEngine {
+    rt: Runtime,
+    plugins: BTreeMap<String, Managed>,
+    fallback: Fallback,
+    limits: Limits,
+}
+
+impl PolicyEngine {
+    /// Loads every configured plugin. One that fails to load is reported and its
+    /// doors are served by the fallback: a broken plugin never keeps the gate shut.
+    pub fn new(rt: Runtime, cfg: &SiteConfig, clock: &Clock, log: &EventLog) -> (PolicyEngine, Vec<String>) {
+        let mut plugins = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, pc) in &cfg.plugins {
+            let kv = log.kv_load(name).unwrap_or_default();
+            let slot = rt.load(&pc.path).and_then(|loaded| Slot::new(&rt, pc, &loaded, &cfg.limits, clock.clone(), kv));
+            let (slot, load_error) = match slot {
+                Ok(s) => (Some(s), None),
+                Err(e) => {
+                    tracing::error!(plugin = %name, error = %e, "plugin not loaded; its doors use the fallback policy");
+                    problems.push(format!("plugin `{name}`: {e}"));
+                    (None, Some(e.to_string()))
+                }
+            };
+            plugins.insert(name.clone(), Managed { slot, load_error, failures: 0, quarantined_until: None });
+        }
+        (PolicyEngine { rt, plugins, fallback: cfg.fallback.clone(), limits: cfg.limits.clone() }, problems)
+    }
+
+    /// The runtime the plugins run in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// Decides an access event for `door`.
+    pub fn decide(&mut self, door: &Door, event: &AccessEvent, kind: CredentialKind, subject: Option<&Subject>, now: i64) -> Decided {
+        let Some(name) = door.policy.clone() else {
+            return self.fallback(door, kind, subject, "no-policy", Vec::new());
+        };
+        let Some(m) = self.plugins.get_mut(&name) else {
+            return self.fallback(door, kind, subject, "plugin-unavailable", Vec::new());
+        };
+        let mut health = Vec::new();
+        if let Some(until) = m.quarantined_until {
+            if now < until {
+                return self.fallback(door, kind, subject, "quarantined", health);
+            }
+            m.quarantined_until = None;
+        }
+        let Some(slot) = m.slot.as_mut() else {
+            return self.fallback(door, kind, subject, "plugin-unavailable", health);
+        };
+        let result = slot
+            .decide(&self.rt, event)
+            .and_then(|(d, fx)| validate(door, d).map(|v| (v, fx)));
+        match result {
+            Ok((verdict, fx)) => {
+                if m.failures >= self.limits.failures_before_quarantine {
+                    health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Restored, reason: "decided normally after quarantine".into() });
+                }
+                m.failures = 0;
+                note_dropped_logs(&name, &fx);
+                Decided { verdict, by: format!("plugin:{name}"), health, kv: Some((name, fx.kv_changes)) }
+            }
+            Err(fault) => {
+                m.failures += 1;
+                tracing::warn!(plugin = %name, door = %door.id, fault = %fault, failures = m.failures, "plugin call failed; fallback decides");
+                health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
+                if m.failures >= self.limits.failures_before_quarantine {
+                    m.quarantined_until = Some(now + self.limits.quarantine_ms as i64);
+                    slot.reset();
+                    health.push(Record::Plugin {
+                        plugin: name.clone(),
+                        status: PluginStatus::Quarantined,
+                        reason: format!("{} consecutive failures; retry in {} ms", m.failures, self.limits.quarantine_ms),
+                    });
+                }
+                self.fallback(door, kind, subject, "plugin-failed", health)
+            }
+        }
+    }
+
+    /// The host's own policy: known subjects of the configured roles pass with
+    /// the configured non-biometric credentials; guards may always release.
+    fn fallback(&self, door: &Door, kind: CredentialKind, subject: Option<&Subject>, why: &str, health: Vec<Record>) -> Decided {
+        let verdict = match subject {
+            Some(s) if kind == CredentialKind::GuardRelease && s.role == Role::Guard => Verdict::Grant { open_ms: self.fallback.open_ms.min(door.max_open_ms) },
+            Some(s) if self.fallback.credentials.contains(&kind) && self.fallback.roles.contains(&s.role) => {
+                Verdict::Grant { open_ms: self.fallback.open_ms.min(door.max_open_ms) }
+            }
+            Some(_) => Verdict::Deny { reason: format!("{kind} not honoured while the site policy is unavailable") },
+            None => Verdict::Deny { reason: "unknown credential".into() },
+        };
+        Decided { verdict, by: format!("fallback:{why}"), health, kv: None }
+    }
+
+    /// Hands an event to every integration plugin; returns their publishes and health records.
+    pub fn notify(&mut self, event: &GateEvent, now: i64) -> (Vec<(String, Effects)>, Vec<Record>) {
+        let mut out = Vec::new();
+        let mut health = Vec::new();
+        for (name, m) in self.plugins.iter_mut() {
+            let Some(slot) = m.slot.as_mut() else { continue };
+            if slot.world() != World::Integration {
+                continue;
+            }
+            if m.quarantined_until.is_some_and(|u| now < u) {
+                continue;
+            }
+            m.quarantined_until = None;
+            match slot.on_event(&self.rt, event) {
+                Ok(fx) => {
+                    m.failures = 0;
+                    note_dropped_logs(name, &fx);
+                    out.push((name.clone(), fx));
+                }
+                Err(fault) => {
+                    m.failures += 1;
+                    health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
+                    if m.failures >= self.limits.failures_before_quarantine {
+                        m.quarantined_until = Some(now + self.limits.quarantine_ms as i64);
+                        slot.reset();
+                        health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Quarantined, reason: format!("{} consecutive failures", m.failures) });
+                    }
+                }
+            }
+        }
+        (out, health)
+    }
+
+    /// Plugins that failed to load, with why (for `gate run`'s start-up report).
+    pub fn load_errors(&self) -> Vec<(String, String)> {
+        self.plugins.iter().filter_map(|(n, m)| m.load_error.clone().map(|e| (n.clone(), e))).collect()
+    }
+
+    /// Direct access to a slot (benchmarks).
+    pub fn slot_mut(&mut self, name: &str) -> Option<&mut Slot> {
+        self.plugins.get_mut(name).and_then(|m| m.slot.as_mut())
+    }
+}
+
+fn note_dropped_logs(plugin: &str, fx: &Effects) {
+    if fx.logs_dropped > 0 {
+        tracing::warn!(plugin, dropped = fx.logs_dropped, "plugin log lines dropped by the rate limit");
+    }
+}
+
+/// Checks a plugin's decision against what the host allows at this door.
+pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
+    match d {
+        Decision::Grant(ms) => {
+            if ms == 0 || ms > door.max_open_ms {
+                return Err(PluginFault::Invalid(format!("grant of {ms} ms at door `{}` (allowed 1..={})", door.id, door.max_open_ms)));
+            }
+            Ok(Verdict::Grant { open_ms: ms })
+        }
+        Decision::Deny(reason) => {
+            let clean: String = reason.chars().filter(|c| !c.is_control()).take(120).collect();
+            Ok(Verdict::Deny { reason: if clean.is_empty() { "denied".into() } else { clean } })
+        }
+        Decision::NeedFactor(kinds) => {
+            let kinds: Vec<CredentialKind> = kinds.into_iter().map(from_wit_kind).collect();
+            // Asking for "face, and only face" would make face the only way in.
+            if !kinds.iter().any(|k| !k.is_biometric() && door.accepts(*k)) {
+                return Err(PluginFault::Invalid(format!(
+                    "need-factor {:?} offers no non-biometric credential that door `{}` accepts",
+                    kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                    door.id
+                )));
+            }
+            Ok(Verdict::NeedFactor { kinds })
+        }
+        Decision::Escalate(Escalation::CallGuard) => Ok(Verdict::Escalate { target: "call-guard".into() }),
+        Decision::Escalate(Escalation::CallResident(id)) => {
+            if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
+                return Err(PluginFault::Invalid("call-resident with an invalid subject id".into()));
+            }
+            Ok(Verdict::Escalate { target: format!("call-resident:{id}") })
+        }
+    }
+}
+
+/// Host credential kind → contract kind.
+pub fn to_wit_kind(k: CredentialKind) -> wit::CredentialKind {
+    match k {
+        CredentialKind::Face => wit::CredentialKind::Face,
+        CredentialKind::Card => wit::CredentialKind::Card,
+        CredentialKind::Pin => wit::CredentialKind::Pin,
+        CredentialKind::Nfc => wit::CredentialKind::Nfc,
+        CredentialKind::Qr => wit::CredentialKind::Qr,
+        CredentialKind::Plate => wit::CredentialKind::Plate,
+        CredentialKind::GuardRelease => wit::CredentialKind::GuardRelease,
+        CredentialKind::Intercom => wit::CredentialKind::Intercom,
+    }
+}
+
+/// Contract credential kind → host kind.
+pub fn from_wit_kind(k: wit::CredentialKind) -> CredentialKind {
+    match k {
+        wit::CredentialKind::Face => CredentialKind::Face,
+        wit::CredentialKind::Card => CredentialKind::Card,
+        wit::CredentialKind::Pin => CredentialKind::Pin,
+        wit::CredentialKind::Nfc => CredentialKind::Nfc,
+        wit::CredentialKind::Qr => CredentialKind::Qr,
+        wit::CredentialKind::Plate => CredentialKind::Plate,
+        wit::CredentialKind::GuardRelease => CredentialKind::GuardRelease,
+        wit::CredentialKind::Intercom => CredentialKind::Intercom,
+    }
+}
+
+/// Host role → contract role.
+pub fn to_wit_role(r: Role) -> wit::Role {
+    match r {
+        Role::Resident => wit::Role::Resident,
+        Role::Staff => wit::Role::Staff,
+        Role::Visitor => wit::Role::Visitor,
+        Role::Guard => wit::Role::Guard,
+        Role::Contractor => wit::Role::Contractor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn door() -> Door {
+        Door {
+            id: "d".into(),
+            credentials: vec![CredentialKind::Face, CredentialKind::Card],
+            policy: None,
+            open_ms: 5000,
+            max_open_ms: 20_000,
+            held_open_ms: 30_000,
+            exit_open_ms: 5000,
+            fire_release: true,
+        }
+    }
+
+    #[test]
+    fn grants_beyond_the_door_maximum_are_invalid() {
+        assert!(matches!(validate(&door(), Decision::Grant(u32::MAX)), Err(PluginFault::Invalid(_))));
+        assert!(matches!(validate(&door(), Decision::Grant(0)), Err(PluginFault::Invalid(_))));
+        assert_eq!(validate(&door(), Decision::Grant(8000)), Ok(Verdict::Grant { open_ms: 8000 }));
+    }
+
+    #[test]
+    fn asking_for_face_only_is_refused() {
+        let face_only = Decision::NeedFactor(vec![wit::CredentialKind::Face]);
+        assert!(matches!(validate(&door(), face_only), Err(PluginFault::Invalid(_))));
+        assert!(matches!(validate(&door(), Decision::NeedFactor(vec![])), Err(PluginFault::Invalid(_))));
+        // A factor the door does not accept does not count either.
+        assert!(matches!(validate(&door(), Decision::NeedFactor(vec![wit::CredentialKind::Pin])), Err(PluginFault::Invalid(_))));
+        let ok = validate(&door(), Decision::NeedFactor(vec![wit::CredentialKind::Face, wit::CredentialKind::Card]));
+        assert_eq!(ok, Ok(Verdict::NeedFactor { kinds: vec![CredentialKind::Face, CredentialKind::Card] }));
+    }
+
+    #[test]
+    fn deny_reasons_are_cleaned_and_bounded() {
+        let v = validate(&door(), Decision::Deny(format!("bad\n{}", "x".repeat(500)))).unwrap();
+        let Verdict::Deny { reason } = v else { panic!("not a deny") };
+        assert!(!reason.contains('\n'));
+        assert_eq!(reason.chars().count(), 120);
+    }
+}

@@ -1,0 +1,166 @@
+//! The event log: every decision, alarm and door action, in SQLite (WAL),
+//! written before the relay acts. Also the plugins' key-value stores.
+//!
+//! Events carry pseudonymous subject ids only. The schema is shared with the
+//! fleet outbox, which publishes rows in `seq` order.
+
+use crate::event::Record;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
+use std::path::Path;
+use thiserror::Error;
+
+/// A failure of the event log; the gateway refuses to open a door it cannot log.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("event log {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("event log write failed: {0}")]
+    Write(#[from] rusqlite::Error),
+    #[error("event log record could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq   INTEGER PRIMARY KEY,
+    id    TEXT NOT NULL UNIQUE,
+    at_ms INTEGER NOT NULL,
+    kind  TEXT NOT NULL,
+    door  TEXT,
+    body  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plugin_kv (
+    plugin TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  BLOB NOT NULL,
+    PRIMARY KEY (plugin, key)
+);
+";
+
+/// The gateway's event log.
+pub struct EventLog {
+    conn: Connection,
+    gateway: String,
+    next_seq: i64,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log at `path` in WAL mode with full sync.
+    pub fn open(path: &Path, gateway: &str) -> Result<EventLog, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        Self::init(conn, gateway).map_err(open_err)
+    }
+
+    /// An in-memory log, for replay and tests.
+    pub fn in_memory(gateway: &str) -> Result<EventLog, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
+        Self::init(conn, gateway).map_err(|source| StoreError::Open { path: ":memory:".into(), source })
+    }
+
+    fn init(conn: Connection, gateway: &str) -> Result<EventLog, rusqlite::Error> {
+        conn.execute_batch(SCHEMA)?;
+        let max: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+        Ok(EventLog { conn, gateway: gateway.to_string(), next_seq: max.unwrap_or(0) + 1 })
+    }
+
+    /// The id the next appended record will get; handed to plugins before the decision.
+    pub fn next_id(&self) -> String {
+        format!("{}-{}", self.gateway, self.next_seq)
+    }
+
+    /// Appends a record durably and returns its unique id.
+    pub fn append(&mut self, at_ms: i64, record: &Record) -> Result<String, StoreError> {
+        let id = self.next_id();
+        let body = serde_json::to_string(record)?;
+        self.conn
+            .prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+            .execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+        self.next_seq += 1;
+        Ok(id)
+    }
+
+    /// How many records the log holds.
+    pub fn count(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?)
+    }
+
+    /// The most recent records, newest last, as (id, body JSON).
+    pub fn tail(&self, n: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.conn.prepare("SELECT id, body FROM (SELECT seq, id, body FROM events ORDER BY seq DESC LIMIT ?1) ORDER BY seq")?;
+        let rows = st.query_map([n as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Loads a plugin's persisted key-value store.
+    pub fn kv_load(&self, plugin: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT key, value FROM plugin_kv WHERE plugin = ?1")?;
+        let rows = st.query_map([plugin], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Persists the changes a successful plugin call made (None = delete).
+    pub fn kv_apply(&mut self, plugin: &str, changes: &BTreeMap<String, Option<Vec<u8>>>) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for (k, v) in changes {
+            match v {
+                Some(v) => tx
+                    .prepare_cached("INSERT INTO plugin_kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(plugin, key) DO UPDATE SET value = excluded.value")?
+                    .execute(params![plugin, k, v])?,
+                None => tx.prepare_cached("DELETE FROM plugin_kv WHERE plugin = ?1 AND key = ?2")?.execute(params![plugin, k])?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads one stored record by id (for tests and tools).
+    pub fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row("SELECT body FROM events WHERE id = ?1", [id], |r| r.get(0)).optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{AlarmKind, Record};
+
+    #[test]
+    fn ids_are_unique_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.sqlite");
+        let rec = Record::Alarm { door: "d".into(), alarm: AlarmKind::Fire, active: true };
+        let mut log = EventLog::open(&path, "gw").unwrap();
+        assert_eq!(log.append(1, &rec).unwrap(), "gw-1");
+        assert_eq!(log.append(2, &rec).unwrap(), "gw-2");
+        drop(log);
+        let mut log = EventLog::open(&path, "gw").unwrap();
+        assert_eq!(log.next_id(), "gw-3");
+        assert_eq!(log.append(3, &rec).unwrap(), "gw-3");
+        assert_eq!(log.count().unwrap(), 3);
+        assert!(log.get("gw-2").unwrap().unwrap().contains("fire"));
+    }
+
+    #[test]
+    fn kv_changes_persist_and_delete() {
+        let mut log = EventLog::in_memory("gw").unwrap();
+        let mut ch = BTreeMap::new();
+        ch.insert("a".to_string(), Some(b"1".to_vec()));
+        ch.insert("b".to_string(), Some(b"2".to_vec()));
+        log.kv_apply("p", &ch).unwrap();
+        let mut del = BTreeMap::new();
+        del.insert("a".to_string(), None);
+        log.kv_apply("p", &del).unwrap();
+        let kv = log.kv_load("p").unwrap();
+        assert_eq!(kv.len(), 1);
+        assert_eq!(kv["b"], b"2");
+        assert!(log.kv_load("other").unwrap().is_empty());
+    }
+}
