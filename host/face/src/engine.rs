@@ -144,6 +144,9 @@ impl FaceEngine {
                 .map_err(|e| err(e.to_string()))?
                 .with_intra_threads(config.threads.max(1))
                 .map_err(|e| err(e.to_string()))?
+                // Spinning worker threads would take CPU from the door and the plugins.
+                .with_intra_op_spinning(false)
+                .map_err(|e| err(e.to_string()))?
                 .commit_from_file(path)
                 .map_err(|e| err(e.to_string()))
         };
