@@ -2,7 +2,8 @@
 //! the real models, and 1:N search p50/p99 with memory per template for 10k / 100k / 1M.
 //! Run: `CARGO_TARGET_DIR=... cargo bench -p gate-face` after `cargo xtask models`.
 
-use criterion::{black_box, Criterion};
+use criterion::Criterion;
+use std::hint::black_box;
 use gate_face::{FaceEngine, Frame, Gallery, MatchConfig, StageTimings};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -117,13 +117,12 @@ pub(crate) fn choose(dets: &[Detection], frame_w: f32, frame_h: f32, min_side: f
     let mut first_reason = None;
     for d in by_size {
         let [x, y, w, h] = d.bbox;
+        // A box touching the border (within 2% of its width) belongs to a face the frame cuts.
+        let m = EDGE_MARGIN * w;
+        let cut = x < m || y < m || x + w > frame_w - m || y + h > frame_h - m;
         let reason = if w.min(h) < min_side {
             Some(Rejection::TooSmall)
-        } else if {
-            // A box touching the border (within 2% of its width) belongs to a face the frame cuts.
-            let m = EDGE_MARGIN * w;
-            x < m || y < m || x + w > frame_w - m || y + h > frame_h - m
-        } {
+        } else if cut {
             Some(Rejection::AtEdge)
         } else {
             None

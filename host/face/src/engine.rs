@@ -9,7 +9,8 @@ use crate::gallery::{Embedding, Gallery, DIM};
 use crate::manifest;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::TensorRef;
+use zeroize::Zeroize;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -245,9 +246,10 @@ impl FaceEngine {
         // The 2023mar YuNet graph has a fixed 640x640 input: letterbox the frame into it.
         let scale = DETECT_SIDE as f32 / frame.width().max(frame.height()) as f32;
         let (tw, th) = (DETECT_SIDE, DETECT_SIDE);
-        let mut input = Vec::new();
+        // The scaled frame stays in our buffer (ORT only borrows it) so it can be wiped.
+        let mut input = zeroize::Zeroizing::new(Vec::new());
         frame.to_planar(scale, tw, th, &mut input);
-        let tensor = Tensor::from_array(([1usize, 3, th, tw], input)).map_err(inference)?;
+        let tensor = TensorRef::from_array_view(([1usize, 3, th, tw], &input[..])).map_err(inference)?;
         let mut session = self.detector.lock().map_err(|_| FaceError::Inference { stage: "detect", message: "detector lock poisoned".into() })?;
         let outputs = session.run(ort::inputs![tensor]).map_err(inference)?;
         let get = |name: &str| -> Result<&[f32], FaceError> {
@@ -270,16 +272,15 @@ impl FaceEngine {
 
     fn embed(&self, face: AlignedFace) -> Result<Embedding, FaceError> {
         let inference = |e: ort::Error| FaceError::Inference { stage: "embed", message: e.to_string() };
-        let mut face = face;
-        let input = std::mem::take(&mut face.planar);
-        let tensor = Tensor::from_array(([1usize, 3, SIDE, SIDE], input)).map_err(inference)?;
+        // ORT borrows the crop (wiped when `face` drops); its output buffer is wiped after copying.
+        let tensor = TensorRef::from_array_view(([1usize, 3, SIDE, SIDE], &face.planar[..])).map_err(inference)?;
         let mut session = self.recogniser.lock().map_err(|_| FaceError::Inference { stage: "embed", message: "recogniser lock poisoned".into() })?;
-        let outputs = session.run(ort::inputs![tensor]).map_err(inference)?;
-        let (_, raw) = outputs[0].try_extract_tensor::<f32>().map_err(inference)?;
-        if raw.len() != DIM {
-            return Err(FaceError::Inference { stage: "embed", message: format!("recogniser gave {} values, expected {DIM}", raw.len()) });
-        }
-        Embedding::normalised(raw).ok_or(FaceError::Inference { stage: "embed", message: "recogniser gave an empty embedding".into() })
+        let mut outputs = session.run(ort::inputs![tensor]).map_err(inference)?;
+        let (_, raw) = outputs[0].try_extract_tensor_mut::<f32>().map_err(inference)?;
+        let embedding = if raw.len() == DIM { Embedding::normalised(raw) } else { None };
+        let len = raw.len();
+        raw.zeroize();
+        embedding.ok_or(FaceError::Inference { stage: "embed", message: format!("recogniser gave no usable embedding ({len} values, expected {DIM})") })
     }
 }
 

@@ -46,7 +46,12 @@ impl Embedding {
     }
 
     pub(crate) fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
-        zeroize::Zeroizing::new(self.0.iter().flat_map(|v| v.to_le_bytes()).collect())
+        // Sized up front: a growing Vec would leave unwiped copies behind when it reallocates.
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(DIM * 4));
+        for v in &self.0 {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Embedding> {
@@ -132,6 +137,12 @@ impl Gallery {
     pub fn bytes_per_template(&self) -> usize {
         let ids: usize = self.subjects.iter().map(|s| s.capacity() + std::mem::size_of::<String>()).sum();
         DIM * 4 + DIM + ids.checked_div(self.subjects.len()).unwrap_or(std::mem::size_of::<String>())
+    }
+
+    /// An empty gallery with room for `n` templates, so loading never reallocates (a
+    /// reallocation would leave an unwiped copy of the templates in freed memory).
+    pub(crate) fn with_capacity(n: usize) -> Gallery {
+        Gallery { subjects: Vec::with_capacity(n), vectors: Vec::with_capacity(n * DIM), coarse: Vec::with_capacity(n * DIM) }
     }
 
     pub(crate) fn push(&mut self, subject: String, e: &Embedding) {

@@ -316,7 +316,8 @@ impl TemplateStore {
     /// Decrypts every template into an in-memory gallery. A template that fails
     /// authentication (tampered, moved, foreign) is an error naming the subject.
     pub fn load_gallery(&self) -> Result<Gallery, StoreError> {
-        let mut gallery = Gallery::new();
+        let count: i64 = self.conn.query_row("SELECT count(*) FROM template", [], |r| r.get(0)).map_err(self.db())?;
+        let mut gallery = Gallery::with_capacity(count.max(0) as usize);
         let mut stmt = self.conn.prepare("SELECT subject, nonce, ciphertext FROM template ORDER BY subject").map_err(self.db())?;
         let mut rows = stmt.query([]).map_err(self.db())?;
         while let Some(row) = rows.next().map_err(self.db())? {
