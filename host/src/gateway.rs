@@ -65,6 +65,10 @@ impl Gateway {
         &self.log
     }
 
+    pub fn log_mut(&mut self) -> &mut EventLog {
+        &mut self.log
+    }
+
     pub fn policy_mut(&mut self) -> &mut PolicyEngine {
         &mut self.policy
     }

@@ -36,6 +36,7 @@ pub fn run(cfg: SiteConfig, trace: &Trace, cache_dir: Option<PathBuf>) -> Result
 pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, GatewayError> {
     let start = trace.start_ms;
     let mut out: Vec<Timed> = Vec::new();
+    gw.log_mut().begin_batch()?;
     for (at, input) in &trace.inputs {
         let now = start + *at as i64;
         let captured = input_captured_at(input).map(|c| start + c as i64);
@@ -46,6 +47,7 @@ pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, Gate
     while let Some(t) = gw.next_deadline().filter(|t| *t <= end) {
         out.extend(gw.advance(t)?);
     }
+    gw.log_mut().commit_batch()?;
     Ok(out.into_iter().map(|(t, r)| ((t - start).max(0) as u64, r)).collect())
 }
 

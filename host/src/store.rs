@@ -84,6 +84,17 @@ impl EventLog {
         Ok(id)
     }
 
+    /// Starts one transaction for many records. Replay uses it: its in-memory
+    /// log needs no per-record durability, and the gateway in service never does.
+    pub fn begin_batch(&mut self) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch("BEGIN")?)
+    }
+
+    /// Commits a batch started by `begin_batch`.
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
     /// How many records the log holds.
     pub fn count(&self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?)
@@ -108,7 +119,8 @@ impl EventLog {
         if changes.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        // A savepoint nests inside a replay batch as well as standing alone.
+        let tx = self.conn.savepoint()?;
         for (k, v) in changes {
             match v {
                 Some(v) => tx
