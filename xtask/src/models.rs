@@ -65,10 +65,22 @@ pub fn fetch(root: &Path) -> Result<()> {
         "models/manifest.toml lists no ONNX Runtime library for this machine's architecture ({arch})"
     );
 
+    // Hashing ~80 MB in a debug build takes seconds: a file whose size and mtime are those
+    // recorded when it was last verified against the same manifest digest is not re-hashed.
+    let stamp_path = root.join(".cache").join("models.verified");
+    let old_stamp = fs::read_to_string(&stamp_path).unwrap_or_default();
+    let mut stamp = String::new();
     let mut fetched = 0usize;
     for entry in wanted {
         let dest = models.join(&entry.path);
+        if let Some(line) = stamp_line(&dest, &entry.sha256) {
+            if old_stamp.lines().any(|l| l == line) {
+                stamp += &(line + "\n");
+                continue;
+            }
+        }
         if dest.is_file() && sha256_file(&dest)? == entry.sha256 {
+            stamp += &(stamp_line(&dest, &entry.sha256).unwrap_or_default() + "\n");
             continue;
         }
         let source = manifest
@@ -93,7 +105,11 @@ pub fn fetch(root: &Path) -> Result<()> {
             entry.sha256
         );
         write_atomically(&dest, &bytes)?;
+        stamp += &(stamp_line(&dest, &entry.sha256).unwrap_or_default() + "\n");
         fetched += 1;
+    }
+    if stamp != old_stamp {
+        write_atomically(&stamp_path, stamp.as_bytes())?;
     }
     if fetched > 0 {
         eprintln!("models: placed {fetched} verified file(s) under {}", models.display());
@@ -175,6 +191,13 @@ fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
     Ok(())
+}
+
+/// "path size mtime-ns sha256" of a file as it is now, or None if it is missing.
+fn stamp_line(path: &Path, sha256: &str) -> Option<String> {
+    let meta = fs::metadata(path).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some(format!("{} {} {mtime} {sha256}", path.display(), meta.len()))
 }
 
 fn sha256_file(path: &Path) -> Result<String> {

@@ -27,10 +27,10 @@ fn main() {
     println!("ONNX Runtime intra-op threads: {threads}");
     let engine = FaceEngine::open(&models(), MatchConfig { threads, ..MatchConfig::default() })
         .unwrap_or_else(|e| panic!("{e}\nRun `cargo xtask models` first."));
-    let photo = models().join("testdata/obama.jpg");
+    let photo = models().join("testdata/t1.jpg");
     let bytes = std::fs::read(&photo).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask models`", photo.display()));
     let frame = Frame::decode(&bytes).expect("test photo decodes");
-    println!("frame {}x{} (testdata/obama.jpg), {} cores", frame.width(), frame.height(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("frame {}x{} (testdata/t1.jpg, six faces), {} cores", frame.width(), frame.height(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
 
     // Frame to decision against a 10,000-template gallery.
     let gallery = Gallery::synthetic(10_000, 42);
@@ -70,7 +70,7 @@ fn main() {
     }
 
     let mut c = Criterion::default().sample_size(20).configure_from_args();
-    c.bench_function("identify obama.jpg vs 10k", |b| b.iter(|| engine.identify(black_box(&frame), &gallery).expect("identify")));
+    c.bench_function("identify t1.jpg vs 10k", |b| b.iter(|| engine.identify(black_box(&frame), &gallery).expect("identify")));
     let g = Gallery::synthetic(100_000, 9);
     c.bench_function("search 100k", |b| b.iter(|| g.search_random(black_box(3))));
     c.final_summary();
