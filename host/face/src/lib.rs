@@ -25,3 +25,16 @@ pub use gallery::Gallery;
 pub use manifest::{verify as verify_models, ModelFiles};
 pub use key::DeviceKey;
 pub use store::{validate_subject, Consent, ConsentRecord, EnrollPolicy, EnrollReport, TemplateStore, WithdrawReport};
+
+#[cfg(test)]
+mod thread_tests {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn the_engine_and_gallery_can_be_shared_across_threads_and_the_store_moved() {
+        send_sync::<crate::FaceEngine>();
+        send_sync::<crate::Gallery>();
+        send::<crate::TemplateStore>();
+    }
+}
