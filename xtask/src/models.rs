@@ -132,7 +132,13 @@ fn download(source: &Source, cache: &Path) -> Result<PathBuf> {
     }
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     eprintln!("models: downloading {}", source.url);
-    let response = ureq::get(&source.url)
+    // The system's trust store, not a bundled one: this is what pip and curl trust here.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build())
+        .build()
+        .into();
+    let response = agent
+        .get(&source.url)
         .call()
         .with_context(|| format!("downloading {}", source.url))?;
     let mut reader = response.into_body().into_reader();
