@@ -39,6 +39,8 @@ pub enum FaceError {
 pub enum StoreError {
     #[error("template store {path}: {source}")]
     Database { path: PathBuf, source: rusqlite::Error },
+    #[error("template store {path}: {message}")]
+    File { path: PathBuf, message: String },
     #[error("device key {path}: {message}")]
     Key { path: PathBuf, message: String },
     #[error("template store {path} was written under device key {stored}, but the key file gives {given}; use the right key file or re-key")]

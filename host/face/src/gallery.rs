@@ -151,6 +151,25 @@ impl Gallery {
         quantise(&e.0, &mut self.coarse);
     }
 
+    /// Drops a subject's template from memory at once (after a withdrawal), wiping the
+    /// freed slot. Returns false if the subject was not in the gallery.
+    pub fn remove(&mut self, subject: &str) -> bool {
+        let Some(i) = self.subjects.iter().position(|s| s == subject) else {
+            return false;
+        };
+        let last = self.subjects.len() - 1;
+        self.subjects.swap_remove(i);
+        if i != last {
+            self.vectors.copy_within(last * DIM..(last + 1) * DIM, i * DIM);
+            self.coarse.copy_within(last * DIM..(last + 1) * DIM, i * DIM);
+        }
+        self.vectors[last * DIM..].zeroize();
+        self.coarse[last * DIM..].zeroize();
+        self.vectors.truncate(last * DIM);
+        self.coarse.truncate(last * DIM);
+        true
+    }
+
     /// Best match: (subject, cosine). Scans every template; splits across two threads
     /// for large galleries.
     pub(crate) fn best(&self, probe: &Embedding) -> Option<(&str, f32)> {
@@ -281,6 +300,21 @@ mod tests {
         let exact_best = g.vectors.chunks_exact(DIM).map(|r| dot(r, &probe.0)).fold(f32::MIN, f32::max);
         let (_, s) = g.best(&probe).unwrap();
         assert_eq!(s, exact_best);
+    }
+
+    #[test]
+    fn a_removed_subject_is_never_matched_again_and_the_rest_still_are() {
+        let mut g = Gallery::new();
+        for k in 0..3 {
+            g.push(format!("s{k}"), &unit(k));
+        }
+        assert!(g.remove("s0"));
+        assert!(!g.remove("s0"));
+        assert_eq!(g.len(), 2);
+        assert_ne!(g.best(&unit(0)).unwrap().0, "s0");
+        assert_eq!(g.best(&unit(2)).unwrap(), ("s2", 1.0));
+        assert_eq!(g.best(&unit(1)).unwrap(), ("s1", 1.0));
+        assert!(g.remove("s2") && g.remove("s1") && g.is_empty());
     }
 
     #[test]

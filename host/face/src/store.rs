@@ -141,6 +141,13 @@ impl TemplateStore {
         let key = DeviceKey::load(key_path)?;
         let db = |source| StoreError::Database { path: db_path.to_path_buf(), source };
         let conn = Connection::open(db_path).map_err(db)?;
+        #[cfg(unix)]
+        {
+            // Only the gate's own user may read the consent records and ciphertexts.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(db_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::File { path: db_path.to_path_buf(), message: format!("cannot restrict permissions to 0600: {e}") })?;
+        }
         conn.pragma_update(None, "secure_delete", "ON").map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
