@@ -60,14 +60,18 @@ impl Default for MatchConfig {
 /// How strong a match is, by the site's thresholds (mirrors the contract's `match-band`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatchBand {
+    /// At or above `MatchConfig::strong`.
     Strong,
+    /// Between `MatchConfig::weak` and `MatchConfig::strong`.
     Weak,
 }
 
 /// Presentation-attack verdict (mirrors the contract's `liveness`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
+    /// A live person.
     Live,
+    /// A photo, screen or mask.
     Spoof,
     /// No presentation-attack model is available on this gateway.
     Unknown,
@@ -80,7 +84,9 @@ pub struct FaceMatch {
     pub subject: String,
     /// Cosine similarity of that match, clamped to 0.0 ..= 1.0.
     pub score: f32,
+    /// Band of the score by the configured thresholds.
     pub band: MatchBand,
+    /// Presentation-attack verdict; always `Unknown` on this build (no PAD model).
     pub liveness: Liveness,
 }
 
@@ -92,7 +98,10 @@ pub enum Outcome {
     /// A face was seen but not used, and why.
     Unusable(Rejection),
     /// A usable face that matches nobody above the weak threshold (best score given).
-    NoMatch { best_score: f32 },
+    NoMatch {
+        /// Best cosine in the gallery (0.0 for an empty gallery).
+        best_score: f32,
+    },
     /// A match at the strong or weak band.
     Match(FaceMatch),
 }
@@ -100,10 +109,15 @@ pub enum Outcome {
 /// Wall time of each stage of one identification.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimings {
+    /// Letterbox, YuNet, decoding and NMS.
     pub detect: Duration,
+    /// Face choice, pose check, alignment and sharpness.
     pub align: Duration,
+    /// SFace and normalisation.
     pub embed: Duration,
+    /// 1:N gallery search.
     pub search: Duration,
+    /// Frame to decision.
     pub total: Duration,
 }
 

@@ -4,6 +4,8 @@
 //! liveness verdict. Frames, crops and embeddings never leave this crate; templates are
 //! stored encrypted under a device key and erased for real when consent is withdrawn.
 
+#![warn(missing_docs)]
+
 mod align;
 mod detect;
 mod engine;

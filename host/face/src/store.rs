@@ -63,8 +63,11 @@ pub struct Consent {
 /// A stored consent with its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentRecord {
+    /// Row id of the consent.
     pub id: i64,
+    /// What was consented to.
     pub consent: Consent,
+    /// When it was withdrawn, Unix milliseconds; None while active.
     pub withdrawn_at_ms: Option<i64>,
 }
 
@@ -90,6 +93,7 @@ impl Default for EnrollPolicy {
 /// The result of an enrolment. Carries no biometric data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnrollReport {
+    /// The enrolled subject.
     pub subject: String,
     /// Samples that went into the template.
     pub samples_used: usize,
@@ -100,6 +104,7 @@ pub struct EnrollReport {
 /// The result of a withdrawal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WithdrawReport {
+    /// The subject whose consent was withdrawn.
     pub subject: String,
     /// True if a template existed and was erased.
     pub template_erased: bool,
