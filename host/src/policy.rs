@@ -127,15 +127,7 @@ impl PolicyEngine {
     /// The host's own policy: known subjects of the configured roles pass with
     /// the configured non-biometric credentials; guards may always release.
     fn fallback(&self, door: &Door, kind: CredentialKind, subject: Option<&Subject>, why: &str, health: Vec<Record>) -> Decided {
-        let verdict = match subject {
-            Some(s) if kind == CredentialKind::GuardRelease && s.role == Role::Guard => Verdict::Grant { open_ms: self.fallback.open_ms.min(door.max_open_ms) },
-            Some(s) if self.fallback.credentials.contains(&kind) && self.fallback.roles.contains(&s.role) => {
-                Verdict::Grant { open_ms: self.fallback.open_ms.min(door.max_open_ms) }
-            }
-            Some(_) => Verdict::Deny { reason: format!("{kind} not honoured while the site policy is unavailable") },
-            None => Verdict::Deny { reason: "unknown credential".into() },
-        };
-        Decided { verdict, by: format!("fallback:{why}"), health, kv: None }
+        fallback_decision(&self.fallback, door, kind, subject, why, health)
     }
 
     /// Hands an event to every integration plugin; returns their publishes and health records.
@@ -171,6 +163,25 @@ impl PolicyEngine {
         (out, health)
     }
 
+    /// Puts `slot` in place of the plugin `name` (between two events: the caller owns
+    /// the engine) and returns the one it replaces. Failure counts and quarantine start
+    /// afresh. Refuses a slot of another world than the configured plugin's.
+    pub fn swap(&mut self, name: &str, slot: Slot) -> Result<Option<Slot>, String> {
+        let Some(m) = self.plugins.get_mut(name) else {
+            return Err(format!("plugin `{name}` is not configured at this site"));
+        };
+        if let Some(old) = &m.slot {
+            if old.world() != slot.world() {
+                return Err(format!("plugin `{name}` is a {:?} plugin; the new one is {:?}", old.world(), slot.world()));
+            }
+        }
+        m.failures = 0;
+        m.quarantined_until = None;
+        m.load_error = None;
+        tracing::info!(plugin = %name, sha256 = %slot.sha256, "plugin swapped in");
+        Ok(m.slot.replace(slot))
+    }
+
     /// Plugins that failed to load, with why (for `gate run`'s start-up report).
     pub fn load_errors(&self) -> Vec<(String, String)> {
         self.plugins.iter().filter_map(|(n, m)| m.load_error.clone().map(|e| (n.clone(), e))).collect()
@@ -186,6 +197,17 @@ fn note_dropped_logs(plugin: &str, fx: &Effects) {
     if fx.logs_dropped > 0 {
         tracing::warn!(plugin, dropped = fx.logs_dropped, "plugin log lines dropped by the rate limit");
     }
+}
+
+/// The host's own policy, used whenever a door's plugin cannot decide.
+pub fn fallback_decision(fb: &Fallback, door: &Door, kind: CredentialKind, subject: Option<&Subject>, why: &str, health: Vec<Record>) -> Decided {
+    let verdict = match subject {
+        Some(s) if kind == CredentialKind::GuardRelease && s.role == Role::Guard => Verdict::Grant { open_ms: fb.open_ms.min(door.max_open_ms) },
+        Some(s) if fb.credentials.contains(&kind) && fb.roles.contains(&s.role) => Verdict::Grant { open_ms: fb.open_ms.min(door.max_open_ms) },
+        Some(_) => Verdict::Deny { reason: format!("{kind} not honoured while the site policy is unavailable") },
+        None => Verdict::Deny { reason: "unknown credential".into() },
+    };
+    Decided { verdict, by: format!("fallback:{why}"), health, kv: None }
 }
 
 /// Checks a plugin's decision against what the host allows at this door.

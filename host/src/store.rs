@@ -73,9 +73,23 @@ impl EventLog {
         format!("{}-{}", self.gateway, self.next_seq)
     }
 
+    /// Reserves a unique id for a record appended later (an access event is
+    /// handed to its plugin under the id its decision will be logged with).
+    /// The skipped `seq` keeps the id unique; rows stay in append order.
+    pub fn reserve_id(&mut self) -> String {
+        let id = self.next_id();
+        self.next_seq += 1;
+        id
+    }
+
     /// Appends a record durably and returns its unique id.
     pub fn append(&mut self, at_ms: i64, record: &Record) -> Result<String, StoreError> {
         let id = self.next_id();
+        self.append_with_id(at_ms, record, id)
+    }
+
+    /// Appends a record under an id from `reserve_id`.
+    pub fn append_with_id(&mut self, at_ms: i64, record: &Record, id: String) -> Result<String, StoreError> {
         let body = serde_json::to_string(record)?;
         self.conn
             .prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
@@ -157,6 +171,11 @@ mod tests {
         assert_eq!(log.next_id(), "gw-3");
         assert_eq!(log.append(3, &rec).unwrap(), "gw-3");
         assert_eq!(log.count().unwrap(), 3);
+        // A reserved id is never reused, even by rows appended before it is written.
+        let reserved = log.reserve_id();
+        assert_eq!(reserved, "gw-4");
+        assert_eq!(log.append(4, &rec).unwrap(), "gw-5");
+        assert_eq!(log.append_with_id(5, &rec, reserved).unwrap(), "gw-4");
         assert!(log.get("gw-2").unwrap().unwrap().contains("fire"));
     }
 
