@@ -9,6 +9,7 @@ pub mod rules;
 use config::PolicyConfig;
 use gate_plugin_sdk::types::{AccessEvent, Decision, Direction};
 use gate_plugin_sdk::{logging, HostKv, Policy, Settings, TypedKv};
+use std::sync::OnceLock;
 
 /// Key prefix of the last passage per subject (anti-passback).
 const PASSAGE_PREFIX: &str = "apb/";
@@ -17,7 +18,10 @@ struct ResidentPolicy;
 
 impl Policy for ResidentPolicy {
     fn decide(event: AccessEvent) -> Decision {
-        let cfg = match PolicyConfig::from_settings(&Settings::host()) {
+        // Settings cannot change during an instance's life (the host starts a new
+        // instance for new settings), so they are read and parsed once.
+        static CONFIG: OnceLock<Result<PolicyConfig, String>> = OnceLock::new();
+        let cfg = match CONFIG.get_or_init(|| PolicyConfig::from_settings(&Settings::host()).map_err(|e| e.to_string())) {
             Ok(cfg) => cfg,
             Err(e) => {
                 // A misconfigured policy must not guess: trap, so the host answers with its
@@ -31,7 +35,7 @@ impl Policy for ResidentPolicy {
             (Some(s), true) => last_direction(&passages, &s.id),
             _ => None,
         };
-        let verdict = rules::decide(&event, &cfg, last);
+        let verdict = rules::decide(&event, cfg, last);
         if let Some((subject, direction)) = &verdict.passage {
             if let Err(e) = passages.set_str(subject, direction.as_str()) {
                 logging::warn(&format!("resident-policy: cannot record passage for anti-passback: {e}"));
