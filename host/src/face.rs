@@ -1,0 +1,204 @@
+//! The gateway's face matcher: the optional engine, gallery and template store of
+//! `[face]`, opened at start-up. It turns a camera frame into a face-match *result*
+//! (`Input::Face`: subject, score, liveness); frames and templates never leave it.
+//!
+//! When face is not configured, or the models, ONNX Runtime, store or key are missing
+//! or bad, the matcher is off: one warning is logged, camera frames are ignored with a
+//! visible reason, and card, PIN and NFC keep working.
+
+use crate::config::FaceBands;
+use crate::event::{Direction, IgnoreReason, Input, Liveness};
+use gate_face::{FaceEngine, Frame, Gallery, MatchConfig, ModelError, Outcome, StoreError, TemplateStore};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Why the matcher could not be started.
+#[derive(Debug, Error)]
+pub enum FaceSetupError {
+    /// `[face]` has no `models_dir` / `db` / `key`.
+    #[error("face recognition is not configured ([face] has no models_dir, db and key)")]
+    NotConfigured,
+    #[error(transparent)]
+    Models(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a camera frame gave the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FrameResult {
+    /// A match result (or a no-match with the best score) for the access pipeline.
+    Credential(Input),
+    /// Nothing to decide on; the reason goes into an `ignored` record.
+    Ignored(IgnoreReason),
+}
+
+/// The matcher in service: verified models, the decrypted gallery and the store it came from.
+struct Ready {
+    engine: FaceEngine,
+    gallery: Gallery,
+    store: TemplateStore,
+    /// A second connection that only watches the store for commits by other processes
+    /// (`gate enroll`, `gate consent withdraw`), so the gallery follows them at once.
+    watch: Option<rusqlite::Connection>,
+    version: i64,
+}
+
+/// The optional face matcher of one gateway.
+pub struct FaceMatcher {
+    state: Result<Ready, String>,
+}
+
+impl std::fmt::Debug for FaceMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.state {
+            Ok(r) => write!(f, "FaceMatcher(ready, {} templates)", r.gallery.len()),
+            Err(why) => write!(f, "FaceMatcher(off: {why})"),
+        }
+    }
+}
+
+/// The engine thresholds for a site's bands.
+pub fn match_config(bands: &FaceBands) -> MatchConfig {
+    MatchConfig { strong: bands.strong, weak: bands.weak, ..MatchConfig::default() }
+}
+
+/// The three paths of a configured matcher, or `NotConfigured`.
+pub fn paths(bands: &FaceBands) -> Result<(&Path, &Path, &Path), FaceSetupError> {
+    match (&bands.models_dir, &bands.db, &bands.key) {
+        (Some(m), Some(d), Some(k)) => Ok((m, d, k)),
+        _ => Err(FaceSetupError::NotConfigured),
+    }
+}
+
+fn data_version(conn: &rusqlite::Connection) -> Option<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0)).ok()
+}
+
+impl FaceMatcher {
+    /// A matcher that is off, with the reason shown to the operator.
+    pub fn off(reason: impl Into<String>) -> FaceMatcher {
+        FaceMatcher { state: Err(reason.into()) }
+    }
+
+    /// Opens the matcher of `[face]`. Never fails: a problem turns face off, with one warning.
+    pub fn open(bands: &FaceBands) -> FaceMatcher {
+        match Self::try_open(bands) {
+            Ok(ready) => {
+                tracing::info!(templates = ready.gallery.len(), "face recognition on");
+                FaceMatcher { state: Ok(ready) }
+            }
+            Err(FaceSetupError::NotConfigured) => Self::off(FaceSetupError::NotConfigured.to_string()),
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::warn!(error = %reason, "face recognition is OFF; card, PIN and NFC keep working");
+                Self::off(reason)
+            }
+        }
+    }
+
+    fn try_open(bands: &FaceBands) -> Result<Ready, FaceSetupError> {
+        let (models, db, key) = paths(bands)?;
+        let engine = FaceEngine::open(models, match_config(bands))?;
+        let store = TemplateStore::open(db, key)?;
+        let gallery = store.load_gallery()?;
+        let watch = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok();
+        let version = watch.as_ref().and_then(data_version).unwrap_or(0);
+        Ok(Ready { engine, gallery, store, watch, version })
+    }
+
+    /// Whether frames are matched.
+    pub fn is_on(&self) -> bool {
+        self.state.is_ok()
+    }
+
+    /// Why face is off, if it is.
+    pub fn off_reason(&self) -> Option<&str> {
+        self.state.as_ref().err().map(String::as_str)
+    }
+
+    /// Templates in the gallery (0 when off).
+    pub fn enrolled(&self) -> usize {
+        self.state.as_ref().map_or(0, |r| r.gallery.len())
+    }
+
+    /// Reloads the gallery when another process changed the store (enrolment, withdrawal).
+    /// A store that no longer opens turns face off rather than matching stale templates.
+    fn refresh(&mut self) {
+        let Ok(ready) = &mut self.state else { return };
+        let Some(now) = ready.watch.as_ref().and_then(data_version) else { return };
+        if now == ready.version {
+            return;
+        }
+        match ready.store.load_gallery() {
+            Ok(g) => {
+                tracing::info!(templates = g.len(), "face template store changed; gallery reloaded");
+                ready.gallery = g;
+                ready.version = now;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "face template store no longer loads; face recognition is OFF");
+                self.state = Err(e.to_string());
+            }
+        }
+    }
+
+    /// Runs an image file through the models: a match result, or why nothing was decided.
+    pub fn frame_file(&mut self, door: &str, direction: Direction, file: &Path, captured_at: Option<u64>) -> FrameResult {
+        if !self.is_on() {
+            return FrameResult::Ignored(IgnoreReason::FaceUnavailable);
+        }
+        let bytes = match std::fs::read(file) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(door, file = %file.display(), error = %e, "camera frame cannot be read");
+                return FrameResult::Ignored(IgnoreReason::BadFrame);
+            }
+        };
+        match Frame::decode(&bytes) {
+            Ok(frame) => self.frame(door, direction, &frame, captured_at),
+            Err(e) => {
+                tracing::warn!(door, file = %file.display(), error = %e, "camera frame cannot be decoded");
+                FrameResult::Ignored(IgnoreReason::BadFrame)
+            }
+        }
+    }
+
+    /// Runs a decoded frame through the models against the current gallery.
+    pub fn frame(&mut self, door: &str, direction: Direction, frame: &Frame, captured_at: Option<u64>) -> FrameResult {
+        self.refresh();
+        let Ok(ready) = &self.state else { return FrameResult::Ignored(IgnoreReason::FaceUnavailable) };
+        let outcome = match ready.engine.identify(frame, &ready.gallery) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(door, error = %e, "face matcher failed on a frame");
+                return FrameResult::Ignored(IgnoreReason::BadFrame);
+            }
+        };
+        let face = |subject: Option<String>, score: f32, liveness: Liveness| {
+            FrameResult::Credential(Input::Face { door: door.to_string(), direction, subject, score, liveness, captured_at })
+        };
+        match outcome {
+            Outcome::Match(m) => face(Some(m.subject), m.score, liveness(m.liveness)),
+            Outcome::NoMatch { best_score } => face(None, best_score, Liveness::Unknown),
+            Outcome::NoFace => FrameResult::Ignored(IgnoreReason::NoFace),
+            Outcome::Unusable(why) => {
+                tracing::info!(door, why = %why, "face seen but not usable");
+                FrameResult::Ignored(IgnoreReason::FaceUnusable)
+            }
+        }
+    }
+}
+
+fn liveness(l: gate_face::Liveness) -> Liveness {
+    match l {
+        gate_face::Liveness::Live => Liveness::Live,
+        gate_face::Liveness::Spoof => Liveness::Spoof,
+        gate_face::Liveness::Unknown => Liveness::Unknown,
+    }
+}
+
+/// Resolves a camera frame's file against the folder of the trace that names it.
+pub fn resolve_frame_path(trace_dir: &Path, file: &Path) -> PathBuf {
+    if file.is_absolute() { file.to_path_buf() } else { trace_dir.join(file) }
+}

@@ -1,0 +1,239 @@
+//! End-to-end tests of the face matcher in the gateway: the real `gate` binary, the real
+//! models (fetched by `cargo xtask setup`) on real photos, the real compiled plugins.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The models folder, or a failure telling how to get it.
+fn models() -> PathBuf {
+    let m = root().join("models");
+    for f in ["manifest.toml", "face_detection_yunet_2023mar.onnx", "face_recognition_sface_2021dec.onnx", "testdata/obama2.jpg"] {
+        assert!(m.join(f).is_file(), "{} is missing: run `cargo xtask setup` (it fetches the face models and test photos)", m.join(f).display());
+    }
+    m
+}
+
+fn photo(name: &str) -> String {
+    models().join("testdata").join(name).to_string_lossy().into_owned()
+}
+
+fn plugin(name: &str) -> PathBuf {
+    let p = root().join("target/plugins").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `cargo xtask setup` to build the plugins", p.display());
+    p
+}
+
+fn gate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gate")).current_dir(root()).args(args).output().expect("run gate")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A site in `dir`: the demo site with `[face]` pointing at `models_dir` and a template
+/// store and key in `dir`. Returns the config path.
+fn site(dir: &Path, models_dir: &Path) -> PathBuf {
+    let demo = std::fs::read_to_string(root().join("configs/demo-site.toml")).unwrap();
+    let face = format!("weak = 0.50\nmodels_dir = {:?}\ndb = \"faces.sqlite\"\nkey = \"face.key\"\n", models_dir);
+    let cfg = demo
+        .replace("../target/plugins/resident-policy.wasm", plugin("resident-policy").to_str().unwrap())
+        .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
+        .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+        .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")))
+        .replacen("weak = 0.50\n", &face, 1);
+    assert!(cfg.contains("models_dir"), "the demo site's [face] section changed");
+    let path = dir.join("site.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn new_key(path: &Path) {
+    let out = gate(&["face", "key", "new", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn enroll(cfg: &Path, subject: &str, photos: &[&str]) -> Output {
+    let mut args = vec![
+        "enroll", "--config", cfg.to_str().unwrap(), "--subject", subject,
+        "--purpose", "entry at the community gates", "--notice-version", "2026-11", "--capture", "signed at the property office",
+    ];
+    args.extend_from_slice(photos);
+    gate(&args)
+}
+
+/// Replays a trace; returns the records as JSON values and the whole output text.
+fn replay(cfg: &Path, trace: &Path) -> (Vec<serde_json::Value>, String) {
+    let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--format", "jsonl"]);
+    assert!(out.status.success(), "replay failed: {}", text(&out));
+    let recs = String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone())
+        .collect();
+    (recs, text(&out))
+}
+
+fn non_publish(recs: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    recs.iter().filter(|r| r["kind"] != "publish" && r["kind"] != "relay").cloned().collect()
+}
+
+/// Enrols r-0003 from two photos in a fresh site; returns (tempdir, config).
+fn enrolled_site() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), &models());
+    new_key(&dir.path().join("face.key"));
+    let out = enroll(&cfg, "r-0003", &[&photo("obama.jpg"), &photo("obama3.jpg")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    (dir, cfg)
+}
+
+#[test]
+fn an_enrolled_face_opens_with_a_card_a_stranger_is_denied_and_withdrawal_forgets_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), &models());
+    let key = dir.path().join("face.key");
+    new_key(&key);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    let out = enroll(&cfg, "r-0003", &[&photo("obama.jpg"), &photo("obama3.jpg")]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let consent_at = said.find("consent #1 recorded for r-0003").expect(&said);
+    let enrolled_at = said.find("enrolled r-0003 from 2 of 2 photos").expect(&said);
+    assert!(consent_at < enrolled_at, "consent comes first: {said}");
+
+    let trace = root().join("tests/traces/camera.jsonl");
+    let (recs, all) = replay(&cfg, &trace);
+    let d = non_publish(&recs);
+    // The resident's face is recognised; with liveness unknown the demo policy asks for a card.
+    assert_eq!(d[0]["credential"], "face", "{all}");
+    assert_eq!(d[0]["subject"], "r-0003", "{all}");
+    assert_eq!(d[0]["outcome"], "need-factor", "{all}");
+    assert_eq!(d[1]["credential"], "card", "{all}");
+    assert_eq!(d[1]["subject"], "r-0003", "{all}");
+    assert_eq!(d[1]["outcome"], "grant", "{all}");
+    // A different person matches nobody and is denied.
+    assert_eq!(d[2]["credential"], "face", "{all}");
+    assert!(d[2]["subject"].is_null(), "{all}");
+    assert_eq!(d[2]["outcome"], "deny", "{all}");
+    assert_eq!(d.len(), 3, "{all}");
+    assert!(!all.contains("score"), "outputs carry no face scores: {all}");
+
+    let out = gate(&["consent", "withdraw", "--config", cfg.to_str().unwrap(), "r-0003"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("consent withdrawn for r-0003: template erased"), "{}", text(&out));
+
+    let (recs, all) = replay(&cfg, &trace);
+    let d = non_publish(&recs);
+    assert_eq!(d[0]["credential"], "face", "{all}");
+    assert!(d[0]["subject"].is_null(), "after withdrawal the same face matches nobody: {all}");
+    assert_eq!(d[0]["outcome"], "deny", "{all}");
+    // The card still works: face was only ever one option.
+    assert_eq!((d[1]["credential"].as_str(), d[1]["outcome"].as_str()), (Some("card"), Some("grant")), "{all}");
+
+    let out = gate(&["consent", "withdraw", "--config", cfg.to_str().unwrap(), "r-0003"]);
+    assert!(text(&out).contains("no template was stored"), "{}", text(&out));
+}
+
+#[test]
+fn rekeying_keeps_matching_and_the_old_key_no_longer_opens_the_store() {
+    let (dir, cfg) = enrolled_site();
+    let new = dir.path().join("face2.key");
+    new_key(&new);
+    let out = gate(&["face", "rekey", "--config", cfg.to_str().unwrap(), "--new-key", new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("re-encrypted 1 template(s)"), "{}", text(&out));
+
+    // The config still names the old key: the store refuses it, clearly.
+    let out = gate(&["consent", "withdraw", "--config", cfg.to_str().unwrap(), "r-0003"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("faces.sqlite") && text(&out).contains("re-key"), "{}", text(&out));
+
+    // Pointed at the new key, the gateway recognises the resident without re-enrolment.
+    let body = std::fs::read_to_string(&cfg).unwrap().replace("key = \"face.key\"", "key = \"face2.key\"");
+    std::fs::write(&cfg, body).unwrap();
+    let (recs, all) = replay(&cfg, &root().join("tests/traces/camera.jsonl"));
+    assert_eq!(non_publish(&recs)[0]["subject"], "r-0003", "{all}");
+}
+
+#[test]
+fn enrolling_needs_the_models_consistent_photos_and_a_known_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-models");
+    std::fs::create_dir(&empty).unwrap();
+    let cfg = site(dir.path(), &empty);
+    new_key(&dir.path().join("face.key"));
+    let out = enroll(&cfg, "r-0003", &[&photo("obama.jpg"), &photo("obama3.jpg")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("face models") && said.contains(&empty.join("manifest.toml").display().to_string()), "{said}");
+    assert!(!said.contains("consent #"), "no consent is recorded when enrolment cannot run: {said}");
+    assert!(!dir.path().join("faces.sqlite").exists(), "nothing stored");
+
+    let cfg = site(dir.path(), &models());
+    let out = enroll(&cfg, "r-9999", &[&photo("obama.jpg"), &photo("obama3.jpg")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("`r-9999` is not in the subject directory"), "{}", text(&out));
+
+    let bad = dir.path().join("not-a-photo.jpg");
+    std::fs::write(&bad, "hello").unwrap();
+    let out = enroll(&cfg, "r-0003", &[&photo("obama.jpg"), bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(&format!("photo {}", bad.display())), "{}", text(&out));
+
+    // Two different people cannot be enrolled as one.
+    let out = enroll(&cfg, "r-0003", &[&photo("obama.jpg"), &photo("biden.jpg")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("do not show one person") && text(&out).contains("no template stored"), "{}", text(&out));
+}
+
+#[test]
+fn without_models_the_gate_grants_cards_and_ignores_camera_frames_visibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-models");
+    std::fs::create_dir(&empty).unwrap();
+    let cfg = site(dir.path(), &empty);
+    new_key(&dir.path().join("face.key"));
+    let (recs, all) = replay(&cfg, &root().join("tests/traces/camera.jsonl"));
+    let d = non_publish(&recs);
+    assert_eq!(d[0], serde_json::json!({"kind":"ignored","door":"north-gate","credential":"face","reason":"face-unavailable"}), "{all}");
+    assert_eq!((d[1]["subject"].as_str(), d[1]["outcome"].as_str()), (Some("r-0003"), Some("grant")), "{all}");
+    assert!(all.contains("face recognition is OFF") && all.contains("manifest.toml"), "one clear warning: {all}");
+}
+
+#[test]
+fn frames_without_a_usable_face_are_ignored_with_a_reason_and_bad_references_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), &models());
+    new_key(&dir.path().join("face.key"));
+    let blank = dir.path().join("blank.png");
+    image::RgbImage::from_pixel(640, 480, image::Rgb([128, 128, 128])).save(&blank).unwrap();
+    let trace = dir.path().join("frames.jsonl");
+    let line = |at: u32, file: &str| format!("{{\"at\":{at},\"input\":{{\"kind\":\"camera-frame\",\"door\":\"north-gate\",\"file\":{file:?}}}}}\n");
+    let body = format!(
+        "{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}}\n{}{}{}",
+        line(1000, "blank.png"),
+        line(2000, &photo("obama_partial_face.jpg")),
+        line(3000, "site.toml"),
+    );
+    std::fs::write(&trace, body).unwrap();
+    let (recs, all) = replay(&cfg, &trace);
+    let reasons: Vec<&str> = recs.iter().map(|r| r["reason"].as_str().unwrap_or("?")).collect();
+    assert_eq!(reasons, ["no-face", "face-unusable", "bad-frame"], "{all}");
+    assert!(recs.iter().all(|r| r["kind"] == "ignored"), "{all}");
+
+    let missing = dir.path().join("missing.jsonl");
+    std::fs::write(&missing, std::fs::read_to_string(&trace).unwrap().replace("blank.png", "nobody.png")).unwrap();
+    let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(&format!("{}:2: key `file`", missing.display())) && text(&out).contains("nobody.png"), "{}", text(&out));
+}
