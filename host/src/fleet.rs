@@ -1,0 +1,471 @@
+//! The gateway's side of fleet operations (`[fleet]`, crate `gate-fleet`): signed
+//! plugin deployment into the real wasmtime runtime, remote commands through the door
+//! controller, and the MQTT link that publishes the event log.
+//!
+//! Threads: the gateway loop owns the door and never waits on the network; the link
+//! runs on its own tokio thread; the agent (deployment jobs, commands, automatic
+//! rollback) runs on its own thread and compiles, links and self-tests new plugins
+//! there. Only the finished swap goes to the policy thread, queued like an event, so
+//! it lands between two decisions.
+
+use crate::clock::Clock;
+use crate::config::{PluginConfig, SiteConfig, World};
+use crate::event::{CredentialKind, Direction, Input, Outcome, PluginStatus, Record, Role};
+use crate::gateway::{Gateway, GatewayError, Timed};
+use crate::plugin::Slot;
+use crate::trace::{input_line, Header, Trace};
+use crate::worker::PluginControl;
+use gate_fleet::agent::{Agent, CommandExecutor};
+use gate_fleet::bundle::{self, Manifest, World as FleetWorld};
+use gate_fleet::commands::{AuthorisedCommand, CommandAction};
+use gate_fleet::deploy::{ActivePlugin, DeployConfig, Deployer, PluginSlot, RollbackRule};
+use gate_fleet::keys::TrustedKeys;
+use gate_fleet::link::{Inbound, Link, LinkConfig, LinkHandle, PluginLimits};
+use gate_fleet::messages::{now_ms, PluginInfo, Status};
+use gate_fleet::outbox::{Outbox, Retention};
+use gate_fleet::store::FleetStore;
+use semver::Version;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why the fleet side could not start.
+#[derive(Debug, Error)]
+pub enum FleetError {
+    #[error("the site configuration has no [fleet] section")]
+    NotConfigured,
+    #[error("[fleet] key `trusted_keys`: {0}")]
+    Keys(#[from] gate_fleet::keys::KeyError),
+    #[error(transparent)]
+    Store(#[from] gate_fleet::store::StoreError),
+    #[error(transparent)]
+    Outbox(#[from] gate_fleet::outbox::OutboxError),
+    #[error("[fleet] key `broker`: {0}")]
+    Link(#[from] gate_fleet::link::LinkError),
+    #[error("fleet: {0}")]
+    Setup(String),
+}
+
+/// Version reported for plugins loaded from the site configuration (not deployed).
+pub const CONFIGURED_VERSION: Version = Version::new(0, 0, 0);
+
+/// How long an activation may wait for the events queued before it.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A plugin as this gateway runs it: what the fleet reports, and where its component is.
+#[derive(Clone, Debug)]
+struct Entry {
+    info: ActivePlugin,
+    path: PathBuf,
+    settings: BTreeMap<String, String>,
+}
+
+fn to_fleet_world(w: World) -> FleetWorld {
+    match w {
+        World::Policy => FleetWorld::PolicyPlugin,
+        World::Integration => FleetWorld::IntegrationPlugin,
+    }
+}
+
+/// The real plugin slot: stages on the policy engine's own engine (off the policy
+/// thread), self-tests in deterministic replay, swaps on the policy thread.
+pub struct HostSlot {
+    cfg: SiteConfig,
+    control: PluginControl,
+    clock: Clock,
+    db: PathBuf,
+    components: PathBuf,
+    cache_dir: Option<PathBuf>,
+    active: BTreeMap<String, Entry>,
+    previous: BTreeMap<String, (Entry, Slot)>,
+    staged: BTreeMap<String, (Entry, Slot)>,
+    /// Time the last stage (compile + link + first instance) and self-test took.
+    pub last_timings: (Duration, Duration),
+}
+
+impl HostSlot {
+    /// The plugins of `cfg` as they were loaded; deployed components go under `dir`.
+    pub fn new(cfg: SiteConfig, control: PluginControl, clock: Clock, db: &Path, dir: &Path, cache_dir: Option<PathBuf>) -> HostSlot {
+        let mut active = BTreeMap::new();
+        for (name, pc) in &cfg.plugins {
+            let Ok(bytes) = std::fs::read(&pc.path) else { continue };
+            let info = ActivePlugin { name: name.clone(), world: to_fleet_world(pc.world), version: CONFIGURED_VERSION, sha256: bundle::sha256_hex(&bytes), previous: None };
+            active.insert(name.clone(), Entry { info, path: pc.path.clone(), settings: pc.settings.clone() });
+        }
+        HostSlot {
+            cfg,
+            control,
+            clock,
+            db: db.to_path_buf(),
+            components: dir.join("components"),
+            cache_dir,
+            active,
+            previous: BTreeMap::new(),
+            staged: BTreeMap::new(),
+            last_timings: (Duration::ZERO, Duration::ZERO),
+        }
+    }
+
+    fn kv(&self, plugin: &str) -> BTreeMap<String, Vec<u8>> {
+        let read = || -> rusqlite::Result<BTreeMap<String, Vec<u8>>> {
+            let c = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let mut st = c.prepare("SELECT key, value FROM plugin_kv WHERE plugin = ?1")?;
+            let rows = st.query_map([plugin], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            rows.collect()
+        };
+        read().unwrap_or_else(|e| {
+            tracing::warn!(plugin, error = %e, "could not read the plugin's kv store; the new version starts empty");
+            BTreeMap::new()
+        })
+    }
+
+    /// The site as replay should see it with the active plugins and `staged` in place.
+    fn site_with(&self, staged: Option<&Entry>) -> SiteConfig {
+        let mut cfg = self.cfg.clone();
+        cfg.fleet = None;
+        for e in self.active.values().chain(staged) {
+            if let Some(pc) = cfg.plugins.get_mut(&e.info.name) {
+                pc.path = e.path.clone();
+                pc.settings = e.settings.clone();
+            }
+        }
+        cfg
+    }
+
+    /// The host's own check of a policy plugin: every resident who holds a card (or
+    /// phone NFC) must get in (or be asked for a non-biometric second factor) at one of
+    /// the plugin's doors at least, on a weekday at 10:00, and no probe may make the
+    /// plugin fail (trap, time out, ask for face only, grant beyond the door's maximum).
+    fn host_check(&self, cfg: &SiteConfig, name: &str) -> Result<usize, String> {
+        let doors: Vec<_> = cfg.doors.iter().filter(|d| d.policy.as_deref() == Some(name)).collect();
+        let mut lines = Vec::new();
+        let mut at = 0u64;
+        for s in cfg.subjects.iter().filter(|s| s.role == Role::Resident) {
+            for d in &doors {
+                let input = if let (Some(card), true) = (s.cards.first(), d.accepts(CredentialKind::Card)) {
+                    Input::Card { door: d.id.clone(), direction: Direction::Entry, number: card.clone(), captured_at: None }
+                } else if let (Some(tok), true) = (s.nfc.first(), d.accepts(CredentialKind::Nfc)) {
+                    Input::Nfc { door: d.id.clone(), direction: Direction::Entry, token: tok.clone(), captured_at: None }
+                } else {
+                    continue;
+                };
+                at += 5_000;
+                lines.push(input_line(at, &input));
+            }
+        }
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        let header = Header { gate_trace: crate::trace::VERSION, site: cfg.site.id.clone(), start: format!("2026-11-24T10:00:00{}", cfg.site.utc_offset), description: Some("host check".into()) };
+        let text = format!("{}\n{}\n", serde_json::to_string(&header).unwrap_or_default(), lines.join("\n"));
+        let trace = Trace::parse(&text, Path::new("host check")).map_err(|e| format!("host check: {e}"))?;
+        let replay = crate::replay::run(cfg.clone(), &trace, self.cache_dir.clone()).map_err(|e| format!("host check: {e}"))?;
+        let mut outcome: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+        for (_, r) in &replay.records {
+            match r {
+                Record::Plugin { plugin, status: PluginStatus::Failed, reason } if plugin == name => {
+                    return Err(format!("host check: the plugin failed on a resident's credential ({reason}); its doors would fall back to the host policy"));
+                }
+                Record::Decision { door, subject: Some(s), outcome: o, by, .. } if by == &format!("plugin:{name}") => {
+                    let e = outcome.entry(s.clone()).or_default();
+                    e.0 |= *o != Outcome::Deny;
+                    e.1.push(door.clone());
+                }
+                _ => {}
+            }
+        }
+        if let Some((who, (_, at_doors))) = outcome.iter().find(|(_, (ok, _))| !ok) {
+            return Err(format!("host check: resident `{who}` would be denied with their card at every door ({}); a plugin must never lock residents out", at_doors.join(", ")));
+        }
+        Ok(lines.len())
+    }
+}
+
+impl PluginSlot for HostSlot {
+    fn active(&self, name: &str) -> Option<ActivePlugin> {
+        self.active.get(name).map(|e| e.info.clone())
+    }
+
+    fn plugins(&self) -> Vec<ActivePlugin> {
+        self.active.values().map(|e| e.info.clone()).collect()
+    }
+
+    fn stage(&mut self, m: &Manifest, component: &[u8]) -> Result<(), String> {
+        let t = Instant::now();
+        let Some(pc) = self.cfg.plugins.get(&m.name) else {
+            return Err(format!("plugin `{}` is not configured at this site (add [plugins.{}] to the site configuration first)", m.name, m.name));
+        };
+        if to_fleet_world(pc.world) != m.world {
+            return Err(format!("plugin `{}` is configured as a {:?} plugin; the bundle is a {}", m.name, pc.world, m.world.wit_name()));
+        }
+        std::fs::create_dir_all(&self.components).map_err(|e| format!("creating {}: {e}", self.components.display()))?;
+        let path = self.components.join(format!("{}-{}-{}.wasm", m.name, m.version, &m.sha256[..m.sha256.len().min(12)]));
+        std::fs::write(&path, component).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let rt = self.control.runtime();
+        let loaded = rt.load_bytes(component, &path).map_err(|e| e.to_string())?;
+        let pcfg = PluginConfig { name: m.name.clone(), path: path.clone(), world: pc.world, settings: m.config.clone(), prefix: pc.prefix.clone() };
+        let mut slot = Slot::new(rt, &pcfg, &loaded, &self.cfg.limits, self.clock.clone(), self.kv(&m.name)).map_err(|e| e.to_string())?;
+        slot.instantiate_fresh(rt).map_err(|e| format!("the component does not start: {e}"))?;
+        let info = ActivePlugin { name: m.name.clone(), world: m.world, version: m.version.clone(), sha256: loaded.sha256.clone(), previous: None };
+        self.staged.insert(m.name.clone(), (Entry { info, path, settings: m.config.clone() }, slot));
+        self.last_timings.0 = t.elapsed();
+        tracing::info!(plugin = %m.name, version = %m.version, ms = t.elapsed().as_millis() as u64, "plugin staged");
+        Ok(())
+    }
+
+    fn self_test(&mut self, m: &Manifest) -> Result<(), String> {
+        let t = Instant::now();
+        let entry = self.staged.get(&m.name).map(|(e, _)| e.clone()).ok_or_else(|| format!("nothing staged for `{}`", m.name))?;
+        let cfg = self.site_with(Some(&entry));
+        for st in &m.self_tests {
+            let text = format!("{}\n{}\n", st.trace.trim_end(), st.expected.trim_end());
+            let trace = Trace::parse(&text, Path::new(&format!("self-test `{}`", st.name))).map_err(|e| e.to_string())?;
+            if trace.expected.is_empty() {
+                return Err(format!("self-test `{}` has no expected outputs", st.name));
+            }
+            let replay = crate::replay::run(cfg.clone(), &trace, self.cache_dir.clone()).map_err(|e| format!("self-test `{}`: {e}", st.name))?;
+            if let Some(p) = replay.problems.first() {
+                return Err(format!("self-test `{}`: {p}", st.name));
+            }
+            if let Some(d) = crate::replay::diff(&trace.expected, &replay.records) {
+                let d: String = d.chars().take(1500).collect();
+                return Err(format!("self-test `{}` did not produce its expected outputs:\n{d}", st.name));
+            }
+        }
+        let probes = if m.world == FleetWorld::PolicyPlugin { self.host_check(&cfg, &m.name)? } else { 0 };
+        self.last_timings.1 = t.elapsed();
+        tracing::info!(plugin = %m.name, version = %m.version, self_tests = m.self_tests.len(), probes, ms = t.elapsed().as_millis() as u64, "plugin self-tested");
+        Ok(())
+    }
+
+    fn activate(&mut self, name: &str) -> Result<(), String> {
+        let (mut entry, slot) = self.staged.remove(name).ok_or_else(|| format!("nothing staged for `{name}`"))?;
+        let old = self.control.swap(name, slot, SWAP_TIMEOUT)?;
+        if let (Some(old_slot), Some(old_entry)) = (old, self.active.get(name).cloned()) {
+            entry.info.previous = Some(old_entry.info.version.clone());
+            self.previous.insert(name.to_string(), (old_entry, old_slot));
+        }
+        self.active.insert(name.to_string(), entry);
+        Ok(())
+    }
+
+    fn discard(&mut self, name: &str) {
+        if let Some((e, _)) = self.staged.remove(name) {
+            if self.active.values().all(|a| a.path != e.path) {
+                let _ = std::fs::remove_file(&e.path);
+            }
+        }
+    }
+
+    fn rollback(&mut self, name: &str) -> Result<Version, String> {
+        let (entry, slot) = self.previous.remove(name).ok_or_else(|| format!("no previous version of `{name}` is kept"))?;
+        match self.control.swap(name, slot, SWAP_TIMEOUT) {
+            Ok(_) => {
+                let v = entry.info.version.clone();
+                self.active.insert(name.to_string(), entry);
+                Ok(v)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A remote "open door once", handed to the gateway loop (which owns the door).
+pub struct RemoteOpen {
+    pub door: String,
+    pub command: String,
+    pub sender: String,
+    reply: Sender<Result<String, String>>,
+}
+
+/// Executes authorised commands: door releases through the gateway loop; the rest are
+/// answered "not supported yet" until the host has door modes and a writable directory.
+pub struct Commands {
+    tx: Sender<RemoteOpen>,
+}
+
+impl CommandExecutor for Commands {
+    fn execute(&mut self, cmd: &AuthorisedCommand) -> Result<String, String> {
+        match &cmd.command.action {
+            CommandAction::OpenDoorOnce { door } => {
+                let (reply, rx) = mpsc::channel();
+                self.tx
+                    .send(RemoteOpen { door: door.clone(), command: cmd.command.id.clone(), sender: cmd.sender.clone(), reply })
+                    .map_err(|_| "the gateway loop has stopped".to_string())?;
+                rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "the gateway loop did not act on the command within 5 s".to_string())?
+            }
+            CommandAction::SetDoorMode { .. } => Err("not supported yet by this gateway: set-door-mode (the door controller has no timed modes yet)".into()),
+            CommandAction::RevokeCredential { .. } => Err("not supported yet by this gateway: revoke-credential (the subject directory is read-only configuration)".into()),
+            CommandAction::RotateUnitPin { .. } => Err("not supported yet by this gateway: rotate-unit-pin (PINs come from the subject directory)".into()),
+        }
+    }
+}
+
+enum AgentMsg {
+    Inbound(Inbound),
+    PluginFailed(String),
+}
+
+/// The fleet side of `gate run`: link and agent threads, and what the gateway loop
+/// calls (never blocking): [`Fleet::after`] with its records, [`Fleet::poll_commands`].
+pub struct Fleet {
+    handle: LinkHandle,
+    to_agent: Sender<AgentMsg>,
+    commands: Receiver<RemoteOpen>,
+    prefixes: BTreeMap<String, String>,
+    db: PathBuf,
+    link_done: Receiver<()>,
+}
+
+impl Fleet {
+    /// Starts the link and the agent for `gw` (whose policy worker must be running).
+    /// `db` is the event log the outbox publishes; deployed components go next to it.
+    pub fn start(gw: &Gateway, db: &Path, cache_dir: Option<PathBuf>) -> Result<Fleet, FleetError> {
+        let cfg = gw.config().clone();
+        let fc = cfg.fleet.clone().ok_or(FleetError::NotConfigured)?;
+        let site = cfg.site.id.clone();
+        let gateway = cfg.site.gateway.clone();
+        let trusted = TrustedKeys::from_config(&fc.trusted_keys)?;
+        let host_version: Version = env!("CARGO_PKG_VERSION").parse().map_err(|e: semver::Error| FleetError::Setup(e.to_string()))?;
+        let store = FleetStore::open(db)?;
+        let dcfg = DeployConfig { gateway: gateway.clone(), host_version: host_version.clone(), max_bundle_bytes: fc.max_bundle_bytes, rule: RollbackRule { max_failures: fc.rollback_failures, within_ms: fc.rollback_window_ms } };
+        let (deployer, interrupted) = Deployer::new(dcfg, trusted, store, now_ms())?;
+        let retention = Retention { max_pending: fc.outbox.max_pending, max_age_ms: (fc.outbox.max_age_hours > 0).then(|| fc.outbox.max_age_hours as i64 * 3_600_000) };
+        let outbox = Outbox::open(db, retention)?;
+        let control = gw.plugin_control().ok_or_else(|| FleetError::Setup("the policy worker is not running".into()))?;
+        let dir = db.parent().unwrap_or(Path::new(".")).join("fleet");
+        let slot = HostSlot::new(cfg.clone(), control, gw.clock().clone(), db, &dir, cache_dir);
+        let status = Status {
+            site: site.clone(),
+            gateway: gateway.clone(),
+            online: true,
+            host_version: host_version.clone(),
+            plugins: slot.plugins().iter().map(PluginInfo::from).collect(),
+            last_job: deployer.last_job().ok().flatten(),
+            outbox: None,
+            at_ms: now_ms(),
+        };
+        let mut lc = LinkConfig::new(fc.broker.clone(), &site, &gateway);
+        lc.plugin_limits = PluginLimits { per_second: cfg.limits.publish_per_sec, burst: cfg.limits.publish_per_sec.saturating_mul(2).max(1), max_payload: cfg.limits.max_payload_bytes };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| FleetError::Setup(format!("starting the network runtime: {e}")))?;
+        let (link, handle, mut inbound) = {
+            let _in_rt = rt.enter();
+            Link::new(lc, outbox, status)?
+        };
+        let (to_agent, agent_rx) = mpsc::channel::<AgentMsg>();
+        let (done_tx, link_done) = mpsc::channel();
+        let forward = to_agent.clone();
+        std::thread::Builder::new()
+            .name("gate-fleet-link".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    tokio::spawn(async move {
+                        while let Some(m) = inbound.recv().await {
+                            if forward.send(AgentMsg::Inbound(m)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    if let Err(e) = link.run().await {
+                        tracing::error!(error = %e, "the MQTT link stopped");
+                    }
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| FleetError::Setup(format!("starting the link thread: {e}")))?;
+        let (cmd_tx, commands) = mpsc::channel();
+        let mut agent = Agent::new(&site, &gateway, host_version, deployer, handle.clone(), &interrupted);
+        let mut slot = slot;
+        let mut exec = Commands { tx: cmd_tx };
+        handle.update_status(agent.status(&slot));
+        std::thread::Builder::new()
+            .name("gate-fleet-agent".into())
+            .spawn(move || {
+                for msg in agent_rx {
+                    let res = match msg {
+                        AgentMsg::Inbound(m) => agent.handle(m, &mut slot, &mut exec).map(|_| ()),
+                        AgentMsg::PluginFailed(p) => agent.report_plugin_failure(&mut slot, &p).map(|rolled| {
+                            if let Some(s) = rolled {
+                                tracing::warn!(plugin = %p, job = %s.job_id, reason = s.reason.as_deref().unwrap_or(""), "plugin rolled back by itself");
+                            }
+                        }),
+                    };
+                    if let Err(e) = res {
+                        tracing::error!(error = %e, "fleet agent could not record a job or command");
+                    }
+                }
+            })
+            .map_err(|e| FleetError::Setup(format!("starting the agent thread: {e}")))?;
+        let prefixes = cfg.plugins.iter().filter_map(|(n, p)| p.prefix.clone().map(|x| (n.clone(), x))).collect();
+        tracing::info!(site = %site, gateway = %gateway, broker = %format!("{}:{}", fc.broker.host, fc.broker.port), "fleet link started");
+        Ok(Fleet { handle, to_agent, commands, prefixes, db: db.to_path_buf(), link_done })
+    }
+
+    /// The link's counters.
+    pub fn handle(&self) -> &LinkHandle {
+        &self.handle
+    }
+
+    /// Tells the outbox about new rows, the agent about plugin failures (it may roll
+    /// back), and publishes integration plugins' messages under their prefix. Never blocks.
+    pub fn after(&self, records: &[Timed]) {
+        if records.is_empty() {
+            return;
+        }
+        self.handle.events_appended();
+        for (_, r) in records {
+            match r {
+                Record::Plugin { plugin, status: PluginStatus::Failed, .. } => {
+                    let _ = self.to_agent.send(AgentMsg::PluginFailed(plugin.clone()));
+                }
+                Record::Publish { plugin, topic, payload } => {
+                    let Some(prefix) = self.prefixes.get(plugin) else { continue };
+                    let rel = topic.strip_prefix(prefix.trim_end_matches('/')).map(|t| t.trim_start_matches('/')).unwrap_or(topic);
+                    let bytes = match payload {
+                        serde_json::Value::String(s) => s.clone().into_bytes(),
+                        v => serde_json::to_vec(v).unwrap_or_default(),
+                    };
+                    if let Err(e) = self.handle.plugin_publish(prefix, rel, bytes) {
+                        tracing::warn!(plugin = %plugin, topic = %topic, error = %e, "plugin message not published");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Carries out remote door releases waiting for the gateway loop.
+    pub fn poll_commands(&self, gw: &mut Gateway) -> Result<Vec<Timed>, GatewayError> {
+        let mut out = Vec::new();
+        while let Ok(req) = self.commands.try_recv() {
+            let now = gw.clock().now_ms();
+            match gw.remote_open(now, &req.door, &req.command, &req.sender)? {
+                Ok(recs) => {
+                    let _ = req.reply.send(Ok(format!("door `{}` released once", req.door)));
+                    out.extend(recs);
+                }
+                Err(why) => {
+                    let _ = req.reply.send(Err(why));
+                }
+            }
+        }
+        self.after(&out);
+        Ok(out)
+    }
+
+    /// Waits up to `timeout` for the broker to acknowledge every logged event, then
+    /// publishes the offline status and disconnects.
+    pub fn shutdown(self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let last: i64 = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)))
+            .unwrap_or(0);
+        while self.handle.snapshot().cursor < last && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.handle.shutdown();
+        let _ = self.link_done.recv_timeout(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,317 @@
+//! The operator's fleet commands: `gate fleet keygen|status`, `gate plugin sign|deploy|rollback`.
+//! Thin wrappers over `gate_fleet::operator`, printing progress while a job runs.
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use gate_fleet::bundle::{Manifest, SelfTest, World};
+use gate_fleet::keys::{OperatorKey, Permission};
+use gate_fleet::link::{BrokerConfig, TlsFiles};
+use gate_fleet::messages::{now_ms, JobState, JobStatus};
+use gate_fleet::operator::{self, Operator, Target};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A failure with its exit code (2 bad input, 3 broker or runtime trouble).
+pub struct Fail(pub u8, pub anyhow::Error);
+
+fn bad<E: Into<anyhow::Error>>(e: E) -> Fail {
+    Fail(2, e.into())
+}
+
+fn broken<E: Into<anyhow::Error>>(e: E) -> Fail {
+    Fail(3, e.into())
+}
+
+/// `gate fleet …`
+#[derive(Subcommand)]
+pub enum FleetCmd {
+    /// Generate an operator key (Ed25519); prints the `[[fleet.trusted_keys]]` entry for site configs.
+    Keygen {
+        /// Key id (names the operator in job status and the command log).
+        #[arg(long)]
+        id: String,
+        /// Where to write the secret key file (mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Permissions to put in the printed entry: deploy, door, credentials, pin.
+        #[arg(long, value_delimiter = ',', default_value = "deploy")]
+        may: Vec<String>,
+    },
+    /// Which gateway runs which plugin version, online or not, and its last job.
+    Status {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+    },
+}
+
+/// How the operator reaches the broker.
+#[derive(Args, Clone)]
+pub struct BrokerArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub broker_host: String,
+    #[arg(long, default_value_t = 1883)]
+    pub broker_port: u16,
+    /// CA certificate (PEM) of the broker; enables TLS.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    #[arg(long, requires = "password")]
+    pub username: Option<String>,
+    /// Broker password.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+impl BrokerArgs {
+    fn config(&self) -> BrokerConfig {
+        BrokerConfig {
+            host: self.broker_host.clone(),
+            port: self.broker_port,
+            tls: self.ca.clone().map(|ca| TlsFiles { ca, client_cert: self.client_cert.clone(), client_key: self.client_key.clone() }),
+            username: self.username.clone(),
+            password: self.username.as_ref().and(self.password.clone()),
+            keep_alive_secs: 15,
+        }
+    }
+}
+
+/// Where a job goes: `--gateway site/gateway` or `--site site`.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// One gateway, as `site/gateway`.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Every gateway of a site that has reported a status.
+    #[arg(long)]
+    pub site: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Result<Target, Fail> {
+        match (&self.gateway, &self.site) {
+            (Some(g), _) => {
+                let (site, gateway) = g.split_once('/').ok_or_else(|| bad(anyhow!("--gateway {g:?}: expected site/gateway")))?;
+                Ok(Target::Gateway { site: site.into(), gateway: gateway.into() })
+            }
+            (None, Some(s)) => Ok(Target::Site(s.clone())),
+            (None, None) => Err(bad(anyhow!("give --gateway site/gateway or --site site"))),
+        }
+    }
+}
+
+/// `gate plugin sign`
+#[derive(Args)]
+pub struct SignArgs {
+    /// Operator key file (from `gate fleet keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The compiled component (.wasm).
+    #[arg(long)]
+    pub component: PathBuf,
+    /// Plugin name, as the site configuration calls it.
+    #[arg(long)]
+    pub name: String,
+    /// Contract world: policy-plugin or integration-plugin.
+    #[arg(long, default_value = "policy-plugin")]
+    pub world: String,
+    /// Plugin version (semver).
+    #[arg(long)]
+    pub version: String,
+    /// Deployment sequence; must grow with every bundle of this plugin (default: now, Unix ms).
+    #[arg(long)]
+    pub sequence: Option<u64>,
+    /// Smallest host version that can run it (default: this host's).
+    #[arg(long)]
+    pub min_host_version: Option<String>,
+    /// Take the plugin's configuration from `[plugins.<name>].config` of this site configuration.
+    #[arg(long)]
+    pub config_from: Option<PathBuf>,
+    /// A configuration value, key=value (repeatable; overrides --config-from).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// A trace with expected outputs the gateway replays before the swap (repeatable).
+    #[arg(long = "self-test")]
+    pub self_tests: Vec<PathBuf>,
+    /// Allow going to a lower version than the one running (a signed downgrade).
+    #[arg(long)]
+    pub rollback: bool,
+    /// Where to write the bundle.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `gate plugin deploy`
+#[derive(Args)]
+pub struct DeployArgs {
+    /// Signed bundle from `gate plugin sign`.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// `gate plugin rollback`
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// Operator key file with `deploy` permission.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Plugin to restore to the version its gateways kept.
+    #[arg(long)]
+    pub plugin: String,
+    /// Sequence of the order (default: now, Unix ms); must be newer than any deployment.
+    #[arg(long)]
+    pub sequence: Option<u64>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+fn permission(s: &str) -> Result<Permission, Fail> {
+    serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| bad(anyhow!("--may {s:?}: use deploy, door, credentials or pin")))
+}
+
+fn network() -> Result<tokio::runtime::Runtime, Fail> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(broken)
+}
+
+fn client_id() -> String {
+    format!("gate-operator-{}-{}", std::process::id(), now_ms())
+}
+
+/// `gate fleet …`
+pub fn fleet(cmd: FleetCmd) -> Result<u8, Fail> {
+    match cmd {
+        FleetCmd::Keygen { id, out, may } => {
+            let may = may.iter().map(|m| permission(m)).collect::<Result<Vec<_>, _>>()?;
+            let key = OperatorKey::generate(&id).map_err(bad)?;
+            key.save(&out).map_err(bad)?;
+            let e = key.trusted_entry(&may);
+            let may: Vec<String> = e.may.iter().map(|p| serde_json::to_string(p).unwrap_or_default()).collect();
+            eprintln!("gate: secret key written to {} (keep it private)", out.display());
+            println!("[[fleet.trusted_keys]]\nid = {:?}\npublic = {:?}\nmay = [{}]", e.id, e.public, may.join(", "));
+            Ok(0)
+        }
+        FleetCmd::Status { broker, site } => network()?.block_on(async {
+            let mut op = Operator::connect(&broker.config(), &client_id(), Duration::from_secs(broker.timeout)).await.map_err(broken)?;
+            let rows = op.fleet_status(site.as_deref(), Duration::from_millis(700)).await.map_err(broken)?;
+            op.disconnect().await;
+            if rows.is_empty() {
+                eprintln!("gate: no gateway has reported a status{}", site.map(|s| format!(" for site {s}")).unwrap_or_default());
+            }
+            print!("{}", operator::format_status_table(&rows));
+            Ok(0)
+        }),
+    }
+}
+
+/// Splits a trace file into its trace part and its expected-output part.
+fn self_test(path: &PathBuf) -> Result<SelfTest, Fail> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading self-test {}", path.display())).map_err(bad)?;
+    gate::trace::Trace::parse(&text, path).map_err(bad)?;
+    let (mut trace, mut expected) = (String::new(), String::new());
+    for line in text.lines() {
+        let is_expect = serde_json::from_str::<serde_json::Value>(line).ok().is_some_and(|v| v.get("expect").is_some());
+        let to = if is_expect { &mut expected } else { &mut trace };
+        to.push_str(line);
+        to.push('\n');
+    }
+    if expected.is_empty() {
+        return Err(bad(anyhow!("self-test {}: the trace has no expected outputs (add them with `gate replay --format jsonl`)", path.display())));
+    }
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "self-test".into());
+    Ok(SelfTest { name, trace, expected })
+}
+
+/// `gate plugin sign`
+pub fn sign(a: SignArgs) -> Result<u8, Fail> {
+    let world = match a.world.as_str() {
+        "policy-plugin" | "policy" => World::PolicyPlugin,
+        "integration-plugin" | "integration" => World::IntegrationPlugin,
+        w => return Err(bad(anyhow!("--world {w:?}: use policy-plugin or integration-plugin"))),
+    };
+    let mut config = BTreeMap::new();
+    if let Some(site) = &a.config_from {
+        let cfg = gate::config::SiteConfig::load(site).map_err(bad)?;
+        let pc = cfg.plugins.get(&a.name).ok_or_else(|| bad(anyhow!("{}: no [plugins.{}]", site.display(), a.name)))?;
+        config = pc.settings.clone();
+    }
+    for kv in &a.set {
+        let (k, v) = kv.split_once('=').ok_or_else(|| bad(anyhow!("--set {kv:?}: expected key=value")))?;
+        config.insert(k.trim().to_string(), v.to_string());
+    }
+    let manifest = Manifest {
+        name: a.name.clone(),
+        world,
+        version: a.version.parse().map_err(|e| bad(anyhow!("--version {:?}: {e}", a.version)))?,
+        sha256: String::new(),
+        min_host_version: a.min_host_version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION")).parse().map_err(|e| bad(anyhow!("--min-host-version: {e}")))?,
+        config,
+        self_tests: a.self_tests.iter().map(self_test).collect::<Result<_, _>>()?,
+        sequence: a.sequence.unwrap_or(now_ms() as u64),
+        rollback: a.rollback,
+        created_at_ms: now_ms(),
+    };
+    let b = operator::sign_bundle_file(&a.key, &a.component, manifest).map_err(bad)?;
+    std::fs::write(&a.out, b.to_bytes()).with_context(|| format!("writing {}", a.out.display())).map_err(broken)?;
+    let m = b.unverified_manifest().map_err(broken)?;
+    println!("{}: {} {} ({}) signed by {}, sequence {}, sha256 {}, {} self-test(s)", a.out.display(), m.name, m.version, m.world.wit_name(), b.signature.as_ref().map(|s| s.key_id.as_str()).unwrap_or("?"), m.sequence, m.sha256, m.self_tests.len());
+    Ok(0)
+}
+
+fn report(results: &[(String, Option<JobStatus>)]) -> u8 {
+    let mut code = 0;
+    for (gw, s) in results {
+        match s {
+            Some(s) if s.state == JobState::Succeeded => println!("{gw}: succeeded{}", s.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()),
+            Some(s) => {
+                code = 1;
+                println!("{gw}: {}{}{}", s.state.as_str(), s.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(), s.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+            }
+            None => {
+                code = 1;
+                println!("{gw}: no answer yet (the job stays queued on the broker for when it comes online)");
+            }
+        }
+    }
+    code
+}
+
+/// `gate plugin deploy`
+pub fn deploy(a: DeployArgs) -> Result<u8, Fail> {
+    let bundle = operator::read_bundle_file(&a.bundle).map_err(bad)?;
+    let target = a.target.target()?;
+    network()?.block_on(async {
+        let mut op = Operator::connect(&a.broker.config(), &client_id(), Duration::from_secs(a.broker.timeout)).await.map_err(broken)?;
+        let res = op.deploy(&target, &bundle, Duration::from_secs(a.broker.timeout), &mut |gw, s| eprintln!("  {}", operator::format_progress(gw, s))).await.map_err(broken)?;
+        op.disconnect().await;
+        Ok(report(&res))
+    })
+}
+
+/// `gate plugin rollback`
+pub fn rollback(a: RollbackArgs) -> Result<u8, Fail> {
+    let key = OperatorKey::load(&a.key).map_err(bad)?;
+    let target = a.target.target()?;
+    network()?.block_on(async {
+        let mut op = Operator::connect(&a.broker.config(), &client_id(), Duration::from_secs(a.broker.timeout)).await.map_err(broken)?;
+        let seq = a.sequence.unwrap_or(now_ms() as u64);
+        let res = op.rollback(&key, &target, &a.plugin, seq, Duration::from_secs(a.broker.timeout), &mut |gw, s| eprintln!("  {}", operator::format_progress(gw, s))).await.map_err(broken)?;
+        op.disconnect().await;
+        Ok(report(&res))
+    })
+}

@@ -1,0 +1,338 @@
+//! Fleet operations end to end: the real `gate` binary serving a site with `[fleet]`,
+//! the real compiled plugins, a real mosquitto (started by `gate_fleet::testing`), and
+//! the operator's side through the `gate plugin …` / `gate fleet …` commands.
+
+use gate_fleet::commands::{CommandAction, DoorMode};
+use gate_fleet::keys::OperatorKey;
+use gate_fleet::operator::Operator;
+use gate_fleet::testing::Broker;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SITE: &str = "maple-court";
+const GW: &str = "gw-north-1";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn plugin(name: &str) -> PathBuf {
+    let p = root().join("target/plugins").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `cargo xtask setup` (or `cargo xtask plugins`) to build the plugins", p.display());
+    p
+}
+
+fn broker() -> Broker {
+    Broker::start().unwrap_or_else(|e| panic!("cannot start mosquitto for the fleet tests: {e}"))
+}
+
+fn gate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gate")).current_dir(root()).args(args).output().expect("run gate")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A gateway's site (the demo site, `resident-policy` served by `initial`, `[fleet]`
+/// pointing at the broker and trusting the operator key `test-ops`) in a temp dir.
+struct Site {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    key: PathBuf,
+    db: PathBuf,
+    port: u16,
+}
+
+impl Site {
+    fn new(broker: &Broker, initial: &str, keep_alive: u64) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("test-ops.key");
+        let key = OperatorKey::generate("test-ops").unwrap();
+        key.save(&key_path).unwrap();
+        let demo = std::fs::read_to_string(root().join("configs/demo-site.toml")).unwrap();
+        let cfg = demo
+            .replace("../target/plugins/resident-policy.wasm", plugin(initial).to_str().unwrap())
+            .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
+            .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+            .replace("\"../target/demo-state\"", &format!("{:?}", dir.path().join("state")));
+        let fleet = format!(
+            "\n[fleet]\nrollback_failures = 3\n\n[fleet.broker]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_secs = {keep_alive}\n\n\
+             [[fleet.trusted_keys]]\nid = \"test-ops\"\npublic = \"{}\"\nmay = [\"deploy\", \"door\"]\n",
+            broker.port,
+            key.public_b64()
+        );
+        let config = dir.path().join("site.toml");
+        std::fs::write(&config, format!("{cfg}{fleet}")).unwrap();
+        let db = dir.path().join("state/events.sqlite");
+        Site { config, key: key_path, db, port: broker.port, dir }
+    }
+
+    /// A trace of `n` card reads by residents, one every `every_ms`, alternating doors.
+    fn card_trace(&self, n: usize, every_ms: u64) -> PathBuf {
+        let reads = [("north-gate", "10012345"), ("building-3", "10012347"), ("north-gate", "10012346"), ("building-3", "10012345")];
+        let mut t = String::from("{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T10:00:00+08:00\",\"description\":\"residents coming and going\"}\n");
+        for i in 0..n {
+            let (door, card) = reads[i % reads.len()];
+            t.push_str(&format!("{{\"at\":{},\"input\":{{\"kind\":\"card\",\"door\":\"{door}\",\"number\":\"{card}\"}}}}\n", 1000 + i as u64 * every_ms));
+        }
+        let p = self.dir.path().join(format!("cards-{n}.jsonl"));
+        std::fs::write(&p, t).unwrap();
+        p
+    }
+
+    /// Starts `gate run` (speed 1, held open after the trace); killed on drop.
+    fn run(&self, trace: &Path) -> Running {
+        let log = std::fs::File::create(self.dir.path().join("gate-run.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gate"))
+            .current_dir(root())
+            .args(["run", "--config", self.config.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "1", "--hold"])
+            .env("GATE_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start gate run");
+        Running { child, log: self.dir.path().join("gate-run.log") }
+    }
+
+    fn broker_args(&self) -> Vec<String> {
+        vec!["--broker-port".into(), self.port.to_string(), "--timeout".into(), "120".into()]
+    }
+
+    /// `gate plugin sign` of `component` as resident-policy `version` with `extra` flags.
+    fn sign(&self, component: &str, version: &str, sequence: u64, extra: &[&str]) -> PathBuf {
+        let out = self.dir.path().join(format!("{component}-{version}-{sequence}.bundle.json"));
+        let comp = plugin(component);
+        let seq = sequence.to_string();
+        let mut args = vec!["plugin", "sign", "--key", self.key.to_str().unwrap(), "--component", comp.to_str().unwrap(), "--name", "resident-policy"];
+        args.extend(["--version", version, "--sequence", &seq, "--config-from", self.config.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        let o = gate(&args);
+        assert!(o.status.success(), "sign failed: {}", text(&o));
+        out
+    }
+
+    /// `gate plugin deploy` to this gateway; returns (exit code, everything printed).
+    fn deploy(&self, bundle: &Path) -> (i32, String) {
+        let mut args: Vec<String> = vec!["plugin".into(), "deploy".into(), "--bundle".into(), bundle.to_str().unwrap().into(), "--gateway".into(), format!("{SITE}/{GW}")];
+        args.extend(self.broker_args());
+        let o = gate(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        (o.status.code().unwrap_or(-1), text(&o))
+    }
+
+    fn status(&self) -> String {
+        let mut args: Vec<String> = vec!["fleet".into(), "status".into(), "--site".into(), SITE.into()];
+        args.extend(self.broker_args());
+        let o = gate(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "fleet status failed: {}", text(&o));
+        text(&o)
+    }
+
+    /// Decisions in the gateway's event log, oldest first, as (seq, by).
+    fn decisions(&self) -> Vec<(i64, String)> {
+        let Ok(c) = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return vec![] };
+        let Ok(mut st) = c.prepare("SELECT seq, body FROM events WHERE kind = 'decision' ORDER BY seq") else { return vec![] };
+        st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map(|rows| rows.filter_map(Result::ok).map(|(s, b)| (s, serde_json::from_str::<serde_json::Value>(&b).unwrap()["by"].as_str().unwrap_or("").to_string())).collect())
+            .unwrap_or_default()
+    }
+
+    fn event_ids(&self) -> Vec<(i64, String)> {
+        let c = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut st = c.prepare("SELECT seq, id FROM events ORDER BY seq").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    }
+}
+
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn line_for<'a>(out: &'a str, gw: &str) -> &'a str {
+    out.lines().rev().find(|l| l.starts_with(&format!("{gw}: "))).unwrap_or_else(|| panic!("no result line for {gw} in:\n{out}"))
+}
+
+#[test]
+fn signed_deployment_goes_live_and_bad_bundles_are_refused_with_their_reason() {
+    let broker = broker();
+    // The site starts with a policy that traps on every call: the host's fallback serves the doors.
+    let site = Site::new(&broker, "always-trap", 5);
+    let gw = site.run(&site.card_trace(400, 700));
+    wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
+    wait_until("a first decision", Duration::from_secs(20), || !site.decisions().is_empty());
+    assert!(site.decisions().iter().all(|(_, by)| by.starts_with("fallback:")), "{:?}", site.decisions());
+
+    // A signed resident-policy with the demo's morning trace as its self-test.
+    let good = site.sign("resident-policy", "1.0.0", 10, &["--self-test", "tests/traces/morning.jsonl"]);
+    let started = Instant::now();
+    let (code, out) = site.deploy(&good);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[self-test]") && out.contains("[activating]"), "no progress shown: {out}");
+    assert!(line_for(&out, GW).contains("succeeded: resident-policy 1.0.0 active (was 0.0.0)"), "{out}");
+    eprintln!("deployment publish -> active with precompile + self-test + host check: {took:?}");
+    let swapped_at = site.decisions().last().map_or(0, |d| d.0);
+    wait_until("a decision by the deployed plugin", Duration::from_secs(20), || site.decisions().iter().any(|(s, by)| *s > swapped_at && by == "plugin:resident-policy"));
+    assert!(site.status().contains("resident-policy@1.0.0"), "{}", site.status());
+
+    // Tampered component, tampered manifest, unsigned, unknown key, replayed, downgrade.
+    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
+    let variant = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = raw.clone();
+        f(&mut v);
+        let p = site.dir.path().join(name);
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        p
+    };
+    use base64::Engine;
+    let other = base64::engine::general_purpose::STANDARD.encode(std::fs::read(plugin("garbage-decision")).unwrap());
+    let tampered = variant("tampered.json", &|v| v["component"] = other.clone().into());
+    let forged = variant("forged.json", &|v| v["manifest"] = v["manifest"].as_str().unwrap().replace("\"sequence\":10", "\"sequence\":99").into());
+    let unsigned = variant("unsigned.json", &|v| {
+        v.as_object_mut().unwrap().remove("signature");
+    });
+    let intruder_key = site.dir.path().join("intruder.key");
+    let o = gate(&["fleet", "keygen", "--id", "intruder", "--out", intruder_key.to_str().unwrap()]);
+    assert!(o.status.success() && text(&o).contains("[[fleet.trusted_keys]]"), "{}", text(&o));
+    let foreign = site.dir.path().join("foreign.json");
+    let o = gate(&["plugin", "sign", "--key", intruder_key.to_str().unwrap(), "--component", plugin("resident-policy").to_str().unwrap(), "--name", "resident-policy", "--version", "1.1.0", "--sequence", "11", "--out", foreign.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let downgrade = site.sign("resident-policy", "0.9.0", 12, &[]);
+    for (bundle, code) in [(&tampered, "hash-mismatch"), (&forged, "bad-signature"), (&unsigned, "unsigned"), (&foreign, "unknown-key"), (&good, "replayed"), (&downgrade, "downgrade")] {
+        let (exit, out) = site.deploy(bundle);
+        let line = line_for(&out, GW);
+        assert_eq!(exit, 1, "{out}");
+        assert!(line.starts_with(&format!("{GW}: rejected ({code})")), "{} should be rejected as {code}: {out}", bundle.display());
+    }
+
+    // A validly signed plugin that traps fails the gateway's own checks and never goes live.
+    let trap = site.sign("always-trap", "2.0.0", 20, &[]);
+    let (exit, out) = site.deploy(&trap);
+    let line = line_for(&out, GW);
+    assert_eq!(exit, 1, "{out}");
+    assert!(line.contains("failed (self-test-failed)") && line.contains("host check"), "{out}");
+    let garbage = site.sign("garbage-decision", "2.0.1", 21, &["--self-test", "tests/traces/morning.jsonl"]);
+    let (_, out) = site.deploy(&garbage);
+    assert!(line_for(&out, GW).contains("failed (self-test-failed)") && out.contains("did not produce its expected outputs"), "{out}");
+    let status = site.status();
+    assert!(status.contains("resident-policy@1.0.0") && status.contains("failed"), "{status}");
+    let before = site.decisions().last().map_or(0, |d| d.0);
+    wait_until("decisions still made by the deployed version", Duration::from_secs(20), || site.decisions().iter().any(|(s, by)| *s > before && by == "plugin:resident-policy"));
+
+    // Remote commands: a door released once; what the host cannot do yet is answered so.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let key = OperatorKey::load(&site.key).unwrap();
+    rt.block_on(async {
+        let mut op = Operator::connect(&broker.plain(), "test-operator", Duration::from_secs(10)).await.unwrap();
+        let r = op.command(&key, SITE, GW, CommandAction::OpenDoorOnce { door: "building-3".into() }, Duration::from_secs(20)).await.unwrap();
+        assert!(r.ok && r.sender.as_deref() == Some("test-ops"), "{r:?}");
+        let r = op.command(&key, SITE, GW, CommandAction::SetDoorMode { door: "building-3".into(), mode: DoorMode::Locked, until_ms: 0 }, Duration::from_secs(20)).await.unwrap();
+        assert!(!r.ok && r.detail.contains("not supported yet"), "{r:?}");
+        op.disconnect().await;
+    });
+    wait_until("the remote release in the event log", Duration::from_secs(10), || site.decisions().iter().any(|(_, by)| by == "remote:test-ops"));
+
+    // An operator rollback restores the version the gateway kept.
+    let mut args: Vec<String> = ["plugin", "rollback", "--key", site.key.to_str().unwrap(), "--plugin", "resident-policy", "--gateway", &format!("{SITE}/{GW}")].map(String::from).to_vec();
+    args.extend(site.broker_args());
+    let o = gate(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success() && line_for(&text(&o), GW).contains("succeeded"), "{}", text(&o));
+    assert!(site.status().contains("resident-policy@0.0.0"), "{}", site.status());
+    drop(gw);
+}
+
+#[test]
+fn events_logged_while_the_broker_is_down_arrive_in_order_once_it_returns() {
+    let mut broker = broker();
+    let site = Site::new(&broker, "resident-policy", 2);
+    // A consumer of the site's events that re-subscribes whenever it reconnects.
+    let got: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
+    let subscribed = Arc::new(Mutex::new(0u32));
+    let mut opts = rumqttc::MqttOptions::new("test-consumer", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 1000);
+    let (g, s) = (got.clone(), subscribed.clone());
+    std::thread::spawn(move || {
+        for n in conn.iter() {
+            match n {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(format!("gate/v1/{SITE}/{GW}/+"), rumqttc::QoS::AtLeastOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => *s.lock().unwrap() += 1,
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic.ends_with("/events") || p.topic.ends_with("/alarms") => {
+                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                    g.lock().unwrap().push((v["seq"].as_i64().unwrap(), v["id"].as_str().unwrap().to_string()));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    wait_until("the consumer to subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap() >= 1);
+
+    let gw = site.run(&site.card_trace(60, 150));
+    wait_until("events flowing", Duration::from_secs(30), || got.lock().unwrap().len() >= 5);
+    broker.kill();
+    let down_at = site.event_ids().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = site.event_ids().len() - down_at;
+    broker.restart().unwrap();
+    wait_until("the consumer to re-subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap() >= 2);
+    // Every card read ends as a decision or (a repeat within the window) an ignored read.
+    let handled = || {
+        let c = rusqlite::Connection::open_with_flags(&site.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        c.query_row("SELECT COUNT(*) FROM events WHERE kind IN ('decision', 'ignored')", [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+    wait_until("the gateway to log the whole trace", Duration::from_secs(60), || handled() >= 60);
+    let logged = site.event_ids();
+    wait_until("every logged event at the consumer", Duration::from_secs(30), || {
+        let g = got.lock().unwrap();
+        logged.iter().all(|e| g.contains(e))
+    });
+    assert!(during >= 10, "only {during} events were logged while the broker was down");
+    // At-least-once: duplicates are possible, but after de-duplication the order is the log's.
+    let mut seen = std::collections::HashSet::new();
+    let order: Vec<i64> = got.lock().unwrap().iter().filter(|(_, id)| seen.insert(id.clone())).map(|(s, _)| *s).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "events arrived out of order: {order:?}");
+    drop(gw);
+}
+
+#[test]
+fn the_last_will_marks_a_killed_gateway_offline() {
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 1);
+    let mut gw = site.run(&site.card_trace(1, 1000));
+    wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    wait_until("the last will", Duration::from_secs(15), || site.status().contains(&format!("{SITE}\t{GW}\tNO")));
+    assert!(site.status().contains("resident-policy@0.0.0"), "{}\n{}", site.status(), gw.output());
+}
