@@ -60,6 +60,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             setup(&root, true)?;
+            check_aarch64(&root)?;
             let mut cmd = cargo();
             cmd.current_dir(&root).args(["test", "--release", "--workspace"]);
             cmd.args(args);
@@ -86,6 +87,21 @@ fn setup(root: &Path, for_tests: bool) -> Result<()> {
         broker::ensure_installed()?;
     }
     Ok(())
+}
+
+/// ARM gateways: the hardware layer (Linux GPIO and V4L2 backends included) must compile for
+/// aarch64. A check needs only the target's standard library, no cross linker.
+fn check_aarch64(root: &Path) -> Result<()> {
+    const ARM: &str = "aarch64-unknown-linux-gnu";
+    let out = Command::new("rustc").args(["--print", "sysroot"]).output().context("running rustc")?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !Path::new(&sysroot).join("lib/rustlib").join(ARM).exists() {
+        eprintln!("xtask: installing the {ARM} target with rustup (to check the hardware layer for ARM gateways)");
+        run(Command::new("rustup").args(["target", "add", ARM])).context("rustup target add (needed for the aarch64 check)")?;
+    }
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(["check", "--quiet", "-p", "gate-hw", "--target", ARM, "--all-targets"]);
+    run(&mut cmd).context("checking gate-hw for aarch64")
 }
 
 fn workspace_root() -> PathBuf {
