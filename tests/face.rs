@@ -237,3 +237,36 @@ fn frames_without_a_usable_face_are_ignored_with_a_reason_and_bad_references_are
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains(&format!("{}:2: key `file`", missing.display())) && text(&out).contains("nobody.png"), "{}", text(&out));
 }
+
+#[test]
+fn a_running_gateway_forgets_a_withdrawn_face_at_the_next_frame() {
+    use std::io::BufRead;
+    let (dir, cfg) = enrolled_site();
+    let trace = dir.path().join("live.jsonl");
+    let frame = |at: u32| format!("{{\"at\":{at},\"input\":{{\"kind\":\"camera-frame\",\"door\":\"north-gate\",\"file\":{:?}}}}}\n", photo("obama2.jpg"));
+    std::fs::write(&trace, format!("{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}}\n{}{}", frame(1000), frame(60_000))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
+        .current_dir(root())
+        .args(["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Wait for the first frame's decision, then withdraw while the gateway keeps running.
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen.push(l.clone());
+        if l.contains("north-gate") && l.contains(" face ") {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("face r-0003") && l.contains("NEED")), "{seen:#?}");
+    let out = gate(&["consent", "withdraw", "--config", cfg.to_str().unwrap(), "r-0003"]);
+    assert!(text(&out).contains("template erased"), "{}", text(&out));
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    let second = rest.iter().find(|l| l.contains("north-gate") && l.contains(" face ")).unwrap_or_else(|| panic!("{rest:#?}"));
+    assert!(second.contains("face unknown") && second.contains("DENY"), "the second frame matched nobody: {rest:#?}");
+}
