@@ -73,12 +73,17 @@ impl Site {
     /// A trace of `n` card reads by residents, one every `every_ms`, alternating doors.
     fn card_trace(&self, n: usize, every_ms: u64) -> PathBuf {
         let reads = [("north-gate", "10012345"), ("building-3", "10012347"), ("north-gate", "10012346"), ("building-3", "10012345")];
+        let reads: Vec<String> = reads.iter().map(|(door, card)| format!("{{\"kind\":\"card\",\"door\":\"{door}\",\"number\":\"{card}\"}}")).collect();
+        self.trace(&format!("cards-{n}"), n, every_ms, &reads)
+    }
+
+    /// A trace of `n` inputs cycling through `inputs` (JSON), one every `every_ms`.
+    fn trace(&self, name: &str, n: usize, every_ms: u64, inputs: &[String]) -> PathBuf {
         let mut t = String::from("{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T10:00:00+08:00\",\"description\":\"residents coming and going\"}\n");
         for i in 0..n {
-            let (door, card) = reads[i % reads.len()];
-            t.push_str(&format!("{{\"at\":{},\"input\":{{\"kind\":\"card\",\"door\":\"{door}\",\"number\":\"{card}\"}}}}\n", 1000 + i as u64 * every_ms));
+            t.push_str(&format!("{{\"at\":{},\"input\":{}}}\n", 1000 + i as u64 * every_ms, inputs[i % inputs.len()]));
         }
-        let p = self.dir.path().join(format!("cards-{n}.jsonl"));
+        let p = self.dir.path().join(format!("{name}.jsonl"));
         std::fs::write(&p, t).unwrap();
         p
     }
@@ -266,6 +271,36 @@ fn signed_deployment_goes_live_and_bad_bundles_are_refused_with_their_reason() {
     let o = gate(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success() && line_for(&text(&o), GW).contains("succeeded"), "{}", text(&o));
     assert!(site.status().contains("resident-policy@0.0.0"), "{}", site.status());
+    drop(gw);
+}
+
+#[test]
+fn a_new_version_that_keeps_failing_in_service_is_rolled_back_by_the_gateway() {
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 5);
+    let inputs = [
+        r#"{"kind":"card","door":"north-gate","number":"10012345"}"#,
+        r#"{"kind":"pin","door":"building-3","pin":"246810"}"#,
+        r#"{"kind":"card","door":"building-3","number":"10012347"}"#,
+        r#"{"kind":"pin","door":"north-gate","pin":"135790"}"#,
+    ]
+    .map(String::from);
+    let gw = site.run(&site.trace("cards-and-pins", 600, 500, &inputs));
+    wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
+    // Cards work with it (the deployment's checks pass), PINs trap.
+    let bad = site.sign("trap-on-pin", "1.1.0", 30, &[]);
+    let (code, out) = site.deploy(&bad);
+    assert_eq!(code, 0, "{out}");
+    assert!(line_for(&out, GW).contains("succeeded: resident-policy 1.1.0 active (was 0.0.0)"), "{out}");
+    let swapped_at = site.decisions().last().map_or(0, |d| d.0);
+    wait_until("the gateway to roll back by itself", Duration::from_secs(60), || site.status().contains("rolled-back"));
+    let status = site.status();
+    assert!(status.contains("resident-policy@0.0.0") && status.contains("rolled back to 0.0.0"), "{status}");
+    // Meanwhile the host's fallback let the PIN users in; afterwards the old version decides again.
+    let during: Vec<_> = site.decisions().into_iter().filter(|(s, _)| *s > swapped_at).collect();
+    assert!(during.iter().any(|(_, by)| by == "fallback:plugin-failed"), "{during:?}");
+    let rolled_at = site.decisions().last().map_or(0, |d| d.0);
+    wait_until("decisions by the restored version", Duration::from_secs(20), || site.decisions().iter().any(|(s, by)| *s > rolled_at && by == "plugin:resident-policy"));
     drop(gw);
 }
 

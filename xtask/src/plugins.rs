@@ -14,6 +14,7 @@ pub const PLUGINS: &[&str] = &[
     "always-trap",
     "log-flood",
     "garbage-decision",
+    "trap-on-pin",
 ];
 
 const TARGET: &str = "wasm32-wasip2";
