@@ -39,13 +39,13 @@ fn text(o: &Output) -> String {
 /// store and key in `dir`. Returns the config path.
 fn site(dir: &Path, models_dir: &Path) -> PathBuf {
     let demo = std::fs::read_to_string(root().join("configs/demo-site.toml")).unwrap();
-    let face = format!("weak = 0.50\nmodels_dir = {:?}\ndb = \"faces.sqlite\"\nkey = \"face.key\"\n", models_dir);
+    let face = format!("[face]\nmodels_dir = {:?}\ndb = \"faces.sqlite\"\nkey = \"face.key\"\n", models_dir);
     let cfg = demo
         .replace("../target/plugins/resident-policy.wasm", plugin("resident-policy").to_str().unwrap())
         .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
         .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
         .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")))
-        .replacen("weak = 0.50\n", &face, 1);
+        .replacen("[face]\n", &face, 1);
     assert!(cfg.contains("models_dir"), "the demo site's [face] section changed");
     let path = dir.join("site.toml");
     std::fs::write(&path, cfg).unwrap();
