@@ -62,6 +62,55 @@ struct Entry {
     settings: BTreeMap<String, String>,
 }
 
+/// What `fleet/active.json` remembers of a deployed plugin, so a restart serves it again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Deployed {
+    version: Version,
+    sha256: String,
+    path: PathBuf,
+    settings: BTreeMap<String, String>,
+}
+
+fn active_file(dir: &Path) -> PathBuf {
+    dir.join("active.json")
+}
+
+fn read_deployed(dir: &Path) -> BTreeMap<String, Deployed> {
+    let path = active_file(dir);
+    let Ok(text) = std::fs::read_to_string(&path) else { return BTreeMap::new() };
+    match serde_json::from_str::<BTreeMap<String, Deployed>>(&text) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "unreadable list of deployed plugins; serving the configured ones");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// The fleet's working directory next to the event log `db`.
+pub fn fleet_dir(db: &Path) -> PathBuf {
+    db.parent().unwrap_or(Path::new(".")).join("fleet")
+}
+
+/// The site with the plugins the fleet deployed (recorded in `<dir>/active.json`) in
+/// place of the configured ones, so a restart serves what was last activated. A
+/// component whose file is missing or no longer has its recorded sha256 is skipped
+/// (with an error in the log) and the configured one is served.
+pub fn with_deployed(mut cfg: SiteConfig, dir: &Path) -> SiteConfig {
+    for (name, d) in read_deployed(dir) {
+        let Some(pc) = cfg.plugins.get_mut(&name) else { continue };
+        match std::fs::read(&d.path) {
+            Ok(bytes) if bundle::sha256_hex(&bytes) == d.sha256 => {
+                tracing::info!(plugin = %name, version = %d.version, "serving the deployed version");
+                pc.path = d.path;
+                pc.settings = d.settings;
+            }
+            _ => tracing::error!(plugin = %name, file = %d.path.display(), "deployed component missing or changed on disk; serving the configured one"),
+        }
+    }
+    cfg
+}
+
 fn to_fleet_world(w: World) -> FleetWorld {
     match w {
         World::Policy => FleetWorld::PolicyPlugin,
@@ -76,6 +125,7 @@ pub struct HostSlot {
     control: PluginControl,
     clock: Clock,
     db: PathBuf,
+    dir: PathBuf,
     components: PathBuf,
     cache_dir: Option<PathBuf>,
     active: BTreeMap<String, Entry>,
@@ -89,9 +139,12 @@ impl HostSlot {
     /// The plugins of `cfg` as they were loaded; deployed components go under `dir`.
     pub fn new(cfg: SiteConfig, control: PluginControl, clock: Clock, db: &Path, dir: &Path, cache_dir: Option<PathBuf>) -> HostSlot {
         let mut active = BTreeMap::new();
+        let deployed = read_deployed(dir);
         for (name, pc) in &cfg.plugins {
             let Ok(bytes) = std::fs::read(&pc.path) else { continue };
-            let info = ActivePlugin { name: name.clone(), world: to_fleet_world(pc.world), version: CONFIGURED_VERSION, sha256: bundle::sha256_hex(&bytes), previous: None };
+            let sha256 = bundle::sha256_hex(&bytes);
+            let version = deployed.get(name).filter(|d| d.sha256 == sha256 && d.path == pc.path).map_or(CONFIGURED_VERSION, |d| d.version.clone());
+            let info = ActivePlugin { name: name.clone(), world: to_fleet_world(pc.world), version, sha256, previous: None };
             active.insert(name.clone(), Entry { info, path: pc.path.clone(), settings: pc.settings.clone() });
         }
         HostSlot {
@@ -99,12 +152,29 @@ impl HostSlot {
             control,
             clock,
             db: db.to_path_buf(),
+            dir: dir.to_path_buf(),
             components: dir.join("components"),
             cache_dir,
             active,
             previous: BTreeMap::new(),
             staged: BTreeMap::new(),
             last_timings: (Duration::ZERO, Duration::ZERO),
+        }
+    }
+
+    /// Records the active plugins' components (atomically) for the next start.
+    fn save_active(&self) {
+        let m: BTreeMap<&String, Deployed> = self
+            .active
+            .iter()
+            .filter(|(_, e)| e.info.version != CONFIGURED_VERSION)
+            .map(|(n, e)| (n, Deployed { version: e.info.version.clone(), sha256: e.info.sha256.clone(), path: e.path.clone(), settings: e.settings.clone() }))
+            .collect();
+        let path = active_file(&self.dir);
+        let tmp = path.with_extension("tmp");
+        let res = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other).and_then(|b| std::fs::write(&tmp, b)).and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            tracing::error!(file = %path.display(), error = %e, "could not record the deployed plugins; a restart serves the configured ones");
         }
     }
 
@@ -248,6 +318,7 @@ impl PluginSlot for HostSlot {
             self.previous.insert(name.to_string(), (old_entry, old_slot));
         }
         self.active.insert(name.to_string(), entry);
+        self.save_active();
         Ok(())
     }
 
@@ -265,6 +336,7 @@ impl PluginSlot for HostSlot {
             Ok(_) => {
                 let v = entry.info.version.clone();
                 self.active.insert(name.to_string(), entry);
+                self.save_active();
                 Ok(v)
             }
             Err(e) => Err(e),
@@ -335,7 +407,7 @@ impl Fleet {
         let retention = Retention { max_pending: fc.outbox.max_pending, max_age_ms: (fc.outbox.max_age_hours > 0).then(|| fc.outbox.max_age_hours as i64 * 3_600_000) };
         let outbox = Outbox::open(db, retention)?;
         let control = gw.plugin_control().ok_or_else(|| FleetError::Setup("the policy worker is not running".into()))?;
-        let dir = db.parent().unwrap_or(Path::new(".")).join("fleet");
+        let dir = fleet_dir(db);
         let slot = HostSlot::new(cfg.clone(), control, gw.clock().clone(), db, &dir, cache_dir);
         let status = Status {
             site: site.clone(),
