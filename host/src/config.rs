@@ -36,6 +36,8 @@ pub struct SiteConfig {
     pub doors: Vec<Door>,
     /// The subject directory (who holds which credential), from `site.subjects`.
     pub subjects: Vec<SubjectEntry>,
+    /// The gate's wiring (`[hardware]`): relays, inputs and readers per door; None = no hardware layer.
+    pub hardware: Option<gate_hw::HardwareConfig>,
     /// The file this was loaded from.
     pub path: PathBuf,
 }
@@ -245,6 +247,8 @@ struct RawSite {
     plugins: BTreeMap<String, RawPlugin>,
     #[serde(default, rename = "door")]
     doors: Vec<Spanned<RawDoor>>,
+    #[serde(default)]
+    hardware: Option<Spanned<gate_hw::HardwareConfig>>,
 }
 
 #[derive(Deserialize)]
@@ -420,6 +424,16 @@ impl SiteConfig {
             return Err(err(None, "no [[door]] defined".into()));
         }
 
+        let hardware = match raw.hardware {
+            None => None,
+            Some(h) => {
+                let span = h.span();
+                let h = h.into_inner();
+                check_hardware(&h, &doors).map_err(|m| err(Some(span), format!("[hardware]: {m}")))?;
+                Some(h)
+            }
+        };
+
         let subjects = match &raw.site.subjects {
             None => Vec::new(),
             Some(rel) => load_subjects(&base.join(rel))?,
@@ -438,14 +452,58 @@ impl SiteConfig {
             plugins,
             doors,
             subjects,
+            hardware,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The same site with another subject directory (e.g. the pseudonymised one `gate record` writes).
+    pub fn with_subjects(mut self, path: &Path) -> Result<SiteConfig, ConfigError> {
+        self.subjects = load_subjects(path)?;
+        Ok(self)
     }
 
     /// The door with this id.
     pub fn door(&self, id: &str) -> Option<&Door> {
         self.doors.iter().find(|d| d.id == id)
     }
+}
+
+/// Checks the `[hardware]` section against itself and the site's doors; the message names the key.
+fn check_hardware(h: &gate_hw::HardwareConfig, doors: &[Door]) -> Result<(), String> {
+    use gate_hw::config::InputKind;
+    h.validate().map_err(|e| match e {
+        gate_hw::HwError::Config(m) => m,
+        other => other.to_string(),
+    })?;
+    let known = |d: &str| doors.iter().any(|x| x.id == d);
+    for r in &h.relays {
+        if !known(&r.door) {
+            return Err(format!("key `relays.door`: no [[door]] `{}`", r.door));
+        }
+    }
+    for r in &h.readers {
+        if !known(&r.door) {
+            return Err(format!("reader `{}` key `door`: no [[door]] `{}`", r.name, r.door));
+        }
+    }
+    for i in &h.inputs {
+        match (&i.door, i.kind) {
+            (Some(d), _) if !known(d) => return Err(format!("input `{}` key `door`: no [[door]] `{d}`", i.name)),
+            (None, InputKind::DoorContact | InputKind::ExitButton) => {
+                return Err(format!("input `{}` key `door`: a {:?} input must name its door", i.name, i.kind))
+            }
+            _ => {}
+        }
+    }
+    // One door controller: the host's (door.rs) owns held-open and forced-open alarms.
+    if let Some(d) = h.doors.keys().next() {
+        return Err(format!(
+            "key `doors.{d}`: held-open and forced-open are watched by the host's door controller \
+             (set `held_open_ms` on the [[door]]); remove [hardware.doors]"
+        ));
+    }
+    Ok(())
 }
 
 /// Loads a subject directory file; duplicate ids or credentials are refused.
@@ -527,6 +585,26 @@ credentials = ["face", "card"]
         let text = format!("{BASE}policy = \"nope\"\n");
         let e = SiteConfig::from_str(&text, Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("no plugin `nope`"), "{e}");
+    }
+
+    #[test]
+    fn hardware_section_is_validated_naming_file_line_and_key() {
+        let hw = "\n[hardware]\nbackend = \"linux\"\n[[hardware.relays]]\ndoor = \"north\"\nline = 17\n";
+        let c = SiteConfig::from_str(&format!("{BASE}{hw}"), Path::new("c.toml")).expect("valid");
+        assert_eq!(c.hardware.map(|h| h.relays.len()), Some(1));
+
+        let e = SiteConfig::from_str(&format!("{BASE}{}", hw.replace("\"north\"", "\"south\"")), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:10: [hardware]: key `relays.door`: no [[door]] `south`"), "{e}");
+
+        let e = SiteConfig::from_str(&format!("{BASE}{}", hw.replace("line = 17", "line = 17\nactive_hi = true")), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("active_hi") && e.line.is_some(), "{e}");
+
+        let e = SiteConfig::from_str(&format!("{BASE}{hw}[hardware.doors.north]\nheld_open_ms = 1000\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("key `doors.north`") && e.to_string().contains("door controller"), "{e}");
+
+        let contact = "[[hardware.inputs]]\nname = \"n-contact\"\nkind = \"door-contact\"\nline = 5\n";
+        let e = SiteConfig::from_str(&format!("{BASE}{hw}{contact}"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("input `n-contact` key `door`"), "{e}");
     }
 
     #[test]

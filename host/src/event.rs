@@ -162,6 +162,17 @@ pub enum Input {
     ExitButton { door: String },
     /// The fire-alarm input changed (site-wide).
     FireAlarm { active: bool },
+    /// Pin level: one GPIO line changed level (a pin-level trace). Replay feeds these
+    /// through the simulated pins and the real drivers (see `hardware.rs`); the gateway
+    /// itself never acts on them.
+    Line {
+        /// Line name from `[hardware]`: "<reader>.d0", "<reader>.d1", an input's name.
+        line: String,
+        /// Electrical level after the change (true = high).
+        level: bool,
+        /// Exact time of the change in µs since trace start (`at` is this in ms).
+        at_us: u64,
+    },
 }
 
 impl Input {
@@ -176,7 +187,7 @@ impl Input {
             Input::Qr { .. } => CredentialKind::Qr,
             Input::GuardRelease { .. } => CredentialKind::GuardRelease,
             Input::Intercom { .. } => CredentialKind::Intercom,
-            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } => {
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } => {
                 return None
             }
         })
@@ -195,7 +206,7 @@ impl Input {
             | Input::Intercom { door, .. }
             | Input::DoorContact { door, .. }
             | Input::ExitButton { door } => Some(door),
-            Input::FireAlarm { .. } => None,
+            Input::FireAlarm { .. } | Input::Line { .. } => None,
         }
     }
 }

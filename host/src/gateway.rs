@@ -248,7 +248,7 @@ impl Gateway {
                 Some(s) if s.role == crate::event::Role::Resident => (wit::Credential::Intercom(s.id.clone()), None),
                 _ => return Err((format!("`{resident}` is not a resident of this site"), "unknown-resident")),
             },
-            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } => {
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } => {
                 return Err(("not a credential".into(), "internal"))
             }
         })

@@ -17,3 +17,5 @@ pub mod replay;
 pub mod trace;
 pub mod bench;
 pub mod live;
+pub mod hardware;
+pub mod record;

@@ -47,6 +47,29 @@ enum Cmd {
         /// Output format: readable text, or trace `expect` lines to paste into a trace.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Subject directory to use instead of the config's (e.g. the one `gate record` wrote).
+        #[arg(long)]
+        subjects: Option<PathBuf>,
+    },
+    /// Record what the gate's hardware does as a trace (inputs, decisions, outputs).
+    Record {
+        #[arg(long)]
+        config: PathBuf,
+        /// The trace to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the recording's pseudonymised subject directory (default: <out>.subjects.toml).
+        #[arg(long)]
+        subjects_out: Option<PathBuf>,
+        /// Keep raw card numbers in the recording (PINs are always pseudonymised).
+        #[arg(long)]
+        keep_raw_cards: bool,
+        /// Stand in for live hardware: simulated pins driven by this pin-level trace.
+        #[arg(long)]
+        simulate: Option<PathBuf>,
+        /// Stop a live recording after this many seconds (default: at Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// Plugin tools.
     Plugin {
@@ -165,8 +188,12 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             );
             Ok(0)
         }
-        Cmd::Replay { config, trace, format } => {
+        Cmd::Replay { config, trace, format, subjects } => {
             let cfg = load_config(&config)?;
+            let cfg = match subjects {
+                Some(s) => cfg.with_subjects(&s).map_err(input)?,
+                None => cfg,
+            };
             let trace = Trace::load(&trace).map_err(input)?;
             let offset = gate::clock::parse_offset(&cfg.site.utc_offset).map_err(|m| input(anyhow::anyhow!(m)))?;
             let cache = cache_dir(&cfg);
@@ -196,6 +223,33 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                     Ok(1)
                 }
             }
+        }
+        Cmd::Record { config, out, subjects_out, keep_raw_cards, simulate, seconds } => {
+            let cfg = load_config(&config)?;
+            let simulate = simulate.map(|p| Trace::load(&p)).transpose().map_err(input)?;
+            let subjects_out = subjects_out.unwrap_or_else(|| out.with_extension("subjects.toml"));
+            let cache_dir = cache_dir(&cfg);
+            let opts = gate::record::RecordOptions {
+                out: out.clone(),
+                subjects_out: subjects_out.clone(),
+                keep_raw_cards,
+                simulate,
+                duration: seconds.map(std::time::Duration::from_secs),
+                cache_dir,
+            };
+            let s = gate::record::record(cfg, opts).map_err(|e| match e {
+                gate::record::RecordError::Setup(_) => input(e),
+                _ => runtime(e),
+            })?;
+            println!("gate: recorded {} inputs and {} outputs ({} decisions) to {}", s.inputs, s.outputs, s.decisions, out.display());
+            println!("gate: subject directory with the recording's pseudonyms: {}", subjects_out.display());
+            println!(
+                "gate: replay with: gate replay --config {} --subjects {} --trace {}",
+                config.display(),
+                subjects_out.display(),
+                out.display()
+            );
+            Ok(0)
         }
         Cmd::Plugin { cmd: PluginCmd::Check { file } } => {
             let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;

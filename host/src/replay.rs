@@ -1,17 +1,20 @@
 //! Replaying a trace in virtual time: no sleeping, fuel-bounded plugins, an
 //! in-memory event log. The same trace and plugins always give the same output.
+//! A trace with pin-level `line` inputs runs through the site's `[hardware]`
+//! wiring on simulated pins and the real drivers (see `hardware.rs`).
 
 use crate::clock::{parse_offset, Clock};
 use crate::config::SiteConfig;
 use crate::event::Record;
-use crate::gateway::{Gateway, GatewayError, Timed};
+use crate::gateway::{Gateway, Timed};
+use crate::hardware::{run_simulated, HardwareError};
 use crate::plugin::{ExecMode, Runtime};
 use crate::store::EventLog;
 use crate::trace::{expect_line, Trace};
 use std::path::PathBuf;
 
 /// How long after the last input replay keeps running door timers.
-const DRAIN_MS: i64 = 3_600_000;
+pub const DRAIN_MS: i64 = 3_600_000;
 
 /// Everything a replay produced.
 pub struct Replay {
@@ -33,10 +36,21 @@ pub fn run(cfg: SiteConfig, trace: &Trace, cache_dir: Option<PathBuf>) -> Result
 }
 
 /// Feeds every input at its virtual time, then lets door timers run out.
-pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, GatewayError> {
+pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, HardwareError> {
     let start = trace.start_ms;
     let mut out: Vec<Timed> = Vec::new();
-    gw.log_mut().begin_batch()?;
+    gw.log_mut().begin_batch().map_err(crate::gateway::GatewayError::from)?;
+    if trace.has_pins() {
+        let Some(hw) = gw.config().hardware.clone() else {
+            return Err(HardwareError::Setup(format!(
+                "the trace has pin-level `line` inputs but {} has no [hardware] section to wire them to",
+                gw.config().path.display()
+            )));
+        };
+        let steps = run_simulated(gw, &hw, start, &trace.inputs, DRAIN_MS)?;
+        gw.log_mut().commit_batch().map_err(crate::gateway::GatewayError::from)?;
+        return Ok(steps.into_iter().flat_map(|s| s.records).map(|(t, r)| ((t - start).max(0) as u64, r)).collect());
+    }
     for (at, input) in &trace.inputs {
         let now = start + *at as i64;
         let captured = input_captured_at(input).map(|c| start + c as i64);
@@ -47,11 +61,12 @@ pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, Gate
     while let Some(t) = gw.next_deadline().filter(|t| *t <= end) {
         out.extend(gw.advance(t)?);
     }
-    gw.log_mut().commit_batch()?;
+    gw.log_mut().commit_batch().map_err(crate::gateway::GatewayError::from)?;
     Ok(out.into_iter().map(|(t, r)| ((t - start).max(0) as u64, r)).collect())
 }
 
-fn input_captured_at(input: &crate::event::Input) -> Option<u64> {
+/// When the device captured a credential input (ms since trace start), if it says.
+pub(crate) fn input_captured_at(input: &crate::event::Input) -> Option<u64> {
     use crate::event::Input::*;
     match input {
         Card { captured_at, .. } | Pin { captured_at, .. } | Nfc { captured_at, .. } | Face { captured_at, .. } | Plate { captured_at, .. } | Qr { captured_at, .. } => *captured_at,

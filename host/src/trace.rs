@@ -95,6 +95,11 @@ impl Trace {
             let line: Line = serde_json::from_str(l).map_err(|e| err(n, format!("not a trace line: {e}")))?;
             match (line.input, line.expect) {
                 (Some(i), None) => {
+                    if let Input::Line { at_us, .. } = &i {
+                        if at_us / 1000 != line.at {
+                            return Err(err(n, format!("key `at_us`: {at_us} µs is not within `at` = {} ms (`at` must be `at_us` / 1000)", line.at)));
+                        }
+                    }
                     if line.at < last_at {
                         return Err(err(n, format!("input at {} ms comes before the previous input at {last_at} ms; inputs must be in time order", line.at)));
                     }
@@ -108,6 +113,13 @@ impl Trace {
         let header = header.ok_or_else(|| err(1, "empty trace: no header line".into()))?;
         let start_ms = crate::clock::parse_rfc3339(&header.start).map_err(|m| err(1, format!("key `start`: {m}")))?;
         Ok(Trace { header, start_ms, inputs, expected })
+    }
+}
+
+impl Trace {
+    /// Whether the trace holds pin-level `line` inputs (replayed through the hardware layer).
+    pub fn has_pins(&self) -> bool {
+        self.inputs.iter().any(|(_, i)| matches!(i, Input::Line { .. }))
     }
 }
 
@@ -152,6 +164,12 @@ mod tests {
 
         let text = format!("{HEAD}\n{}\n{}\n", r#"{"at":9,"input":{"kind":"fire-alarm","active":true}}"#, r#"{"at":3,"input":{"kind":"fire-alarm","active":false}}"#);
         assert_eq!(Trace::parse(&text, Path::new("t")).unwrap_err().line, 3);
+
+        let text = format!("{HEAD}\n{}\n", r#"{"at":1201,"input":{"kind":"line","line":"n.d0","level":false,"at_us":1200050}}"#);
+        let e = Trace::parse(&text, Path::new("p.jsonl")).unwrap_err();
+        assert!(e.to_string().starts_with("p.jsonl:2: key `at_us`"), "{e}");
+        let text = format!("{HEAD}\n{}\n", r#"{"at":1200,"input":{"kind":"line","line":"n.d0","level":false,"at_us":1200050}}"#);
+        assert!(Trace::parse(&text, Path::new("p.jsonl")).unwrap().has_pins());
 
         let bad_version = HEAD.replace("\"gate_trace\":1", "\"gate_trace\":7");
         assert!(Trace::parse(&bad_version, Path::new("t")).unwrap_err().to_string().contains("version 7"));
