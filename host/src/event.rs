@@ -124,6 +124,17 @@ pub enum Input {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         captured_at: Option<u64>,
     },
+    /// A camera frame for the on-device matcher, by reference to an image file (JPEG/PNG;
+    /// a trace resolves it relative to the trace file). The gateway decodes it in memory,
+    /// runs the models and acts on the match *result* only; the pixels go nowhere.
+    CameraFrame {
+        door: String,
+        #[serde(default)]
+        direction: Direction,
+        file: std::path::PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        captured_at: Option<u64>,
+    },
     /// A licence plate read at a vehicle lane.
     Plate {
         door: String,
@@ -182,7 +193,7 @@ impl Input {
             Input::Card { .. } => CredentialKind::Card,
             Input::Pin { .. } => CredentialKind::Pin,
             Input::Nfc { .. } => CredentialKind::Nfc,
-            Input::Face { .. } => CredentialKind::Face,
+            Input::Face { .. } | Input::CameraFrame { .. } => CredentialKind::Face,
             Input::Plate { .. } => CredentialKind::Plate,
             Input::Qr { .. } => CredentialKind::Qr,
             Input::GuardRelease { .. } => CredentialKind::GuardRelease,
@@ -200,6 +211,7 @@ impl Input {
             | Input::Pin { door, .. }
             | Input::Nfc { door, .. }
             | Input::Face { door, .. }
+            | Input::CameraFrame { door, .. }
             | Input::Plate { door, .. }
             | Input::Qr { door, .. }
             | Input::GuardRelease { door, .. }
@@ -240,6 +252,14 @@ pub enum IgnoreReason {
     Stale,
     /// The input names a door this site does not have.
     UnknownDoor,
+    /// A camera frame arrived but face recognition is off (not configured, or models missing).
+    FaceUnavailable,
+    /// A camera frame showed no face.
+    NoFace,
+    /// A face was seen but not usable (too small, cut by the edge, blurred, turned away).
+    FaceUnusable,
+    /// A camera frame could not be read or decoded.
+    BadFrame,
 }
 
 /// Something the gateway did. Replay prints these and compares them with a
@@ -355,6 +375,10 @@ impl fmt::Display for Record {
                     IgnoreReason::Duplicate => "duplicate read",
                     IgnoreReason::Stale => "stale read",
                     IgnoreReason::UnknownDoor => "unknown door",
+                    IgnoreReason::FaceUnavailable => "face recognition unavailable",
+                    IgnoreReason::NoFace => "no face in the frame",
+                    IgnoreReason::FaceUnusable => "face not usable",
+                    IgnoreReason::BadFrame => "frame unreadable",
                 };
                 write!(f, "{door:<14} ignored {c}: {why}")
             }

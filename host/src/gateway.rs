@@ -6,6 +6,7 @@ use crate::clock::Clock;
 use crate::config::SiteConfig;
 use crate::credentials::{Directory, Subject};
 use crate::door::DoorController;
+use crate::face::{FaceMatcher, FrameResult};
 use crate::event::{CredentialKind, Direction, IgnoreReason, Input, Liveness, Outcome, Record};
 use crate::plugin::bindings::policy::gate::plugin::types as wit;
 use crate::plugin::caps::clock::timestamp;
@@ -42,6 +43,8 @@ pub struct Gateway {
     log: EventLog,
     pending: HashMap<String, Pending>,
     recent: HashMap<(String, [u8; 16]), i64>,
+    /// The on-device face matcher (off when not configured or its models are missing).
+    face: FaceMatcher,
 }
 
 impl Gateway {
@@ -50,7 +53,13 @@ impl Gateway {
         let dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
         let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
         let doors = DoorController::new(&cfg.doors);
-        Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new() }, problems))
+        let face = FaceMatcher::open(&cfg.face);
+        Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face }, problems))
+    }
+
+    /// The face matcher: whether it is on, and why not.
+    pub fn face(&self) -> &FaceMatcher {
+        &self.face
     }
 
     pub fn config(&self) -> &SiteConfig {
@@ -113,6 +122,19 @@ impl Gateway {
             Input::FireAlarm { active } => {
                 for (t, r) in self.doors.fire(now, *active) {
                     self.emit(t, r, &mut out)?;
+                }
+            }
+            Input::CameraFrame { door, direction, file, captured_at: cap } => {
+                if self.unknown_door(now, door, Some(CredentialKind::Face), &mut out)? {
+                    return Ok(out);
+                }
+                // Only the match result goes on; the frame is dropped (and wiped) here.
+                match self.face.frame_file(door, *direction, file, *cap) {
+                    FrameResult::Credential(face) => self.access(now, &face, captured_at, &mut out)?,
+                    FrameResult::Ignored(reason) => {
+                        let r = Record::Ignored { door: door.clone(), credential: Some(CredentialKind::Face), reason };
+                        self.emit(now, r, &mut out)?
+                    }
                 }
             }
             _ => self.access(now, input, captured_at, &mut out)?,
@@ -248,7 +270,7 @@ impl Gateway {
                 Some(s) if s.role == crate::event::Role::Resident => (wit::Credential::Intercom(s.id.clone()), None),
                 _ => return Err((format!("`{resident}` is not a resident of this site"), "unknown-resident")),
             },
-            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } => {
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } | Input::CameraFrame { .. } => {
                 return Err(("not a credential".into(), "internal"))
             }
         })

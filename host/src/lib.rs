@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod event;
+pub mod face;
 pub mod plugin;
 pub mod store;
 pub mod door;

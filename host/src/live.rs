@@ -49,6 +49,11 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     for p in &problems {
         writeln!(out, "gate: WARNING {p} (its doors are served by the fallback policy)")?;
     }
+    match gw.face().off_reason() {
+        None => writeln!(out, "gate: face recognition on, {} enrolled template(s)", gw.face().enrolled())?,
+        Some(why) if gw.config().face.configured() => writeln!(out, "gate: WARNING face recognition OFF: {why} (card, PIN and NFC keep working)")?,
+        Some(_) => {}
+    }
     writeln!(out, "gate: serving trace \"{}\" at {}x\n", opts.trace.header.description.as_deref().unwrap_or(&opts.trace.header.site), opts.speed)?;
 
     let wall0 = Instant::now();

@@ -11,6 +11,8 @@ use gate::trace::Trace;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod face_cmd;
+
 #[derive(Parser)]
 #[command(name = "gate", version, about = "The gate gateway: owns the door, runs each site's sandboxed policy plugins, replays recorded hardware traces.")]
 struct Cli {
@@ -71,6 +73,19 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Enrol a resident's face: records the separate consent first, then a template from
+    /// several checked photos (stored encrypted; never printed).
+    Enroll(face_cmd::EnrollArgs),
+    /// Face consent: withdrawing erases the template at once.
+    Consent {
+        #[command(subcommand)]
+        cmd: face_cmd::ConsentCmd,
+    },
+    /// Face matcher tools: device keys and re-keying the template store.
+    Face {
+        #[command(subcommand)]
+        cmd: face_cmd::FaceCmd,
+    },
     /// Plugin tools.
     Plugin {
         #[command(subcommand)]
@@ -96,6 +111,9 @@ enum Cmd {
         /// Decisions to time.
         #[arg(long, default_value_t = 20_000)]
         iterations: usize,
+        /// Also time camera frame -> decision with this photo of an enrolled subject ([face] must be set up).
+        #[arg(long)]
+        face_frame: Option<PathBuf>,
     },
 }
 
@@ -251,6 +269,9 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             );
             Ok(0)
         }
+        Cmd::Enroll(args) => face_cmd::enroll(args),
+        Cmd::Consent { cmd } => face_cmd::consent(cmd),
+        Cmd::Face { cmd } => face_cmd::face(cmd),
         Cmd::Plugin { cmd: PluginCmd::Check { file } } => {
             let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
             let r = gate::plugin::check::check(&rt, &file).map_err(input)?;
@@ -292,9 +313,9 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        Cmd::Bench { config, iterations } => {
+        Cmd::Bench { config, iterations, face_frame } => {
             let cfg = load_config(&config)?;
-            let report = gate::bench::run(cfg, iterations).map_err(runtime)?;
+            let report = gate::bench::run(cfg, iterations, face_frame.as_deref()).map_err(runtime)?;
             println!("{report}");
             Ok(0)
         }

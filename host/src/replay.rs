@@ -69,7 +69,7 @@ pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, Hard
 pub(crate) fn input_captured_at(input: &crate::event::Input) -> Option<u64> {
     use crate::event::Input::*;
     match input {
-        Card { captured_at, .. } | Pin { captured_at, .. } | Nfc { captured_at, .. } | Face { captured_at, .. } | Plate { captured_at, .. } | Qr { captured_at, .. } => *captured_at,
+        Card { captured_at, .. } | Pin { captured_at, .. } | Nfc { captured_at, .. } | Face { captured_at, .. } | CameraFrame { captured_at, .. } | Plate { captured_at, .. } | Qr { captured_at, .. } => *captured_at,
         _ => None,
     }
 }

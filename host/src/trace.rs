@@ -94,7 +94,14 @@ impl Trace {
             }
             let line: Line = serde_json::from_str(l).map_err(|e| err(n, format!("not a trace line: {e}")))?;
             match (line.input, line.expect) {
-                (Some(i), None) => {
+                (Some(mut i), None) => {
+                    if let Input::CameraFrame { file, .. } = &mut i {
+                        // A reference to a test photo, relative to the trace; never pixels.
+                        *file = crate::face::resolve_frame_path(path.parent().unwrap_or(Path::new("")), file);
+                        if !file.is_file() {
+                            return Err(err(n, format!("key `file`: camera frame {} does not exist (test photos come with `cargo xtask setup`)", file.display())));
+                        }
+                    }
                     if let Input::Line { at_us, .. } = &i {
                         if at_us / 1000 != line.at {
                             return Err(err(n, format!("key `at_us`: {at_us} µs is not within `at` = {} ms (`at` must be `at_us` / 1000)", line.at)));
