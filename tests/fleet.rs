@@ -197,6 +197,9 @@ fn signed_deployment_goes_live_and_bad_bundles_are_refused_with_their_reason() {
 
     // A signed resident-policy with the demo's morning trace as its self-test.
     let good = site.sign("resident-policy", "1.0.0", 10, &["--self-test", "tests/traces/morning.jsonl"]);
+    // What travels over MQTT names credentials by holder: no card number or PIN from the trace.
+    let manifest = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&good).unwrap()).unwrap()["manifest"].as_str().unwrap().to_string();
+    assert!(manifest.contains("@r-0001") && !manifest.contains("10012345") && !manifest.contains("246810"), "{manifest}");
     let started = Instant::now();
     let (code, out) = site.deploy(&good);
     let took = started.elapsed();

@@ -111,6 +111,62 @@ pub fn with_deployed(mut cfg: SiteConfig, dir: &Path) -> SiteConfig {
     cfg
 }
 
+/// Rewrites a self-test trace for travel over MQTT: every card number, PIN, NFC token
+/// and plate becomes a reference to its holder (`@r-0001`, from `cfg`'s subject
+/// directory) or `@unknown-N` for values nobody holds. The gateway resolves `@id`
+/// against its own directory, so the trace decides the same and carries no credential.
+pub fn pseudonymise_trace(text: &str, cfg: &SiteConfig) -> Result<String, String> {
+    let dir = crate::credentials::Directory::from_config(cfg).map_err(|e| e.to_string())?;
+    let mut unknown: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+        };
+        if let Some(raw) = v.get("input").cloned() {
+            let mut input: Input = serde_json::from_value(raw).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let mut refer = |kind: &str, value: &mut String, holder: Option<&crate::credentials::Subject>| {
+                let next = unknown.len() + 1;
+                *value = match holder {
+                    Some(s) => format!("@{}", s.id),
+                    None => unknown.entry(format!("{kind}:{value}")).or_insert_with(|| format!("@unknown-{next}")).clone(),
+                };
+            };
+            match &mut input {
+                Input::Card { number, .. } => refer("card", number, dir.by_card(number)),
+                Input::Pin { pin, .. } => refer("pin", pin, dir.by_pin(pin)),
+                Input::Nfc { token, .. } => refer("nfc", token, dir.by_nfc(token)),
+                Input::Plate { plate, .. } => refer("plate", plate, dir.by_plate(plate)),
+                _ => {}
+            }
+            v["input"] = serde_json::to_value(&input).map_err(|e| e.to_string())?;
+        }
+        out.push_str(&serde_json::to_string(&v).map_err(|e| e.to_string())?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The first card number, PIN, NFC token or plate in `trace` that is not a subject
+/// reference (`@…`), as "kind at line-time", if any.
+fn raw_credential(trace: &Trace) -> Option<String> {
+    trace.inputs.iter().find_map(|(at, i)| {
+        let (kind, v) = match i {
+            Input::Card { number, .. } => ("card number", number),
+            Input::Pin { pin, .. } => ("PIN", pin),
+            Input::Nfc { token, .. } => ("NFC token", token),
+            Input::Plate { plate, .. } => ("plate", plate),
+            _ => return None,
+        };
+        (!v.starts_with('@')).then(|| format!("a raw {kind} at {at} ms"))
+    })
+}
+
 fn to_fleet_world(w: World) -> FleetWorld {
     match w {
         World::Policy => FleetWorld::PolicyPlugin,
@@ -288,12 +344,24 @@ impl PluginSlot for HostSlot {
     fn self_test(&mut self, m: &Manifest) -> Result<(), String> {
         let t = Instant::now();
         let entry = self.staged.get(&m.name).map(|(e, _)| e.clone()).ok_or_else(|| format!("nothing staged for `{}`", m.name))?;
-        let cfg = self.site_with(Some(&entry));
+        let mut cfg = self.site_with(Some(&entry));
+        // Self-tests name credentials by holder (`@id`); resolve those like the real ones.
+        let site = cfg.site.id.clone();
+        for s in cfg.subjects.iter_mut() {
+            let r = format!("@{}", s.id);
+            s.cards.push(r.clone());
+            s.nfc.push(r.clone());
+            s.plates.push(r.clone());
+            s.pin_sha256.push(crate::credentials::pin_hash(&site, &r));
+        }
         for st in &m.self_tests {
             let text = format!("{}\n{}\n", st.trace.trim_end(), st.expected.trim_end());
             let trace = Trace::parse(&text, Path::new(&format!("self-test `{}`", st.name))).map_err(|e| e.to_string())?;
             if trace.expected.is_empty() {
                 return Err(format!("self-test `{}` has no expected outputs", st.name));
+            }
+            if let Some(what) = raw_credential(&trace) {
+                return Err(format!("self-test `{}` carries {what}; credentials must travel as holder references (sign with `gate plugin sign --config-from`)", st.name));
             }
             let replay = crate::replay::run(cfg.clone(), &trace, self.cache_dir.clone()).map_err(|e| format!("self-test `{}`: {e}", st.name))?;
             if let Some(p) = replay.problems.first() {

@@ -219,10 +219,13 @@ pub fn fleet(cmd: FleetCmd) -> Result<u8, Fail> {
     }
 }
 
-/// Splits a trace file into its trace part and its expected-output part.
-fn self_test(path: &PathBuf) -> Result<SelfTest, Fail> {
+/// Splits a trace file into its trace part and its expected-output part, with every
+/// credential value replaced by a reference to its holder (bundles travel over MQTT).
+fn self_test(path: &PathBuf, site: Option<&gate::config::SiteConfig>) -> Result<SelfTest, Fail> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading self-test {}", path.display())).map_err(bad)?;
     gate::trace::Trace::parse(&text, path).map_err(bad)?;
+    let site = site.ok_or_else(|| bad(anyhow!("--self-test needs --config-from: card numbers and PINs in the trace are replaced by references to their holders from that site's directory")))?;
+    let text = gate::fleet::pseudonymise_trace(&text, site).map_err(|e| bad(anyhow!("self-test {}: {e}", path.display())))?;
     let (mut trace, mut expected) = (String::new(), String::new());
     for line in text.lines() {
         let is_expect = serde_json::from_str::<serde_json::Value>(line).ok().is_some_and(|v| v.get("expect").is_some());
@@ -245,10 +248,12 @@ pub fn sign(a: SignArgs) -> Result<u8, Fail> {
         w => return Err(bad(anyhow!("--world {w:?}: use policy-plugin or integration-plugin"))),
     };
     let mut config = BTreeMap::new();
+    let mut site_cfg = None;
     if let Some(site) = &a.config_from {
         let cfg = gate::config::SiteConfig::load(site).map_err(bad)?;
         let pc = cfg.plugins.get(&a.name).ok_or_else(|| bad(anyhow!("{}: no [plugins.{}]", site.display(), a.name)))?;
         config = pc.settings.clone();
+        site_cfg = Some(cfg);
     }
     for kv in &a.set {
         let (k, v) = kv.split_once('=').ok_or_else(|| bad(anyhow!("--set {kv:?}: expected key=value")))?;
@@ -261,7 +266,7 @@ pub fn sign(a: SignArgs) -> Result<u8, Fail> {
         sha256: String::new(),
         min_host_version: a.min_host_version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION")).parse().map_err(|e| bad(anyhow!("--min-host-version: {e}")))?,
         config,
-        self_tests: a.self_tests.iter().map(self_test).collect::<Result<_, _>>()?,
+        self_tests: a.self_tests.iter().map(|p| self_test(p, site_cfg.as_ref())).collect::<Result<_, _>>()?,
         sequence: a.sequence.unwrap_or(now_ms() as u64),
         rollback: a.rollback,
         created_at_ms: now_ms(),
