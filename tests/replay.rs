@@ -211,3 +211,35 @@ fn malformed_trace_names_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("broken.jsonl:2:") && text(&out).contains("number"), "{}", text(&out));
 }
+
+/// In service, a plugin that hangs does not hold up fire release, the exit
+/// button or the door contact: they are handled while the call is still running.
+#[test]
+fn fire_release_is_not_held_up_by_a_hanging_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_with("spin-forever", dir.path());
+    // A long deadline makes the hang obvious: 400 ms of wall time per call.
+    let body = std::fs::read_to_string(&cfg).unwrap().replace("deadline_ms = 20 ", "deadline_ms = 400");
+    std::fs::write(&cfg, body).unwrap();
+    let trace = dir.path().join("fire-during-hang.jsonl");
+    std::fs::write(
+        &trace,
+        concat!(
+            "{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}\n",
+            "{\"at\":0,\"input\":{\"kind\":\"card\",\"door\":\"north-gate\",\"number\":\"10012345\"}}\n",
+            "{\"at\":5,\"input\":{\"kind\":\"fire-alarm\",\"active\":true}}\n",
+            "{\"at\":10,\"input\":{\"kind\":\"exit-button\",\"door\":\"building-3\"}}\n",
+        ),
+    )
+    .unwrap();
+    let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "1"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let pos = |needle: &str| t.find(needle).unwrap_or_else(|| panic!("`{needle}` missing from:\n{t}"));
+    let fire = pos("ALARM fire RAISED");
+    let exit = pos("exit button");
+    let hung = pos("deadline exceeded");
+    let decision = pos("card r-0001");
+    assert!(fire < hung && exit < hung, "fire release and exit waited for the plugin:\n{t}");
+    assert!(hung < decision && t[decision..].lines().next().unwrap().contains("GRANT"), "{t}");
+}

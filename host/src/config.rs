@@ -38,6 +38,8 @@ pub struct SiteConfig {
     pub subjects: Vec<SubjectEntry>,
     /// The gate's wiring (`[hardware]`): relays, inputs and readers per door; None = no hardware layer.
     pub hardware: Option<gate_hw::HardwareConfig>,
+    /// Fleet operations over MQTT (`[fleet]`); None = the gateway runs alone.
+    pub fleet: Option<FleetConfig>,
     /// The file this was loaded from.
     pub path: PathBuf,
 }
@@ -293,6 +295,8 @@ struct RawSite {
     doors: Vec<Spanned<RawDoor>>,
     #[serde(default)]
     hardware: Option<Spanned<gate_hw::HardwareConfig>>,
+    #[serde(default)]
+    fleet: Option<Spanned<FleetConfig>>,
 }
 
 #[derive(Deserialize)]
@@ -480,6 +484,21 @@ impl SiteConfig {
 
         let face = raw.face.resolve(&base).map_err(|m| err(None, m))?;
 
+        let fleet = match raw.fleet {
+            None => None,
+            Some(f) => {
+                let span = f.span();
+                let mut f = f.into_inner();
+                check_fleet(&f, &raw.site).map_err(|m| err(Some(span), format!("[fleet]: {m}")))?;
+                if let Some(t) = f.broker.tls.as_mut() {
+                    t.ca = base.join(&t.ca);
+                    t.client_cert = t.client_cert.as_ref().map(|p| base.join(p));
+                    t.client_key = t.client_key.as_ref().map(|p| base.join(p));
+                }
+                Some(f)
+            }
+        };
+
         let subjects = match &raw.site.subjects {
             None => Vec::new(),
             Some(rel) => load_subjects(&base.join(rel))?,
@@ -499,6 +518,7 @@ impl SiteConfig {
             doors,
             subjects,
             hardware,
+            fleet,
             path: path.to_path_buf(),
         })
     }
@@ -513,6 +533,72 @@ impl SiteConfig {
     pub fn door(&self, id: &str) -> Option<&Door> {
         self.doors.iter().find(|d| d.id == id)
     }
+}
+
+/// The `[fleet]` section: how this gateway reaches the broker and whom it trusts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `[fleet.broker]`: host, port, optional TLS files (relative to this config) and credentials.
+    pub broker: gate_fleet::link::BrokerConfig,
+    /// `[[fleet.trusted_keys]]`: operator keys and what each may do.
+    #[serde(default)]
+    pub trusted_keys: Vec<gate_fleet::keys::TrustedKeyConfig>,
+    /// `[fleet.outbox]`: how much unpublished backlog is kept while the broker is away.
+    #[serde(default)]
+    pub outbox: OutboxRetention,
+    /// Largest bundle accepted, bytes.
+    #[serde(default = "default_max_bundle")]
+    pub max_bundle_bytes: usize,
+    /// Failures of a freshly deployed plugin that make the gateway roll it back…
+    #[serde(default = "default_rollback_failures")]
+    pub rollback_failures: u32,
+    /// …when they happen within this many ms of the swap.
+    #[serde(default = "default_rollback_window")]
+    pub rollback_window_ms: i64,
+}
+
+/// Outbox retention (`[fleet.outbox]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxRetention {
+    /// Most unpublished events kept; older ones are skipped and counted past it.
+    pub max_pending: u64,
+    /// Unpublished events older than this many hours are skipped and counted; 0 = no age bound.
+    pub max_age_hours: u64,
+}
+
+impl Default for OutboxRetention {
+    fn default() -> Self {
+        OutboxRetention { max_pending: 1_000_000, max_age_hours: 7 * 24 }
+    }
+}
+
+fn default_max_bundle() -> usize {
+    gate_fleet::bundle::DEFAULT_MAX_BUNDLE_BYTES
+}
+fn default_rollback_failures() -> u32 {
+    3
+}
+fn default_rollback_window() -> i64 {
+    5 * 60 * 1000
+}
+
+/// Checks `[fleet]`: ids usable as topic levels, trusted keys well-formed, limits sane.
+fn check_fleet(f: &FleetConfig, site: &Site) -> Result<(), String> {
+    gate_fleet::topics::check_level("site.id", &site.id).map_err(|e| format!("{e} (site ids name MQTT topics)"))?;
+    gate_fleet::topics::check_level("site.gateway", &site.gateway).map_err(|e| format!("{e} (gateway ids name MQTT topics)"))?;
+    if f.broker.host.is_empty() || f.broker.port == 0 {
+        return Err("key `broker`: `host` and `port` must be set".into());
+    }
+    if f.broker.username.is_some() != f.broker.password.is_some() {
+        return Err("key `broker`: `username` and `password` go together".into());
+    }
+    gate_fleet::keys::TrustedKeys::from_config(&f.trusted_keys).map_err(|e| format!("key `trusted_keys`: {e}"))?;
+    if f.max_bundle_bytes == 0 || f.rollback_failures == 0 || f.rollback_window_ms <= 0 || f.outbox.max_pending == 0 {
+        return Err("keys `max_bundle_bytes`, `rollback_failures`, `rollback_window_ms` and `outbox.max_pending` must be above 0".into());
+    }
+    Ok(())
 }
 
 /// Checks the `[hardware]` section against itself and the site's doors; the message names the key.
@@ -671,6 +757,24 @@ credentials = ["face", "card"]
         assert!(e.to_string().contains("`face.weak`") && e.to_string().contains("above strong"), "{e}");
         let e = SiteConfig::from_str(&format!("{BASE}\n[face]\nstrong = 1.5\n"), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("key `face.strong`: 1.5"), "{e}");
+    }
+
+    #[test]
+    fn fleet_section_loads_and_bad_keys_are_named() {
+        let key = gate_fleet::keys::OperatorKey::generate("ops").unwrap();
+        let fleet = format!(
+            "\n[fleet]\nrollback_failures = 2\n[fleet.broker]\nhost = \"127.0.0.1\"\nport = 1883\n[fleet.broker.tls]\nca = \"ca.pem\"\n[[fleet.trusted_keys]]\nid = \"ops\"\npublic = \"{}\"\nmay = [\"deploy\"]\n",
+            key.public_b64()
+        );
+        let c = SiteConfig::from_str(&format!("{BASE}{fleet}"), Path::new("configs/c.toml")).expect("valid");
+        let f = c.fleet.expect("fleet");
+        assert_eq!((f.rollback_failures, f.trusted_keys.len()), (2, 1));
+        assert_eq!(f.broker.tls.unwrap().ca, Path::new("configs/ca.pem"));
+        let e = SiteConfig::from_str(&format!("{BASE}{}", fleet.replace(&key.public_b64(), "bm90IGEga2V5")), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("[fleet]: key `trusted_keys`") && e.to_string().contains("\"ops\""), "{e}");
+        assert!(e.line.is_some(), "{e}");
+        let e = SiteConfig::from_str(&format!("{BASE}{}", fleet.replace("port = 1883", "port = 1883\nqos = 2")), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("qos"), "{e}");
     }
 
     #[test]

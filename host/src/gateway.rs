@@ -11,7 +11,8 @@ use crate::event::{CredentialKind, Direction, IgnoreReason, Input, Liveness, Out
 use crate::plugin::bindings::policy::gate::plugin::types as wit;
 use crate::plugin::caps::clock::timestamp;
 use crate::plugin::Runtime;
-use crate::policy::{to_wit_kind, to_wit_role, PolicyEngine, Verdict};
+use crate::policy::{fallback_decision, to_wit_kind, to_wit_role, Decided, PolicyEngine, Verdict};
+use crate::worker::{AccessRequest, Done, PolicyWorker};
 use crate::store::{EventLog, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -33,12 +34,20 @@ struct Pending {
     expires_at: i64,
 }
 
+/// Where decisions are made: inline (replay, deterministic) or on the policy thread (service).
+enum Policy {
+    Inline(PolicyEngine),
+    Worker(PolicyWorker),
+    /// Between the two, for an instant.
+    Moving,
+}
+
 /// The whole gateway state.
 pub struct Gateway {
     cfg: SiteConfig,
     clock: Clock,
     dir: Directory,
-    policy: PolicyEngine,
+    policy: Policy,
     doors: DoorController,
     log: EventLog,
     pending: HashMap<String, Pending>,
@@ -53,6 +62,7 @@ impl Gateway {
         let dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
         let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
         let doors = DoorController::new(&cfg.doors);
+        let policy = Policy::Inline(policy);
         let face = FaceMatcher::open(&cfg.face);
         Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face }, problems))
     }
@@ -78,8 +88,81 @@ impl Gateway {
         &mut self.log
     }
 
-    pub fn policy_mut(&mut self) -> &mut PolicyEngine {
-        &mut self.policy
+    /// Moves plugin calls onto their own thread, so the door never waits for a plugin.
+    pub fn spawn_policy_worker(&mut self) -> std::io::Result<()> {
+        if let Policy::Inline(engine) = std::mem::replace(&mut self.policy, Policy::Moving) {
+            self.policy = Policy::Worker(PolicyWorker::spawn(engine)?);
+        }
+        Ok(())
+    }
+
+    /// Swaps plugins on the policy thread (service mode only; None before `spawn_policy_worker`).
+    pub fn plugin_control(&self) -> Option<crate::worker::PluginControl> {
+        match &self.policy {
+            Policy::Worker(w) => Some(w.control()),
+            _ => None,
+        }
+    }
+
+    /// Releases `door` once on an authorised remote command: logged (with who sent it)
+    /// before the relay moves, like any grant. Fire release and alarms stay the door
+    /// controller's; the command is one-shot (the fleet layer refuses replays).
+    pub fn remote_open(&mut self, now: i64, door: &str, command: &str, sender: &str) -> Result<Result<Vec<Timed>, String>, GatewayError> {
+        let Some(d) = self.cfg.door(door).cloned() else {
+            return Ok(Err(format!("this gateway has no door `{door}`")));
+        };
+        let mut out = self.advance(now)?;
+        let record = Record::Decision {
+            door: d.id.clone(),
+            direction: Direction::Entry,
+            credential: CredentialKind::GuardRelease,
+            subject: None,
+            outcome: Outcome::Grant,
+            open_ms: Some(d.open_ms),
+            reason: Some(format!("remote command {command} from {sender}")),
+            factors: Vec::new(),
+            by: format!("remote:{sender}"),
+        };
+        self.emit(now, record, &mut out)?;
+        for (t, r) in self.doors.grant(&d.id, now, d.open_ms) {
+            self.emit(t, r, &mut out)?;
+        }
+        Ok(Ok(out))
+    }
+
+    /// Waits up to `timeout` for the policy thread to finish something (service mode).
+    pub fn wait_policy(&mut self, timeout: std::time::Duration) -> bool {
+        match &mut self.policy {
+            Policy::Worker(w) => w.wait(timeout),
+            _ => false,
+        }
+    }
+
+    /// Decisions and publishes still being worked on by the policy thread.
+    pub fn policy_in_flight(&self) -> usize {
+        match &self.policy {
+            Policy::Worker(w) => w.in_flight(),
+            _ => 0,
+        }
+    }
+
+    /// Applies what the policy thread finished: logs decisions, opens doors, logs publishes.
+    pub fn poll_policy(&mut self) -> Result<Vec<Timed>, GatewayError> {
+        let mut out = Vec::new();
+        loop {
+            let done = match &mut self.policy {
+                Policy::Worker(w) => w.take(),
+                _ => None,
+            };
+            match done {
+                None => return Ok(out),
+                Some(Done::Decided(req, decided)) => {
+                    let now = self.clock.now_ms().max(req.at);
+                    self.apply_decision(now, req, decided, &mut out)?;
+                }
+                Some(Done::Notified { published, health, at }) => self.apply_notified(at, published, health, &mut out)?,
+            }
+        }
     }
 
     /// The earliest time a door timer needs attention.
@@ -194,7 +277,7 @@ impl Gateway {
         self.pending.retain(|_, p| p.expires_at > now);
         let prior = self.pending.get(&door.id).map(|p| p.prior.clone()).unwrap_or_default();
         let event = wit::AccessEvent {
-            id: self.log.next_id(),
+            id: self.log.reserve_id(),
             door: door.id.clone(),
             direction: match direction {
                 Direction::Entry => wit::Direction::Entry,
@@ -205,7 +288,24 @@ impl Gateway {
             subject: subject.as_ref().map(|s| wit::Subject { id: s.id.clone(), role: to_wit_role(s.role), groups: s.groups.clone() }),
             prior,
         };
-        let decided = self.policy.decide(&door, &event, kind, subject.as_ref(), now);
+        let req = AccessRequest { door, event, kind, subject, direction, at: now };
+        let decided = match &mut self.policy {
+            Policy::Inline(engine) => engine.decide(&req.door, &req.event, req.kind, req.subject.as_ref(), now),
+            Policy::Worker(w) => {
+                if w.decide(req.clone()) {
+                    // Decided on the policy thread; `poll_policy` applies it.
+                    return Ok(());
+                }
+                fallback_decision(&self.cfg.fallback, &req.door, kind, req.subject.as_ref(), "policy-thread-gone", Vec::new())
+            }
+            Policy::Moving => fallback_decision(&self.cfg.fallback, &req.door, kind, req.subject.as_ref(), "policy-thread-gone", Vec::new()),
+        };
+        self.apply_decision(now, req, decided, out)
+    }
+
+    /// Logs a decision, remembers a pending multi-factor attempt, and opens the door on a grant.
+    fn apply_decision(&mut self, now: i64, req: AccessRequest, decided: Decided, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
+        let AccessRequest { door, event, kind, subject, direction, .. } = req;
         for r in decided.health {
             self.emit(now, r, out)?;
         }
@@ -227,8 +327,8 @@ impl Gateway {
             self.pending.remove(&door.id);
         }
         let record = Record::Decision { door: door.id.clone(), direction, credential: kind, subject: subject_id, outcome, open_ms, reason, factors, by: decided.by };
-        // The decision is in the log before the relay moves.
-        self.emit(now, record, out)?;
+        // The decision is in the log, under the id its plugin saw, before the relay moves.
+        self.emit_as(now, record, Some(event.id.clone()), out)?;
         if let Verdict::Grant { open_ms } = decided.verdict {
             for (t, r) in self.doors.grant(&door.id, now, open_ms) {
                 self.emit(t, r, out)?;
@@ -278,11 +378,33 @@ impl Gateway {
 
     /// Logs a record, hands decisions and alarms to integrations, and collects the output.
     fn emit(&mut self, at: i64, record: Record, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
-        let id = self.log.append(at, &record)?;
+        self.emit_as(at, record, None, out)
+    }
+
+    fn emit_as(&mut self, at: i64, record: Record, id: Option<String>, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
+        let id = match id {
+            Some(id) => self.log.append_with_id(at, &record, id)?,
+            None => self.log.append(at, &record)?,
+        };
         let gate_event = self.gate_event(&id, at, &record);
         out.push((at, record));
         if let Some(ev) = gate_event {
-            let (published, health) = self.policy.notify(&ev, at);
+            let (published, health) = match &mut self.policy {
+                Policy::Inline(engine) => engine.notify(&ev, at),
+                Policy::Worker(w) => {
+                    w.notify(ev, at);
+                    return Ok(());
+                }
+                Policy::Moving => return Ok(()),
+            };
+            self.apply_notified(at, published, health, out)?;
+        }
+        Ok(())
+    }
+
+    /// Logs the health records and publishes of integration plugins.
+    fn apply_notified(&mut self, at: i64, published: Vec<(String, crate::plugin::Effects)>, health: Vec<Record>, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
+        {
             for r in health {
                 self.log.append(at, &r)?;
                 out.push((at, r));

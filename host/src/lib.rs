@@ -20,3 +20,5 @@ pub mod bench;
 pub mod live;
 pub mod hardware;
 pub mod record;
+pub mod worker;
+pub mod fleet;

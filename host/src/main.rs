@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod face_cmd;
+mod fleet_cmd;
 
 #[derive(Parser)]
 #[command(name = "gate", version, about = "The gate gateway: owns the door, runs each site's sandboxed policy plugins, replays recorded hardware traces.")]
@@ -39,6 +40,9 @@ enum Cmd {
         /// Event log database (default: <state_dir>/events.sqlite).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Keep serving (door timers, fleet jobs and commands) after the trace ends, until stopped.
+        #[arg(long)]
+        hold: bool,
     },
     /// Replay a trace in virtual time; with expected outputs, diff and fail on any difference.
     Replay {
@@ -99,6 +103,11 @@ enum Cmd {
         /// The PIN; read from standard input when omitted.
         pin: Option<String>,
     },
+    /// Fleet operations: operator keys, which gateway runs what.
+    Fleet {
+        #[command(subcommand)]
+        cmd: fleet_cmd::FleetCmd,
+    },
     /// Visitor QR passes (what the property's platform issues).
     Qr {
         #[command(subcommand)]
@@ -121,6 +130,12 @@ enum Cmd {
 enum PluginCmd {
     /// Validate a component against the contract and print its world, imports, exports and size.
     Check { file: PathBuf },
+    /// Sign a component into a deployment bundle with an operator key.
+    Sign(fleet_cmd::SignArgs),
+    /// Deploy a signed bundle to a gateway or a whole site over MQTT, showing progress.
+    Deploy(fleet_cmd::DeployArgs),
+    /// Order gateways to restore the plugin version they kept (signed, over MQTT).
+    Rollback(fleet_cmd::RollbackArgs),
 }
 
 #[derive(Subcommand)]
@@ -187,7 +202,7 @@ fn cache_dir(cfg: &SiteConfig) -> Option<PathBuf> {
 
 fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
     match cmd {
-        Cmd::Run { config, trace, speed, db } => {
+        Cmd::Run { config, trace, speed, db, hold } => {
             let cfg = load_config(&config)?;
             let trace = Trace::load(&trace).map_err(input)?;
             let db = match db.or_else(|| cfg.site.state_dir.as_ref().map(|d| d.join("events.sqlite"))) {
@@ -199,7 +214,7 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             }
             let cache = cache_dir(&cfg);
             let mut stdout = std::io::stdout();
-            let s = gate::live::run(cfg, gate::live::RunOptions { trace, speed, db, cache_dir: cache }, &mut stdout).map_err(runtime)?;
+            let s = gate::live::run(cfg, gate::live::RunOptions { trace, speed, db, cache_dir: cache, hold }, &mut stdout).map_err(runtime)?;
             println!(
                 "\ngate: done. {} granted, {} denied, {} other decisions, {} alarms raised, {} plugin incidents, {} messages published; {} records in the event log.",
                 s.granted, s.denied, s.other_decisions, s.alarms, s.plugin_failures, s.published, s.logged
@@ -272,6 +287,10 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
         Cmd::Enroll(args) => face_cmd::enroll(args),
         Cmd::Consent { cmd } => face_cmd::consent(cmd),
         Cmd::Face { cmd } => face_cmd::face(cmd),
+        Cmd::Plugin { cmd: PluginCmd::Sign(a) } => fleet_cmd::sign(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        Cmd::Plugin { cmd: PluginCmd::Deploy(a) } => fleet_cmd::deploy(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        Cmd::Plugin { cmd: PluginCmd::Rollback(a) } => fleet_cmd::rollback(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        Cmd::Fleet { cmd } => fleet_cmd::fleet(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Plugin { cmd: PluginCmd::Check { file } } => {
             let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
             let r = gate::plugin::check::check(&rt, &file).map_err(input)?;

@@ -133,6 +133,20 @@ impl Runtime {
         Ok(Runtime { engine, mode, policy_linker, integration_linker, cache_dir, ticker_stop })
     }
 
+    /// A second handle on the same engine and linkers (no ticker of its own: the
+    /// original's keeps the epochs moving). Components it compiles run in the original's
+    /// stores, so a plugin can be compiled and linked off the policy thread and swapped in.
+    pub fn sibling(&self) -> Runtime {
+        Runtime {
+            engine: self.engine.clone(),
+            mode: self.mode,
+            policy_linker: self.policy_linker.clone(),
+            integration_linker: self.integration_linker.clone(),
+            cache_dir: self.cache_dir.clone(),
+            ticker_stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     pub fn mode(&self) -> ExecMode {
         self.mode
     }
