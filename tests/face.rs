@@ -270,3 +270,27 @@ fn a_running_gateway_forgets_a_withdrawn_face_at_the_next_frame() {
     let second = rest.iter().find(|l| l.contains("north-gate") && l.contains(" face ")).unwrap_or_else(|| panic!("{rest:#?}"));
     assert!(second.contains("face unknown") && second.contains("DENY"), "the second frame matched nobody: {rest:#?}");
 }
+
+#[test]
+fn the_camera_thread_turns_frames_into_face_matches_for_the_loop() {
+    use gate::camera::{run_camera, CameraDoor};
+    use gate::event::{Direction, Input};
+    use gate_hw::camera::MemoryCamera;
+    let (_dir, cfg) = enrolled_site();
+    let site = gate::config::SiteConfig::load(&cfg).expect("site loads");
+    let mut matcher = gate::face::FaceMatcher::open(&site.face);
+    assert!(matcher.is_on(), "{matcher:?}");
+    // The photo as an MJPEG camera delivers it: JPEG bytes decoded by the camera driver to
+    // RGB8 (gate_face::Frame deliberately exposes no pixels to build a camera frame from).
+    let bytes = std::fs::read(photo("obama2.jpg")).expect("photo");
+    let frame = gate_hw::camera::mjpeg_to_rgb(&bytes).expect("decodes");
+    let mut camera = MemoryCamera::new(vec![frame]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let at = CameraDoor { door: "north-gate".into(), direction: Direction::Entry, fps: 15 };
+    let ended = std::thread::scope(|s| s.spawn(|| run_camera(&mut camera, &mut matcher, &at, &tx, &stop)).join().expect("camera thread"));
+    assert!(ended.is_err_and(|e| e.to_string().contains("no more frames")), "the memory camera runs dry");
+    let got: Vec<Input> = rx.try_iter().collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(matches!(&got[0], Input::Face { door, direction: Direction::Entry, subject: Some(s), .. } if door == "north-gate" && s == "r-0003"), "{got:?}");
+}

@@ -12,7 +12,7 @@
 
 use crate::event::{Direction, Input, Record};
 use crate::gateway::{Gateway, GatewayError, Timed};
-use gate_hw::config::{HardwareConfig, InputKind};
+use gate_hw::config::{self, HardwareConfig, InputKind};
 use gate_hw::runtime::{HwRuntime, PinBackend, SimBackend};
 use gate_hw::sim::{PinPlayer, TwinBuilder};
 use gate_hw::{HwError, HwEvent, PinEdge};
@@ -53,14 +53,22 @@ pub fn split_card_number(s: &str) -> Option<(u32, u64)> {
     Some((u32::try_from(n / 100_000).ok()?, n % 100_000))
 }
 
+/// The gateway direction of a configured reader or camera direction.
+pub fn direction(d: config::Direction) -> Direction {
+    match d {
+        config::Direction::Entry => Direction::Entry,
+        config::Direction::Exit => Direction::Exit,
+    }
+}
+
 /// The gateway input a hardware event stands for; None for diagnostics and relay echoes.
 pub fn to_input(ev: &HwEvent) -> Option<Input> {
     match ev {
-        HwEvent::Card { door, facility, number, .. } => {
-            Some(Input::Card { door: door.clone(), direction: Direction::Entry, number: card_number(*facility, number.0), captured_at: None })
+        HwEvent::Card { door, direction: d, facility, number, .. } => {
+            Some(Input::Card { door: door.clone(), direction: direction(*d), number: card_number(*facility, number.0), captured_at: None })
         }
-        HwEvent::Pin { door, digits, .. } => {
-            Some(Input::Pin { door: door.clone(), direction: Direction::Entry, pin: digits.expose().to_string(), captured_at: None })
+        HwEvent::Pin { door, direction: d, digits, .. } => {
+            Some(Input::Pin { door: door.clone(), direction: direction(*d), pin: digits.expose().to_string(), captured_at: None })
         }
         HwEvent::Input { kind: InputKind::DoorContact, door: Some(door), active, .. } => Some(Input::DoorContact { door: door.clone(), open: *active }),
         HwEvent::Input { kind: InputKind::ExitButton, door: Some(door), active: true, .. } => Some(Input::ExitButton { door: door.clone() }),
@@ -215,13 +223,13 @@ fn timer<B: PinBackend>(gw: &mut Gateway, hw: &mut Hardware<B>, t: i64, steps: &
     Ok(())
 }
 
-/// The pin-level twin of an event-level trace: every input the wiring can produce (entry
-/// cards and PINs at a door with a reader, door contacts, exit buttons, the fire input)
-/// becomes the `line` edges that decode to exactly it at exactly its time; the rest
-/// (face results, QR, exit-direction reads, ...) stays event-level.
+/// The pin-level twin of an event-level trace: every input the wiring can produce (cards
+/// and PINs at a door with a reader of that direction, door contacts, exit buttons, the
+/// fire input) becomes the `line` edges that decode to exactly it at exactly its time; the
+/// rest (face results, QR, reads no reader can make, ...) stays event-level.
 pub fn twin(hw: &HardwareConfig, inputs: &[(u64, Input)]) -> Result<Vec<(u64, Input)>, HardwareError> {
     let builder = TwinBuilder::new(hw);
-    let reader = |door: &str| hw.readers.iter().find(|r| r.door == door).map(|r| r.name.clone());
+    let reader = |door: &str, d: Direction| hw.readers.iter().find(|r| r.door == door && direction(r.direction) == d).map(|r| r.name.clone());
     let input_of = |kind: InputKind, door: Option<&str>| {
         hw.inputs.iter().find(|i| i.kind == kind && (door.is_none() || i.door.as_deref() == door)).map(|i| i.name.clone())
     };
@@ -230,7 +238,7 @@ pub fn twin(hw: &HardwareConfig, inputs: &[(u64, Input)]) -> Result<Vec<(u64, In
     for (at, input) in inputs {
         let at_us = at * 1_000;
         let made = match input {
-            Input::Card { door, direction: Direction::Entry, number, captured_at: None } => match reader(door) {
+            Input::Card { door, direction: d, number, captured_at: None } => match reader(door, *d) {
                 Some(r) => {
                     let (facility, n) = split_card_number(number)
                         .ok_or_else(|| HardwareError::Setup(format!("card at {at} ms: `{number}` is not a decimal card number")))?;
@@ -239,7 +247,7 @@ pub fn twin(hw: &HardwareConfig, inputs: &[(u64, Input)]) -> Result<Vec<(u64, In
                 }
                 None => None,
             },
-            Input::Pin { door, direction: Direction::Entry, pin, captured_at: None } => reader(door).map(|r| builder.pin(&r, at_us, pin)).transpose()?,
+            Input::Pin { door, direction: d, pin, captured_at: None } => reader(door, *d).map(|r| builder.pin(&r, at_us, pin)).transpose()?,
             Input::DoorContact { door, open } => input_of(InputKind::DoorContact, Some(door)).map(|i| builder.input(&i, at_us, *open)).transpose()?,
             Input::ExitButton { door } => match input_of(InputKind::ExitButton, Some(door)) {
                 Some(i) => {
@@ -296,8 +304,29 @@ d1 = 23
         assert_eq!(card_number(None, 4242), "4242");
         assert_eq!(split_card_number("10012345"), Some((100, 12345)));
         assert_eq!(split_card_number("12a"), None);
-        let ev = HwEvent::Card { reader: "north-in".into(), door: "north".into(), bits: 26, facility: Some(100), number: CardNumber(12345), at_us: 9 };
+        let ev = HwEvent::Card { reader: "north-in".into(), door: "north".into(), direction: config::Direction::Entry, bits: 26, facility: Some(100), number: CardNumber(12345), at_us: 9 };
         assert_eq!(to_input(&ev), Some(Input::Card { door: "north".into(), direction: Direction::Entry, number: "10012345".into(), captured_at: None }));
+    }
+
+    #[test]
+    fn an_exit_readers_card_becomes_an_exit_input_and_twins_back() {
+        let cfg: HardwareConfig = toml::from_str(&format!("{WIRING}[[readers]]\nname = \"north-out\"\ndoor = \"north\"\ndirection = \"exit\"\nd0 = 24\nd1 = 25\n")).expect("wiring parses");
+        assert_eq!(cfg.readers[0].direction, config::Direction::Entry, "entry by default");
+        let card = |d: Direction| Input::Card { door: "north".into(), direction: d, number: "10012345".into(), captured_at: None };
+        let inputs = vec![(1_000, card(Direction::Exit)), (3_000, card(Direction::Entry))];
+        let twin = twin(&cfg, &inputs).expect("twin");
+        assert!(twin.iter().all(|(_, i)| matches!(i, Input::Line { .. })), "both reads come from a reader");
+        assert!(twin.iter().any(|(_, i)| matches!(i, Input::Line { line, .. } if line == "north-out.d0")));
+        let mut backend = SimBackend::default();
+        let mut hw = Hardware::open(&cfg, &mut backend, 0).expect("opens");
+        let edges: Vec<PinEdge> = twin.iter().filter_map(|(_, i)| match i {
+            Input::Line { line, level, at_us } => Some(PinEdge::new(*at_us, line.clone(), *level)),
+            _ => None,
+        }).collect();
+        let events = PinPlayer::new(edges).run_to_end(hw.runtime_mut(), &backend.lines).expect("plays");
+        assert!(events.iter().any(|e| matches!(e, HwEvent::Card { reader, direction: config::Direction::Exit, .. } if reader == "north-out")));
+        let decoded: Vec<(u64, Input)> = events.iter().filter_map(|e| to_input(e).map(|i| (e.at_us() / 1_000, i))).collect();
+        assert_eq!(decoded, inputs);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod credentials;
 pub mod event;
 pub mod face;
+pub mod camera;
 pub mod plugin;
 pub mod store;
 pub mod door;

@@ -7,10 +7,12 @@
 //! lives only as long as the recording run (`gate_hw::pseudonym`), so they cannot be
 //! reversed by trying all numbers. The recorder also writes the subject directory the
 //! recording replays against: each subject with the pseudonyms of the credentials it was
-//! seen using (the live directory resolved them). Face events are match results only.
+//! seen using (the live directory resolved them). Face events are match results only:
+//! with `[hardware.camera]` and face on, a camera thread (`crate::camera`) matches frames
+//! and sends the loop `Input::Face` results; frames never leave that thread's memory.
 
 use crate::clock::{parse_offset, parse_rfc3339, Clock};
-use crate::config::SiteConfig;
+use crate::config::{FaceBands, SiteConfig};
 use crate::credentials::{pin_hash, Directory};
 use crate::event::{Input, Record, Role};
 use crate::gateway::Gateway;
@@ -97,7 +99,7 @@ pub fn record(cfg: SiteConfig, opts: RecordOptions) -> Result<Summary, RecordErr
             }
             rec
         }
-        None => record_live(&mut gw, &hw_cfg, offset, opts.duration, writer)?,
+        None => record_live(&mut gw, &hw_cfg, &cfg.face, offset, opts.duration, writer)?,
     };
     rec.finish(&cfg, &opts.subjects_out)
 }
@@ -106,6 +108,7 @@ pub fn record(cfg: SiteConfig, opts: RecordOptions) -> Result<Summary, RecordErr
 fn record_live<'a>(
     gw: &mut Gateway,
     hw_cfg: &gate_hw::HardwareConfig,
+    face: &FaceBands,
     offset_minutes: i32,
     duration: Option<Duration>,
     writer: impl Fn(String, i64, String) -> Result<Recorder<'a>, RecordError>,
@@ -124,8 +127,16 @@ fn record_live<'a>(
     let mut backend = gate_hw::linux::LinuxBackend::new();
     let mut hw = Hardware::open(hw_cfg, &mut backend, start_ms)?;
     let edges = backend.take_edges();
-    let mut rec = writer(start, start_ms, "recorded by gate record on live hardware".into())?;
     let stop = Arc::new(AtomicBool::new(false));
+    let camera = match &hw_cfg.camera {
+        Some(cam) if gw.face().is_on() => Some(start_camera(cam, face, Arc::clone(&stop))?),
+        Some(cam) => {
+            tracing::warn!(device = %cam.device, reason = gw.face().off_reason().unwrap_or("off"), "camera not started: face recognition is off");
+            None
+        }
+        None => None,
+    };
+    let mut rec = writer(start, start_ms, "recorded by gate record on live hardware".into())?;
     let flag = Arc::clone(&stop);
     std::thread::spawn(move || {
         if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -158,8 +169,15 @@ fn record_live<'a>(
                 last_input = at;
             }
         }
+        if let Some(faces) = &camera {
+            for input in faces.try_iter() {
+                rec.step(&hw.handle(gw, now_ms, input, None)?)?;
+                last_input = now_ms;
+            }
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
+    stop.store(true, Ordering::SeqCst);
     // Let door timers run out as a replay of the recording will.
     while let Some(t) = gw.next_deadline().filter(|t| *t <= last_input + DRAIN_MS) {
         rec.step(&hw.timer(gw, t)?)?;
@@ -167,10 +185,51 @@ fn record_live<'a>(
     Ok(rec)
 }
 
+/// Opens the V4L2 camera on its own thread (a missing device is the driver's error,
+/// naming it) and starts matching there; the receiver gets the `Input::Face` results.
+#[cfg(target_os = "linux")]
+fn start_camera(
+    cam: &gate_hw::config::CameraConfig,
+    face: &FaceBands,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::sync::mpsc::Receiver<Input>, RecordError> {
+    use crate::camera::{run_camera, CameraDoor};
+    use crate::face::FaceMatcher;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let (cfg, bands) = (cam.clone(), face.clone());
+    let at = CameraDoor { door: cam.door.clone(), direction: crate::hardware::direction(cam.direction), fps: cam.fps };
+    std::thread::Builder::new()
+        .name("camera".into())
+        .spawn(move || {
+            let mut source = match gate_hw::linux::LinuxCamera::open(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut matcher = FaceMatcher::open(&bands);
+            let _ = ready_tx.send(Ok(()));
+            tracing::info!(device = %cfg.device, door = %at.door, fps = at.fps, "camera feeding the face matcher");
+            match run_camera(&mut source, &mut matcher, &at, &tx, &stop) {
+                Ok(frames) => tracing::info!(device = %cfg.device, frames, "camera stopped"),
+                Err(e) => tracing::warn!(device = %cfg.device, error = %e, "camera failed: no more face matches; card and PIN keep working"),
+            }
+        })
+        .map_err(|e| RecordError::Setup(format!("camera {}: cannot start its thread: {e}", cam.device)))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(rx),
+        Ok(Err(e)) => Err(HardwareError::from(e).into()),
+        Err(_) => Err(RecordError::Setup(format!("camera {}: its thread ended before the camera opened", cam.device))),
+    }
+}
+
 #[cfg(not(target_os = "linux"))]
 fn record_live<'a>(
     _gw: &mut Gateway,
     _hw_cfg: &gate_hw::HardwareConfig,
+    _face: &FaceBands,
     _offset_minutes: i32,
     _duration: Option<Duration>,
     _writer: impl Fn(String, i64, String) -> Result<Recorder<'a>, RecordError>,
@@ -320,6 +379,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::DoorContact { .. } => "door-contact",
         Input::ExitButton { .. } => "exit-button",
         Input::FireAlarm { .. } => "fire-alarm",
+        Input::Face { .. } => "face",
         _ => "other",
     }
 }

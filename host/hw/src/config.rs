@@ -21,6 +21,17 @@ pub enum Backend {
     Linux,
 }
 
+/// Which way a reader or camera lets people through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Into the site (the default).
+    #[default]
+    Entry,
+    /// Out of the site.
+    Exit,
+}
+
 /// What an input is wired to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -134,6 +145,9 @@ pub struct ReaderConfig {
     pub name: String,
     /// Door the reader serves.
     pub door: String,
+    /// "entry" (default) or "exit": the direction of its card and PIN inputs.
+    #[serde(default)]
+    pub direction: Direction,
     /// GPIO line offset of D0.
     pub d0: u32,
     /// GPIO line offset of D1.
@@ -176,6 +190,11 @@ pub enum CameraFormat {
 pub struct CameraConfig {
     /// V4L2 device, e.g. "/dev/video0".
     pub device: String,
+    /// Door whose face matches the camera's frames are.
+    pub door: String,
+    /// "entry" (default) or "exit": the direction of its face matches.
+    #[serde(default)]
+    pub direction: Direction,
     /// Requested width in pixels.
     pub width: u32,
     /// Requested height in pixels.
@@ -290,8 +309,16 @@ pin = { timeout_ms = 4000, min_len = 6, max_len = 6 }
 held_open_ms = 20000
 unlock_grace_ms = 500
 
+[[readers]]
+name = "north-out"
+door = "north"
+direction = "exit"
+d0 = 24
+d1 = 25
+
 [camera]
 device = "/dev/video0"
+door = "north"
 width = 640
 height = 480
 fps = 15
@@ -308,6 +335,8 @@ format = "mjpeg"
         assert_eq!(cfg.chip_of(&cfg.inputs[1].chip), "/dev/gpiochip1");
         assert_eq!(cfg.readers[0].wiegand, WiegandTiming::default());
         assert_eq!(cfg.readers[0].pin.min_len, 6);
+        assert_eq!((cfg.readers[0].direction, cfg.readers[1].direction), (Direction::Entry, Direction::Exit));
+        assert_eq!(cfg.camera.as_ref().map(|c| (c.door.as_str(), c.direction)), Some(("north", Direction::Entry)));
         assert_eq!(cfg.doors["north"].held_open_ms, 20_000);
         assert_eq!(cfg.camera.as_ref().map(|c| c.format), Some(CameraFormat::Mjpeg));
     }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::InputKind;
+use crate::config::{Direction, InputKind};
 use crate::door::DoorSignalKind;
 use crate::keypad::PinDigits;
 use crate::wiegand::RejectReason;
@@ -41,6 +41,8 @@ pub enum HwEvent {
         reader: String,
         /// Door of the reader.
         door: String,
+        /// Direction of the reader.
+        direction: Direction,
         /// Frame length (26 or 34).
         bits: u8,
         /// Facility code, where the format has one.
@@ -56,6 +58,8 @@ pub enum HwEvent {
         reader: String,
         /// Door of the reader.
         door: String,
+        /// Direction of the reader.
+        direction: Direction,
         /// The digits (redacted in `Debug`, zeroed on drop).
         digits: PinDigits,
         /// When `#` was decoded.
@@ -137,8 +141,8 @@ mod tests {
 
     #[test]
     fn debug_output_hides_card_numbers_and_pins() {
-        let card = HwEvent::Card { reader: "r".into(), door: "d".into(), bits: 26, facility: Some(12), number: CardNumber(4_455_667), at_us: 1 };
-        let pin = HwEvent::Pin { reader: "r".into(), door: "d".into(), digits: PinDigits::new("918273"), at_us: 2 };
+        let card = HwEvent::Card { reader: "r".into(), door: "d".into(), direction: Direction::Entry, bits: 26, facility: Some(12), number: CardNumber(4_455_667), at_us: 1 };
+        let pin = HwEvent::Pin { reader: "r".into(), door: "d".into(), direction: Direction::Entry, digits: PinDigits::new("918273"), at_us: 2 };
         let shown = format!("{card:?} {pin:?}");
         assert!(!shown.contains("4455667") && !shown.contains("918273"), "{shown}");
     }

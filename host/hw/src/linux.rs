@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_missing_camera_is_a_clear_error_naming_the_device() {
-        let cfg = CameraConfig { device: "/dev/video-absent".into(), width: 640, height: 480, fps: 15, format: CameraFormat::Mjpeg };
+        let cfg = CameraConfig { device: "/dev/video-absent".into(), door: "north".into(), direction: Default::default(), width: 640, height: 480, fps: 15, format: CameraFormat::Mjpeg };
         let msg = LinuxCamera::open(&cfg).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with("camera /dev/video-absent: cannot open: No such file or directory"), "{msg}");
     }

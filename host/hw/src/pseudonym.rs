@@ -76,14 +76,14 @@ impl Pseudonymiser {
     /// A hardware event as it goes into a recorded trace.
     pub fn record(&self, event: &HwEvent) -> RecordedHwEvent {
         match event {
-            HwEvent::Card { reader, door, bits, facility, number, at_us } => RecordedHwEvent::Card {
+            HwEvent::Card { reader, door, bits, facility, number, at_us, .. } => RecordedHwEvent::Card {
                 reader: reader.clone(),
                 door: door.clone(),
                 bits: *bits,
                 card: self.card(*bits, *facility, number.0),
                 at_us: *at_us,
             },
-            HwEvent::Pin { reader, door, digits, at_us } => {
+            HwEvent::Pin { reader, door, digits, at_us, .. } => {
                 RecordedHwEvent::Pin { reader: reader.clone(), door: door.clone(), pin: self.pin(digits.expose()), at_us: *at_us }
             }
             HwEvent::PinAborted { reader, door, reason, at_us } => {
@@ -187,6 +187,7 @@ pub enum RecordedHwEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Direction;
     use crate::event::CardNumber;
     use crate::keypad::PinDigits;
 
@@ -208,7 +209,7 @@ mod tests {
     fn raw_cards_only_when_asked_and_pins_never_raw() {
         let raw = Pseudonymiser::with_key(KEY).expect("key").keep_raw_cards(true);
         assert_eq!(raw.card(34, Some(300), 4000), "34:300:4000");
-        let pin = HwEvent::Pin { reader: "r".into(), door: "d".into(), digits: PinDigits::new("482913"), at_us: 7 };
+        let pin = HwEvent::Pin { reader: "r".into(), door: "d".into(), direction: Direction::Entry, digits: PinDigits::new("482913"), at_us: 7 };
         let json = serde_json::to_string(&raw.record(&pin)).expect("serialises");
         assert!(!json.contains("482913") && json.contains("\"pin\":\"pin-"), "{json}");
     }
@@ -216,7 +217,7 @@ mod tests {
     #[test]
     fn recorded_events_round_trip_through_json() {
         let p = Pseudonymiser::with_key(KEY).expect("key");
-        let card = HwEvent::Card { reader: "north-in".into(), door: "north".into(), bits: 26, facility: Some(1), number: CardNumber(99), at_us: 5 };
+        let card = HwEvent::Card { reader: "north-in".into(), door: "north".into(), direction: Direction::Entry, bits: 26, facility: Some(1), number: CardNumber(99), at_us: 5 };
         let rec = p.record(&card);
         let json = serde_json::to_string(&rec).expect("serialises");
         assert_eq!(serde_json::from_str::<RecordedHwEvent>(&json).expect("parses"), rec);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use embedded_hal::digital::{InputPin, OutputPin};
 
-use crate::config::{HardwareConfig, InputConfig, InputKind};
+use crate::config::{Direction, HardwareConfig, InputConfig, InputKind};
 use crate::door::DoorMonitor;
 use crate::edge::PinEdge;
 use crate::error::HwError;
@@ -64,6 +64,7 @@ enum Source<I> {
 struct ReaderSlot<I> {
     name: String,
     door: String,
+    direction: Direction,
     source: Source<I>,
     pin: PinEntry,
 }
@@ -106,7 +107,7 @@ impl<B: PinBackend> HwRuntime<B> {
                 Some((p0, p1)) => Source::Sampled(WiegandReader::new(r.name.clone(), p0, p1, r.wiegand)),
                 None => Source::Edges { decoder: WiegandDecoder::new(r.name.clone(), r.wiegand), d0, d1 },
             };
-            readers.push(ReaderSlot { name: r.name.clone(), door: r.door.clone(), source, pin: PinEntry::new(r.pin) });
+            readers.push(ReaderSlot { name: r.name.clone(), door: r.door.clone(), direction: r.direction, source, pin: PinEntry::new(r.pin) });
         }
         let doors = config.doors.iter().map(|(d, c)| (d.clone(), DoorMonitor::new(d.clone(), *c))).collect();
         tracing::info!(relays = relays.len(), inputs = inputs.len(), readers = readers.len(), "hardware opened");
@@ -257,17 +258,17 @@ fn pin_timeout<I>(slot: &mut ReaderSlot<I>, now_us: u64, out: &mut Vec<HwEvent>)
 }
 
 fn reader_frame<I>(slot: &mut ReaderSlot<I>, frame: FrameOutcome, out: &mut Vec<HwEvent>) {
-    let (reader, door, at_us) = (slot.name.clone(), slot.door.clone(), frame.at_us);
+    let (reader, door, direction, at_us) = (slot.name.clone(), slot.door.clone(), slot.direction, frame.at_us);
     match frame.result {
         Ok(WiegandFrame::Card { bits, facility, number }) => {
-            out.push(HwEvent::Card { reader, door, bits, facility: Some(facility), number: CardNumber(number), at_us });
+            out.push(HwEvent::Card { reader, door, direction, bits, facility: Some(facility), number: CardNumber(number), at_us });
         }
         Ok(WiegandFrame::Key(key)) => {
             pin_timeout(slot, at_us, out);
             for outcome in slot.pin.press(key, at_us) {
                 let (reader, door) = (reader.clone(), door.clone());
                 out.push(match outcome {
-                    PinOutcome::Submitted(digits) => HwEvent::Pin { reader, door, digits, at_us },
+                    PinOutcome::Submitted(digits) => HwEvent::Pin { reader, door, direction, digits, at_us },
                     PinOutcome::Cleared => HwEvent::PinAborted { reader, door, reason: PinAbort::Cleared, at_us },
                     PinOutcome::TimedOut => HwEvent::PinAborted { reader, door, reason: PinAbort::TimedOut, at_us },
                     PinOutcome::TooShort => HwEvent::PinAborted { reader, door, reason: PinAbort::TooShort, at_us },
