@@ -93,15 +93,21 @@ fn setup(root: &Path, for_tests: bool) -> Result<()> {
 /// aarch64. A check needs only the target's standard library, no cross linker.
 fn check_aarch64(root: &Path) -> Result<()> {
     const ARM: &str = "aarch64-unknown-linux-gnu";
-    let out = Command::new("rustc").args(["--print", "sysroot"]).output().context("running rustc")?;
-    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !Path::new(&sysroot).join("lib/rustlib").join(ARM).exists() {
-        eprintln!("xtask: installing the {ARM} target with rustup (to check the hardware layer for ARM gateways)");
-        run(Command::new("rustup").args(["target", "add", ARM])).context("rustup target add (needed for the aarch64 check)")?;
-    }
+    ensure_target(ARM)?;
     let mut cmd = cargo();
     cmd.current_dir(root).args(["check", "--quiet", "-p", "gate-hw", "--target", ARM, "--all-targets"]);
     run(&mut cmd).context("checking gate-hw for aarch64")
+}
+
+/// Installs a target's standard library through rustup when it is missing.
+fn ensure_target(target: &str) -> Result<()> {
+    let out = Command::new("rustc").args(["--print", "sysroot"]).output().context("running rustc")?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if Path::new(&sysroot).join("lib/rustlib").join(target).exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {target} target with rustup");
+    run(Command::new("rustup").args(["target", "add", target])).with_context(|| format!("rustup target add {target}"))
 }
 
 fn workspace_root() -> PathBuf {

@@ -1,8 +1,7 @@
 //! Builds the guest plugins for wasm32-wasip2 and collects them in target/plugins/.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::Path;
-use std::process::Command;
 
 /// Every plugin crate in the workspace; each becomes target/plugins/<name>.wasm.
 pub const PLUGINS: &[&str] = &[
@@ -21,20 +20,7 @@ const TARGET: &str = "wasm32-wasip2";
 
 /// Installs the wasm32-wasip2 standard library through rustup when it is missing.
 pub fn ensure_wasm_target() -> Result<()> {
-    let out = Command::new("rustc").args(["--print", "sysroot"]).output().context("running rustc")?;
-    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if Path::new(&sysroot).join("lib/rustlib").join(TARGET).exists() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing the {TARGET} target with rustup");
-    let status = Command::new("rustup")
-        .args(["target", "add", TARGET])
-        .status()
-        .context("running rustup (needed to add the wasm32-wasip2 target)")?;
-    if !status.success() {
-        bail!("rustup target add {TARGET} failed ({status})");
-    }
-    Ok(())
+    super::ensure_target(TARGET)
 }
 
 /// Builds all plugins with the size-optimised `plugin` profile.
