@@ -2,7 +2,7 @@
 //! the real compiled plugins, a real mosquitto (started by `gate_fleet::testing`), and
 //! the operator's side through the `gate plugin …` / `gate fleet …` commands.
 
-use gate_fleet::commands::{CommandAction, DoorMode};
+use gate_fleet::commands::CommandAction;
 use gate_fleet::keys::OperatorKey;
 use gate_fleet::operator::Operator;
 use gate_fleet::testing::Broker;
@@ -60,7 +60,7 @@ impl Site {
             .replace("\"../target/demo-state\"", &format!("{:?}", dir.path().join("state")));
         let fleet = format!(
             "\n[fleet]\nrollback_failures = 3\n\n[fleet.broker]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_secs = {keep_alive}\n\n\
-             [[fleet.trusted_keys]]\nid = \"test-ops\"\npublic = \"{}\"\nmay = [\"deploy\", \"door\"]\n",
+             [[fleet.trusted_keys]]\nid = \"test-ops\"\npublic = \"{}\"\nmay = [\"deploy\", \"door\", \"credentials\", \"pin\"]\n",
             broker.port,
             key.public_b64()
         );
@@ -143,6 +143,23 @@ impl Site {
         st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
             .map(|rows| rows.filter_map(Result::ok).map(|(s, b)| (s, serde_json::from_str::<serde_json::Value>(&b).unwrap()["by"].as_str().unwrap_or("").to_string())).collect())
             .unwrap_or_default()
+    }
+
+    /// Records of `kind` in the gateway's event log, oldest first, as (seq, body).
+    fn records(&self, kind: &str) -> Vec<(i64, serde_json::Value)> {
+        let Ok(c) = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return vec![] };
+        let Ok(mut st) = c.prepare("SELECT seq, body FROM events WHERE kind = ?1 ORDER BY seq") else { return vec![] };
+        st.query_map([kind], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map(|rows| rows.filter_map(Result::ok).map(|(s, b)| (s, serde_json::from_str(&b).unwrap())).collect())
+            .unwrap_or_default()
+    }
+
+    /// `gate <args…>` with this site's broker arguments; (exit code, everything printed).
+    fn gate_with_broker(&self, args: &[&str]) -> (i32, String) {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(self.broker_args());
+        let o = gate(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        (o.status.code().unwrap_or(-1), text(&o))
     }
 
     fn event_ids(&self) -> Vec<(i64, String)> {
@@ -255,15 +272,13 @@ fn signed_deployment_goes_live_and_bad_bundles_are_refused_with_their_reason() {
     let before = site.decisions().last().map_or(0, |d| d.0);
     wait_until("decisions still made by the deployed version", Duration::from_secs(20), || site.decisions().iter().any(|(s, by)| *s > before && by == "plugin:resident-policy"));
 
-    // Remote commands: a door released once; what the host cannot do yet is answered so.
+    // A remote command: a door released once, logged with who sent it.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let key = OperatorKey::load(&site.key).unwrap();
     rt.block_on(async {
         let mut op = Operator::connect(&broker.plain(), "test-operator", Duration::from_secs(10)).await.unwrap();
         let r = op.command(&key, SITE, GW, CommandAction::OpenDoorOnce { door: "building-3".into() }, Duration::from_secs(20)).await.unwrap();
         assert!(r.ok && r.sender.as_deref() == Some("test-ops"), "{r:?}");
-        let r = op.command(&key, SITE, GW, CommandAction::SetDoorMode { door: "building-3".into(), mode: DoorMode::Locked, until_ms: 0 }, Duration::from_secs(20)).await.unwrap();
-        assert!(!r.ok && r.detail.contains("not supported yet"), "{r:?}");
         op.disconnect().await;
     });
     wait_until("the remote release in the event log", Duration::from_secs(10), || site.decisions().iter().any(|(_, by)| by == "remote:test-ops"));
@@ -381,4 +396,141 @@ fn the_last_will_marks_a_killed_gateway_offline_and_a_restart_serves_the_deploye
     let _gw = site.run(&trace);
     wait_until("the restarted gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
     assert!(site.status().contains("resident-policy@1.2.0"), "{}", site.status());
+}
+
+/// Whether `hay` contains `number` standing alone (not inside a longer run of digits).
+fn contains_number(hay: &str, number: &str) -> bool {
+    hay.match_indices(number).any(|(i, _)| {
+        let before = hay[..i].chars().next_back().is_some_and(|c| c.is_ascii_digit());
+        let after = hay[i + number.len()..].chars().next().is_some_and(|c| c.is_ascii_digit());
+        !before && !after
+    })
+}
+
+#[test]
+fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_restart() {
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 5);
+    // Everything on the broker, to show the new unit PIN never crosses it.
+    let wire: Arc<Mutex<String>> = Arc::default();
+    let mut opts = rumqttc::MqttOptions::new("test-sniffer", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 1000);
+    let w = wire.clone();
+    let sniffing = Arc::new(Mutex::new(false));
+    let s = sniffing.clone();
+    std::thread::spawn(move || {
+        for n in conn.iter() {
+            match n {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe("gate/#", rumqttc::QoS::AtLeastOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => *s.lock().unwrap() = true,
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let mut w = w.lock().unwrap();
+                    w.push_str(&p.topic);
+                    w.push(' ');
+                    w.push_str(&String::from_utf8_lossy(&p.payload));
+                    w.push('\n');
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    wait_until("the sniffer to subscribe", Duration::from_secs(10), || *sniffing.lock().unwrap());
+
+    let gw = site.run(&site.card_trace(400, 500));
+    wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
+    let target = format!("{SITE}/{GW}");
+    let key = site.key.to_str().unwrap().to_string();
+    let remote = |args: &[&str]| {
+        let mut all = vec!["remote", args[0], "--key", &key, "--gateway", &target];
+        all.extend(&args[1..]);
+        site.gate_with_broker(&all)
+    };
+    let decided_at = |door: &str, after: i64| -> Vec<serde_json::Value> {
+        site.records("decision").into_iter().filter(|(s, d)| *s > after && d["door"] == door).map(|(_, d)| d).collect()
+    };
+    let last_seq = || site.event_ids().last().map_or(0, |e| e.0);
+
+    // Locked: residents' cards are refused by the host, with the reason, until it is lifted.
+    let locked_at = last_seq();
+    let (code, out) = remote(&["door-mode", "--door", "building-3", "--mode", "locked", "--for", "10m"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("done: door `building-3` locked for 600 s") && out.contains("(as test-ops)"), "{out}");
+    wait_until("a card refused at the locked door", Duration::from_secs(20), || decided_at("building-3", locked_at).iter().any(|d| d["by"] == "host:locked"));
+    assert!(decided_at("building-3", locked_at).iter().all(|d| d["outcome"] == "deny"), "{:?}", decided_at("building-3", locked_at));
+    assert!(decided_at("north-gate", locked_at).iter().any(|d| d["outcome"] == "grant"), "other doors are not affected");
+
+    // Held open for 2 s: the relay releases at once, then the mode ends by itself and cards decide again.
+    let held_at = last_seq();
+    let (code, out) = remote(&["door-mode", "--door", "building-3", "--mode", "held-open", "--for", "2s"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until("the hold to expire", Duration::from_secs(20), || site.records("door-mode").iter().any(|(s, m)| *s > held_at && m["by"] == "host:expired" && m["door"] == "building-3"));
+    let modes: Vec<serde_json::Value> = site.records("door-mode").into_iter().map(|(_, m)| m).collect();
+    assert_eq!(modes.iter().filter(|m| m["by"] == "remote:test-ops").count(), 2, "{modes:?}");
+    let relays: Vec<serde_json::Value> = site.records("relay").into_iter().filter(|(s, r)| *s > held_at && r["door"] == "building-3").map(|(_, r)| r).collect();
+    assert_eq!(relays.first().map(|r| r["on"].clone()), Some(serde_json::Value::Bool(true)), "{relays:?}");
+    let expired_at = last_seq();
+    wait_until("a card granted at building-3 again", Duration::from_secs(20), || decided_at("building-3", expired_at).iter().any(|d| d["outcome"] == "grant" && d["by"] == "plugin:resident-policy"));
+
+    // Revoked: r-0003's card (named by its reference, never its number) stops opening doors.
+    let o = gate(&["credential-ref", "--site", SITE, "--card", "10012347"]);
+    let reference = text(&o).trim().to_string();
+    assert!(o.status.success() && reference.starts_with("card:") && !reference.contains("10012347"), "{reference}");
+    let revoked_at = last_seq();
+    let (code, out) = remote(&["revoke", "--reference", &reference, "--reason", "reported lost"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{reference} of r-0003 revoked")), "{out}");
+    wait_until("the revoked card refused", Duration::from_secs(20), || {
+        decided_at("building-3", revoked_at).iter().any(|d| d["subject"] == "r-0003" && d["by"] == "host:revoked")
+    });
+    let (code, out) = remote(&["revoke", "--reference", "card:10012347", "--reason", "x"]);
+    assert_eq!(code, 2, "a raw card number is refused before anything is sent: {out}");
+
+    // A unit PIN: made on the gateway, shown only to the operator who asked; not a unit door: refused.
+    let (code, out) = remote(&["rotate-unit-pin", "--door", "north-gate"]);
+    assert!(code == 1 && out.contains("refused (failed): door `north-gate` is not a unit door"), "{out}");
+    let (code, out) = remote(&["rotate-unit-pin", "--door", "building-3"]);
+    assert_eq!(code, 0, "{out}");
+    let pin = out.lines().find_map(|l| l.split("new unit PIN: ").nth(1)).map(str::trim).unwrap_or_else(|| panic!("no PIN in {out}")).to_string();
+    assert!(pin.len() == 6 && pin.bytes().all(|b| b.is_ascii_digit()), "{pin}");
+    // Every command is in the event log with its sender; the PIN is nowhere but the operator's screen.
+    wait_until("the rotation in the log", Duration::from_secs(10), || !site.records("unit-pin").is_empty());
+    assert_eq!(site.records("unit-pin")[0].1["by"], "remote:test-ops");
+    assert_eq!(site.records("revoked")[0].1["holder"], "r-0003");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!contains_number(&wire.lock().unwrap(), &pin), "the PIN crossed the broker");
+    assert!(wire.lock().unwrap().contains("/reply"), "the sniffer saw no command replies");
+    let db_text: String = site.records("unit-pin").iter().chain(site.records("door-mode").iter()).map(|(_, v)| v.to_string()).collect();
+    assert!(!contains_number(&db_text, &pin) && !contains_number(&gw.output(), &pin), "the PIN was logged");
+
+    // Lock the north gate too, then restart: the lock, the revocation and the unit PIN are still in force.
+    let (code, out) = remote(&["door-mode", "--door", "north-gate", "--mode", "locked", "--for", "1h"]);
+    assert_eq!(code, 0, "{out}");
+    drop(gw);
+    let restarted_at = last_seq();
+    let inputs = [
+        r#"{"kind":"card","door":"north-gate","number":"10012345"}"#.to_string(),
+        format!(r#"{{"kind":"pin","door":"building-3","pin":"{pin}"}}"#),
+        r#"{"kind":"card","door":"building-3","number":"10012347"}"#.to_string(),
+        r#"{"kind":"card","door":"building-3","number":"10012345"}"#.to_string(),
+    ];
+    let _gw = site.run(&site.trace("after-restart", 4, 500, &inputs));
+    wait_until("the four reads decided after the restart", Duration::from_secs(30), || site.records("decision").iter().filter(|(s, _)| *s > restarted_at).count() >= 4);
+    let after: Vec<serde_json::Value> = site.records("decision").into_iter().filter(|(s, _)| *s > restarted_at).map(|(_, d)| d).collect();
+    let summary: Vec<(String, String, String, String)> = after
+        .iter()
+        .map(|d| (d["door"].as_str().unwrap().into(), d["subject"].as_str().unwrap_or("-").into(), d["outcome"].as_str().unwrap().into(), d["by"].as_str().unwrap().into()))
+        .collect();
+    let want = [
+        ("north-gate", "r-0001", "deny", "host:locked"),
+        ("building-3", "unit:building-3", "grant", "plugin:resident-policy"),
+        ("building-3", "r-0003", "deny", "host:revoked"),
+        ("building-3", "r-0001", "grant", "plugin:resident-policy"),
+    ]
+    .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()));
+    assert_eq!(summary, want);
+    assert!(site.records("door-mode").iter().any(|(s, m)| *s > restarted_at && m["by"] == "host:restored" && m["door"] == "north-gate"));
 }

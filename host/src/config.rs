@@ -244,6 +244,9 @@ pub struct Door {
     pub held_open_ms: u64,
     pub exit_open_ms: u32,
     pub fire_release: bool,
+    /// A unit door (a building entrance) with a shared unit PIN, set and rotated by an
+    /// operator command; the PIN lives only as a hash in the gateway's state.
+    pub unit_pin: bool,
 }
 
 impl Door {
@@ -327,6 +330,8 @@ struct RawDoor {
     exit_open_ms: u32,
     #[serde(default = "default_true")]
     fire_release: bool,
+    #[serde(default)]
+    unit_pin: bool,
 }
 
 fn default_open() -> u32 {
@@ -454,6 +459,9 @@ impl SiteConfig {
                     }
                 }
             };
+            if d.unit_pin && !creds.contains(&CredentialKind::Pin) {
+                return Err(err(Some(cred_span), format!("door `{}` has `unit_pin = true` but does not accept \"pin\"", d.id)));
+            }
             if d.open_ms == 0 || d.open_ms > d.max_open_ms {
                 return Err(err(Some(span), format!("door `{}`: `open_ms` must be between 1 and `max_open_ms` ({})", d.id, d.max_open_ms)));
             }
@@ -466,6 +474,7 @@ impl SiteConfig {
                 held_open_ms: d.held_open_ms,
                 exit_open_ms: d.exit_open_ms,
                 fire_release: d.fire_release,
+                unit_pin: d.unit_pin,
             });
         }
         if doors.is_empty() {

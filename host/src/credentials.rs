@@ -5,12 +5,12 @@
 //! PINs never leave this module.
 
 use crate::config::{SiteConfig, SubjectEntry};
-use crate::event::Role;
+use crate::event::{CredentialKind, Input, Role};
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use thiserror::Error;
 
 /// A subject as plugins see it.
@@ -63,6 +63,40 @@ pub struct Directory {
     nfc: HashMap<String, String>,
     plates: HashMap<String, String>,
     qr_keys: Vec<VerifyingKey>,
+    /// Credential reference -> holder, for revocation by reference.
+    refs: HashMap<String, String>,
+    /// Revoked credential references (`<kind>:<hash>` or `subject:<id>`).
+    revoked: HashSet<String>,
+    /// Unit doors' shared PIN hashes, by door.
+    unit_pins: HashMap<String, String>,
+}
+
+/// The pseudonymous name an operator revokes a credential by: `<kind>:` and 24 hex
+/// digits of a site-bound hash. For a PIN the value hashed is its stored sha256, so the
+/// property's platform can name any credential without sending it. It keeps raw
+/// numbers out of commands and logs; a guessable card number stays guessable.
+pub fn credential_ref(site_id: &str, kind: CredentialKind, value: &str) -> String {
+    let value = match kind {
+        CredentialKind::Plate => normalise_plate(value),
+        CredentialKind::Pin => value.to_ascii_lowercase(),
+        _ => value.to_string(),
+    };
+    let d = Sha256::digest(format!("gate-credential-ref/1\0{site_id}\0{}\0{value}", kind.as_str()).as_bytes());
+    format!("{}:{}", kind.as_str(), &hex::encode(d)[..24])
+}
+
+/// Whether `r` is a well-formed credential or subject reference.
+pub fn is_reference(r: &str) -> bool {
+    match r.split_once(':') {
+        Some(("subject", id)) => !id.is_empty(),
+        Some(("card" | "pin" | "nfc" | "plate", h)) => h.len() == 24 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        _ => false,
+    }
+}
+
+/// The subject id a unit door's shared PIN resolves to.
+pub fn unit_subject_id(door: &str) -> String {
+    format!("unit:{door}")
 }
 
 /// The stored form of a PIN: sha256 hex of "<site id>:<pin>".
@@ -90,6 +124,22 @@ impl Directory {
 
     fn add(&mut self, s: &SubjectEntry) {
         let subject = Subject { id: s.id.clone(), role: s.role, groups: s.groups.clone() };
+        let mut refer = |kind, value: &str| {
+            let r = credential_ref(&self.site_id, kind, value);
+            self.refs.insert(r, s.id.clone());
+        };
+        for c in &s.cards {
+            refer(CredentialKind::Card, c);
+        }
+        for p in &s.pin_sha256 {
+            refer(CredentialKind::Pin, p);
+        }
+        for n in &s.nfc {
+            refer(CredentialKind::Nfc, n);
+        }
+        for p in &s.plates {
+            refer(CredentialKind::Plate, p);
+        }
         for c in &s.cards {
             self.cards.insert(c.clone(), s.id.clone());
         }
@@ -103,6 +153,56 @@ impl Directory {
             self.plates.insert(normalise_plate(p), s.id.clone());
         }
         self.by_id.insert(s.id.clone(), subject);
+    }
+
+    /// The holder of a credential reference (or the subject a `subject:` reference names).
+    pub fn holder_of(&self, reference: &str) -> Option<&str> {
+        match reference.strip_prefix("subject:") {
+            Some(id) => self.by_id.get(id).map(|s| s.id.as_str()),
+            None => self.refs.get(reference).map(String::as_str),
+        }
+    }
+
+    /// Revokes a reference from now on (also one the directory does not know yet).
+    pub fn revoke(&mut self, reference: &str) {
+        self.revoked.insert(reference.to_string());
+    }
+
+    /// The revoked reference that forbids this credential, if any: its own, or its holder's.
+    pub fn revoked_by(&self, input: &Input, holder: Option<&Subject>) -> Option<String> {
+        if self.revoked.is_empty() {
+            return None;
+        }
+        if let Some(r) = holder.map(|h| format!("subject:{}", h.id)).filter(|r| self.revoked.contains(r)) {
+            return Some(r);
+        }
+        let r = match input {
+            Input::Card { number, .. } => credential_ref(&self.site_id, CredentialKind::Card, number),
+            Input::Pin { pin, .. } => credential_ref(&self.site_id, CredentialKind::Pin, &pin_hash(&self.site_id, pin)),
+            Input::Nfc { token, .. } => credential_ref(&self.site_id, CredentialKind::Nfc, token),
+            Input::Plate { plate, .. } => credential_ref(&self.site_id, CredentialKind::Plate, plate),
+            _ => return None,
+        };
+        self.revoked.contains(&r).then_some(r)
+    }
+
+    /// Sets a unit door's shared PIN (by its hash); it resolves, at that door only, to
+    /// the unit's subject (a resident in group `unit-pin`).
+    pub fn set_unit_pin(&mut self, door: &str, pin_sha256: &str) {
+        self.unit_pins.insert(door.to_string(), pin_sha256.to_ascii_lowercase());
+        let id = unit_subject_id(door);
+        self.by_id.insert(id.clone(), Subject { id, role: Role::Resident, groups: vec!["unit-pin".into()] });
+    }
+
+    /// The unit subject if `pin` is the shared PIN of unit door `door`.
+    pub fn by_unit_pin(&self, door: &str, pin: &str) -> Option<&Subject> {
+        let want = self.unit_pins.get(door)?;
+        (*want == pin_hash(&self.site_id, pin)).then(|| self.by_id.get(&unit_subject_id(door))).flatten()
+    }
+
+    /// Whether a PIN hash is already someone's PIN or a unit door's (a new unit PIN must not be).
+    pub fn pin_hash_in_use(&self, pin_sha256: &str) -> bool {
+        self.pins.contains_key(pin_sha256) || self.unit_pins.values().any(|h| h == pin_sha256)
     }
 
     /// The subject with this pseudonymous id.
@@ -192,6 +292,43 @@ mod tests {
         assert_eq!(d.by_pin("246810").map(|s| s.id.as_str()), Some("r-1"));
         assert!(d.by_pin("246811").is_none());
         assert_eq!(d.by_plate("浙a12345").map(|s| s.id.as_str()), Some("r-1"));
+    }
+
+    #[test]
+    fn revoking_a_reference_stops_that_credential_and_a_subject_reference_stops_all() {
+        let mut d = dir_with_key(&SigningKey::from_bytes(&[7; 32]));
+        let card = Input::Card { door: "g".into(), number: "1001".into(), direction: Default::default(), captured_at: None };
+        let pin = Input::Pin { door: "g".into(), pin: "246810".into(), direction: Default::default(), captured_at: None };
+        let holder = d.by_card("1001").cloned();
+        assert_eq!(d.revoked_by(&card, holder.as_ref()), None);
+        let card_ref = credential_ref("s", CredentialKind::Card, "1001");
+        assert!(is_reference(&card_ref) && !card_ref.contains("1001"), "{card_ref}");
+        assert_eq!(d.holder_of(&card_ref), Some("r-1"));
+        // A PIN is named through its stored hash: the platform never needs the PIN itself.
+        let pin_ref = credential_ref("s", CredentialKind::Pin, &pin_hash("s", "246810"));
+        assert_eq!(d.holder_of(&pin_ref), Some("r-1"));
+        d.revoke(&card_ref);
+        assert_eq!(d.revoked_by(&card, holder.as_ref()), Some(card_ref.clone()));
+        assert_eq!(d.revoked_by(&pin, holder.as_ref()), None, "the PIN is another credential");
+        d.revoke("subject:r-1");
+        assert_eq!(d.revoked_by(&pin, holder.as_ref()).as_deref(), Some("subject:r-1"));
+        // Another site's reference for the same card is a different name.
+        assert_ne!(credential_ref("other", CredentialKind::Card, "1001"), card_ref);
+        assert!(!is_reference("card:1001") && !is_reference("face:0123456789abcdef01234567") && is_reference("subject:r-1"));
+    }
+
+    #[test]
+    fn a_unit_pin_opens_only_its_own_door_and_is_never_a_personal_pin() {
+        let mut d = dir_with_key(&SigningKey::from_bytes(&[7; 32]));
+        assert!(d.by_unit_pin("b3", "424242").is_none());
+        d.set_unit_pin("b3", &pin_hash("s", "424242"));
+        let s = d.by_unit_pin("b3", "424242").expect("unit subject");
+        assert_eq!((s.id.as_str(), s.role), ("unit:b3", Role::Resident));
+        assert!(d.by_unit_pin("north", "424242").is_none());
+        assert!(d.by_pin("424242").is_none());
+        assert!(d.pin_hash_in_use(&pin_hash("s", "424242")) && d.pin_hash_in_use(&pin_hash("s", "246810")));
+        d.set_unit_pin("b3", &pin_hash("s", "515151"));
+        assert!(d.by_unit_pin("b3", "424242").is_none(), "the old unit PIN stops at once");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! clock, so the same code runs in service and in virtual-time replay.
 
 use crate::config::Door;
-use crate::event::{AlarmKind, Record};
+use crate::event::{AlarmKind, DoorMode, Record};
 
 /// After the relay relocks, the door may still be swinging shut for this long
 /// before an opening counts as forced.
@@ -26,6 +26,24 @@ struct DoorState {
     used: bool,
     held_alarm: bool,
     forced_alarm: bool,
+    /// Operator mode and when it ends (never indefinite).
+    mode: DoorMode,
+    mode_until: Option<i64>,
+}
+
+impl DoorState {
+    /// Whether something other than a timed grant keeps the relay released.
+    fn held_released(&self, fire: bool) -> bool {
+        (fire && self.cfg.fire_release) || self.mode == DoorMode::HeldOpen
+    }
+
+    fn relock(&mut self, now: i64, out: &mut Timed) {
+        self.relay_on = false;
+        self.unlock_until = None;
+        self.relocked_at = now;
+        self.used = false;
+        out.push((now, Record::Relay { door: self.cfg.id.clone(), on: false }));
+    }
 }
 
 /// All doors of the gateway and the fire state.
@@ -52,6 +70,8 @@ impl DoorController {
                     used: false,
                     held_alarm: false,
                     forced_alarm: false,
+                    mode: DoorMode::Normal,
+                    mode_until: None,
                 })
                 .collect(),
             fire: false,
@@ -70,6 +90,58 @@ impl DoorController {
     /// Whether the door's relay is energised (unlocked).
     pub fn relay_on(&self, id: &str) -> bool {
         self.doors.iter().any(|d| d.cfg.id == id && d.relay_on)
+    }
+
+    /// The door's operator mode (normal unless set and not yet expired).
+    pub fn mode(&self, id: &str) -> DoorMode {
+        self.doors.iter().find(|d| d.cfg.id == id).map_or(DoorMode::Normal, |d| d.mode)
+    }
+
+    /// Puts a door in `mode` until `until` (ignored for normal). Held open releases the
+    /// relay and silences the held-open alarm; locked relocks a released door at once
+    /// unless fire holds it; back to normal relocks unless a grant or fire still holds it.
+    /// Returns the relay and alarm changes; the caller logs who asked.
+    pub fn set_mode(&mut self, id: &str, now: i64, mode: DoorMode, until: i64) -> Timed {
+        let mut out = Vec::new();
+        let fire = self.fire;
+        let Some(d) = self.door(id) else { return out };
+        let was = d.mode;
+        d.mode = mode;
+        d.mode_until = (mode != DoorMode::Normal).then_some(until);
+        match mode {
+            DoorMode::HeldOpen => {
+                if !d.relay_on {
+                    d.relay_on = true;
+                    out.push((now, Record::Relay { door: id.to_string(), on: true }));
+                }
+                if d.held_alarm {
+                    d.held_alarm = false;
+                    out.push((now, Record::Alarm { door: id.to_string(), alarm: AlarmKind::HeldOpen, active: false }));
+                }
+            }
+            DoorMode::Locked => {
+                if d.relay_on && !(fire && d.cfg.fire_release) {
+                    d.relock(now, &mut out);
+                }
+            }
+            DoorMode::Normal => {
+                if was == DoorMode::HeldOpen {
+                    Self::end_hold(d, now, fire, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// A held-open mode ended: relock unless a grant or fire still holds the door, and
+    /// count a door still standing open from now.
+    fn end_hold(d: &mut DoorState, now: i64, fire: bool, out: &mut Timed) {
+        if d.relay_on && !(fire && d.cfg.fire_release) && d.unlock_until.is_none_or(|u| u <= now) {
+            d.relock(now, out);
+        }
+        if d.open {
+            d.opened_at = now;
+        }
     }
 
     /// Unlocks a door for `open_ms` (capped at the door's maximum).
@@ -126,12 +198,8 @@ impl DoorController {
                 out.push((now, Record::Alarm { door: id.to_string(), alarm: AlarmKind::ForcedOpen, active: false }));
             }
             // Relock as soon as the person is through, so nobody tailgates on the rest of the pulse.
-            if d.used && d.relay_on && !(fire && d.cfg.fire_release) {
-                d.used = false;
-                d.unlock_until = None;
-                d.relay_on = false;
-                d.relocked_at = now;
-                out.push((now, Record::Relay { door: id.to_string(), on: false }));
+            if d.used && d.relay_on && !d.held_released(fire) {
+                d.relock(now, &mut out);
             }
         }
         out
@@ -149,11 +217,8 @@ impl DoorController {
             if active && !d.relay_on {
                 d.relay_on = true;
                 out.push((now, Record::Relay { door: d.cfg.id.clone(), on: true }));
-            } else if !active && d.relay_on && d.unlock_until.is_none_or(|u| u <= now) {
-                d.relay_on = false;
-                d.unlock_until = None;
-                d.relocked_at = now;
-                out.push((now, Record::Relay { door: d.cfg.id.clone(), on: false }));
+            } else if !active && d.relay_on && d.mode != DoorMode::HeldOpen && d.unlock_until.is_none_or(|u| u <= now) {
+                d.relock(now, &mut out);
             }
         }
         out
@@ -164,9 +229,9 @@ impl DoorController {
         self.doors
             .iter()
             .flat_map(|d| {
-                let relock = d.unlock_until.filter(|_| d.relay_on && !(self.fire && d.cfg.fire_release));
-                let held = (d.open && !d.held_alarm).then(|| d.opened_at + d.cfg.held_open_ms as i64);
-                relock.into_iter().chain(held)
+                let relock = d.unlock_until.filter(|_| d.relay_on && !d.held_released(self.fire));
+                let held = (d.open && !d.held_alarm && d.mode != DoorMode::HeldOpen).then(|| d.opened_at + d.cfg.held_open_ms as i64);
+                relock.into_iter().chain(held).chain(d.mode_until)
             })
             .min()
     }
@@ -177,14 +242,18 @@ impl DoorController {
         while let Some(t) = self.next_deadline().filter(|t| *t <= now) {
             let fire = self.fire;
             for d in self.doors.iter_mut() {
-                if d.relay_on && d.unlock_until == Some(t) && !(fire && d.cfg.fire_release) {
-                    d.relay_on = false;
-                    d.unlock_until = None;
-                    d.relocked_at = t;
-                    d.used = false;
-                    out.push((t, Record::Relay { door: d.cfg.id.clone(), on: false }));
+                if d.mode_until == Some(t) {
+                    let was = std::mem::take(&mut d.mode);
+                    d.mode_until = None;
+                    out.push((t, Record::DoorMode { door: d.cfg.id.clone(), mode: DoorMode::Normal, until_ms: None, by: "host:expired".into() }));
+                    if was == DoorMode::HeldOpen {
+                        Self::end_hold(d, t, fire, &mut out);
+                    }
                 }
-                if d.open && !d.held_alarm && d.opened_at + d.cfg.held_open_ms as i64 == t {
+                if d.relay_on && d.unlock_until == Some(t) && !d.held_released(fire) {
+                    d.relock(t, &mut out);
+                }
+                if d.open && !d.held_alarm && d.mode != DoorMode::HeldOpen && d.opened_at + d.cfg.held_open_ms as i64 == t {
                     d.held_alarm = true;
                     out.push((t, Record::Alarm { door: d.cfg.id.clone(), alarm: AlarmKind::HeldOpen, active: true }));
                 }
@@ -209,6 +278,7 @@ mod tests {
             held_open_ms: 30_000,
             exit_open_ms: 4000,
             fire_release: true,
+            unit_pin: false,
         }
     }
 
@@ -282,5 +352,60 @@ mod tests {
         let out = c.exit_button("a", 0);
         assert_eq!(out[0], (0, Record::Exit { door: "a".into(), open_ms: 4000 }));
         assert_eq!(c.advance(4000), vec![(4000, relay("a", false))]);
+    }
+
+    fn mode_rec(id: &str) -> Record {
+        Record::DoorMode { door: id.into(), mode: DoorMode::Normal, until_ms: None, by: "host:expired".into() }
+    }
+
+    #[test]
+    fn held_open_mode_keeps_the_relay_released_without_alarms_until_it_expires() {
+        let mut c = DoorController::new(&[door("a")]);
+        assert_eq!(c.set_mode("a", 0, DoorMode::HeldOpen, 100_000), vec![(0, relay("a", true))]);
+        assert_eq!(c.mode("a"), DoorMode::HeldOpen);
+        // People come and go; closing does not relock, and standing open is no alarm.
+        assert!(c.contact("a", 1000, true).is_empty());
+        assert!(c.contact("a", 2000, false).is_empty());
+        assert!(c.contact("a", 3000, true).is_empty());
+        assert!(c.advance(99_999).is_empty());
+        // At expiry: back to normal, relocked; the open door counts as held open from then.
+        assert_eq!(c.advance(100_000), vec![(100_000, mode_rec("a")), (100_000, relay("a", false))]);
+        assert_eq!(c.mode("a"), DoorMode::Normal);
+        let out = c.advance(200_000);
+        assert_eq!(out, vec![(130_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::HeldOpen, active: true })]);
+    }
+
+    #[test]
+    fn ending_a_hold_early_keeps_a_running_grant_and_fire_release() {
+        let mut c = DoorController::new(&[door("a")]);
+        c.set_mode("a", 0, DoorMode::HeldOpen, 100_000);
+        c.grant("a", 10_000, 5000);
+        // Back to normal at 12 s: the grant still has 3 s to run.
+        assert!(c.set_mode("a", 12_000, DoorMode::Normal, 0).is_empty());
+        assert_eq!(c.advance(20_000), vec![(15_000, relay("a", false))]);
+        // Fire during a hold, hold ends: fire keeps the door released.
+        c.set_mode("a", 30_000, DoorMode::HeldOpen, 40_000);
+        c.fire(31_000, true);
+        assert_eq!(c.advance(50_000), vec![(40_000, mode_rec("a"))]);
+        assert!(c.relay_on("a"));
+        // Fire clears while held open: the hold keeps it released.
+        c.set_mode("a", 60_000, DoorMode::HeldOpen, 70_000);
+        assert!(c.fire(61_000, false).iter().all(|(_, r)| !matches!(r, Record::Relay { .. })));
+        assert!(c.relay_on("a"));
+    }
+
+    #[test]
+    fn locking_relocks_a_released_door_but_never_against_fire_and_exit_still_opens() {
+        let mut c = DoorController::new(&[door("a")]);
+        c.grant("a", 0, 5000);
+        assert_eq!(c.set_mode("a", 1000, DoorMode::Locked, 60_000), vec![(1000, relay("a", false))]);
+        assert_eq!(c.mode("a"), DoorMode::Locked);
+        // Egress is life safety: the exit button still releases a locked door.
+        assert_eq!(c.exit_button("a", 2000)[1], (2000, relay("a", true)));
+        c.advance(10_000);
+        c.fire(20_000, true);
+        assert!(c.set_mode("a", 21_000, DoorMode::Locked, 60_000).is_empty(), "fire release is never overridden");
+        assert!(c.relay_on("a"));
+        assert_eq!(c.advance(60_000), vec![(60_000, mode_rec("a"))]);
     }
 }

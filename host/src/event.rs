@@ -204,6 +204,36 @@ impl Input {
         })
     }
 
+    /// Which way a credential input moves someone (entry for everything else).
+    pub fn direction(&self) -> Direction {
+        match self {
+            Input::Card { direction, .. }
+            | Input::Pin { direction, .. }
+            | Input::Nfc { direction, .. }
+            | Input::Face { direction, .. }
+            | Input::CameraFrame { direction, .. }
+            | Input::Plate { direction, .. }
+            | Input::Qr { direction, .. }
+            | Input::GuardRelease { direction, .. }
+            | Input::Intercom { direction, .. } => *direction,
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } => Direction::Entry,
+        }
+    }
+
+    /// When the device captured the input (ms since trace start), if it says.
+    pub fn captured_at(&self) -> Option<u64> {
+        match self {
+            Input::Card { captured_at, .. }
+            | Input::Pin { captured_at, .. }
+            | Input::Nfc { captured_at, .. }
+            | Input::Face { captured_at, .. }
+            | Input::CameraFrame { captured_at, .. }
+            | Input::Plate { captured_at, .. }
+            | Input::Qr { captured_at, .. } => *captured_at,
+            _ => None,
+        }
+    }
+
     /// The door the input concerns, if any (the fire alarm is site-wide).
     pub fn door(&self) -> Option<&str> {
         match self {
@@ -240,6 +270,30 @@ pub enum AlarmKind {
     HeldOpen,
     ForcedOpen,
     Fire,
+}
+
+/// How a door behaves, set by an authorised operator for a limited time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DoorMode {
+    /// Credentials decide, as configured.
+    #[default]
+    Normal,
+    /// Entry credentials are refused by the host (a guard's release still works); exit,
+    /// the exit button, fire release and a remote open still do.
+    Locked,
+    /// The relay stays released and the held-open alarm is off until the mode ends.
+    HeldOpen,
+}
+
+impl DoorMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoorMode::Normal => "normal",
+            DoorMode::Locked => "locked",
+            DoorMode::HeldOpen => "held-open",
+        }
+    }
 }
 
 /// Why an input was not acted on.
@@ -296,6 +350,28 @@ pub enum Record {
     Ignored { door: String, credential: Option<CredentialKind>, reason: IgnoreReason },
     /// A plugin failed, was quarantined, or came back.
     Plugin { plugin: String, status: PluginStatus, reason: String },
+    /// A door's mode changed (operator command, its expiry, or restored after a restart).
+    DoorMode {
+        door: String,
+        mode: DoorMode,
+        /// Gateway time the mode ends (absent for normal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<i64>,
+        /// "remote:<operator key>" or "host:<why>".
+        by: String,
+    },
+    /// A credential (or every credential of a holder) was revoked by an operator.
+    Revoked {
+        /// The pseudonymous credential reference (`card:…`, `pin:…`, `subject:<id>`), never the raw value.
+        credential: String,
+        /// The holder it belonged to, if the directory knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder: Option<String>,
+        reason: String,
+        by: String,
+    },
+    /// A unit door's shared PIN was replaced (the PIN itself is never logged).
+    UnitPin { door: String, by: String },
 }
 
 /// Plugin health changes the gateway reports.
@@ -318,6 +394,9 @@ impl Record {
             Record::Publish { .. } => "publish",
             Record::Ignored { .. } => "ignored",
             Record::Plugin { .. } => "plugin",
+            Record::DoorMode { .. } => "door-mode",
+            Record::Revoked { .. } => "revoked",
+            Record::UnitPin { .. } => "unit-pin",
         }
     }
 
@@ -328,8 +407,10 @@ impl Record {
             | Record::Exit { door, .. }
             | Record::Relay { door, .. }
             | Record::Alarm { door, .. }
-            | Record::Ignored { door, .. } => Some(door),
-            Record::Publish { .. } | Record::Plugin { .. } => None,
+            | Record::Ignored { door, .. }
+            | Record::DoorMode { door, .. }
+            | Record::UnitPin { door, .. } => Some(door),
+            Record::Publish { .. } | Record::Plugin { .. } | Record::Revoked { .. } => None,
         }
     }
 }
@@ -390,6 +471,17 @@ impl fmt::Display for Record {
                 };
                 write!(f, "plugin {plugin} {s}: {reason}")
             }
+            Record::DoorMode { door, mode, until_ms, by } => {
+                write!(f, "{door:<14} MODE {}", mode.as_str())?;
+                if let Some(u) = until_ms {
+                    write!(f, " until {u}")?;
+                }
+                write!(f, "  [{by}]")
+            }
+            Record::Revoked { credential, holder, reason, by } => {
+                write!(f, "credential {credential} ({}) REVOKED: {reason}  [{by}]", holder.as_deref().unwrap_or("no holder"))
+            }
+            Record::UnitPin { door, by } => write!(f, "{door:<14} unit PIN replaced  [{by}]"),
         }
     }
 }

@@ -10,14 +10,14 @@
 
 use crate::clock::Clock;
 use crate::config::{PluginConfig, SiteConfig, World};
-use crate::event::{CredentialKind, Direction, Input, Outcome, PluginStatus, Record, Role};
+use crate::event::{CredentialKind, Direction, DoorMode, Input, Outcome, PluginStatus, Record, Role};
 use crate::gateway::{Gateway, GatewayError, Timed};
 use crate::plugin::Slot;
 use crate::trace::{input_line, Header, Trace};
 use crate::worker::PluginControl;
 use gate_fleet::agent::{Agent, CommandExecutor};
 use gate_fleet::bundle::{self, Manifest, World as FleetWorld};
-use gate_fleet::commands::{AuthorisedCommand, CommandAction};
+use gate_fleet::commands::{AuthorisedCommand, CommandAction, DoorMode as FleetDoorMode, Executed};
 use gate_fleet::deploy::{ActivePlugin, DeployConfig, Deployer, PluginSlot, RollbackRule};
 use gate_fleet::keys::TrustedKeys;
 use gate_fleet::link::{Inbound, Link, LinkConfig, LinkHandle, PluginLimits};
@@ -46,6 +46,39 @@ pub enum FleetError {
     Link(#[from] gate_fleet::link::LinkError),
     #[error("fleet: {0}")]
     Setup(String),
+}
+
+/// Carries out one authorised command on the gateway: its records and what to reply.
+fn execute(gw: &mut Gateway, now: i64, req: &RemoteCommand) -> Result<Result<(Vec<Timed>, Executed), String>, GatewayError> {
+    let sender = req.sender.as_str();
+    Ok(match &req.action {
+        CommandAction::OpenDoorOnce { door } => gw.remote_open(now, door, &req.command, sender)?.map(|recs| (recs, format!("door `{door}` released once").into())),
+        CommandAction::SetDoorMode { door, mode, for_ms } => {
+            let mode = match mode {
+                FleetDoorMode::Normal => DoorMode::Normal,
+                FleetDoorMode::Locked => DoorMode::Locked,
+                FleetDoorMode::HeldOpen => DoorMode::HeldOpen,
+            };
+            gw.remote_set_mode(now, door, mode, *for_ms, sender)?.map(|(recs, until)| {
+                let detail = match until {
+                    Some(u) => format!("door `{door}` {} for {} s, until {} gateway time", mode.as_str(), for_ms / 1000, crate::replay::local_hms(gw.clock(), u)),
+                    None => format!("door `{door}` back to normal"),
+                };
+                (recs, detail.into())
+            })
+        }
+        CommandAction::RevokeCredential { credential_ref, reason } => gw.remote_revoke(now, credential_ref, reason, sender)?.map(|(recs, holder)| {
+            let detail = match holder {
+                Some(h) => format!("{credential_ref} of {h} revoked"),
+                None => format!("{credential_ref} revoked (no holder in this gateway's directory now; it stays refused if one is added)"),
+            };
+            (recs, detail.into())
+        }),
+        CommandAction::RotateUnitPin { door, .. } => gw.remote_rotate_unit_pin(now, door, sender)?.map(|(recs, pin)| {
+            let detail = format!("unit PIN of door `{door}` replaced; the old one no longer opens it");
+            (recs, Executed { detail, secret_for_sender: Some(pin) })
+        }),
+    })
 }
 
 /// Version reported for plugins loaded from the site configuration (not deployed).
@@ -412,34 +445,27 @@ impl PluginSlot for HostSlot {
     }
 }
 
-/// A remote "open door once", handed to the gateway loop (which owns the door).
-pub struct RemoteOpen {
-    pub door: String,
+/// An authorised command, handed to the gateway loop (which owns the door and the
+/// directory), with where to send the outcome.
+pub struct RemoteCommand {
+    pub action: CommandAction,
     pub command: String,
     pub sender: String,
-    reply: Sender<Result<String, String>>,
+    reply: Sender<Result<Executed, String>>,
 }
 
-/// Executes authorised commands: door releases through the gateway loop; the rest are
-/// answered "not supported yet" until the host has door modes and a writable directory.
+/// Executes authorised commands by handing them to the gateway loop and waiting for it.
 pub struct Commands {
-    tx: Sender<RemoteOpen>,
+    tx: Sender<RemoteCommand>,
 }
 
 impl CommandExecutor for Commands {
-    fn execute(&mut self, cmd: &AuthorisedCommand) -> Result<String, String> {
-        match &cmd.command.action {
-            CommandAction::OpenDoorOnce { door } => {
-                let (reply, rx) = mpsc::channel();
-                self.tx
-                    .send(RemoteOpen { door: door.clone(), command: cmd.command.id.clone(), sender: cmd.sender.clone(), reply })
-                    .map_err(|_| "the gateway loop has stopped".to_string())?;
-                rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "the gateway loop did not act on the command within 5 s".to_string())?
-            }
-            CommandAction::SetDoorMode { .. } => Err("not supported yet by this gateway: set-door-mode (the door controller has no timed modes yet)".into()),
-            CommandAction::RevokeCredential { .. } => Err("not supported yet by this gateway: revoke-credential (the subject directory is read-only configuration)".into()),
-            CommandAction::RotateUnitPin { .. } => Err("not supported yet by this gateway: rotate-unit-pin (PINs come from the subject directory)".into()),
-        }
+    fn execute(&mut self, cmd: &AuthorisedCommand) -> Result<Executed, String> {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .send(RemoteCommand { action: cmd.command.action.clone(), command: cmd.command.id.clone(), sender: cmd.sender.clone(), reply })
+            .map_err(|_| "the gateway loop has stopped".to_string())?;
+        rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "the gateway loop did not act on the command within 5 s".to_string())?
     }
 }
 
@@ -453,7 +479,7 @@ enum AgentMsg {
 pub struct Fleet {
     handle: LinkHandle,
     to_agent: Sender<AgentMsg>,
-    commands: Receiver<RemoteOpen>,
+    commands: Receiver<RemoteCommand>,
     prefixes: BTreeMap<String, String>,
     db: PathBuf,
     link_done: Receiver<()>,
@@ -576,20 +602,16 @@ impl Fleet {
         }
     }
 
-    /// Carries out remote door releases waiting for the gateway loop.
+    /// Carries out the authorised commands waiting for the gateway loop.
     pub fn poll_commands(&self, gw: &mut Gateway) -> Result<Vec<Timed>, GatewayError> {
         let mut out = Vec::new();
         while let Ok(req) = self.commands.try_recv() {
             let now = gw.clock().now_ms();
-            match gw.remote_open(now, &req.door, &req.command, &req.sender)? {
-                Ok(recs) => {
-                    let _ = req.reply.send(Ok(format!("door `{}` released once", req.door)));
-                    out.extend(recs);
-                }
-                Err(why) => {
-                    let _ = req.reply.send(Err(why));
-                }
+            let outcome = execute(gw, now, &req)?;
+            if let Ok((recs, _)) = &outcome {
+                out.extend(recs.iter().cloned());
             }
+            let _ = req.reply.send(outcome.map(|(_, done)| done));
         }
         self.after(&out);
         Ok(out)

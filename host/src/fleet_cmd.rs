@@ -1,9 +1,11 @@
-//! The operator's fleet commands: `gate fleet keygen|status`, `gate plugin sign|deploy|rollback`.
+//! The operator's fleet commands: `gate fleet keygen|status`, `gate plugin sign|deploy|rollback`,
+//! `gate remote …` (signed commands) and `gate credential-ref`.
 //! Thin wrappers over `gate_fleet::operator`, printing progress while a job runs.
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use gate_fleet::bundle::{Manifest, SelfTest, World};
+use gate_fleet::commands::{CommandAction, CommandReply, DoorMode, ReplyKey};
 use gate_fleet::keys::{OperatorKey, Permission};
 use gate_fleet::link::{BrokerConfig, TlsFiles};
 use gate_fleet::messages::{now_ms, JobState, JobStatus};
@@ -319,4 +321,197 @@ pub fn rollback(a: RollbackArgs) -> Result<u8, Fail> {
         op.disconnect().await;
         Ok(report(&res))
     })
+}
+
+/// `gate remote …`: signed commands to gateways, answered with who did what.
+#[derive(Subcommand)]
+pub enum RemoteCmd {
+    /// Release a door once.
+    OpenDoor {
+        #[command(flatten)]
+        to: CommandTarget,
+        #[arg(long)]
+        door: String,
+    },
+    /// Lock a door, hold it open, or return it to normal; every mode ends by itself.
+    DoorMode {
+        #[command(flatten)]
+        to: CommandTarget,
+        #[arg(long)]
+        door: String,
+        /// normal, locked or held-open.
+        #[arg(long)]
+        mode: String,
+        /// How long the mode lasts: e.g. 90s, 30m, 2h, 1d (at most 7 days).
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+    },
+    /// Revoke a credential (by its reference from `gate credential-ref`) or every credential of a holder.
+    Revoke {
+        #[command(flatten)]
+        to: CommandTarget,
+        /// A credential reference such as card:3f0c… (never the card number itself).
+        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+        reference: Option<String>,
+        /// A holder's pseudonymous id: revokes all of their credentials.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Why (kept in the event log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Give a unit door a new random PIN; it comes back sealed to this command and is printed here only.
+    RotateUnitPin {
+        #[command(flatten)]
+        to: CommandTarget,
+        #[arg(long)]
+        door: String,
+    },
+}
+
+/// Who signs a command and which gateways get it.
+#[derive(Args)]
+pub struct CommandTarget {
+    /// Operator key file with the permission the command needs (door, credentials or pin).
+    #[arg(long)]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// Parses `90s`, `30m`, `2h`, `1d` (or plain milliseconds) into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 90s, 30m, 2h or 1d"))?;
+    let per = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    n.checked_mul(per).filter(|ms| *ms > 0).ok_or_else(|| format!("{s:?} is not a usable duration"))
+}
+
+/// `gate remote …`
+pub fn remote(cmd: RemoteCmd) -> Result<u8, Fail> {
+    let mut reply_key = None;
+    let (to, action) = match cmd {
+        RemoteCmd::OpenDoor { to, door } => (to, CommandAction::OpenDoorOnce { door }),
+        RemoteCmd::DoorMode { to, door, mode, duration } => {
+            let mode: DoorMode = serde_json::from_value(serde_json::Value::String(mode.clone())).map_err(|_| bad(anyhow!("--mode {mode:?}: use normal, locked or held-open")))?;
+            let for_ms = parse_duration_ms(&duration).map_err(|e| bad(anyhow!("--for {e}")))?;
+            (to, CommandAction::SetDoorMode { door, mode, for_ms })
+        }
+        RemoteCmd::Revoke { to, reference, subject, reason } => {
+            let credential_ref = match (reference, subject) {
+                (Some(r), _) if gate::credentials::is_reference(&r) => r,
+                (Some(r), _) => return Err(bad(anyhow!("--reference {r:?} is not a credential reference: make one with `gate credential-ref`"))),
+                (None, Some(s)) => format!("subject:{s}"),
+                (None, None) => return Err(bad(anyhow!("give --reference or --subject"))),
+            };
+            (to, CommandAction::RevokeCredential { credential_ref, reason })
+        }
+        RemoteCmd::RotateUnitPin { to, door } => {
+            let k = ReplyKey::generate();
+            let action = CommandAction::RotateUnitPin { door, reply_key: k.public_b64() };
+            reply_key = Some(k);
+            (to, action)
+        }
+    };
+    let key = OperatorKey::load(&to.key).map_err(bad)?;
+    let target = to.target.target()?;
+    let timeout = Duration::from_secs(to.broker.timeout.min(300));
+    network()?.block_on(async {
+        let mut op = Operator::connect(&to.broker.config(), &client_id(), timeout).await.map_err(broken)?;
+        let gateways = match &target {
+            Target::Gateway { site, gateway } => vec![(site.clone(), gateway.clone())],
+            Target::Site(site) => op.fleet_status(Some(site), Duration::from_millis(700)).await.map_err(broken)?.into_iter().map(|v| (v.site, v.gateway)).collect(),
+        };
+        if gateways.is_empty() {
+            return Err(broken(anyhow!("no gateway of that site has reported a status")));
+        }
+        let mut code = 0;
+        for (site, gw) in gateways {
+            match op.command(&key, &site, &gw, action.clone(), timeout).await {
+                Ok(r) => code = code.max(print_reply(&site, &gw, &r, reply_key.as_ref())),
+                Err(e) => {
+                    code = 1;
+                    println!("{site}/{gw}: {e}");
+                }
+            }
+        }
+        op.disconnect().await;
+        Ok(code)
+    })
+}
+
+fn print_reply(site: &str, gw: &str, r: &CommandReply, reply_key: Option<&ReplyKey>) -> u8 {
+    let by = r.sender.as_deref().map(|s| format!(" (as {s})")).unwrap_or_default();
+    if !r.ok {
+        println!("{site}/{gw}: refused ({}): {}{by}", r.code, r.detail);
+        return 1;
+    }
+    println!("{site}/{gw}: done: {}{by}", r.detail);
+    if let (Some(sealed), Some(k)) = (&r.sealed, reply_key) {
+        match k.open(sealed) {
+            Ok(secret) => println!("{site}/{gw}: new unit PIN: {secret}"),
+            Err(e) => {
+                println!("{site}/{gw}: the new PIN could not be opened: {e}");
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+/// `gate credential-ref`: the reference an operator revokes a credential by.
+#[derive(Args)]
+pub struct CredentialRefArgs {
+    /// Site id the reference is bound to.
+    #[arg(long)]
+    pub site: String,
+    #[arg(long, group = "what")]
+    pub card: Option<String>,
+    #[arg(long, group = "what")]
+    pub nfc: Option<String>,
+    #[arg(long, group = "what")]
+    pub plate: Option<String>,
+    /// A PIN's stored hash (`pin_sha256` in the subject directory).
+    #[arg(long, group = "what")]
+    pub pin_sha256: Option<String>,
+}
+
+pub fn credential_ref(a: CredentialRefArgs) -> Result<u8, Fail> {
+    use gate::event::CredentialKind as K;
+    let (kind, value) = match (a.card, a.nfc, a.plate, a.pin_sha256) {
+        (Some(v), ..) => (K::Card, v),
+        (_, Some(v), ..) => (K::Nfc, v),
+        (_, _, Some(v), _) => (K::Plate, v),
+        (.., Some(v)) if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) => (K::Pin, v),
+        (.., Some(v)) => return Err(bad(anyhow!("--pin-sha256 {v:?}: expected 64 hex digits (`gate pin-hash`)"))),
+        _ => return Err(bad(anyhow!("give one of --card, --nfc, --plate or --pin-sha256"))),
+    };
+    println!("{}", gate::credentials::credential_ref(&a.site, kind, &value));
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("30m"), Ok(1_800_000));
+        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration_ms("1d"), Ok(86_400_000));
+        assert_eq!(parse_duration_ms("250"), Ok(250));
+        assert!(parse_duration_ms("0s").is_err() && parse_duration_ms("soon").is_err() && parse_duration_ms("3w").is_err());
+    }
 }

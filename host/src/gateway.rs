@@ -7,7 +7,7 @@ use crate::config::SiteConfig;
 use crate::credentials::{Directory, Subject};
 use crate::door::DoorController;
 use crate::face::{FaceMatcher, FrameResult};
-use crate::event::{CredentialKind, Direction, IgnoreReason, Input, Liveness, Outcome, Record};
+use crate::event::{CredentialKind, Direction, DoorMode, IgnoreReason, Input, Liveness, Outcome, Record};
 use crate::plugin::bindings::policy::gate::plugin::types as wit;
 use crate::plugin::caps::clock::timestamp;
 use crate::plugin::Runtime;
@@ -59,7 +59,16 @@ pub struct Gateway {
 impl Gateway {
     /// Builds a gateway; returns it with any plugin load problems (served by the fallback).
     pub fn new(cfg: SiteConfig, clock: Clock, rt: Runtime, log: EventLog) -> Result<(Gateway, Vec<String>), String> {
-        let dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
+        let mut dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
+        // Revocations and unit PINs set by operator commands outlive restarts.
+        for r in log.revoked().map_err(|e| e.to_string())? {
+            dir.revoke(&r);
+        }
+        for (door, hash) in log.unit_pins().map_err(|e| e.to_string())? {
+            if cfg.door(&door).is_some_and(|d| d.unit_pin) {
+                dir.set_unit_pin(&door, &hash);
+            }
+        }
         let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
@@ -128,6 +137,84 @@ impl Gateway {
             self.emit(t, r, &mut out)?;
         }
         Ok(Ok(out))
+    }
+
+    /// Puts `door` in `mode` for `for_ms` on an authorised command (normal ends a mode
+    /// early). Logged with the sender before the relay moves; fire release stays on top.
+    pub fn remote_set_mode(&mut self, now: i64, door: &str, mode: DoorMode, for_ms: u64, sender: &str) -> Result<Result<(Vec<Timed>, Option<i64>), String>, GatewayError> {
+        if self.cfg.door(door).is_none() {
+            return Ok(Err(format!("this gateway has no door `{door}`")));
+        }
+        if mode != DoorMode::Normal && !(1..=MAX_MODE_MS).contains(&for_ms) {
+            return Ok(Err(format!("a {} mode needs a duration between 1 ms and {} h", mode.as_str(), MAX_MODE_MS / 3_600_000)));
+        }
+        let mut out = self.advance(now)?;
+        let until = (mode != DoorMode::Normal).then(|| now + for_ms as i64);
+        self.emit(now, Record::DoorMode { door: door.to_string(), mode, until_ms: until, by: format!("remote:{sender}") }, &mut out)?;
+        for (t, r) in self.doors.set_mode(door, now, mode, until.unwrap_or(now)) {
+            self.emit(t, r, &mut out)?;
+        }
+        Ok(Ok((out, until)))
+    }
+
+    /// Restores operator door modes still in force after a restart (service start).
+    pub fn restore_door_modes(&mut self, now: i64) -> Result<Vec<Timed>, GatewayError> {
+        let mut out = Vec::new();
+        for (door, mode, until) in self.log.door_modes()? {
+            if self.cfg.door(&door).is_none() {
+                continue;
+            }
+            if until <= now {
+                self.emit(now, Record::DoorMode { door, mode: DoorMode::Normal, until_ms: None, by: "host:expired".into() }, &mut out)?;
+                continue;
+            }
+            self.emit(now, Record::DoorMode { door: door.clone(), mode, until_ms: Some(until), by: "host:restored".into() }, &mut out)?;
+            for (t, r) in self.doors.set_mode(&door, now, mode, until) {
+                self.emit(t, r, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Revokes a credential reference (`card:…`, `pin:…`, `nfc:…`, `plate:…`, `subject:<id>`)
+    /// on an authorised command; durable before it is answered. Returns the holder, if known.
+    pub fn remote_revoke(&mut self, now: i64, reference: &str, reason: &str, sender: &str) -> Result<Result<(Vec<Timed>, Option<String>), String>, GatewayError> {
+        if !crate::credentials::is_reference(reference) {
+            return Ok(Err(format!("`{reference}` is not a credential reference (card:, pin:, nfc: or plate: and 24 hex digits from `gate credential-ref`, or subject:<id>)")));
+        }
+        let holder = self.dir.holder_of(reference).map(String::from);
+        let mut out = self.advance(now)?;
+        let record = Record::Revoked { credential: reference.to_string(), holder: holder.clone(), reason: reason.to_string(), by: format!("remote:{sender}") };
+        self.emit(now, record, &mut out)?;
+        self.dir.revoke(reference);
+        Ok(Ok((out, holder)))
+    }
+
+    /// Replaces a unit door's shared PIN with a fresh random one on an authorised command.
+    /// Only its hash is stored; the PIN is returned once, for the caller to seal to the operator.
+    pub fn remote_rotate_unit_pin(&mut self, now: i64, door: &str, sender: &str) -> Result<Result<(Vec<Timed>, String), String>, GatewayError> {
+        match self.cfg.door(door) {
+            None => return Ok(Err(format!("this gateway has no door `{door}`"))),
+            Some(d) if !d.unit_pin => return Ok(Err(format!("door `{door}` is not a unit door (`unit_pin = true` in its [[door]])"))),
+            Some(_) => {}
+        }
+        let site = self.cfg.site.id.clone();
+        let pin = loop {
+            let pin = match random_pin(UNIT_PIN_DIGITS) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(format!("no random source for a new PIN: {e}"))),
+            };
+            if !self.dir.pin_hash_in_use(&crate::credentials::pin_hash(&site, &pin)) {
+                break pin;
+            }
+        };
+        let hash = crate::credentials::pin_hash(&site, &pin);
+        let mut out = self.advance(now)?;
+        let record = Record::UnitPin { door: door.to_string(), by: format!("remote:{sender}") };
+        self.log.replace_unit_pin(now, door, &hash, &record)?;
+        out.push((now, record));
+        self.dir.set_unit_pin(door, &hash);
+        Ok(Ok((out, pin)))
     }
 
     /// Waits up to `timeout` for the policy thread to finish something (service mode).
@@ -254,7 +341,7 @@ impl Gateway {
         self.recent.insert(fp, now);
 
         let Some(door) = self.cfg.door(&door_id).cloned() else { return Ok(()) };
-        let direction = direction_of(input);
+        let direction = input.direction();
         let host_deny = |reason: String, by: &str, subject: Option<String>| Record::Decision {
             door: door.id.clone(),
             direction,
@@ -273,6 +360,12 @@ impl Gateway {
             Ok(x) => x,
             Err((reason, by)) => return self.emit(now, host_deny(reason, by, None), out),
         };
+        if let Some(r) = self.dir.revoked_by(input, subject.as_ref()) {
+            return self.emit(now, host_deny(format!("credential revoked ({r})"), "revoked", subject.map(|s| s.id)), out);
+        }
+        if self.locks_out(&door.id, direction, kind) {
+            return self.emit(now, host_deny("door locked by an operator".into(), "locked", subject.map(|s| s.id)), out);
+        }
 
         self.pending.retain(|_, p| p.expires_at > now);
         let prior = self.pending.get(&door.id).map(|p| p.prior.clone()).unwrap_or_default();
@@ -306,6 +399,12 @@ impl Gateway {
     /// Logs a decision, remembers a pending multi-factor attempt, and opens the door on a grant.
     fn apply_decision(&mut self, now: i64, req: AccessRequest, decided: Decided, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
         let AccessRequest { door, event, kind, subject, direction, .. } = req;
+        let mut decided = decided;
+        // The door may have been locked while the plugin decided.
+        if matches!(decided.verdict, Verdict::Grant { .. }) && self.locks_out(&door.id, direction, kind) {
+            decided.verdict = Verdict::Deny { reason: "door locked by an operator".into() };
+            decided.by = "host:locked".into();
+        }
         for r in decided.health {
             self.emit(now, r, out)?;
         }
@@ -337,12 +436,18 @@ impl Gateway {
         Ok(())
     }
 
+    /// Whether an operator's lock refuses this attempt: entries only (nobody is ever kept
+    /// in), and never a guard's release at the door.
+    fn locks_out(&self, door: &str, direction: Direction, kind: CredentialKind) -> bool {
+        self.doors.mode(door) == DoorMode::Locked && direction == Direction::Entry && kind != CredentialKind::GuardRelease
+    }
+
     /// Verifies the credential and finds its subject. Errors are host denials (reason, tag).
     fn resolve(&self, input: &Input) -> Result<(wit::Credential, Option<Subject>), (String, &'static str)> {
         let owned = |s: Option<&Subject>| s.cloned();
         Ok(match input {
             Input::Card { number, .. } => (wit::Credential::Card, owned(self.dir.by_card(number))),
-            Input::Pin { pin, .. } => (wit::Credential::Pin, owned(self.dir.by_pin(pin))),
+            Input::Pin { pin, door, .. } => (wit::Credential::Pin, owned(self.dir.by_pin(pin).or_else(|| self.dir.by_unit_pin(door, pin)))),
             Input::Nfc { token, .. } => (wit::Credential::Nfc, owned(self.dir.by_nfc(token))),
             Input::Plate { plate, .. } => (wit::Credential::Plate, owned(self.dir.by_plate(plate))),
             Input::Face { subject, score, liveness, .. } => {
@@ -468,17 +573,30 @@ impl Gateway {
     }
 }
 
-fn direction_of(input: &Input) -> Direction {
-    match input {
-        Input::Card { direction, .. }
-        | Input::Pin { direction, .. }
-        | Input::Nfc { direction, .. }
-        | Input::Face { direction, .. }
-        | Input::Plate { direction, .. }
-        | Input::Qr { direction, .. }
-        | Input::GuardRelease { direction, .. }
-        | Input::Intercom { direction, .. } => *direction,
-        _ => Direction::Entry,
+/// Longest operator door mode (7 days): modes always end by themselves.
+pub const MAX_MODE_MS: u64 = 7 * 24 * 3_600_000;
+
+/// Digits of a generated unit-door PIN.
+const UNIT_PIN_DIGITS: usize = 6;
+
+/// A uniformly random PIN of `digits` digits that is not a trivial pattern.
+fn random_pin(digits: usize) -> Result<String, getrandom::Error> {
+    loop {
+        let mut pin = String::with_capacity(digits);
+        while pin.len() < digits {
+            let mut b = [0u8; 1];
+            getrandom::fill(&mut b)?;
+            // Rejection sampling keeps every digit uniform.
+            if b[0] < 250 {
+                pin.push(char::from(b'0' + b[0] % 10));
+            }
+        }
+        let d: Vec<i16> = pin.bytes().map(|c| i16::from(c - b'0')).collect();
+        let steps: Vec<i16> = d.windows(2).map(|w| w[1] - w[0]).collect();
+        let trivial = steps.iter().all(|s| *s == steps[0] && s.abs() <= 1);
+        if !trivial {
+            return Ok(pin);
+        }
     }
 }
 
@@ -500,4 +618,23 @@ fn fingerprint(input: &Input) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_pin;
+
+    #[test]
+    fn generated_pins_are_six_digits_varied_and_never_a_trivial_run() {
+        let pins: Vec<String> = (0..500).map(|_| random_pin(6).unwrap()).collect();
+        assert!(pins.iter().all(|p| p.len() == 6 && p.bytes().all(|b| b.is_ascii_digit())));
+        assert!(!pins.iter().any(|p| ["000000", "111111", "123456", "654321", "999999"].contains(&p.as_str())));
+        let distinct: std::collections::HashSet<_> = pins.iter().collect();
+        assert!(distinct.len() > 490, "{} distinct of 500", distinct.len());
+        // Every digit shows up in every position (uniform digits, not a fixed pattern).
+        for pos in 0..6 {
+            let digits: std::collections::HashSet<u8> = pins.iter().map(|p| p.as_bytes()[pos]).collect();
+            assert_eq!(digits.len(), 10, "position {pos}");
+        }
+    }
 }

@@ -191,7 +191,7 @@ pub fn run_simulated(gw: &mut Gateway, hw_cfg: &HardwareConfig, start_ms: i64, i
         if t_ev == Some(t_in) {
             if let Some((at, input)) = events.next() {
                 let now = start_ms + at as i64;
-                let captured = crate::replay::input_captured_at(&input).map(|c| start_ms + c as i64);
+                let captured = input.captured_at().map(|c| start_ms + c as i64);
                 handle(gw, &mut hw, now, input, captured, &mut steps)?;
                 last_input_ms = now;
             }

@@ -60,6 +60,10 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     }
     writeln!(out, "gate: serving trace \"{}\" at {}x\n", opts.trace.header.description.as_deref().unwrap_or(&opts.trace.header.site), opts.speed)?;
 
+    // Operator door modes still in force come back before the first input.
+    let mut summary = Summary::default();
+    let restored = gw.restore_door_modes(start)?;
+    print(restored, out, &mut summary, &clock)?;
     // Plugins run on their own thread from here on: the door never waits for them.
     gw.spawn_policy_worker()?;
     // With [fleet]: the MQTT link and the deployment agent run beside this loop, which
@@ -77,7 +81,6 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     let inputs = &opts.trace.inputs;
     let last_input = inputs.last().map_or(start, |(a, _)| start + *a as i64);
     let drain_until = if opts.hold { i64::MAX } else { last_input + DRAIN_MS };
-    let mut summary = Summary::default();
     let mut next = 0usize;
     let mut vnow = start;
     loop {

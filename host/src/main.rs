@@ -108,6 +108,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: fleet_cmd::FleetCmd,
     },
+    /// Signed commands to gateways over MQTT: open a door, set its mode, revoke a credential, rotate a unit PIN.
+    Remote {
+        #[command(subcommand)]
+        cmd: fleet_cmd::RemoteCmd,
+    },
+    /// Print the reference a credential is revoked by (no card number or PIN travels in commands).
+    CredentialRef(fleet_cmd::CredentialRefArgs),
     /// Visitor QR passes (what the property's platform issues).
     Qr {
         #[command(subcommand)]
@@ -291,6 +298,8 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
         Cmd::Plugin { cmd: PluginCmd::Deploy(a) } => fleet_cmd::deploy(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Plugin { cmd: PluginCmd::Rollback(a) } => fleet_cmd::rollback(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Fleet { cmd } => fleet_cmd::fleet(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        Cmd::Remote { cmd } => fleet_cmd::remote(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        Cmd::CredentialRef(a) => fleet_cmd::credential_ref(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Plugin { cmd: PluginCmd::Check { file } } => {
             let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
             let r = gate::plugin::check::check(&rt, &file).map_err(input)?;

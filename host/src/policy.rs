@@ -298,6 +298,7 @@ mod tests {
             held_open_ms: 30_000,
             exit_open_ms: 5000,
             fire_release: true,
+            unit_pin: false,
         }
     }
 

@@ -53,7 +53,7 @@ pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, Hard
     }
     for (at, input) in &trace.inputs {
         let now = start + *at as i64;
-        let captured = input_captured_at(input).map(|c| start + c as i64);
+        let captured = input.captured_at().map(|c| start + c as i64);
         gw.clock().set_ms(now);
         out.extend(gw.handle(now, input, captured)?);
     }
@@ -63,15 +63,6 @@ pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, Hard
     }
     gw.log_mut().commit_batch().map_err(crate::gateway::GatewayError::from)?;
     Ok(out.into_iter().map(|(t, r)| ((t - start).max(0) as u64, r)).collect())
-}
-
-/// When the device captured a credential input (ms since trace start), if it says.
-pub(crate) fn input_captured_at(input: &crate::event::Input) -> Option<u64> {
-    use crate::event::Input::*;
-    match input {
-        Card { captured_at, .. } | Pin { captured_at, .. } | Nfc { captured_at, .. } | Face { captured_at, .. } | CameraFrame { captured_at, .. } | Plate { captured_at, .. } | Qr { captured_at, .. } => *captured_at,
-        _ => None,
-    }
 }
 
 /// Renders records as trace `expect` lines (the canonical, byte-stable form).

@@ -4,7 +4,7 @@
 //! Events carry pseudonymous subject ids only. The schema is shared with the
 //! fleet outbox, which publishes rows in `seq` order.
 
-use crate::event::Record;
+use crate::event::{DoorMode, Record};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +35,22 @@ CREATE TABLE IF NOT EXISTS plugin_kv (
     key    TEXT NOT NULL,
     value  BLOB NOT NULL,
     PRIMARY KEY (plugin, key)
+);
+-- Access state that outlives a restart: operator door modes, revoked credentials and
+-- unit-door PIN hashes. Written with the event that changed them, in one transaction.
+CREATE TABLE IF NOT EXISTS door_modes (
+    door     TEXT PRIMARY KEY,
+    mode     TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_credentials (
+    reference TEXT PRIMARY KEY,
+    event_id  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unit_pins (
+    door       TEXT PRIMARY KEY,
+    pin_sha256 TEXT NOT NULL,
+    event_id   TEXT NOT NULL
 );
 ";
 
@@ -89,13 +105,80 @@ impl EventLog {
     }
 
     /// Appends a record under an id from `reserve_id`.
+    /// Records that change lasting access state (door modes, revocations) update their
+    /// state table in the same transaction, so a restart finds what the log says.
     pub fn append_with_id(&mut self, at_ms: i64, record: &Record, id: String) -> Result<String, StoreError> {
         let body = serde_json::to_string(record)?;
-        self.conn
-            .prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+        let insert = "INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+        match record {
+            Record::DoorMode { door, mode, until_ms, .. } => {
+                let tx = self.conn.savepoint()?;
+                tx.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+                match (mode, until_ms) {
+                    (DoorMode::Normal, _) | (_, None) => tx.execute("DELETE FROM door_modes WHERE door = ?1", [door])?,
+                    (m, Some(u)) => tx.execute(
+                        "INSERT INTO door_modes (door, mode, until_ms) VALUES (?1, ?2, ?3) ON CONFLICT(door) DO UPDATE SET mode = excluded.mode, until_ms = excluded.until_ms",
+                        params![door, m.as_str(), u],
+                    )?,
+                };
+                tx.commit()?;
+            }
+            Record::Revoked { credential, .. } => {
+                let tx = self.conn.savepoint()?;
+                tx.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+                tx.execute("INSERT OR REPLACE INTO revoked_credentials (reference, event_id) VALUES (?1, ?2)", params![credential, id])?;
+                tx.commit()?;
+            }
+            _ => {
+                self.conn.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+            }
+        }
         self.next_seq += 1;
         Ok(id)
+    }
+
+    /// Stores a unit door's new PIN hash together with its (PIN-free) record.
+    pub fn replace_unit_pin(&mut self, at_ms: i64, door: &str, pin_sha256: &str, record: &Record) -> Result<String, StoreError> {
+        let body = serde_json::to_string(record)?;
+        let id = self.next_id();
+        let tx = self.conn.savepoint()?;
+        tx.execute("INSERT OR REPLACE INTO unit_pins (door, pin_sha256, event_id) VALUES (?1, ?2, ?3)", params![door, pin_sha256, id])?;
+        tx.prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+            .execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+        tx.commit()?;
+        self.next_seq += 1;
+        Ok(id)
+    }
+
+    /// Operator door modes in force: (door, mode, until).
+    pub fn door_modes(&self) -> Result<Vec<(String, DoorMode, i64)>, StoreError> {
+        let mut st = self.conn.prepare("SELECT door, mode, until_ms FROM door_modes")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (door, mode, until) = row?;
+            let mode = match mode.as_str() {
+                "locked" => DoorMode::Locked,
+                "held-open" => DoorMode::HeldOpen,
+                _ => continue,
+            };
+            out.push((door, mode, until));
+        }
+        Ok(out)
+    }
+
+    /// Every revoked credential reference.
+    pub fn revoked(&self) -> Result<Vec<String>, StoreError> {
+        let mut st = self.conn.prepare("SELECT reference FROM revoked_credentials")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Unit doors' current PIN hashes: (door, sha256 hex).
+    pub fn unit_pins(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.conn.prepare("SELECT door, pin_sha256 FROM unit_pins")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Starts one transaction for many records. Replay uses it: its in-memory
@@ -193,5 +276,26 @@ mod tests {
         assert_eq!(kv.len(), 1);
         assert_eq!(kv["b"], b"2");
         assert!(log.kv_load("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn access_state_is_written_with_its_event_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.sqlite");
+        let mut log = EventLog::open(&path, "gw").unwrap();
+        let mode = |door: &str, mode, until_ms| Record::DoorMode { door: door.into(), mode, until_ms, by: "remote:ops".into() };
+        log.append(1, &mode("a", DoorMode::Locked, Some(100))).unwrap();
+        log.append(2, &mode("b", DoorMode::HeldOpen, Some(200))).unwrap();
+        log.append(3, &mode("b", DoorMode::Normal, None)).unwrap();
+        log.append(4, &Record::Revoked { credential: "card:0123456789abcdef01234567".into(), holder: None, reason: "lost".into(), by: "remote:ops".into() }).unwrap();
+        let id = log.replace_unit_pin(5, "a", "ab12", &Record::UnitPin { door: "a".into(), by: "remote:ops".into() }).unwrap();
+        drop(log);
+        let log = EventLog::open(&path, "gw").unwrap();
+        assert_eq!(log.door_modes().unwrap(), vec![("a".to_string(), DoorMode::Locked, 100)]);
+        assert_eq!(log.revoked().unwrap(), vec!["card:0123456789abcdef01234567".to_string()]);
+        assert_eq!(log.unit_pins().unwrap(), vec![("a".to_string(), "ab12".to_string())]);
+        let body = log.get(&id).unwrap().unwrap();
+        assert!(body.contains("unit-pin") && !body.contains("ab12"), "the PIN hash stays out of the event: {body}");
+        assert_eq!(log.count().unwrap(), 5);
     }
 }

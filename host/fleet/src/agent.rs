@@ -4,17 +4,18 @@
 //! (from the thread or task that owns its plugin runtime) and
 //! [`Agent::report_plugin_failure`] when a plugin traps, times out or decides garbage.
 
-use crate::commands::{self, AuthorisedCommand};
+use crate::commands::{self, AuthorisedCommand, Executed};
 use crate::deploy::{Deployer, PluginSlot};
 use crate::link::{Inbound, LinkHandle};
 use crate::messages::{now_ms, JobStatus, PluginInfo, Status};
 use crate::store::{CommandLogEntry, StoreError};
 use semver::Version;
 
-/// What the host does with an authorised command; the `Ok` text or `Err` reason goes
-/// into the reply. Door commands must stay one-shot and must not bypass fire release.
+/// What the host does with an authorised command; the `Ok` detail (and any secret, which
+/// is sealed to the sender) or the `Err` reason goes into the reply. Door commands must
+/// stay one-shot and must not bypass fire release.
 pub trait CommandExecutor {
-    fn execute(&mut self, cmd: &AuthorisedCommand) -> Result<String, String>;
+    fn execute(&mut self, cmd: &AuthorisedCommand) -> Result<Executed, String>;
 }
 
 /// Deployment and command handling for one gateway.

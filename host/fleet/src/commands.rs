@@ -12,9 +12,11 @@
 //!
 //! No command carries a PIN, card number or biometric data: credentials are named by
 //! the host's pseudonymous credential reference, and a PIN rotation makes the gateway
-//! generate the new PIN itself and hand it to the property over its local channel.
+//! generate the new PIN itself and return it sealed (libsodium sealed box, X25519) to a
+//! one-time key the operator put in the signed command, so the broker never sees it.
 
 use crate::keys::{self, OperatorKey, Permission, SigError, SignatureBlock, TrustedKeys};
+use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -46,12 +48,16 @@ pub enum DoorMode {
 pub enum CommandAction {
     /// Release the door once (one-shot; never repeated on reconnect).
     OpenDoorOnce { door: String },
-    /// Put the door in `mode` until `until_ms`, then back to normal.
-    SetDoorMode { door: String, mode: DoorMode, until_ms: i64 },
-    /// Revoke the credential with this pseudonymous reference (never a raw card number).
+    /// Put the door in `mode` for `for_ms` from when the gateway applies it, then back
+    /// to normal (a duration, so the gateway's clock alone decides the end). `normal`
+    /// ends a mode early.
+    SetDoorMode { door: String, mode: DoorMode, for_ms: u64 },
+    /// Revoke the credential with this pseudonymous reference (`card:…`, `pin:…`, `nfc:…`,
+    /// `plate:…` from `gate credential-ref`, or `subject:<id>` for all of a holder's).
     RevokeCredential { credential_ref: String, reason: String },
-    /// Generate a new PIN for a unit door on the gateway; the PIN never travels over MQTT.
-    RotateUnitPin { door: String },
+    /// Generate a new PIN for a unit door on the gateway. It comes back only sealed to
+    /// `reply_key` (base64 X25519 public key, used once).
+    RotateUnitPin { door: String, reply_key: String },
 }
 
 impl CommandAction {
@@ -98,7 +104,58 @@ pub struct CommandReply {
     /// Verified sender key id; absent when the signature did not verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
+    /// A secret for the sender alone (a new unit PIN), base64 of a sealed box to the
+    /// command's `reply_key`; open it with [`ReplyKey::open`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
     pub at_ms: i64,
+}
+
+/// What the host did for a command: a readable detail, and a secret the sender alone
+/// may read (sealed before it leaves the gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    pub detail: String,
+    pub secret_for_sender: Option<String>,
+}
+
+impl From<String> for Executed {
+    fn from(detail: String) -> Self {
+        Executed { detail, secret_for_sender: None }
+    }
+}
+
+/// The operator's one-time X25519 key for a command whose answer carries a secret.
+pub struct ReplyKey(crypto_box::SecretKey);
+
+impl ReplyKey {
+    pub fn generate() -> ReplyKey {
+        ReplyKey(crypto_box::SecretKey::generate(&mut rand_core::OsRng))
+    }
+
+    /// The public half, base64, for the command's `reply_key`.
+    pub fn public_b64(&self) -> String {
+        B64.encode(self.0.public_key().as_bytes())
+    }
+
+    /// Opens a reply's `sealed` field.
+    pub fn open(&self, sealed_b64: &str) -> Result<String, CommandError> {
+        let bad = |what: &str| CommandError::Malformed(format!("sealed reply: {what}"));
+        let ct = B64.decode(sealed_b64).map_err(|_| bad("not base64"))?;
+        let pt = self.0.unseal(&ct).map_err(|_| bad("does not open with this reply key (tampered, or for another command)"))?;
+        String::from_utf8(pt).map_err(|_| bad("not text"))
+    }
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn reply_public_key(b64: &str) -> Result<crypto_box::PublicKey, CommandError> {
+    let raw: [u8; 32] = B64
+        .decode(b64)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| CommandError::Malformed("`reply_key` is not a base64 X25519 public key (32 bytes)".into()))?;
+    Ok(crypto_box::PublicKey::from(raw))
 }
 
 /// Why a command was refused.
@@ -144,13 +201,25 @@ pub struct AuthorisedCommand {
 }
 
 impl AuthorisedCommand {
-    /// The reply for the host's outcome of executing it.
-    pub fn reply(&self, outcome: Result<String, String>, at_ms: i64) -> CommandReply {
-        let (ok, code, detail) = match outcome {
-            Ok(d) => (true, "done".to_string(), d),
-            Err(d) => (false, "failed".to_string(), d),
+    /// The reply for the host's outcome of executing it; a secret is sealed to the
+    /// command's reply key here, and dropped if the command had none.
+    pub fn reply(&self, outcome: Result<Executed, String>, at_ms: i64) -> CommandReply {
+        let (ok, code, detail, sealed) = match outcome {
+            Ok(e) => {
+                let sealed = match (&e.secret_for_sender, &self.command.action) {
+                    (Some(secret), CommandAction::RotateUnitPin { reply_key, .. }) => {
+                        match reply_public_key(reply_key).and_then(|k| k.seal(&mut rand_core::OsRng, secret.as_bytes()).map_err(|_| CommandError::Malformed("sealing failed".into()))) {
+                            Ok(ct) => Some(B64.encode(ct)),
+                            Err(err) => return CommandReply { id: self.command.id.clone(), ok: false, code: "failed".into(), detail: format!("{}; the secret could not be sealed: {err}", e.detail), sender: Some(self.sender.clone()), sealed: None, at_ms },
+                        }
+                    }
+                    _ => None,
+                };
+                (true, "done".to_string(), e.detail, sealed)
+            }
+            Err(d) => (false, "failed".to_string(), d, None),
         };
-        CommandReply { id: self.command.id.clone(), ok, code, detail, sender: Some(self.sender.clone()), at_ms }
+        CommandReply { id: self.command.id.clone(), ok, code, detail, sender: Some(self.sender.clone()), sealed, at_ms }
     }
 }
 
@@ -196,6 +265,9 @@ pub fn authorise(
     if now_ms < command.issued_at_ms - CLOCK_SKEW_MS || now_ms > command.expires_at_ms {
         return Err(CommandError::Expired { issued: command.issued_at_ms, expires: command.expires_at_ms, now: now_ms });
     }
+    if let CommandAction::RotateUnitPin { reply_key, .. } = &command.action {
+        reply_public_key(reply_key)?;
+    }
     if !seen.record_once(&command.id, command.expires_at_ms, now_ms) {
         return Err(CommandError::Replayed(command.id));
     }
@@ -204,7 +276,7 @@ pub fn authorise(
 
 /// The reply for a refused command.
 pub fn refusal(topic_id: &str, err: &CommandError, at_ms: i64) -> CommandReply {
-    CommandReply { id: topic_id.into(), ok: false, code: err.code().into(), detail: err.to_string(), sender: None, at_ms }
+    CommandReply { id: topic_id.into(), ok: false, code: err.code().into(), detail: err.to_string(), sender: None, sealed: None, at_ms }
 }
 
 #[cfg(test)]
@@ -240,7 +312,7 @@ mod tests {
         let mut seen = Seen::default();
         let a = authorise(&raw, "c1", "s", "g", &t, &mut seen, NOW + 10).unwrap();
         assert_eq!(a.sender, "guard-desk");
-        let reply = a.reply(Ok("released".into()), NOW + 20);
+        let reply = a.reply(Ok(Executed::from("released".to_string())), NOW + 20);
         assert!(reply.ok && reply.id == "c1" && reply.sender.as_deref() == Some("guard-desk"));
         // The same bytes again are a replay.
         assert_eq!(authorise(&raw, "c1", "s", "g", &t, &mut seen, NOW + 30), Err(CommandError::Replayed("c1".into())));
@@ -266,9 +338,35 @@ mod tests {
         let raw = serde_json::to_vec(&signed).unwrap();
         assert!(matches!(authorise(&raw, "c3", "s", "g", &t, &mut seen, NOW), Err(CommandError::Unauthorised(SigError::BadSignature(_)))));
 
-        let mut long = cmd("c4", CommandAction::SetDoorMode { door: "d".into(), mode: DoorMode::HeldOpen, until_ms: NOW + 1 }, NOW);
+        let mut long = cmd("c4", CommandAction::SetDoorMode { door: "d".into(), mode: DoorMode::HeldOpen, for_ms: 1 }, NOW);
         long.expires_at_ms = NOW + MAX_COMMAND_LIFETIME_MS + 1;
         let raw = serde_json::to_vec(&sign_command(&k, &long).unwrap()).unwrap();
         assert!(matches!(authorise(&raw, "c4", "s", "g", &t, &mut seen, NOW), Err(CommandError::LifetimeTooLong(_))));
+    }
+
+    #[test]
+    fn a_new_pin_reaches_only_the_holder_of_the_reply_key() {
+        let (k, t) = setup(&[Permission::Pin]);
+        let mut seen = Seen::default();
+        let rk = ReplyKey::generate();
+        let rotate = cmd("c5", CommandAction::RotateUnitPin { door: "b3".into(), reply_key: rk.public_b64() }, NOW);
+        let raw = serde_json::to_vec(&sign_command(&k, &rotate).unwrap()).unwrap();
+        let a = authorise(&raw, "c5", "s", "g", &t, &mut seen, NOW).unwrap();
+        let reply = a.reply(Ok(Executed { detail: "rotated".into(), secret_for_sender: Some("483920".into()) }), NOW);
+        let wire = serde_json::to_string(&reply).unwrap();
+        assert!(reply.ok && !wire.contains("483920"), "{wire}");
+        assert_eq!(rk.open(reply.sealed.as_deref().unwrap()).unwrap(), "483920");
+        assert!(ReplyKey::generate().open(reply.sealed.as_deref().unwrap()).is_err(), "another key cannot open it");
+
+        // A reply key that is not a key is refused before anything is done.
+        let bad = cmd("c6", CommandAction::RotateUnitPin { door: "b3".into(), reply_key: "nope".into() }, NOW);
+        let raw = serde_json::to_vec(&sign_command(&k, &bad).unwrap()).unwrap();
+        assert!(matches!(authorise(&raw, "c6", "s", "g", &t, &mut seen, NOW), Err(CommandError::Malformed(_))));
+        // Secrets are never attached to other commands' replies.
+        let (k2, t2) = setup(&[Permission::Door]);
+        let open = cmd("c7", CommandAction::OpenDoorOnce { door: "b3".into() }, NOW);
+        let raw = serde_json::to_vec(&sign_command(&k2, &open).unwrap()).unwrap();
+        let a = authorise(&raw, "c7", "s", "g", &t2, &mut seen, NOW).unwrap();
+        assert_eq!(a.reply(Ok(Executed { detail: "x".into(), secret_for_sender: Some("1".into()) }), NOW).sealed, None);
     }
 }

@@ -256,9 +256,9 @@ pub struct TestGateway {
 struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<crate::commands::AuthorisedCommand>>>);
 
 impl crate::agent::CommandExecutor for Recorder {
-    fn execute(&mut self, cmd: &crate::commands::AuthorisedCommand) -> Result<String, String> {
+    fn execute(&mut self, cmd: &crate::commands::AuthorisedCommand) -> Result<crate::commands::Executed, String> {
         self.0.lock().map_err(|e| e.to_string())?.push(cmd.clone());
-        Ok(format!("{:?} executed", cmd.command.action))
+        Ok(format!("{:?} executed", cmd.command.action).into())
     }
 }
 

@@ -165,7 +165,7 @@ async fn operator_rollback_and_commands_are_authorised_and_answered() {
     assert_eq!(gw.executed.lock().unwrap().len(), 1);
 
     let stranger = OperatorKey::generate("stranger").unwrap();
-    let reply = op.command(&stranger, "oak-court", "north", CommandAction::RotateUnitPin { door: "b3-unit-1201".into() }, T).await.unwrap();
+    let reply = op.command(&stranger, "oak-court", "north", CommandAction::RotateUnitPin { door: "b3-unit-1201".into(), reply_key: gate_fleet::commands::ReplyKey::generate().public_b64() }, T).await.unwrap();
     assert!(!reply.ok);
     assert_eq!(reply.code, "unauthorised");
     assert_eq!(gw.executed.lock().unwrap().len(), 1, "an unauthorised command was executed");
