@@ -387,15 +387,25 @@ fn the_last_will_marks_a_killed_gateway_offline_and_a_restart_serves_the_deploye
     wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
     let (code, out) = site.deploy(&site.sign("resident-policy", "1.2.0", 5, &[]));
     assert_eq!(code, 0, "{out}");
+    wait_until("the new status", Duration::from_secs(10), || site.status().contains("resident-policy@1.2.0"));
+    // (The gateway reconnects cleanly to renew its will; give it a moment before the crash.)
+    std::thread::sleep(Duration::from_secs(1));
     gw.child.kill().unwrap();
     gw.child.wait().unwrap();
     wait_until("the last will", Duration::from_secs(15), || site.status().contains(&format!("{SITE}\t{GW}\tNO")));
-    // (The will is set at connect time, so it lists the plugins as of the connect.)
+    // The death message names what ran when it died, not what ran when it connected.
+    assert!(site.status().contains("resident-policy@1.2.0"), "{}", site.status());
     drop(gw);
     // Back up: it serves (and reports) what was deployed, not the configured component.
     let _gw = site.run(&trace);
     wait_until("the restarted gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
     assert!(site.status().contains("resident-policy@1.2.0"), "{}", site.status());
+    // The version 1.2.0 replaced is still kept after the restart: a signed rollback restores it.
+    let mut args: Vec<String> = ["plugin", "rollback", "--key", site.key.to_str().unwrap(), "--plugin", "resident-policy", "--gateway", &format!("{SITE}/{GW}")].map(String::from).to_vec();
+    args.extend(site.broker_args());
+    let o = gate(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success() && line_for(&text(&o), GW).contains("succeeded"), "{}", text(&o));
+    wait_until("the restored version in the status", Duration::from_secs(10), || site.status().contains("resident-policy@0.0.0"));
 }
 
 /// Whether `hay` contains `number` standing alone (not inside a longer run of digits).

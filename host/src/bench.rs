@@ -52,7 +52,28 @@ pub struct Report {
     /// Camera frame (JPEG/PNG file) to logged decision through the real models and plugin,
     /// or why it was not measured.
     pub face: Result<Stats, String>,
+    /// Decisions made while plugins were being swapped in service.
+    pub swap: SwapReport,
     pub machine: String,
+}
+
+/// Decisions under a steady stream of card reads while the policy plugin is swapped
+/// again and again on the policy thread (the path a fleet deployment's activation takes).
+#[derive(Debug, Clone)]
+pub struct SwapReport {
+    pub swaps: usize,
+    /// How long each swap took from the request to the policy thread having done it.
+    pub swap_time: Stats,
+    pub submitted: usize,
+    pub decided: usize,
+    /// Decisions not made by the plugin (fallback or host) — a half-loaded plugin would show here.
+    pub not_by_plugin: usize,
+    /// Card read handed over -> decision logged, for reads handed over within 2 ms of a swap.
+    pub during_swap: Stats,
+    pub all: Stats,
+    /// The plugin call deadline the latency is judged against.
+    pub deadline: Duration,
+    pub reads_per_sec: u32,
 }
 
 impl fmt::Display for Report {
@@ -79,7 +100,23 @@ impl fmt::Display for Report {
                 s.n
             ),
             Err(why) => write!(f, "\nface: not measured: {why}"),
-        }
+        }?;
+        let w = &self.swap;
+        write!(
+            f,
+            "\nplugin swaps under load: {} swaps while {} card reads/s arrived; {} reads, {} decided ({} lost), {} not by the plugin\n  swap request -> done on the policy thread            {}\n  read -> logged decision, reads within 2 ms of a swap {}\n  read -> logged decision, all reads                   {}\n  slowest decision {:.2} ms against the {} ms plugin deadline",
+            w.swaps,
+            w.reads_per_sec,
+            w.submitted,
+            w.decided,
+            w.submitted.saturating_sub(w.decided),
+            w.not_by_plugin,
+            w.swap_time,
+            w.during_swap,
+            w.all,
+            w.all.max.as_secs_f64() * 1e3,
+            w.deadline.as_millis()
+        )
     }
 }
 
@@ -182,7 +219,11 @@ pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&std::path::Pa
         Some(frame) => face_frames(&cfg, &door.id, frame, start, offset)?,
     };
 
+    // 6. Swaps under load, in service mode (policy thread), as a deployment activates.
+    let swap = swaps_under_load(&cfg, &door.id, &pc, &resident.cards[0], start, offset)?;
+
     Ok(Report {
+        swap,
         plugin: format!("{plugin} ({}, {} bytes)", pc.path.display(), loaded.size),
         plugin_call: Stats::of(calls),
         gateway_decision: Stats::of(gwd),
@@ -191,6 +232,105 @@ pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&std::path::Pa
         replay_secs,
         face,
         machine: machine(),
+    })
+}
+
+/// Feeds card reads at a steady rate to a gateway in service mode while another thread
+/// swaps freshly linked instances of the policy plugin in, as a fleet activation does.
+fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConfig, card: &str, start: i64, offset: i32) -> Result<SwapReport> {
+    const SWAPS: usize = 40;
+    const READS_PER_SEC: u32 = 1000;
+    let log = EventLog::in_memory(&cfg.site.gateway)?;
+    let clock = Clock::new(start, offset);
+    let (mut gw, problems) = Gateway::new(cfg.clone(), clock.clone(), Runtime::new(ExecMode::Live, None)?, log).map_err(anyhow::Error::msg)?;
+    if !problems.is_empty() {
+        return Err(anyhow!("plugins failed to load: {problems:?}"));
+    }
+    gw.spawn_policy_worker()?;
+    let control = gw.plugin_control().ok_or_else(|| anyhow!("no policy thread"))?;
+    // Compile and link off the policy thread, as the fleet agent does; only the swap crosses.
+    let loaded = control.runtime().load(&pc.path)?;
+    let mut staged = Vec::new();
+    for _ in 0..SWAPS {
+        staged.push(Slot::new(control.runtime(), pc, &loaded, &cfg.limits, clock.clone(), Default::default())?);
+    }
+    let name = pc.name.clone();
+    let swapper = std::thread::spawn(move || -> Result<Vec<(Instant, Duration)>, String> {
+        let mut times = Vec::new();
+        std::thread::sleep(Duration::from_millis(200));
+        for slot in staged {
+            let t = Instant::now();
+            let old = control.swap(&name, slot, Duration::from_secs(5))?;
+            times.push((t, t.elapsed()));
+            drop(old);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(times)
+    });
+
+    let input = Input::Card { door: door.to_string(), direction: Direction::Entry, number: card.to_string(), captured_at: None };
+    let every = Duration::from_secs(1) / READS_PER_SEC;
+    let mut waiting: std::collections::VecDeque<Instant> = Default::default();
+    // (handed over, read -> logged decision)
+    let mut done: Vec<(Instant, Duration)> = Vec::new();
+    let (mut submitted, mut decided, mut not_by_plugin) = (0usize, 0usize, 0usize);
+    let mut now = start;
+    let t0 = Instant::now();
+    let mut next = t0;
+    let mut collect = |recs: Vec<crate::gateway::Timed>, waiting: &mut std::collections::VecDeque<Instant>| {
+        for (_, r) in recs {
+            if let crate::event::Record::Decision { by, .. } = r {
+                if let Some(at) = waiting.pop_front() {
+                    done.push((at, at.elapsed()));
+                }
+                decided += 1;
+                if !by.starts_with("plugin:") {
+                    not_by_plugin += 1;
+                }
+            }
+        }
+    };
+    while !swapper.is_finished() || !waiting.is_empty() {
+        if Instant::now() >= next && !swapper.is_finished() {
+            // Reads a minute apart in gateway time: never a repeat, the door always relocked.
+            now += 60_000;
+            clock.set_ms(now);
+            waiting.push_back(Instant::now());
+            let recs = gw.handle(now, &input, None)?;
+            submitted += 1;
+            collect(recs, &mut waiting);
+            next += every;
+        }
+        gw.wait_policy(next.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
+        let recs = gw.poll_policy()?;
+        collect(recs, &mut waiting);
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(anyhow!("swap benchmark did not finish within 60 s"));
+        }
+    }
+    let swap_times = swapper.join().map_err(|_| anyhow!("swap thread panicked"))?.map_err(|e| anyhow!("swap failed: {e}"))?;
+    // A read "meets" a swap when it was handed over within 2 ms either side of one: it
+    // queued behind the swap or was the new instance's first call.
+    let near = Duration::from_millis(2);
+    let during: Vec<Duration> = done
+        .iter()
+        .filter(|(at, _)| swap_times.iter().any(|(s, d)| *at + near >= *s && *at <= *s + *d + near))
+        .map(|(_, d)| *d)
+        .collect();
+    if during.is_empty() {
+        return Err(anyhow!("no read arrived near a swap; the benchmark measured nothing"));
+    }
+    let all: Vec<Duration> = done.iter().map(|(_, d)| *d).collect();
+    Ok(SwapReport {
+        swaps: swap_times.len(),
+        swap_time: Stats::of(swap_times.iter().map(|(_, d)| *d).collect()),
+        submitted,
+        decided,
+        not_by_plugin,
+        during_swap: Stats::of(during),
+        all: Stats::of(all),
+        deadline: Duration::from_millis(cfg.limits.deadline_ms),
+        reads_per_sec: READS_PER_SEC,
     })
 }
 

@@ -95,13 +95,22 @@ struct Entry {
     settings: BTreeMap<String, String>,
 }
 
-/// What `fleet/active.json` remembers of a deployed plugin, so a restart serves it again.
+/// What `fleet/active.json` remembers of a deployed plugin, so a restart serves it
+/// again, and of the version it replaced, so a rollback still works after a restart.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Deployed {
     version: Version,
     sha256: String,
     path: PathBuf,
     settings: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Box<Deployed>>,
+}
+
+impl Deployed {
+    fn of(e: &Entry) -> Deployed {
+        Deployed { version: e.info.version.clone(), sha256: e.info.sha256.clone(), path: e.path.clone(), settings: e.settings.clone(), previous: None }
+    }
 }
 
 fn active_file(dir: &Path) -> PathBuf {
@@ -218,7 +227,8 @@ pub struct HostSlot {
     components: PathBuf,
     cache_dir: Option<PathBuf>,
     active: BTreeMap<String, Entry>,
-    previous: BTreeMap<String, (Entry, Slot)>,
+    /// The version each plugin replaced; its slot is linked again on demand after a restart.
+    previous: BTreeMap<String, (Entry, Option<Slot>)>,
     staged: BTreeMap<String, (Entry, Slot)>,
     /// Time the last stage (compile + link + first instance) and self-test took.
     pub last_timings: (Duration, Duration),
@@ -228,12 +238,19 @@ impl HostSlot {
     /// The plugins of `cfg` as they were loaded; deployed components go under `dir`.
     pub fn new(cfg: SiteConfig, control: PluginControl, clock: Clock, db: &Path, dir: &Path, cache_dir: Option<PathBuf>) -> HostSlot {
         let mut active = BTreeMap::new();
-        let deployed = read_deployed(dir);
+        let mut previous = BTreeMap::new();
+        let mut deployed = read_deployed(dir);
         for (name, pc) in &cfg.plugins {
             let Ok(bytes) = std::fs::read(&pc.path) else { continue };
             let sha256 = bundle::sha256_hex(&bytes);
-            let version = deployed.get(name).filter(|d| d.sha256 == sha256 && d.path == pc.path).map_or(CONFIGURED_VERSION, |d| d.version.clone());
-            let info = ActivePlugin { name: name.clone(), world: to_fleet_world(pc.world), version, sha256, previous: None };
+            let this = deployed.remove(name).filter(|d| d.sha256 == sha256 && d.path == pc.path);
+            let version = this.as_ref().map_or(CONFIGURED_VERSION, |d| d.version.clone());
+            let mut info = ActivePlugin { name: name.clone(), world: to_fleet_world(pc.world), version, sha256, previous: None };
+            if let Some(p) = this.and_then(|d| d.previous) {
+                info.previous = Some(p.version.clone());
+                let pinfo = ActivePlugin { name: name.clone(), world: info.world, version: p.version, sha256: p.sha256, previous: None };
+                previous.insert(name.clone(), (Entry { info: pinfo, path: p.path, settings: p.settings }, None));
+            }
             active.insert(name.clone(), Entry { info, path: pc.path.clone(), settings: pc.settings.clone() });
         }
         HostSlot {
@@ -245,20 +262,33 @@ impl HostSlot {
             components: dir.join("components"),
             cache_dir,
             active,
-            previous: BTreeMap::new(),
+            previous,
             staged: BTreeMap::new(),
             last_timings: (Duration::ZERO, Duration::ZERO),
         }
     }
 
-    /// Records the active plugins' components (atomically) for the next start.
+    /// Records the active plugins' components and the versions they replaced
+    /// (atomically) for the next start, and deletes components nothing refers to any more.
     fn save_active(&self) {
         let m: BTreeMap<&String, Deployed> = self
             .active
             .iter()
             .filter(|(_, e)| e.info.version != CONFIGURED_VERSION)
-            .map(|(n, e)| (n, Deployed { version: e.info.version.clone(), sha256: e.info.sha256.clone(), path: e.path.clone(), settings: e.settings.clone() }))
+            .map(|(n, e)| {
+                let mut d = Deployed::of(e);
+                d.previous = self.previous.get(n).map(|(p, _)| Box::new(Deployed::of(p)));
+                (n, d)
+            })
             .collect();
+        let keep: Vec<&PathBuf> = self.active.values().chain(self.previous.values().map(|(e, _)| e)).chain(self.staged.values().map(|(e, _)| e)).map(|e| &e.path).collect();
+        if let Ok(files) = std::fs::read_dir(&self.components) {
+            for f in files.flatten().map(|f| f.path()) {
+                if !keep.contains(&&f) {
+                    let _ = std::fs::remove_file(&f);
+                }
+            }
+        }
         let path = active_file(&self.dir);
         let tmp = path.with_extension("tmp");
         let res = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other).and_then(|b| std::fs::write(&tmp, b)).and_then(|_| std::fs::rename(&tmp, &path));
@@ -278,6 +308,19 @@ impl HostSlot {
             tracing::warn!(plugin, error = %e, "could not read the plugin's kv store; the new version starts empty");
             BTreeMap::new()
         })
+    }
+
+    /// Links a kept version again (after a restart), checking its component is unchanged.
+    fn relink(&self, e: &Entry) -> Result<Slot, String> {
+        let pc = self.cfg.plugins.get(&e.info.name).ok_or_else(|| format!("plugin `{}` is no longer configured", e.info.name))?;
+        let bytes = std::fs::read(&e.path).map_err(|err| format!("the kept version's component {}: {err}", e.path.display()))?;
+        if bundle::sha256_hex(&bytes) != e.info.sha256 {
+            return Err(format!("the kept version's component {} changed on disk", e.path.display()));
+        }
+        let rt = self.control.runtime();
+        let loaded = rt.load_bytes(&bytes, &e.path).map_err(|err| err.to_string())?;
+        let pcfg = PluginConfig { name: e.info.name.clone(), path: e.path.clone(), world: pc.world, settings: e.settings.clone(), prefix: pc.prefix.clone() };
+        Slot::new(rt, &pcfg, &loaded, &self.cfg.limits, self.clock.clone(), self.kv(&e.info.name)).map_err(|err| err.to_string())
     }
 
     /// The site as replay should see it with the active plugins and `staged` in place.
@@ -416,7 +459,7 @@ impl PluginSlot for HostSlot {
         let old = self.control.swap(name, slot, SWAP_TIMEOUT)?;
         if let (Some(old_slot), Some(old_entry)) = (old, self.active.get(name).cloned()) {
             entry.info.previous = Some(old_entry.info.version.clone());
-            self.previous.insert(name.to_string(), (old_entry, old_slot));
+            self.previous.insert(name.to_string(), (old_entry, Some(old_slot)));
         }
         self.active.insert(name.to_string(), entry);
         self.save_active();
@@ -433,6 +476,16 @@ impl PluginSlot for HostSlot {
 
     fn rollback(&mut self, name: &str) -> Result<Version, String> {
         let (entry, slot) = self.previous.remove(name).ok_or_else(|| format!("no previous version of `{name}` is kept"))?;
+        let slot = match slot {
+            Some(s) => s,
+            None => match self.relink(&entry) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.previous.insert(name.to_string(), (entry, None));
+                    return Err(e);
+                }
+            },
+        };
         match self.control.swap(name, slot, SWAP_TIMEOUT) {
             Ok(_) => {
                 let v = entry.info.version.clone();
@@ -440,7 +493,10 @@ impl PluginSlot for HostSlot {
                 self.save_active();
                 Ok(v)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                self.previous.insert(name.to_string(), (entry, None));
+                Err(e)
+            }
         }
     }
 }

@@ -336,6 +336,8 @@ pub struct Link {
     by_pkid: HashMap<u16, Tag>,
     pending_jobs: BTreeMap<String, JobStatus>,
     pending_replies: BTreeMap<String, Vec<u8>>,
+    /// A clean reconnect is under way so the last will lists the plugins now running.
+    refreshing_will: bool,
 }
 
 impl Link {
@@ -369,6 +371,7 @@ impl Link {
             by_pkid: HashMap::new(),
             pending_jobs: BTreeMap::new(),
             pending_replies: BTreeMap::new(),
+            refreshing_will: false,
         };
         Ok((link, handle, in_rx))
     }
@@ -435,7 +438,10 @@ impl Link {
             LinkState::Connecting { attempt } => attempt + 1,
             _ => 0,
         };
-        if self.snap.connected {
+        let refreshing = std::mem::take(&mut self.refreshing_will);
+        if refreshing {
+            tracing::info!("MQTT reconnecting so the last will lists the plugins now running");
+        } else if self.snap.connected {
             tracing::warn!(error = %err, "MQTT link down; events queue in the outbox");
         } else {
             tracing::debug!(error = %err, attempt, "MQTT connect failed");
@@ -445,7 +451,7 @@ impl Link {
         self.by_pkid.clear();
         self.outbox.rewind()?;
         self.outbox.enforce_retention(now_ms())?;
-        let until = Instant::now() + self.cfg.backoff.delay(attempt);
+        let until = if refreshing { Instant::now() } else { Instant::now() + self.cfg.backoff.delay(attempt) };
         self.state = LinkState::Waiting { attempt, until };
         // The next connection carries the latest status as its last will.
         let will = LastWill::new(self.topics.status(), self.death(), QoS::AtLeastOnce, true);
@@ -542,9 +548,16 @@ impl Link {
                 }
             }
             Request::Status(s) => {
+                let plugins_changed = self.status.plugins != s.plugins;
                 self.status = *s;
                 if connected {
                     self.publish_status();
+                    // A will is fixed at connect time (MQTT 3.1.1 and 5): reconnect cleanly
+                    // (a DISCONNECT discards the old will) so a later death message does
+                    // not name the plugins that ran before.
+                    if plugins_changed && self.client.try_disconnect().is_ok() {
+                        self.refreshing_will = true;
+                    }
                 }
             }
             Request::Plugin { topic, payload } => {
