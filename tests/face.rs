@@ -272,6 +272,29 @@ fn a_running_gateway_forgets_a_withdrawn_face_at_the_next_frame() {
 }
 
 #[test]
+fn in_service_a_frame_being_matched_never_holds_up_the_exit_button_or_fire_release() {
+    let (dir, cfg) = enrolled_site();
+    let trace = dir.path().join("busy.jsonl");
+    let header = "{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}";
+    let frame = format!("{{\"at\":1000,\"input\":{{\"kind\":\"camera-frame\",\"door\":\"north-gate\",\"file\":{:?}}}}}", photo("obama2.jpg"));
+    let rest = "{\"at\":1010,\"input\":{\"kind\":\"exit-button\",\"door\":\"building-3\"}}\n{\"at\":1020,\"input\":{\"kind\":\"fire-alarm\",\"active\":true}}\n{\"at\":3000,\"input\":{\"kind\":\"fire-alarm\",\"active\":false}}";
+    std::fs::write(&trace, format!("{header}\n{frame}\n{rest}\n")).unwrap();
+    // At 20x the exit press and the fire alarm arrive 0.5 and 1 ms after the frame, while
+    // the matcher (tens of ms a frame) is still at work on its own thread.
+    let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "20"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let at = |what: &dyn Fn(&str) -> bool| all.lines().position(what).unwrap_or_else(|| panic!("missing line in:\n{all}"));
+    let face = at(&|l| l.contains("north-gate") && l.contains(" face ") && l.contains("r-0003"));
+    let exit = at(&|l| l.contains("building-3") && l.contains("exit button"));
+    let fire = at(&|l| l.contains("ALARM fire RAISED"));
+    assert!(exit < face && fire < face, "the door waited for the face matcher:\n{all}");
+    // Replay, inline and deterministic, still decides the frame first.
+    let (recs, all) = replay(&cfg, &trace);
+    assert_eq!(recs[0]["credential"], "face", "{all}");
+}
+
+#[test]
 fn the_camera_thread_turns_frames_into_face_matches_for_the_loop() {
     use gate::camera::{run_camera, CameraDoor};
     use gate::event::{Direction, Input};

@@ -12,6 +12,64 @@ use gate_face::{FaceEngine, Frame, Gallery, MatchConfig, ModelError, Outcome, St
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// A camera frame handed to the face thread, with when and how the gateway got it.
+#[derive(Debug, Clone)]
+pub struct FrameJob {
+    pub door: String,
+    pub direction: Direction,
+    pub file: PathBuf,
+    /// `captured_at` of the frame input (ms since trace start), passed to the match result.
+    pub captured: Option<u64>,
+    /// Gateway time the frame arrived.
+    pub at: i64,
+    /// Absolute capture time, for the gateway's stale-read check.
+    pub captured_at: Option<i64>,
+}
+
+/// In service the matcher (≈ 35 ms a frame) runs on its own thread, so door timers,
+/// the exit button and fire release never wait for it; only results come back.
+pub struct FaceThread {
+    jobs: std::sync::mpsc::Sender<FrameJob>,
+    done: std::sync::mpsc::Receiver<(FrameJob, FrameResult)>,
+    in_flight: usize,
+}
+
+impl FaceThread {
+    /// Moves `matcher` onto a thread of its own.
+    pub fn spawn(mut matcher: FaceMatcher) -> std::io::Result<FaceThread> {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<FrameJob>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("gate-face".into()).spawn(move || {
+            for job in job_rx {
+                let r = matcher.frame_file(&job.door, job.direction, &job.file, job.captured);
+                if done_tx.send((job, r)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(FaceThread { jobs, done, in_flight: 0 })
+    }
+
+    /// Queues a frame; false if the thread is gone.
+    pub fn send(&mut self, job: FrameJob) -> bool {
+        let ok = self.jobs.send(job).is_ok();
+        self.in_flight += usize::from(ok);
+        ok
+    }
+
+    /// A finished frame, without waiting.
+    pub fn take(&mut self) -> Option<(FrameJob, FrameResult)> {
+        let d = self.done.try_recv().ok()?;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        Some(d)
+    }
+
+    /// Frames queued or being matched.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
 /// Why the matcher could not be started.
 #[derive(Debug, Error)]
 pub enum FaceSetupError {

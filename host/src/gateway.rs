@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::SiteConfig;
 use crate::credentials::{Directory, Subject};
 use crate::door::DoorController;
-use crate::face::{FaceMatcher, FrameResult};
+use crate::face::{FaceMatcher, FaceThread, FrameJob, FrameResult};
 use crate::event::{CredentialKind, Direction, DoorMode, IgnoreReason, Input, Liveness, Outcome, Record};
 use crate::plugin::bindings::policy::gate::plugin::types as wit;
 use crate::plugin::caps::clock::timestamp;
@@ -54,6 +54,8 @@ pub struct Gateway {
     recent: HashMap<(String, [u8; 16]), i64>,
     /// The on-device face matcher (off when not configured or its models are missing).
     face: FaceMatcher,
+    /// In service, the matcher's own thread (then `face` is off here).
+    face_thread: Option<FaceThread>,
 }
 
 impl Gateway {
@@ -73,7 +75,7 @@ impl Gateway {
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
         let face = FaceMatcher::open(&cfg.face);
-        Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face }, problems))
+        Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face, face_thread: None }, problems))
     }
 
     /// The face matcher: whether it is on, and why not.
@@ -103,6 +105,37 @@ impl Gateway {
             self.policy = Policy::Worker(PolicyWorker::spawn(engine)?);
         }
         Ok(())
+    }
+
+    /// Moves the face matcher onto its own thread (service mode), so a frame never
+    /// delays the door; results come back through [`Gateway::poll_faces`]. Read
+    /// [`Gateway::face`] before: afterwards it describes the gateway thread's (off) matcher.
+    pub fn spawn_face_thread(&mut self) -> std::io::Result<()> {
+        if self.face.is_on() && self.face_thread.is_none() {
+            let m = std::mem::replace(&mut self.face, FaceMatcher::off("running on the face thread"));
+            self.face_thread = Some(FaceThread::spawn(m)?);
+        }
+        Ok(())
+    }
+
+    /// Camera frames still being matched on the face thread.
+    pub fn faces_in_flight(&self) -> usize {
+        self.face_thread.as_ref().map_or(0, FaceThread::in_flight)
+    }
+
+    /// Acts on the match results the face thread finished, like any credential.
+    pub fn poll_faces(&mut self) -> Result<Vec<Timed>, GatewayError> {
+        let mut out = Vec::new();
+        while let Some((job, result)) = self.face_thread.as_mut().and_then(FaceThread::take) {
+            let now = self.clock.now_ms().max(job.at);
+            match result {
+                FrameResult::Credential(face) => self.access(now, &face, job.captured_at, &mut out)?,
+                FrameResult::Ignored(reason) => {
+                    self.emit(now, Record::Ignored { door: job.door, credential: Some(CredentialKind::Face), reason }, &mut out)?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Swaps plugins on the policy thread (service mode only; None before `spawn_policy_worker`).
@@ -297,6 +330,12 @@ impl Gateway {
             Input::CameraFrame { door, direction, file, captured_at: cap } => {
                 if self.unknown_door(now, door, Some(CredentialKind::Face), &mut out)? {
                     return Ok(out);
+                }
+                if let Some(t) = &mut self.face_thread {
+                    let job = FrameJob { door: door.clone(), direction: *direction, file: file.clone(), captured: *cap, at: now, captured_at };
+                    if t.send(job) {
+                        return Ok(out);
+                    }
                 }
                 // Only the match result goes on; the frame is dropped (and wiped) here.
                 match self.face.frame_file(door, *direction, file, *cap) {

@@ -66,6 +66,8 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     print(restored, out, &mut summary, &clock)?;
     // Plugins run on their own thread from here on: the door never waits for them.
     gw.spawn_policy_worker()?;
+    // So does the face matcher (≈ 35 ms a frame).
+    gw.spawn_face_thread()?;
     // With [fleet]: the MQTT link and the deployment agent run beside this loop, which
     // only ever hands them work (never waits on the network).
     let fleet = match gw.config().fleet.as_ref().map(|f| f.broker.clone()) {
@@ -91,6 +93,7 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
         vnow = vnow.max(wall_v.min(next_input.unwrap_or(i64::MAX)).min(drain_until));
         gw.clock().set_ms(vnow);
         let mut recs = gw.advance(vnow)?;
+        recs.extend(gw.poll_faces()?);
         recs.extend(gw.poll_policy()?);
         if let Some(f) = &fleet {
             f.after(&recs);
@@ -107,13 +110,14 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
             continue;
         }
         let timer = gw.next_deadline().filter(|t| *t <= drain_until);
-        if next_input.is_none() && timer.is_none() && gw.policy_in_flight() == 0 && !opts.hold {
+        if next_input.is_none() && timer.is_none() && gw.policy_in_flight() == 0 && gw.faces_in_flight() == 0 && !opts.hold {
             break;
         }
         // Sleep until the next input or timer is due, waking early when a plugin finishes.
         let wake = [next_input, timer].into_iter().flatten().min().unwrap_or(vnow + 50);
         let wall_at = Duration::from_secs_f64(((wake - start).max(0) as f64) / 1000.0 / speed);
-        let wait = wall_at.saturating_sub(wall0.elapsed()).max(Duration::from_micros(200)).min(Duration::from_millis(50));
+        let cap = if gw.faces_in_flight() > 0 { Duration::from_millis(2) } else { Duration::from_millis(50) };
+        let wait = wall_at.saturating_sub(wall0.elapsed()).max(Duration::from_micros(200)).min(cap);
         gw.wait_policy(wait);
     }
     if let Some(f) = fleet {
