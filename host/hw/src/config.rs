@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::door::DoorMonitorConfig;
 use crate::error::HwError;
 use crate::keypad::PinEntryConfig;
 use crate::wiegand::WiegandTiming;
@@ -75,9 +74,6 @@ pub struct HardwareConfig {
     /// Wiegand readers (card and keypad).
     #[serde(default)]
     pub readers: Vec<ReaderConfig>,
-    /// Door contact monitoring per door (held-open / forced-open), keyed by door name.
-    #[serde(default)]
-    pub doors: BTreeMap<String, DoorMonitorConfig>,
     /// The camera feeding the face matcher, if any.
     #[serde(default)]
     pub camera: Option<CameraConfig>,
@@ -91,7 +87,6 @@ impl Default for HardwareConfig {
             relays: Vec::new(),
             inputs: Vec::new(),
             readers: Vec::new(),
-            doors: BTreeMap::new(),
             camera: None,
         }
     }
@@ -305,10 +300,6 @@ d0 = 22
 d1 = 23
 pin = { timeout_ms = 4000, min_len = 6, max_len = 6 }
 
-[doors.north]
-held_open_ms = 20000
-unlock_grace_ms = 500
-
 [[readers]]
 name = "north-out"
 door = "north"
@@ -337,7 +328,6 @@ format = "mjpeg"
         assert_eq!(cfg.readers[0].pin.min_len, 6);
         assert_eq!((cfg.readers[0].direction, cfg.readers[1].direction), (Direction::Entry, Direction::Exit));
         assert_eq!(cfg.camera.as_ref().map(|c| (c.door.as_str(), c.direction)), Some(("north", Direction::Entry)));
-        assert_eq!(cfg.doors["north"].held_open_ms, 20_000);
         assert_eq!(cfg.camera.as_ref().map(|c| c.format), Some(CameraFormat::Mjpeg));
     }
 

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Direction, InputKind};
-use crate::door::DoorSignalKind;
 use crate::keypad::PinDigits;
 use crate::wiegand::RejectReason;
 
@@ -98,15 +97,6 @@ pub enum HwEvent {
         /// When.
         at_us: u64,
     },
-    /// Door contact logic: opened, closed, forced open, held open (doors listed under `[hardware.doors]`).
-    Door {
-        /// Door.
-        door: String,
-        /// What happened.
-        kind: DoorSignalKind,
-        /// When.
-        at_us: u64,
-    },
     /// A Wiegand frame was rejected (diagnostic; also counted per reader).
     Rejected {
         /// Reader name.
@@ -129,7 +119,6 @@ impl HwEvent {
             | HwEvent::PinAborted { at_us, .. }
             | HwEvent::Input { at_us, .. }
             | HwEvent::Relay { at_us, .. }
-            | HwEvent::Door { at_us, .. }
             | HwEvent::Rejected { at_us, .. } => *at_us,
         }
     }

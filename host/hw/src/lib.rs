@@ -7,7 +7,6 @@
 
 pub mod camera;
 pub mod config;
-pub mod door;
 pub mod edge;
 pub mod error;
 pub mod event;

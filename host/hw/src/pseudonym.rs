@@ -7,7 +7,6 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::config::InputKind;
-use crate::door::DoorSignalKind;
 use crate::error::HwError;
 use crate::event::{HwEvent, PinAbort};
 use crate::wiegand::RejectReason;
@@ -93,7 +92,6 @@ impl Pseudonymiser {
                 RecordedHwEvent::Input { input: input.clone(), input_kind: *kind, door: door.clone(), active: *active, at_us: *at_us }
             }
             HwEvent::Relay { door, energised, at_us } => RecordedHwEvent::Relay { door: door.clone(), energised: *energised, at_us: *at_us },
-            HwEvent::Door { door, kind, at_us } => RecordedHwEvent::Door { door: door.clone(), signal: *kind, at_us: *at_us },
             HwEvent::Rejected { reader, door, reason, at_us } => {
                 RecordedHwEvent::Rejected { reader: reader.clone(), door: door.clone(), reason: reason.clone(), at_us: *at_us }
             }
@@ -159,15 +157,6 @@ pub enum RecordedHwEvent {
         door: String,
         /// Energised or not.
         energised: bool,
-        /// When.
-        at_us: u64,
-    },
-    /// A door signal.
-    Door {
-        /// Door.
-        door: String,
-        /// What happened.
-        signal: DoorSignalKind,
         /// When.
         at_us: u64,
     },

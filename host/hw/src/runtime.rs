@@ -2,12 +2,10 @@
 //! Linux), samples and decodes them at `poll(now)`, drives the relays, and hands the host one
 //! ordered stream of [`HwEvent`]s. The same code runs live and in virtual time.
 
-use std::collections::BTreeMap;
 
 use embedded_hal::digital::{InputPin, OutputPin};
 
-use crate::config::{Direction, HardwareConfig, InputConfig, InputKind};
-use crate::door::DoorMonitor;
+use crate::config::{Direction, HardwareConfig, InputConfig};
 use crate::edge::PinEdge;
 use crate::error::HwError;
 use crate::event::{CardNumber, HwEvent, PinAbort};
@@ -79,7 +77,6 @@ pub struct HwRuntime<B: PinBackend> {
     relays: Vec<Relay<B::Output>>,
     inputs: Vec<InputSlot<B::Input>>,
     readers: Vec<ReaderSlot<B::Input>>,
-    doors: BTreeMap<String, DoorMonitor>,
 }
 
 impl<B: PinBackend> HwRuntime<B> {
@@ -109,9 +106,8 @@ impl<B: PinBackend> HwRuntime<B> {
             };
             readers.push(ReaderSlot { name: r.name.clone(), door: r.door.clone(), direction: r.direction, source, pin: PinEntry::new(r.pin) });
         }
-        let doors = config.doors.iter().map(|(d, c)| (d.clone(), DoorMonitor::new(d.clone(), *c))).collect();
         tracing::info!(relays = relays.len(), inputs = inputs.len(), readers = readers.len(), "hardware opened");
-        Ok(HwRuntime { relays, inputs, readers, doors })
+        Ok(HwRuntime { relays, inputs, readers })
     }
 
     /// Samples every input and reader at `now_us`, ends due pulses, frames, PIN timeouts and
@@ -126,17 +122,6 @@ impl<B: PinBackend> HwRuntime<B> {
         for slot in &mut self.inputs {
             if let Some(edge) = slot.input.sample(now_us)? {
                 let door = slot.config.door.clone();
-                if let (Some(d), Some(mon)) = (&door, door.as_ref().and_then(|d| self.doors.get_mut(d))) {
-                    match slot.config.kind {
-                        InputKind::DoorContact => {
-                            for s in mon.contact(edge.active, edge.changed_at_us) {
-                                out.push(HwEvent::Door { door: d.clone(), kind: s.kind, at_us: s.at_us });
-                            }
-                        }
-                        InputKind::ExitButton if edge.active => mon.exit_request(edge.changed_at_us),
-                        _ => {}
-                    }
-                }
                 out.push(HwEvent::Input { input: edge.input, kind: slot.config.kind, door, active: edge.active, at_us: edge.at_us });
             }
         }
@@ -149,11 +134,6 @@ impl<B: PinBackend> HwRuntime<B> {
                 reader_frame(slot, f, &mut out);
             }
             pin_timeout(slot, now_us, &mut out);
-        }
-        for (door, mon) in &mut self.doors {
-            if let Some(s) = mon.poll(now_us) {
-                out.push(HwEvent::Door { door: door.clone(), kind: s.kind, at_us: s.at_us });
-            }
         }
         out.sort_by_key(HwEvent::at_us);
         Ok(out)
@@ -196,8 +176,7 @@ impl<B: PinBackend> HwRuntime<B> {
             };
             [frame, s.pin.next_deadline()]
         });
-        let doors = self.doors.values().filter_map(DoorMonitor::next_deadline);
-        relays.chain(inputs).chain(readers.flatten()).chain(doors).min()
+        relays.chain(inputs).chain(readers.flatten()).min()
     }
 
     fn relay(&mut self, door: &str) -> Result<&mut Relay<B::Output>, HwError> {
@@ -205,9 +184,6 @@ impl<B: PinBackend> HwRuntime<B> {
     }
 
     fn relay_changed(&mut self, change: RelayChange, out: &mut Vec<HwEvent>) {
-        if let Some(mon) = self.doors.get_mut(&change.relay) {
-            mon.relay(change.energised, change.at_us);
-        }
         out.push(HwEvent::Relay { door: change.relay, energised: change.energised, at_us: change.at_us });
     }
 
