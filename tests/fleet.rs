@@ -543,4 +543,12 @@ fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_rest
     .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()));
     assert_eq!(summary, want);
     assert!(site.records("door-mode").iter().any(|(s, m)| *s > restarted_at && m["by"] == "host:restored" && m["door"] == "north-gate"));
+
+    // A revocation can be undone, once.
+    wait_until("the restarted gateway online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
+    let (code, out) = remote(&["reinstate", "--reference", &reference, "--reason", "card found"]);
+    assert!(code == 0 && out.contains(&format!("{reference} of r-0003 reinstated")), "{out}");
+    let (code, out) = remote(&["reinstate", "--reference", &reference, "--reason", "again"]);
+    assert!(code == 1 && out.contains("is not revoked"), "{out}");
+    assert_eq!(site.records("reinstated")[0].1["by"], "remote:test-ops");
 }

@@ -168,6 +168,16 @@ impl Directory {
         self.revoked.insert(reference.to_string());
     }
 
+    /// Undoes a revocation; false if the reference was not revoked.
+    pub fn reinstate(&mut self, reference: &str) -> bool {
+        self.revoked.remove(reference)
+    }
+
+    /// Whether a reference is revoked.
+    pub fn is_revoked(&self, reference: &str) -> bool {
+        self.revoked.contains(reference)
+    }
+
     /// The revoked reference that forbids this credential, if any: its own, or its holder's.
     pub fn revoked_by(&self, input: &Input, holder: Option<&Subject>) -> Option<String> {
         if self.revoked.is_empty() {
@@ -312,6 +322,9 @@ mod tests {
         assert_eq!(d.revoked_by(&pin, holder.as_ref()), None, "the PIN is another credential");
         d.revoke("subject:r-1");
         assert_eq!(d.revoked_by(&pin, holder.as_ref()).as_deref(), Some("subject:r-1"));
+        assert!(d.reinstate("subject:r-1") && !d.reinstate("subject:r-1"));
+        assert_eq!(d.revoked_by(&pin, holder.as_ref()), None, "reinstated");
+        assert_eq!(d.revoked_by(&card, holder.as_ref()), Some(card_ref.clone()), "the card's own revocation stands");
         // Another site's reference for the same card is a different name.
         assert_ne!(credential_ref("other", CredentialKind::Card, "1001"), card_ref);
         assert!(!is_reference("card:1001") && !is_reference("face:0123456789abcdef01234567") && is_reference("subject:r-1"));

@@ -370,6 +370,14 @@ pub enum Record {
         reason: String,
         by: String,
     },
+    /// A revocation was undone by an operator.
+    Reinstated {
+        credential: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder: Option<String>,
+        reason: String,
+        by: String,
+    },
     /// A unit door's shared PIN was replaced (the PIN itself is never logged).
     UnitPin { door: String, by: String },
 }
@@ -396,6 +404,7 @@ impl Record {
             Record::Plugin { .. } => "plugin",
             Record::DoorMode { .. } => "door-mode",
             Record::Revoked { .. } => "revoked",
+            Record::Reinstated { .. } => "reinstated",
             Record::UnitPin { .. } => "unit-pin",
         }
     }
@@ -410,7 +419,7 @@ impl Record {
             | Record::Ignored { door, .. }
             | Record::DoorMode { door, .. }
             | Record::UnitPin { door, .. } => Some(door),
-            Record::Publish { .. } | Record::Plugin { .. } | Record::Revoked { .. } => None,
+            Record::Publish { .. } | Record::Plugin { .. } | Record::Revoked { .. } | Record::Reinstated { .. } => None,
         }
     }
 }
@@ -480,6 +489,9 @@ impl fmt::Display for Record {
             }
             Record::Revoked { credential, holder, reason, by } => {
                 write!(f, "credential {credential} ({}) REVOKED: {reason}  [{by}]", holder.as_deref().unwrap_or("no holder"))
+            }
+            Record::Reinstated { credential, holder, reason, by } => {
+                write!(f, "credential {credential} ({}) reinstated: {reason}  [{by}]", holder.as_deref().unwrap_or("no holder"))
             }
             Record::UnitPin { door, by } => write!(f, "{door:<14} unit PIN replaced  [{by}]"),
         }

@@ -74,6 +74,10 @@ fn execute(gw: &mut Gateway, now: i64, req: &RemoteCommand) -> Result<Result<(Ve
             };
             (recs, detail.into())
         }),
+        CommandAction::ReinstateCredential { credential_ref, reason } => gw.remote_reinstate(now, credential_ref, reason, sender)?.map(|(recs, holder)| {
+            let of = holder.map(|h| format!(" of {h}")).unwrap_or_default();
+            (recs, format!("{credential_ref}{of} reinstated").into())
+        }),
         CommandAction::RotateUnitPin { door, .. } => gw.remote_rotate_unit_pin(now, door, sender)?.map(|(recs, pin)| {
             let detail = format!("unit PIN of door `{door}` replaced; the old one no longer opens it");
             (recs, Executed { detail, secret_for_sender: Some(pin) })

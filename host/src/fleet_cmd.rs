@@ -360,6 +360,18 @@ pub enum RemoteCmd {
         #[arg(long)]
         reason: String,
     },
+    /// Undo a revocation (by the same reference or --subject).
+    Reinstate {
+        #[command(flatten)]
+        to: CommandTarget,
+        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+        reference: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Why (kept in the event log).
+        #[arg(long)]
+        reason: String,
+    },
     /// Give a unit door a new random PIN; it comes back sealed to this command and is printed here only.
     RotateUnitPin {
         #[command(flatten)]
@@ -408,15 +420,8 @@ pub fn remote(cmd: RemoteCmd) -> Result<u8, Fail> {
             let for_ms = parse_duration_ms(&duration).map_err(|e| bad(anyhow!("--for {e}")))?;
             (to, CommandAction::SetDoorMode { door, mode, for_ms })
         }
-        RemoteCmd::Revoke { to, reference, subject, reason } => {
-            let credential_ref = match (reference, subject) {
-                (Some(r), _) if gate::credentials::is_reference(&r) => r,
-                (Some(r), _) => return Err(bad(anyhow!("--reference {r:?} is not a credential reference: make one with `gate credential-ref`"))),
-                (None, Some(s)) => format!("subject:{s}"),
-                (None, None) => return Err(bad(anyhow!("give --reference or --subject"))),
-            };
-            (to, CommandAction::RevokeCredential { credential_ref, reason })
-        }
+        RemoteCmd::Revoke { to, reference, subject, reason } => (to, CommandAction::RevokeCredential { credential_ref: reference_arg(reference, subject)?, reason }),
+        RemoteCmd::Reinstate { to, reference, subject, reason } => (to, CommandAction::ReinstateCredential { credential_ref: reference_arg(reference, subject)?, reason }),
         RemoteCmd::RotateUnitPin { to, door } => {
             let k = ReplyKey::generate();
             let action = CommandAction::RotateUnitPin { door, reply_key: k.public_b64() };
@@ -449,6 +454,16 @@ pub fn remote(cmd: RemoteCmd) -> Result<u8, Fail> {
         op.disconnect().await;
         Ok(code)
     })
+}
+
+/// `--reference` (checked) or `--subject` as a credential reference.
+fn reference_arg(reference: Option<String>, subject: Option<String>) -> Result<String, Fail> {
+    match (reference, subject) {
+        (Some(r), _) if gate::credentials::is_reference(&r) => Ok(r),
+        (Some(r), _) => Err(bad(anyhow!("--reference {r:?} is not a credential reference: make one with `gate credential-ref`"))),
+        (None, Some(s)) => Ok(format!("subject:{s}")),
+        (None, None) => Err(bad(anyhow!("give --reference or --subject"))),
+    }
 }
 
 fn print_reply(site: &str, gw: &str, r: &CommandReply, reply_key: Option<&ReplyKey>) -> u8 {

@@ -223,6 +223,19 @@ impl Gateway {
         Ok(Ok((out, holder)))
     }
 
+    /// Undoes a revocation on an authorised command; an error if the reference is not revoked.
+    pub fn remote_reinstate(&mut self, now: i64, reference: &str, reason: &str, sender: &str) -> Result<Result<(Vec<Timed>, Option<String>), String>, GatewayError> {
+        if !self.dir.is_revoked(reference) {
+            return Ok(Err(format!("`{reference}` is not revoked at this gateway")));
+        }
+        let holder = self.dir.holder_of(reference).map(String::from);
+        let mut out = self.advance(now)?;
+        let record = Record::Reinstated { credential: reference.to_string(), holder: holder.clone(), reason: reason.to_string(), by: format!("remote:{sender}") };
+        self.emit(now, record, &mut out)?;
+        self.dir.reinstate(reference);
+        Ok(Ok((out, holder)))
+    }
+
     /// Replaces a unit door's shared PIN with a fresh random one on an authorised command.
     /// Only its hash is stored; the PIN is returned once, for the caller to seal to the operator.
     pub fn remote_rotate_unit_pin(&mut self, now: i64, door: &str, sender: &str) -> Result<Result<(Vec<Timed>, String), String>, GatewayError> {

@@ -129,6 +129,12 @@ impl EventLog {
                 tx.execute("INSERT OR REPLACE INTO revoked_credentials (reference, event_id) VALUES (?1, ?2)", params![credential, id])?;
                 tx.commit()?;
             }
+            Record::Reinstated { credential, .. } => {
+                let tx = self.conn.savepoint()?;
+                tx.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+                tx.execute("DELETE FROM revoked_credentials WHERE reference = ?1", [credential])?;
+                tx.commit()?;
+            }
             _ => {
                 self.conn.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
             }
@@ -288,7 +294,9 @@ mod tests {
         log.append(2, &mode("b", DoorMode::HeldOpen, Some(200))).unwrap();
         log.append(3, &mode("b", DoorMode::Normal, None)).unwrap();
         log.append(4, &Record::Revoked { credential: "card:0123456789abcdef01234567".into(), holder: None, reason: "lost".into(), by: "remote:ops".into() }).unwrap();
-        let id = log.replace_unit_pin(5, "a", "ab12", &Record::UnitPin { door: "a".into(), by: "remote:ops".into() }).unwrap();
+        log.append(5, &Record::Revoked { credential: "subject:r-1".into(), holder: None, reason: "moved out".into(), by: "remote:ops".into() }).unwrap();
+        log.append(6, &Record::Reinstated { credential: "subject:r-1".into(), holder: None, reason: "by mistake".into(), by: "remote:ops".into() }).unwrap();
+        let id = log.replace_unit_pin(7, "a", "ab12", &Record::UnitPin { door: "a".into(), by: "remote:ops".into() }).unwrap();
         drop(log);
         let log = EventLog::open(&path, "gw").unwrap();
         assert_eq!(log.door_modes().unwrap(), vec![("a".to_string(), DoorMode::Locked, 100)]);
@@ -296,6 +304,6 @@ mod tests {
         assert_eq!(log.unit_pins().unwrap(), vec![("a".to_string(), "ab12".to_string())]);
         let body = log.get(&id).unwrap().unwrap();
         assert!(body.contains("unit-pin") && !body.contains("ab12"), "the PIN hash stays out of the event: {body}");
-        assert_eq!(log.count().unwrap(), 5);
+        assert_eq!(log.count().unwrap(), 7);
     }
 }

@@ -55,6 +55,8 @@ pub enum CommandAction {
     /// Revoke the credential with this pseudonymous reference (`card:…`, `pin:…`, `nfc:…`,
     /// `plate:…` from `gate credential-ref`, or `subject:<id>` for all of a holder's).
     RevokeCredential { credential_ref: String, reason: String },
+    /// Undo a revocation of this reference (a card found again, a revocation by mistake).
+    ReinstateCredential { credential_ref: String, reason: String },
     /// Generate a new PIN for a unit door on the gateway. It comes back only sealed to
     /// `reply_key` (base64 X25519 public key, used once).
     RotateUnitPin { door: String, reply_key: String },
@@ -65,7 +67,7 @@ impl CommandAction {
     pub fn permission(&self) -> Permission {
         match self {
             CommandAction::OpenDoorOnce { .. } | CommandAction::SetDoorMode { .. } => Permission::Door,
-            CommandAction::RevokeCredential { .. } => Permission::Credentials,
+            CommandAction::RevokeCredential { .. } | CommandAction::ReinstateCredential { .. } => Permission::Credentials,
             CommandAction::RotateUnitPin { .. } => Permission::Pin,
         }
     }
