@@ -52,7 +52,7 @@ pub enum FleetError {
 fn execute(gw: &mut Gateway, now: i64, req: &RemoteCommand) -> Result<Result<(Vec<Timed>, Executed), String>, GatewayError> {
     let sender = req.sender.as_str();
     Ok(match &req.action {
-        CommandAction::OpenDoorOnce { door } => gw.remote_open(now, door, &req.command, sender)?.map(|recs| (recs, format!("door `{door}` released once").into())),
+        CommandAction::OpenDoorOnce { door } => gw.remote_open(now, door, &req.command, sender)?.map(|(recs, ())| (recs, format!("door `{door}` released once").into())),
         CommandAction::SetDoorMode { door, mode, for_ms } => {
             let mode = match mode {
                 FleetDoorMode::Normal => DoorMode::Normal,

@@ -28,6 +28,10 @@ pub enum GatewayError {
 /// A record and the gateway time it happened at.
 pub type Timed = (i64, Record);
 
+/// What an operator command did: its records and a result, or why it was refused
+/// (a refusal goes back in the reply; it is not a gateway failure).
+pub type Remote<T> = Result<(Vec<Timed>, T), String>;
+
 #[derive(Clone, Debug)]
 struct Pending {
     prior: Vec<wit::PriorFactor>,
@@ -149,7 +153,7 @@ impl Gateway {
     /// Releases `door` once on an authorised remote command: logged (with who sent it)
     /// before the relay moves, like any grant. Fire release and alarms stay the door
     /// controller's; the command is one-shot (the fleet layer refuses replays).
-    pub fn remote_open(&mut self, now: i64, door: &str, command: &str, sender: &str) -> Result<Result<Vec<Timed>, String>, GatewayError> {
+    pub fn remote_open(&mut self, now: i64, door: &str, command: &str, sender: &str) -> Result<Remote<()>, GatewayError> {
         let Some(d) = self.cfg.door(door).cloned() else {
             return Ok(Err(format!("this gateway has no door `{door}`")));
         };
@@ -169,12 +173,12 @@ impl Gateway {
         for (t, r) in self.doors.grant(&d.id, now, d.open_ms) {
             self.emit(t, r, &mut out)?;
         }
-        Ok(Ok(out))
+        Ok(Ok((out, ())))
     }
 
     /// Puts `door` in `mode` for `for_ms` on an authorised command (normal ends a mode
     /// early). Logged with the sender before the relay moves; fire release stays on top.
-    pub fn remote_set_mode(&mut self, now: i64, door: &str, mode: DoorMode, for_ms: u64, sender: &str) -> Result<Result<(Vec<Timed>, Option<i64>), String>, GatewayError> {
+    pub fn remote_set_mode(&mut self, now: i64, door: &str, mode: DoorMode, for_ms: u64, sender: &str) -> Result<Remote<Option<i64>>, GatewayError> {
         if self.cfg.door(door).is_none() {
             return Ok(Err(format!("this gateway has no door `{door}`")));
         }
@@ -211,7 +215,7 @@ impl Gateway {
 
     /// Revokes a credential reference (`card:…`, `pin:…`, `nfc:…`, `plate:…`, `subject:<id>`)
     /// on an authorised command; durable before it is answered. Returns the holder, if known.
-    pub fn remote_revoke(&mut self, now: i64, reference: &str, reason: &str, sender: &str) -> Result<Result<(Vec<Timed>, Option<String>), String>, GatewayError> {
+    pub fn remote_revoke(&mut self, now: i64, reference: &str, reason: &str, sender: &str) -> Result<Remote<Option<String>>, GatewayError> {
         if !crate::credentials::is_reference(reference) {
             return Ok(Err(format!("`{reference}` is not a credential reference (card:, pin:, nfc: or plate: and 24 hex digits from `gate credential-ref`, or subject:<id>)")));
         }
@@ -224,7 +228,7 @@ impl Gateway {
     }
 
     /// Undoes a revocation on an authorised command; an error if the reference is not revoked.
-    pub fn remote_reinstate(&mut self, now: i64, reference: &str, reason: &str, sender: &str) -> Result<Result<(Vec<Timed>, Option<String>), String>, GatewayError> {
+    pub fn remote_reinstate(&mut self, now: i64, reference: &str, reason: &str, sender: &str) -> Result<Remote<Option<String>>, GatewayError> {
         if !self.dir.is_revoked(reference) {
             return Ok(Err(format!("`{reference}` is not revoked at this gateway")));
         }
@@ -238,7 +242,7 @@ impl Gateway {
 
     /// Replaces a unit door's shared PIN with a fresh random one on an authorised command.
     /// Only its hash is stored; the PIN is returned once, for the caller to seal to the operator.
-    pub fn remote_rotate_unit_pin(&mut self, now: i64, door: &str, sender: &str) -> Result<Result<(Vec<Timed>, String), String>, GatewayError> {
+    pub fn remote_rotate_unit_pin(&mut self, now: i64, door: &str, sender: &str) -> Result<Remote<String>, GatewayError> {
         match self.cfg.door(door) {
             None => return Ok(Err(format!("this gateway has no door `{door}`"))),
             Some(d) if !d.unit_pin => return Ok(Err(format!("door `{door}` is not a unit door (`unit_pin = true` in its [[door]])"))),
