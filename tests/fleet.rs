@@ -496,6 +496,9 @@ fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_rest
     wait_until("the revoked card refused", Duration::from_secs(20), || {
         decided_at("building-3", revoked_at).iter().any(|d| d["subject"] == "r-0003" && d["by"] == "host:revoked")
     });
+    // The decision (which plugins and the platform see) names no reference.
+    let refused = decided_at("building-3", revoked_at).into_iter().find(|d| d["by"] == "host:revoked").unwrap();
+    assert_eq!(refused["reason"], "credential revoked");
     let (code, out) = remote(&["revoke", "--reference", "card:10012347", "--reason", "x"]);
     assert_eq!(code, 2, "a raw card number is refused before anything is sent: {out}");
 

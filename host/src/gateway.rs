@@ -416,8 +416,10 @@ impl Gateway {
             Ok(x) => x,
             Err((reason, by)) => return self.emit(now, host_deny(reason, by, None), out),
         };
+        // The reason names no reference: decisions reach plugins and the platform.
         if let Some(r) = self.dir.revoked_by(input, subject.as_ref()) {
-            return self.emit(now, host_deny(format!("credential revoked ({r})"), "revoked", subject.map(|s| s.id)), out);
+            let what = if r.starts_with("subject:") { "the holder's credentials are revoked" } else { "credential revoked" };
+            return self.emit(now, host_deny(what.into(), "revoked", subject.map(|s| s.id)), out);
         }
         if self.locks_out(&door.id, direction, kind) {
             return self.emit(now, host_deny("door locked by an operator".into(), "locked", subject.map(|s| s.id)), out);
