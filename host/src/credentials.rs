@@ -63,8 +63,6 @@ pub struct Directory {
     nfc: HashMap<String, String>,
     plates: HashMap<String, String>,
     qr_keys: Vec<VerifyingKey>,
-    /// Credential reference -> holder, for revocation by reference.
-    refs: HashMap<String, String>,
     /// Revoked credential references (`<kind>:<hash>` or `subject:<id>`).
     revoked: HashSet<String>,
     /// Unit doors' shared PIN hashes, by door.
@@ -124,22 +122,6 @@ impl Directory {
 
     fn add(&mut self, s: &SubjectEntry) {
         let subject = Subject { id: s.id.clone(), role: s.role, groups: s.groups.clone() };
-        let mut refer = |kind, value: &str| {
-            let r = credential_ref(&self.site_id, kind, value);
-            self.refs.insert(r, s.id.clone());
-        };
-        for c in &s.cards {
-            refer(CredentialKind::Card, c);
-        }
-        for p in &s.pin_sha256 {
-            refer(CredentialKind::Pin, p);
-        }
-        for n in &s.nfc {
-            refer(CredentialKind::Nfc, n);
-        }
-        for p in &s.plates {
-            refer(CredentialKind::Plate, p);
-        }
         for c in &s.cards {
             self.cards.insert(c.clone(), s.id.clone());
         }
@@ -156,11 +138,17 @@ impl Directory {
     }
 
     /// The holder of a credential reference (or the subject a `subject:` reference names).
+    /// Searched on demand: only operator commands ask, so nothing is kept for it.
     pub fn holder_of(&self, reference: &str) -> Option<&str> {
-        match reference.strip_prefix("subject:") {
-            Some(id) => self.by_id.get(id).map(|s| s.id.as_str()),
-            None => self.refs.get(reference).map(String::as_str),
-        }
+        let (kind, map) = match reference.split_once(':')?.0 {
+            "subject" => return self.by_id.get(&reference["subject:".len()..]).map(|s| s.id.as_str()),
+            "card" => (CredentialKind::Card, &self.cards),
+            "pin" => (CredentialKind::Pin, &self.pins),
+            "nfc" => (CredentialKind::Nfc, &self.nfc),
+            "plate" => (CredentialKind::Plate, &self.plates),
+            _ => return None,
+        };
+        map.iter().find(|(value, _)| credential_ref(&self.site_id, kind, value) == reference).map(|(_, id)| id.as_str())
     }
 
     /// Revokes a reference from now on (also one the directory does not know yet).

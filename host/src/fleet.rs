@@ -316,15 +316,22 @@ impl HostSlot {
 
     /// Links a kept version again (after a restart), checking its component is unchanged.
     fn relink(&self, e: &Entry) -> Result<Slot, String> {
-        let pc = self.cfg.plugins.get(&e.info.name).ok_or_else(|| format!("plugin `{}` is no longer configured", e.info.name))?;
         let bytes = std::fs::read(&e.path).map_err(|err| format!("the kept version's component {}: {err}", e.path.display()))?;
         if bundle::sha256_hex(&bytes) != e.info.sha256 {
             return Err(format!("the kept version's component {} changed on disk", e.path.display()));
         }
+        self.link(&e.info.name, &e.path, &bytes, &e.settings).map(|(slot, _)| slot)
+    }
+
+    /// Compiles (or takes from the cache) and links a component of plugin `name` on the
+    /// policy engine's own engine, with its kv store; returns the slot and the sha256.
+    fn link(&self, name: &str, path: &Path, component: &[u8], settings: &BTreeMap<String, String>) -> Result<(Slot, String), String> {
+        let pc = self.cfg.plugins.get(name).ok_or_else(|| format!("plugin `{name}` is not configured at this site"))?;
         let rt = self.control.runtime();
-        let loaded = rt.load_bytes(&bytes, &e.path).map_err(|err| err.to_string())?;
-        let pcfg = PluginConfig { name: e.info.name.clone(), path: e.path.clone(), world: pc.world, settings: e.settings.clone(), prefix: pc.prefix.clone() };
-        Slot::new(rt, &pcfg, &loaded, &self.cfg.limits, self.clock.clone(), self.kv(&e.info.name)).map_err(|err| err.to_string())
+        let loaded = rt.load_bytes(component, path).map_err(|e| e.to_string())?;
+        let pcfg = PluginConfig { name: name.to_string(), path: path.to_path_buf(), world: pc.world, settings: settings.clone(), prefix: pc.prefix.clone() };
+        let slot = Slot::new(rt, &pcfg, &loaded, &self.cfg.limits, self.clock.clone(), self.kv(name)).map_err(|e| e.to_string())?;
+        Ok((slot, loaded.sha256.clone()))
     }
 
     /// The site as replay should see it with the active plugins and `staged` in place.
@@ -409,12 +416,9 @@ impl PluginSlot for HostSlot {
         std::fs::create_dir_all(&self.components).map_err(|e| format!("creating {}: {e}", self.components.display()))?;
         let path = self.components.join(format!("{}-{}-{}.wasm", m.name, m.version, &m.sha256[..m.sha256.len().min(12)]));
         std::fs::write(&path, component).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        let rt = self.control.runtime();
-        let loaded = rt.load_bytes(component, &path).map_err(|e| e.to_string())?;
-        let pcfg = PluginConfig { name: m.name.clone(), path: path.clone(), world: pc.world, settings: m.config.clone(), prefix: pc.prefix.clone() };
-        let mut slot = Slot::new(rt, &pcfg, &loaded, &self.cfg.limits, self.clock.clone(), self.kv(&m.name)).map_err(|e| e.to_string())?;
-        slot.instantiate_fresh(rt).map_err(|e| format!("the component does not start: {e}"))?;
-        let info = ActivePlugin { name: m.name.clone(), world: m.world, version: m.version.clone(), sha256: loaded.sha256.clone(), previous: None };
+        let (mut slot, sha256) = self.link(&m.name, &path, component, &m.config)?;
+        slot.instantiate_fresh(self.control.runtime()).map_err(|e| format!("the component does not start: {e}"))?;
+        let info = ActivePlugin { name: m.name.clone(), world: m.world, version: m.version.clone(), sha256, previous: None };
         self.staged.insert(m.name.clone(), (Entry { info, path, settings: m.config.clone() }, slot));
         self.last_timings.0 = t.elapsed();
         tracing::info!(plugin = %m.name, version = %m.version, ms = t.elapsed().as_millis() as u64, "plugin staged");

@@ -350,27 +350,15 @@ pub enum RemoteCmd {
     Revoke {
         #[command(flatten)]
         to: CommandTarget,
-        /// A credential reference such as card:3f0c… (never the card number itself).
-        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
-        reference: Option<String>,
-        /// A holder's pseudonymous id: revokes all of their credentials.
-        #[arg(long)]
-        subject: Option<String>,
-        /// Why (kept in the event log).
-        #[arg(long)]
-        reason: String,
+        #[command(flatten)]
+        what: CredentialArgs,
     },
     /// Undo a revocation (by the same reference or --subject).
     Reinstate {
         #[command(flatten)]
         to: CommandTarget,
-        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
-        reference: Option<String>,
-        #[arg(long)]
-        subject: Option<String>,
-        /// Why (kept in the event log).
-        #[arg(long)]
-        reason: String,
+        #[command(flatten)]
+        what: CredentialArgs,
     },
     /// Give a unit door a new random PIN; it comes back sealed to this command and is printed here only.
     RotateUnitPin {
@@ -391,6 +379,33 @@ pub struct CommandTarget {
     pub target: TargetArgs,
     #[command(flatten)]
     pub broker: BrokerArgs,
+}
+
+/// Which credential a revocation (or its undoing) is about, and why.
+#[derive(Args)]
+pub struct CredentialArgs {
+    /// A credential reference such as card:3f0c… (never the card number itself).
+    #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+    pub reference: Option<String>,
+    /// A holder's pseudonymous id: all of their credentials.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Why (kept in the event log).
+    #[arg(long)]
+    pub reason: String,
+}
+
+impl CredentialArgs {
+    /// `--reference` (checked) or `--subject` as a credential reference, with the reason.
+    fn reference(self) -> Result<(String, String), Fail> {
+        let r = match (self.reference, self.subject) {
+            (Some(r), _) if gate::credentials::is_reference(&r) => r,
+            (Some(r), _) => return Err(bad(anyhow!("--reference {r:?} is not a credential reference: make one with `gate credential-ref`"))),
+            (None, Some(s)) => format!("subject:{s}"),
+            (None, None) => return Err(bad(anyhow!("give --reference or --subject"))),
+        };
+        Ok((r, self.reason))
+    }
 }
 
 /// Parses `90s`, `30m`, `2h`, `1d` (or plain milliseconds) into milliseconds.
@@ -420,8 +435,14 @@ pub fn remote(cmd: RemoteCmd) -> Result<u8, Fail> {
             let for_ms = parse_duration_ms(&duration).map_err(|e| bad(anyhow!("--for {e}")))?;
             (to, CommandAction::SetDoorMode { door, mode, for_ms })
         }
-        RemoteCmd::Revoke { to, reference, subject, reason } => (to, CommandAction::RevokeCredential { credential_ref: reference_arg(reference, subject)?, reason }),
-        RemoteCmd::Reinstate { to, reference, subject, reason } => (to, CommandAction::ReinstateCredential { credential_ref: reference_arg(reference, subject)?, reason }),
+        RemoteCmd::Revoke { to, what } => {
+            let (credential_ref, reason) = what.reference()?;
+            (to, CommandAction::RevokeCredential { credential_ref, reason })
+        }
+        RemoteCmd::Reinstate { to, what } => {
+            let (credential_ref, reason) = what.reference()?;
+            (to, CommandAction::ReinstateCredential { credential_ref, reason })
+        }
         RemoteCmd::RotateUnitPin { to, door } => {
             let k = ReplyKey::generate();
             let action = CommandAction::RotateUnitPin { door, reply_key: k.public_b64() };
@@ -454,16 +475,6 @@ pub fn remote(cmd: RemoteCmd) -> Result<u8, Fail> {
         op.disconnect().await;
         Ok(code)
     })
-}
-
-/// `--reference` (checked) or `--subject` as a credential reference.
-fn reference_arg(reference: Option<String>, subject: Option<String>) -> Result<String, Fail> {
-    match (reference, subject) {
-        (Some(r), _) if gate::credentials::is_reference(&r) => Ok(r),
-        (Some(r), _) => Err(bad(anyhow!("--reference {r:?} is not a credential reference: make one with `gate credential-ref`"))),
-        (None, Some(s)) => Ok(format!("subject:{s}")),
-        (None, None) => Err(bad(anyhow!("give --reference or --subject"))),
-    }
 }
 
 fn print_reply(site: &str, gw: &str, r: &CommandReply, reply_key: Option<&ReplyKey>) -> u8 {

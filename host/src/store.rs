@@ -109,11 +109,11 @@ impl EventLog {
     /// state table in the same transaction, so a restart finds what the log says.
     pub fn append_with_id(&mut self, at_ms: i64, record: &Record, id: String) -> Result<String, StoreError> {
         let body = serde_json::to_string(record)?;
-        let insert = "INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+        let seq = self.next_seq;
         match record {
             Record::DoorMode { door, mode, until_ms, .. } => {
                 let tx = self.conn.savepoint()?;
-                tx.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+                insert_event(&tx, seq, &id, at_ms, record, &body)?;
                 match (mode, until_ms) {
                     (DoorMode::Normal, _) | (_, None) => tx.execute("DELETE FROM door_modes WHERE door = ?1", [door])?,
                     (m, Some(u)) => tx.execute(
@@ -125,19 +125,17 @@ impl EventLog {
             }
             Record::Revoked { credential, .. } => {
                 let tx = self.conn.savepoint()?;
-                tx.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+                insert_event(&tx, seq, &id, at_ms, record, &body)?;
                 tx.execute("INSERT OR REPLACE INTO revoked_credentials (reference, event_id) VALUES (?1, ?2)", params![credential, id])?;
                 tx.commit()?;
             }
             Record::Reinstated { credential, .. } => {
                 let tx = self.conn.savepoint()?;
-                tx.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+                insert_event(&tx, seq, &id, at_ms, record, &body)?;
                 tx.execute("DELETE FROM revoked_credentials WHERE reference = ?1", [credential])?;
                 tx.commit()?;
             }
-            _ => {
-                self.conn.prepare_cached(insert)?.execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
-            }
+            _ => insert_event(&self.conn, seq, &id, at_ms, record, &body)?,
         }
         self.next_seq += 1;
         Ok(id)
@@ -149,8 +147,7 @@ impl EventLog {
         let id = self.next_id();
         let tx = self.conn.savepoint()?;
         tx.execute("INSERT OR REPLACE INTO unit_pins (door, pin_sha256, event_id) VALUES (?1, ?2, ?3)", params![door, pin_sha256, id])?;
-        tx.prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![self.next_seq, id, at_ms, record.kind(), record.door(), body])?;
+        insert_event(&tx, self.next_seq, &id, at_ms, record, &body)?;
         tx.commit()?;
         self.next_seq += 1;
         Ok(id)
@@ -240,6 +237,13 @@ impl EventLog {
     pub fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
         Ok(self.conn.query_row("SELECT body FROM events WHERE id = ?1", [id], |r| r.get(0)).optional()?)
     }
+}
+
+/// Writes one row of the event log.
+fn insert_event(conn: &Connection, seq: i64, id: &str, at_ms: i64, record: &Record, body: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+        .execute(params![seq, id, at_ms, record.kind(), record.door(), body])?;
+    Ok(())
 }
 
 #[cfg(test)]
