@@ -50,9 +50,46 @@ fn find_mosquitto() -> Result<PathBuf, String> {
     Err(SETUP_HINT.into())
 }
 
+/// The kernel's range for ephemeral ports (outgoing connections and `bind(0)`).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A loopback port that nothing else will take while a broker needs it. Ports are drawn
+/// below the ephemeral range, so no outgoing connection of a gateway or CLI running beside
+/// the tests is ever given one (with `bind(0)` that happened: a killed broker could not
+/// listen again, or a new one could not start). Each port is handed out once per process;
+/// the random start keeps separate test processes apart.
 fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("finding a free port: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let (ephemeral_low, _) = ephemeral_range();
+    let span = u32::from(ephemeral_low).saturating_sub(LOW);
+    if span < 1_000 {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("finding a free port: {e}"))?;
+        return l.local_addr().map(|a| a.port()).map_err(|e| e.to_string());
+    }
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        (h.finish() % u64::from(span)) as u32
+    });
+    for _ in 0..span {
+        let port = (LOW + (start + HANDED_OUT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(format!("no free loopback port between {LOW} and {ephemeral_low}"))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -99,9 +136,7 @@ impl Broker {
         let bin = find_mosquitto()?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         generate_certs(dir.path())?;
-        let (port, tls_port, password_port) = (free_port()?, free_port()?, free_port()?);
         let d = dir.path();
-        let user = current_user().map(|u| format!("user {u}\n")).unwrap_or_default();
         let passwd = d.join("passwd");
         write(&passwd, "")?;
         let ok = Command::new(bin.with_file_name("mosquitto_passwd"))
@@ -116,30 +151,54 @@ impl Broker {
         if !ok.success() {
             return Err(format!("mosquitto_passwd failed with {ok}"));
         }
+        let mut b = Broker { ca: d.join("ca.pem"), client_cert: d.join("client.pem"), client_key: d.join("client.key"), dir, bin, port: 0, tls_port: 0, password_port: 0, child: None };
+        // A port found free can still be taken before mosquitto binds it (by a process
+        // outside this one): then start over on other ports rather than fail the test.
+        let mut last = String::new();
+        for _ in 0..5 {
+            (b.port, b.tls_port, b.password_port) = (free_port()?, free_port()?, free_port()?);
+            b.write_config()?;
+            match b.launch(Duration::from_secs(3)) {
+                Ok(()) => return Ok(b),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn write_config(&self) -> Result<(), String> {
+        let d = self.dir.path();
+        let user = current_user().map(|u| format!("user {u}\n")).unwrap_or_default();
         let conf = format!(
             "{user}per_listener_settings true\npersistence false\nlog_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\n\
              max_queued_messages 0\nmax_inflight_messages 0\n\
              listener {port} 127.0.0.1\nallow_anonymous true\n\
              listener {tls_port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n\
              listener {password_port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n",
+            port = self.port,
+            tls_port = self.tls_port,
+            password_port = self.password_port,
             log = d.join("mosquitto.log").display(),
             ca = d.join("ca.pem").display(),
             cert = d.join("server.pem").display(),
             key = d.join("server.key").display(),
-            passwd = passwd.display(),
+            passwd = d.join("passwd").display(),
         );
-        write(&d.join("mosquitto.conf"), &conf)?;
-        let mut b = Broker { ca: d.join("ca.pem"), client_cert: d.join("client.pem"), client_key: d.join("client.key"), dir, bin, port, tls_port, password_port, child: None };
-        b.restart()?;
-        Ok(b)
+        write(&d.join("mosquitto.conf"), &conf)
     }
 
     /// Starts (again) on the same ports; waits until both listeners accept connections.
     pub fn restart(&mut self) -> Result<(), String> {
+        self.launch(Duration::from_secs(10))
+    }
+
+    /// Starts mosquitto on the configured ports, retrying while a port is still held
+    /// (a killed broker's sockets can linger briefly) until `patience` has passed.
+    fn launch(&mut self, patience: Duration) -> Result<(), String> {
         if self.child.is_some() {
             return Ok(());
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + patience;
         loop {
             let mut child = Command::new(&self.bin)
                 .arg("-c")
