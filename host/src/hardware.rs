@@ -151,11 +151,8 @@ pub struct Step {
     pub records: Vec<Timed>,
 }
 
-/// Runs a trace's inputs through simulated pins and the real drivers into `gw`: `line`
-/// inputs drive the wires, every other input goes straight to the gateway, and decoded
-/// events reach it at their decoded time. Door timers then run out for `drain_ms` after
-/// the last input, as in an event-level replay.
-pub fn run_simulated(gw: &mut Gateway, hw_cfg: &HardwareConfig, start_ms: i64, inputs: &[(u64, Input)], drain_ms: i64) -> Result<Vec<Step>, HardwareError> {
+/// Splits a trace's inputs into the pin edges of its `line` inputs and everything else.
+fn split_lines(inputs: &[(u64, Input)]) -> (Vec<PinEdge>, Vec<(u64, Input)>) {
     let mut edges = Vec::new();
     let mut events = Vec::new();
     for (at, input) in inputs {
@@ -164,6 +161,15 @@ pub fn run_simulated(gw: &mut Gateway, hw_cfg: &HardwareConfig, start_ms: i64, i
             other => events.push((*at, other.clone())),
         }
     }
+    (edges, events)
+}
+
+/// Runs a trace's inputs through simulated pins and the real drivers into `gw`: `line`
+/// inputs drive the wires, every other input goes straight to the gateway, and decoded
+/// events reach it at their decoded time. Door timers then run out for `drain_ms` after
+/// the last input, as in an event-level replay.
+pub fn run_simulated(gw: &mut Gateway, hw_cfg: &HardwareConfig, start_ms: i64, inputs: &[(u64, Input)], drain_ms: i64) -> Result<Vec<Step>, HardwareError> {
+    let (edges, events) = split_lines(inputs);
     let mut backend = SimBackend::default();
     let mut hw = Hardware::open(hw_cfg, &mut backend, start_ms)?;
     if let Some(e) = edges.iter().find(|e| backend.lines.get(&e.line).is_none()) {
@@ -297,6 +303,13 @@ d0 = 22
 d1 = 23
 "#;
 
+    /// Plays the `line` inputs of `twin` into the real drivers on simulated pins.
+    fn play(cfg: &HardwareConfig, twin: &[(u64, Input)]) -> Vec<HwEvent> {
+        let mut backend = SimBackend::default();
+        let mut hw = Hardware::open(cfg, &mut backend, 0).expect("opens");
+        PinPlayer::new(split_lines(twin).0).run_to_end(hw.runtime_mut(), &backend.lines).expect("plays")
+    }
+
     #[test]
     fn card_numbers_use_the_printed_facility_and_number_form() {
         assert_eq!(card_number(Some(100), 12345), "10012345");
@@ -317,13 +330,7 @@ d1 = 23
         let twin = twin(&cfg, &inputs).expect("twin");
         assert!(twin.iter().all(|(_, i)| matches!(i, Input::Line { .. })), "both reads come from a reader");
         assert!(twin.iter().any(|(_, i)| matches!(i, Input::Line { line, .. } if line == "north-out.d0")));
-        let mut backend = SimBackend::default();
-        let mut hw = Hardware::open(&cfg, &mut backend, 0).expect("opens");
-        let edges: Vec<PinEdge> = twin.iter().filter_map(|(_, i)| match i {
-            Input::Line { line, level, at_us } => Some(PinEdge::new(*at_us, line.clone(), *level)),
-            _ => None,
-        }).collect();
-        let events = PinPlayer::new(edges).run_to_end(hw.runtime_mut(), &backend.lines).expect("plays");
+        let events = play(&cfg, &twin);
         assert!(events.iter().any(|e| matches!(e, HwEvent::Card { reader, direction: config::Direction::Exit, .. } if reader == "north-out")));
         let decoded: Vec<(u64, Input)> = events.iter().filter_map(|e| to_input(e).map(|i| (e.at_us() / 1_000, i))).collect();
         assert_eq!(decoded, inputs);
@@ -355,15 +362,7 @@ d1 = 23
         ];
         let twin = twin(&cfg, &inputs).expect("twin");
         assert_eq!(twin.iter().filter(|(_, i)| matches!(i, Input::Line { .. })).count(), 52 + 5 * 8 + 2, "26-bit card, 4 digits + #, contact, fire");
-        let mut backend = SimBackend::default();
-        let mut hw = Hardware::open(&cfg, &mut backend, 0).expect("opens");
-        let edges: Vec<PinEdge> = twin.iter().filter_map(|(_, i)| match i {
-            Input::Line { line, level, at_us } => Some(PinEdge::new(*at_us, line.clone(), *level)),
-            _ => None,
-        }).collect();
-        let decoded: Vec<(u64, Input)> = PinPlayer::new(edges)
-            .run_to_end(hw.runtime_mut(), &backend.lines)
-            .expect("plays")
+        let decoded: Vec<(u64, Input)> = play(&cfg, &twin)
             .iter()
             .filter_map(|e| to_input(e).map(|i| (e.at_us() / 1_000, i)))
             .collect();
