@@ -21,7 +21,7 @@ use gate_fleet::commands::{AuthorisedCommand, CommandAction, DoorMode as FleetDo
 use gate_fleet::deploy::{ActivePlugin, DeployConfig, Deployer, PluginSlot, RollbackRule};
 use gate_fleet::keys::TrustedKeys;
 use gate_fleet::link::{Inbound, Link, LinkConfig, LinkHandle, PluginLimits};
-use gate_fleet::messages::{now_ms, PluginInfo, Status};
+use gate_fleet::messages::{GatewayClock, PluginInfo, Status};
 use gate_fleet::outbox::{Outbox, Retention};
 use gate_fleet::store::FleetStore;
 use semver::Version;
@@ -123,7 +123,9 @@ fn active_file(dir: &Path) -> PathBuf {
 
 fn read_deployed(dir: &Path) -> BTreeMap<String, Deployed> {
     let path = active_file(dir);
-    let Ok(text) = std::fs::read_to_string(&path) else { return BTreeMap::new() };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return BTreeMap::new();
+    };
     match serde_json::from_str::<BTreeMap<String, Deployed>>(&text) {
         Ok(m) => m,
         Err(e) => {
@@ -144,14 +146,18 @@ pub fn fleet_dir(db: &Path) -> PathBuf {
 /// (with an error in the log) and the configured one is served.
 pub fn with_deployed(mut cfg: SiteConfig, dir: &Path) -> SiteConfig {
     for (name, d) in read_deployed(dir) {
-        let Some(pc) = cfg.plugins.get_mut(&name) else { continue };
+        let Some(pc) = cfg.plugins.get_mut(&name) else {
+            continue;
+        };
         match std::fs::read(&d.path) {
             Ok(bytes) if bundle::sha256_hex(&bytes) == d.sha256 => {
                 tracing::info!(plugin = %name, version = %d.version, "serving the deployed version");
                 pc.path = d.path;
                 pc.settings = d.settings;
             }
-            _ => tracing::error!(plugin = %name, file = %d.path.display(), "deployed component missing or changed on disk; serving the configured one"),
+            _ => {
+                tracing::error!(plugin = %name, file = %d.path.display(), "deployed component missing or changed on disk; serving the configured one")
+            }
         }
     }
     cfg
@@ -245,7 +251,9 @@ impl HostSlot {
         let mut previous = BTreeMap::new();
         let mut deployed = read_deployed(dir);
         for (name, pc) in &cfg.plugins {
-            let Ok(bytes) = std::fs::read(&pc.path) else { continue };
+            let Ok(bytes) = std::fs::read(&pc.path) else {
+                continue;
+            };
             let sha256 = bundle::sha256_hex(&bytes);
             let this = deployed.remove(name).filter(|d| d.sha256 == sha256 && d.path == pc.path);
             let version = this.as_ref().map_or(CONFIGURED_VERSION, |d| d.version.clone());
@@ -560,8 +568,19 @@ impl Fleet {
         let trusted = TrustedKeys::from_config(&fc.trusted_keys)?;
         let host_version: Version = env!("CARGO_PKG_VERSION").parse().map_err(|e: semver::Error| FleetError::Setup(e.to_string()))?;
         let store = FleetStore::open(db)?;
-        let dcfg = DeployConfig { gateway: gateway.clone(), host_version: host_version.clone(), max_bundle_bytes: fc.max_bundle_bytes, rule: RollbackRule { max_failures: fc.rollback_failures, within_ms: fc.rollback_window_ms } };
-        let (deployer, interrupted) = Deployer::new(dcfg, trusted, store, now_ms())?;
+        let dcfg = DeployConfig {
+            gateway: gateway.clone(),
+            host_version: host_version.clone(),
+            max_bundle_bytes: fc.max_bundle_bytes,
+            rule: RollbackRule { max_failures: fc.rollback_failures, within_ms: fc.rollback_window_ms },
+        };
+        // One clock: the fleet side measures retention, command windows and the rollback
+        // window on the gateway's clock, the one its events are stamped with.
+        let clock = {
+            let c = gw.clock().clone();
+            GatewayClock::new(move || c.now_ms())
+        };
+        let (deployer, interrupted) = Deployer::new(dcfg, trusted, store, clock.now_ms())?;
         let retention = Retention { max_pending: fc.outbox.max_pending, max_age_ms: (fc.outbox.max_age_hours > 0).then(|| fc.outbox.max_age_hours as i64 * 3_600_000) };
         let outbox = Outbox::open(db, retention)?;
         let control = gw.plugin_control().ok_or_else(|| FleetError::Setup("the policy worker is not running".into()))?;
@@ -575,9 +594,10 @@ impl Fleet {
             plugins: slot.plugins().iter().map(PluginInfo::from).collect(),
             last_job: deployer.last_job().ok().flatten(),
             outbox: None,
-            at_ms: now_ms(),
+            at_ms: clock.now_ms(),
         };
         let mut lc = LinkConfig::new(fc.broker.clone(), &site, &gateway);
+        lc.clock = clock.clone();
         lc.plugin_limits = PluginLimits { per_second: cfg.limits.publish_per_sec, burst: cfg.limits.publish_per_sec.saturating_mul(2).max(1), max_payload: cfg.limits.max_payload_bytes };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| FleetError::Setup(format!("starting the network runtime: {e}")))?;
         let (link, handle, mut inbound) = {
@@ -606,7 +626,7 @@ impl Fleet {
             })
             .map_err(|e| FleetError::Setup(format!("starting the link thread: {e}")))?;
         let (cmd_tx, commands) = mpsc::channel();
-        let mut agent = Agent::new(&site, &gateway, host_version, deployer, handle.clone(), &interrupted);
+        let mut agent = Agent::new(&site, &gateway, host_version, deployer, handle.clone(), &interrupted, clock);
         let mut slot = slot;
         let mut exec = Commands { tx: cmd_tx };
         handle.update_status(agent.status(&slot));
@@ -651,7 +671,9 @@ impl Fleet {
                     let _ = self.to_agent.send(AgentMsg::PluginFailed(plugin.clone()));
                 }
                 Record::Publish { plugin, topic, payload } => {
-                    let Some(prefix) = self.prefixes.get(plugin) else { continue };
+                    let Some(prefix) = self.prefixes.get(plugin) else {
+                        continue;
+                    };
                     let rel = topic.strip_prefix(prefix.trim_end_matches('/')).map(|t| t.trim_start_matches('/')).unwrap_or(topic);
                     let bytes = match payload {
                         serde_json::Value::String(s) => s.clone().into_bytes(),

@@ -7,7 +7,7 @@
 use crate::commands::{self, AuthorisedCommand, Executed};
 use crate::deploy::{Deployer, PluginSlot};
 use crate::link::{Inbound, LinkHandle};
-use crate::messages::{now_ms, JobStatus, PluginInfo, Status};
+use crate::messages::{GatewayClock, JobStatus, PluginInfo, Status};
 use crate::store::{CommandLogEntry, StoreError};
 use semver::Version;
 
@@ -25,15 +25,17 @@ pub struct Agent {
     host_version: Version,
     deployer: Deployer,
     link: LinkHandle,
+    clock: GatewayClock,
 }
 
 impl Agent {
     /// `interrupted` are the jobs [`Deployer::new`] found unfinished; they are published.
-    pub fn new(site: &str, gateway: &str, host_version: Version, deployer: Deployer, link: LinkHandle, interrupted: &[JobStatus]) -> Self {
+    /// `clock` is the gateway's: command windows, job times and the rollback window use it.
+    pub fn new(site: &str, gateway: &str, host_version: Version, deployer: Deployer, link: LinkHandle, interrupted: &[JobStatus], clock: GatewayClock) -> Self {
         for j in interrupted {
             link.publish_job_status(j);
         }
-        Self { site: site.into(), gateway: gateway.into(), host_version, deployer, link }
+        Self { site: site.into(), gateway: gateway.into(), host_version, deployer, link, clock }
     }
 
     /// The birth status for the current plugins and last job.
@@ -46,7 +48,7 @@ impl Agent {
             plugins: slot.plugins().iter().map(PluginInfo::from).collect(),
             last_job: self.deployer.last_job().ok().flatten(),
             outbox: None,
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
         }
     }
 
@@ -60,8 +62,9 @@ impl Agent {
         match msg {
             Inbound::Job { job_id, payload } => {
                 let link = self.link.clone();
+                let clock = self.clock.clone();
                 let before = self.deployer.job(&job_id)?;
-                let end = self.deployer.run_job(slot, &payload, &job_id, &now_ms, &mut |s| link.publish_job_status(s))?;
+                let end = self.deployer.run_job(slot, &payload, &job_id, &|| clock.now_ms(), &mut |s| link.publish_job_status(s))?;
                 if before.is_none() {
                     self.link.update_status(self.status(slot));
                 }
@@ -73,22 +76,38 @@ impl Agent {
     }
 
     fn command(&mut self, id: &str, payload: &[u8], exec: &mut dyn CommandExecutor) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let trusted = self.deployer.trusted().clone();
         let auth = commands::authorise(payload, id, &self.site, &self.gateway, &trusted, self.deployer.store(), now);
         let reply = match auth {
             Ok(cmd) => {
                 let action = serde_json::to_string(&cmd.command.action).unwrap_or_default();
                 let outcome = exec.execute(&cmd);
-                let reply = cmd.reply(outcome, now_ms());
+                let reply = cmd.reply(outcome, self.clock.now_ms());
                 tracing::info!(command = %id, sender = %cmd.sender, action = %action, ok = reply.ok, "remote command");
-                self.deployer.store().log_command(&CommandLogEntry { id: id.into(), sender: Some(cmd.sender.clone()), action, ok: reply.ok, code: reply.code.clone(), detail: reply.detail.clone(), at_ms: now })?;
+                self.deployer.store().log_command(&CommandLogEntry {
+                    id: id.into(),
+                    sender: Some(cmd.sender.clone()),
+                    action,
+                    ok: reply.ok,
+                    code: reply.code.clone(),
+                    detail: reply.detail.clone(),
+                    at_ms: now,
+                })?;
                 reply
             }
             Err(e) => {
                 let reply = commands::refusal(id, &e, now);
                 tracing::warn!(command = %id, code = %reply.code, reason = %reply.detail, "remote command refused");
-                self.deployer.store().log_command(&CommandLogEntry { id: id.into(), sender: None, action: "(refused)".into(), ok: false, code: reply.code.clone(), detail: reply.detail.clone(), at_ms: now })?;
+                self.deployer.store().log_command(&CommandLogEntry {
+                    id: id.into(),
+                    sender: None,
+                    action: "(refused)".into(),
+                    ok: false,
+                    code: reply.code.clone(),
+                    detail: reply.detail.clone(),
+                    at_ms: now,
+                })?;
                 reply
             }
         };
@@ -98,7 +117,7 @@ impl Agent {
 
     /// The host saw `plugin` fail; may roll it back by itself (and says so on the broker).
     pub fn report_plugin_failure(&mut self, slot: &mut dyn PluginSlot, plugin: &str) -> Result<Option<JobStatus>, StoreError> {
-        let rolled = self.deployer.report_failure(slot, plugin, now_ms())?;
+        let rolled = self.deployer.report_failure(slot, plugin, self.clock.now_ms())?;
         if let Some(s) = &rolled {
             self.link.publish_job_status(s);
             self.link.update_status(self.status(slot));

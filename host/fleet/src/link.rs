@@ -7,7 +7,7 @@
 //! One task owns the rumqttc event loop and all link state ([`LinkState`]); the host
 //! talks to it through a cloneable [`LinkHandle`] and receives [`Inbound`] messages.
 
-use crate::messages::{now_ms, JobStatus, Status};
+use crate::messages::{GatewayClock, JobStatus, Status};
 use crate::outbox::{Outbox, OutboxError};
 use crate::topics::{GatewayTopics, TopicError};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
@@ -87,10 +87,7 @@ fn tls_config(t: &TlsFiles) -> Result<rustls::ClientConfig, LinkError> {
         return Err(file_err(&t.ca, "no CERTIFICATE in the file".into()));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| LinkError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().map_err(|e| LinkError::Tls(e.to_string()))?.with_root_certificates(roots);
     match (&t.client_cert, &t.client_key) {
         (Some(cert), Some(key)) => {
             let chain: Result<Vec<_>, _> = CertificateDer::pem_file_iter(cert).map_err(|e| file_err(cert, e.to_string()))?.collect();
@@ -191,11 +188,14 @@ pub struct LinkConfig {
     /// Most outbox events in flight (published, not yet acknowledged).
     pub window: usize,
     pub plugin_limits: PluginLimits,
+    /// The gateway's clock: the outbox's age bound and status times are measured on it,
+    /// the clock the events were stamped with.
+    pub clock: GatewayClock,
 }
 
 impl LinkConfig {
     pub fn new(broker: BrokerConfig, site: &str, gateway: &str) -> Self {
-        Self { broker, site: site.into(), gateway: gateway.into(), client_id: None, backoff: Backoff::default(), window: 256, plugin_limits: PluginLimits::default() }
+        Self { broker, site: site.into(), gateway: gateway.into(), client_id: None, backoff: Backoff::default(), window: 256, plugin_limits: PluginLimits::default(), clock: GatewayClock::wall() }
     }
 }
 
@@ -212,10 +212,15 @@ pub enum Inbound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     /// Opening the connection (attempt number).
-    Connecting { attempt: u32 },
+    Connecting {
+        attempt: u32,
+    },
     Connected,
     /// Waiting out the back-off before the next attempt.
-    Waiting { attempt: u32, until: Instant },
+    Waiting {
+        attempt: u32,
+        until: Instant,
+    },
     Stopped,
 }
 
@@ -403,7 +408,7 @@ impl Link {
     fn publish_status(&mut self) {
         let mut s = self.status.clone();
         s.online = true;
-        s.at_ms = now_ms();
+        s.at_ms = self.cfg.clock.now_ms();
         s.outbox = self.outbox.stats().ok();
         let payload = serde_json::to_vec(&s).unwrap_or_default();
         let topic = self.topics.status();
@@ -429,7 +434,7 @@ impl Link {
             }
         }
         self.outbox.rewind()?;
-        self.outbox.enforce_retention(now_ms())?;
+        self.outbox.enforce_retention(self.cfg.clock.now_ms())?;
         self.fill_window()
     }
 
@@ -450,7 +455,7 @@ impl Link {
         self.sent.clear();
         self.by_pkid.clear();
         self.outbox.rewind()?;
-        self.outbox.enforce_retention(now_ms())?;
+        self.outbox.enforce_retention(self.cfg.clock.now_ms())?;
         let until = if refreshing { Instant::now() } else { Instant::now() + self.cfg.backoff.delay(attempt) };
         self.state = LinkState::Waiting { attempt, until };
         // The next connection carries the latest status as its last will.
@@ -522,7 +527,9 @@ impl Link {
                     Ok(crate::topics::Inbound::Command(id)) => {
                         let _ = self.inbound.send(Inbound::Command { id: id.into(), payload: p.payload.to_vec() });
                     }
-                    Err(e) => tracing::warn!(topic = %p.topic, error = %e, "ignoring message on an unexpected topic"),
+                    Err(e) => {
+                        tracing::warn!(topic = %p.topic, error = %e, "ignoring message on an unexpected topic")
+                    }
                 }
             }
             _ => {}
@@ -588,7 +595,7 @@ impl Link {
                             Some(r) => if !self.on_request(r)? { self.state = LinkState::Stopped },
                             None => self.state = LinkState::Stopped,
                         },
-                        _ = tick.tick() => { self.outbox.enforce_retention(now_ms())?; }
+                        _ = tick.tick() => { self.outbox.enforce_retention(self.cfg.clock.now_ms())?; }
                     }
                 }
                 LinkState::Connecting { .. } => match self.eventloop.poll().await {
@@ -656,7 +663,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("ca.pem");
         std::fs::write(&empty, "").unwrap();
-        let mut b = BrokerConfig { host: "localhost".into(), port: 8883, tls: Some(TlsFiles { ca: empty.clone(), client_cert: None, client_key: None }), username: None, password: None, keep_alive_secs: 5 };
+        let mut b =
+            BrokerConfig { host: "localhost".into(), port: 8883, tls: Some(TlsFiles { ca: empty.clone(), client_cert: None, client_key: None }), username: None, password: None, keep_alive_secs: 5 };
         let e = mqtt_options(&b, "x").unwrap_err().to_string();
         assert!(e.contains("ca.pem") && e.contains("no CERTIFICATE"), "{e}");
         b.tls = Some(TlsFiles { ca: dir.path().join("missing.pem"), client_cert: None, client_key: None });

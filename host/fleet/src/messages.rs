@@ -158,7 +158,42 @@ pub struct JobStatus {
     pub at_ms: i64,
 }
 
-/// Current wall-clock time in Unix ms.
+/// Current wall-clock time in Unix ms: the operator's side (signing, waiting for answers).
+/// The gateway's side reads its own [`GatewayClock`] instead.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The gateway's clock as the fleet side reads it: the same clock that stamps events and
+/// runs door timers (wall in service on hardware, virtual in a trace-driven run), so the
+/// outbox's age bound, status times, command windows and the rollback window compare
+/// times of one clock and never a trace's time with today's date.
+#[derive(Clone)]
+pub struct GatewayClock(std::sync::Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl GatewayClock {
+    /// The system clock (for a gateway whose clock is the wall clock, and for tests).
+    pub fn wall() -> Self {
+        Self(std::sync::Arc::new(now_ms))
+    }
+    /// A clock read through `f` (the host passes its gateway clock).
+    pub fn new(f: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+    /// Now, in Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for GatewayClock {
+    fn default() -> Self {
+        Self::wall()
+    }
+}
+
+impl std::fmt::Debug for GatewayClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GatewayClock({})", self.now_ms())
+    }
 }

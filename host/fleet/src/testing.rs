@@ -270,14 +270,7 @@ impl Broker {
 
     /// Connection settings for the password listener (plain TCP, user name and password).
     pub fn password(&self) -> BrokerConfig {
-        BrokerConfig {
-            host: "127.0.0.1".into(),
-            port: self.password_port,
-            tls: None,
-            username: Some(TEST_USER.into()),
-            password: Some(TEST_PASSWORD.into()),
-            keep_alive_secs: 5,
-        }
+        BrokerConfig { host: "127.0.0.1".into(), port: self.password_port, tls: None, username: Some(TEST_USER.into()), password: Some(TEST_PASSWORD.into()), keep_alive_secs: 5 }
     }
 
     /// A scratch directory that lives as long as the broker.
@@ -365,9 +358,18 @@ impl TestGateway {
         lc.backoff = opts.backoff;
         lc.window = opts.window;
         let slot = Arc::new(Mutex::new(MemorySlot::default()));
-        let status = crate::messages::Status { site: site.into(), gateway: gateway.into(), online: true, host_version: host_version.clone(), plugins: vec![], last_job: None, outbox: None, at_ms: crate::messages::now_ms() };
+        let status = crate::messages::Status {
+            site: site.into(),
+            gateway: gateway.into(),
+            online: true,
+            host_version: host_version.clone(),
+            plugins: vec![],
+            last_job: None,
+            outbox: None,
+            at_ms: crate::messages::now_ms(),
+        };
         let (link, handle, mut inbound) = crate::link::Link::new(lc, outbox, status).map_err(|e| e.to_string())?;
-        let agent = Arc::new(Mutex::new(crate::agent::Agent::new(site, gateway, host_version, deployer, handle.clone(), &interrupted)));
+        let agent = Arc::new(Mutex::new(crate::agent::Agent::new(site, gateway, host_version, deployer, handle.clone(), &interrupted, crate::messages::GatewayClock::wall())));
         let executed = Arc::new(Mutex::new(Vec::new()));
         let link_task = tokio::spawn(link.run());
         let (a, s, e) = (agent.clone(), slot.clone(), executed.clone());
@@ -376,7 +378,9 @@ impl TestGateway {
                 let (a, s, mut exec) = (a.clone(), s.clone(), Recorder(e.clone()));
                 // Jobs touch SQLite and the slot: run them off the async threads.
                 let _ = tokio::task::spawn_blocking(move || {
-                    let (Ok(mut a), Ok(mut s)) = (a.lock(), s.lock()) else { return };
+                    let (Ok(mut a), Ok(mut s)) = (a.lock(), s.lock()) else {
+                        return;
+                    };
                     if let Err(err) = a.handle(msg, &mut *s, &mut exec) {
                         tracing::error!(error = %err, "agent failed");
                     }
@@ -416,7 +420,9 @@ impl TestGateway {
 
     /// The host saw `plugin` fail.
     pub fn report_failure(&self, plugin: &str) -> Option<crate::messages::JobStatus> {
-        let (Ok(mut a), Ok(mut s)) = (self.agent.lock(), self.slot.lock()) else { return None };
+        let (Ok(mut a), Ok(mut s)) = (self.agent.lock(), self.slot.lock()) else {
+            return None;
+        };
         a.report_plugin_failure(&mut *s, plugin).ok().flatten()
     }
 
