@@ -72,14 +72,19 @@ impl Site {
 
     /// A trace of `n` card reads by residents, one every `every_ms`, alternating doors.
     fn card_trace(&self, n: usize, every_ms: u64) -> PathBuf {
-        let reads = [("north-gate", "10012345"), ("building-3", "10012347"), ("north-gate", "10012346"), ("building-3", "10012345")];
-        let reads: Vec<String> = reads.iter().map(|(door, card)| format!("{{\"kind\":\"card\",\"door\":\"{door}\",\"number\":\"{card}\"}}")).collect();
-        self.trace(&format!("cards-{n}"), n, every_ms, &reads)
+        self.trace(&format!("cards-{n}"), n, every_ms, &card_reads())
     }
 
-    /// A trace of `n` inputs cycling through `inputs` (JSON), one every `every_ms`.
+    /// A trace of `n` inputs cycling through `inputs` (JSON), one every `every_ms`, starting
+    /// now: a trace-driven gateway lives on the trace's clock, and the operator signs
+    /// commands with today's, so the two must agree (no test depends on today's date).
     fn trace(&self, name: &str, n: usize, every_ms: u64, inputs: &[String]) -> PathBuf {
-        let mut t = String::from("{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T10:00:00+08:00\",\"description\":\"residents coming and going\"}\n");
+        self.trace_from(&rfc3339(time::OffsetDateTime::now_utc()), name, n, every_ms, inputs)
+    }
+
+    /// The same, starting at `start` (RFC 3339).
+    fn trace_from(&self, start: &str, name: &str, n: usize, every_ms: u64, inputs: &[String]) -> PathBuf {
+        let mut t = format!("{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"{start}\",\"description\":\"residents coming and going\"}}\n");
         for i in 0..n {
             t.push_str(&format!("{{\"at\":{},\"input\":{}}}\n", 1000 + i as u64 * every_ms, inputs[i % inputs.len()]));
         }
@@ -138,8 +143,12 @@ impl Site {
 
     /// Decisions in the gateway's event log, oldest first, as (seq, by).
     fn decisions(&self) -> Vec<(i64, String)> {
-        let Ok(c) = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return vec![] };
-        let Ok(mut st) = c.prepare("SELECT seq, body FROM events WHERE kind = 'decision' ORDER BY seq") else { return vec![] };
+        let Ok(c) = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+            return vec![];
+        };
+        let Ok(mut st) = c.prepare("SELECT seq, body FROM events WHERE kind = 'decision' ORDER BY seq") else {
+            return vec![];
+        };
         st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
             .map(|rows| rows.filter_map(Result::ok).map(|(s, b)| (s, serde_json::from_str::<serde_json::Value>(&b).unwrap()["by"].as_str().unwrap_or("").to_string())).collect())
             .unwrap_or_default()
@@ -147,8 +156,12 @@ impl Site {
 
     /// Records of `kind` in the gateway's event log, oldest first, as (seq, body).
     fn records(&self, kind: &str) -> Vec<(i64, serde_json::Value)> {
-        let Ok(c) = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return vec![] };
-        let Ok(mut st) = c.prepare("SELECT seq, body FROM events WHERE kind = ?1 ORDER BY seq") else { return vec![] };
+        let Ok(c) = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+            return vec![];
+        };
+        let Ok(mut st) = c.prepare("SELECT seq, body FROM events WHERE kind = ?1 ORDER BY seq") else {
+            return vec![];
+        };
         st.query_map([kind], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
             .map(|rows| rows.filter_map(Result::ok).map(|(s, b)| (s, serde_json::from_str(&b).unwrap())).collect())
             .unwrap_or_default()
@@ -160,6 +173,14 @@ impl Site {
         all.extend(self.broker_args());
         let o = gate(&all.iter().map(String::as_str).collect::<Vec<_>>());
         (o.status.code().unwrap_or(-1), text(&o))
+    }
+
+    /// Reads decided or ignored so far (0 until the gateway has created its event log).
+    fn handled(&self) -> i64 {
+        let Ok(c) = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+            return 0;
+        };
+        c.query_row("SELECT COUNT(*) FROM events WHERE kind IN ('decision', 'ignored')", [], |r| r.get::<_, i64>(0)).unwrap_or(0)
     }
 
     fn event_ids(&self) -> Vec<(i64, String)> {
@@ -185,6 +206,16 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident card reads, alternating doors.
+fn card_reads() -> Vec<String> {
+    let reads = [("north-gate", "10012345"), ("building-3", "10012347"), ("north-gate", "10012346"), ("building-3", "10012345")];
+    reads.iter().map(|(door, card)| format!("{{\"kind\":\"card\",\"door\":\"{door}\",\"number\":\"{card}\"}}")).collect()
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -248,7 +279,22 @@ fn signed_deployment_goes_live_and_bad_bundles_are_refused_with_their_reason() {
     let o = gate(&["fleet", "keygen", "--id", "intruder", "--out", intruder_key.to_str().unwrap()]);
     assert!(o.status.success() && text(&o).contains("[[fleet.trusted_keys]]"), "{}", text(&o));
     let foreign = site.dir.path().join("foreign.json");
-    let o = gate(&["plugin", "sign", "--key", intruder_key.to_str().unwrap(), "--component", plugin("resident-policy").to_str().unwrap(), "--name", "resident-policy", "--version", "1.1.0", "--sequence", "11", "--out", foreign.to_str().unwrap()]);
+    let o = gate(&[
+        "plugin",
+        "sign",
+        "--key",
+        intruder_key.to_str().unwrap(),
+        "--component",
+        plugin("resident-policy").to_str().unwrap(),
+        "--name",
+        "resident-policy",
+        "--version",
+        "1.1.0",
+        "--sequence",
+        "11",
+        "--out",
+        foreign.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let downgrade = site.sign("resident-policy", "0.9.0", 12, &[]);
     for (bundle, code) in [(&tampered, "hash-mismatch"), (&forged, "bad-signature"), (&unsigned, "unsigned"), (&foreign, "unknown-key"), (&good, "replayed"), (&downgrade, "downgrade")] {
@@ -322,14 +368,13 @@ fn a_new_version_that_keeps_failing_in_service_is_rolled_back_by_the_gateway() {
     drop(gw);
 }
 
-#[test]
-fn events_logged_while_the_broker_is_down_arrive_in_order_once_it_returns() {
-    let mut broker = broker();
-    let site = Site::new(&broker, "resident-policy", 2);
-    // A consumer of the site's events that re-subscribes whenever it reconnects.
+/// A consumer of the site's events and alarms that re-subscribes whenever it reconnects:
+/// what it received as (seq, id), and how many times it subscribed.
+type Received = Arc<Mutex<Vec<(i64, String)>>>;
+fn consumer(client_id: &str, port: u16) -> (Received, Arc<Mutex<u32>>) {
     let got: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
     let subscribed = Arc::new(Mutex::new(0u32));
-    let mut opts = rumqttc::MqttOptions::new("test-consumer", "127.0.0.1", broker.port);
+    let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut conn) = rumqttc::Client::new(opts, 1000);
     let (g, s) = (got.clone(), subscribed.clone());
@@ -349,6 +394,14 @@ fn events_logged_while_the_broker_is_down_arrive_in_order_once_it_returns() {
             }
         }
     });
+    (got, subscribed)
+}
+
+#[test]
+fn events_logged_while_the_broker_is_down_arrive_in_order_once_it_returns() {
+    let mut broker = broker();
+    let site = Site::new(&broker, "resident-policy", 2);
+    let (got, subscribed) = consumer("test-consumer", broker.port);
     wait_until("the consumer to subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap() >= 1);
 
     let gw = site.run(&site.card_trace(60, 150));
@@ -360,11 +413,7 @@ fn events_logged_while_the_broker_is_down_arrive_in_order_once_it_returns() {
     broker.restart().unwrap();
     wait_until("the consumer to re-subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap() >= 2);
     // Every card read ends as a decision or (a repeat within the window) an ignored read.
-    let handled = || {
-        let c = rusqlite::Connection::open_with_flags(&site.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        c.query_row("SELECT COUNT(*) FROM events WHERE kind IN ('decision', 'ignored')", [], |r| r.get::<_, i64>(0)).unwrap()
-    };
-    wait_until("the gateway to log the whole trace", Duration::from_secs(60), || handled() >= 60);
+    wait_until("the gateway to log the whole trace", Duration::from_secs(60), || site.handled() >= 60);
     let logged = site.event_ids();
     wait_until("every logged event at the consumer", Duration::from_secs(30), || {
         let g = got.lock().unwrap();
@@ -375,6 +424,33 @@ fn events_logged_while_the_broker_is_down_arrive_in_order_once_it_returns() {
     let mut seen = std::collections::HashSet::new();
     let order: Vec<i64> = got.lock().unwrap().iter().filter(|(_, id)| seen.insert(id.clone())).map(|(s, _)| *s).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "events arrived out of order: {order:?}");
+    drop(gw);
+}
+
+/// Issue 9: the outbox's age bound is measured on the gateway's clock, so a gateway serving
+/// a trace dated a year back keeps every event queued while the broker is away.
+#[test]
+fn a_trace_dated_a_year_back_queued_while_the_broker_is_away_arrives_whole() {
+    let mut broker = broker();
+    let site = Site::new(&broker, "resident-policy", 2);
+    broker.kill();
+    let year_ago = rfc3339(time::OffsetDateTime::now_utc() - time::Duration::days(365));
+    let gw = site.run(&site.trace_from(&year_ago, "year-back", 30, 100, &card_reads()));
+    wait_until("the gateway to log the whole trace with the broker away", Duration::from_secs(60), || site.handled() >= 30);
+    broker.restart().unwrap();
+    let (got, subscribed) = consumer("test-consumer-year", broker.port);
+    wait_until("the consumer to subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap() >= 1);
+    let logged = site.event_ids();
+    assert!(logged.len() >= 30, "{logged:?}");
+    wait_until("every event logged during the outage at the consumer", Duration::from_secs(30), || {
+        let g = got.lock().unwrap();
+        logged.iter().all(|e| g.contains(e))
+    });
+    let c = rusqlite::Connection::open_with_flags(&site.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let dropped: i64 = c.query_row("SELECT dropped FROM outbox_state", [], |r| r.get(0)).unwrap();
+    assert_eq!(dropped, 0, "the outbox dropped events of a year-old trace");
+    let log = std::fs::read_to_string(&gw.log).unwrap();
+    assert!(!log.contains("retention exceeded"), "{log}");
     drop(gw);
 }
 
@@ -459,9 +535,7 @@ fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_rest
         all.extend(&args[1..]);
         site.gate_with_broker(&all)
     };
-    let decided_at = |door: &str, after: i64| -> Vec<serde_json::Value> {
-        site.records("decision").into_iter().filter(|(s, d)| *s > after && d["door"] == door).map(|(_, d)| d).collect()
-    };
+    let decided_at = |door: &str, after: i64| -> Vec<serde_json::Value> { site.records("decision").into_iter().filter(|(s, d)| *s > after && d["door"] == door).map(|(_, d)| d).collect() };
     let last_seq = || site.event_ids().last().map_or(0, |e| e.0);
 
     // Locked: residents' cards are refused by the host, with the reason, until it is lifted.
@@ -493,9 +567,7 @@ fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_rest
     let (code, out) = remote(&["revoke", "--reference", &reference, "--reason", "reported lost"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("{reference} of r-0003 revoked")), "{out}");
-    wait_until("the revoked card refused", Duration::from_secs(20), || {
-        decided_at("building-3", revoked_at).iter().any(|d| d["subject"] == "r-0003" && d["by"] == "host:revoked")
-    });
+    wait_until("the revoked card refused", Duration::from_secs(20), || decided_at("building-3", revoked_at).iter().any(|d| d["subject"] == "r-0003" && d["by"] == "host:revoked"));
     // The decision (which plugins and the platform see) names no reference.
     let refused = decided_at("building-3", revoked_at).into_iter().find(|d| d["by"] == "host:revoked").unwrap();
     assert_eq!(refused["reason"], "credential revoked");
@@ -533,10 +605,8 @@ fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_rest
     let _gw = site.run(&site.trace("after-restart", 4, 500, &inputs));
     wait_until("the four reads decided after the restart", Duration::from_secs(30), || site.records("decision").iter().filter(|(s, _)| *s > restarted_at).count() >= 4);
     let after: Vec<serde_json::Value> = site.records("decision").into_iter().filter(|(s, _)| *s > restarted_at).map(|(_, d)| d).collect();
-    let summary: Vec<(String, String, String, String)> = after
-        .iter()
-        .map(|d| (d["door"].as_str().unwrap().into(), d["subject"].as_str().unwrap_or("-").into(), d["outcome"].as_str().unwrap().into(), d["by"].as_str().unwrap().into()))
-        .collect();
+    let summary: Vec<(String, String, String, String)> =
+        after.iter().map(|d| (d["door"].as_str().unwrap().into(), d["subject"].as_str().unwrap_or("-").into(), d["outcome"].as_str().unwrap().into(), d["by"].as_str().unwrap().into())).collect();
     let want = [
         ("north-gate", "r-0001", "deny", "host:locked"),
         ("building-3", "unit:building-3", "grant", "plugin:resident-policy"),

@@ -117,6 +117,7 @@ pub struct Relay {
     pub port: u16,
     open: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Relay {
@@ -125,23 +126,35 @@ impl Relay {
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let o = open.clone();
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let c = conns.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !o.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: the gateway sees the connection fail
                 }
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
+                c.lock().unwrap().push(conn);
             }
         });
-        Relay { port, open, task }
+        Relay { port, open, task, conns }
     }
 
     pub fn set_open(&self, open: bool) {
         self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Shuts the relay and cuts the connections it carries, as a network failure would:
+    /// whatever the gateway sent that the broker has not acknowledged stays in flight.
+    pub fn cut(&self) {
+        self.set_open(false);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 
     /// `broker` with the relay's port.
