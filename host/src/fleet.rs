@@ -28,6 +28,8 @@ use semver::Version;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -138,6 +140,11 @@ fn read_deployed(dir: &Path) -> BTreeMap<String, Deployed> {
 /// The fleet's working directory next to the event log `db`.
 pub fn fleet_dir(db: &Path) -> PathBuf {
     db.parent().unwrap_or(Path::new(".")).join("fleet")
+}
+
+/// The fleet's own database (jobs, sequences, command log, outbox cursor) in [`fleet_dir`].
+pub fn fleet_db(db: &Path) -> PathBuf {
+    fleet_dir(db).join("fleet.sqlite")
 }
 
 /// The site with the plugins the fleet deployed (recorded in `<dir>/active.json`) in
@@ -541,6 +548,9 @@ impl CommandExecutor for Commands {
     }
 }
 
+/// Inbound messages handed to the agent and not yet handled, at most.
+const AGENT_QUEUE: usize = 8;
+
 enum AgentMsg {
     Inbound(Inbound),
     PluginFailed(String),
@@ -567,7 +577,20 @@ impl Fleet {
         let gateway = cfg.site.gateway.clone();
         let trusted = TrustedKeys::from_config(&fc.trusted_keys)?;
         let host_version: Version = env!("CARGO_PKG_VERSION").parse().map_err(|e: semver::Error| FleetError::Setup(e.to_string()))?;
-        let store = FleetStore::open(db)?;
+        // The fleet's own database: fleet traffic never takes the event log's write lock.
+        let dir = fleet_dir(db);
+        std::fs::create_dir_all(&dir).map_err(|e| FleetError::Setup(format!("creating {}: {e}", dir.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let fleet_db = fleet_db(db);
+        let store = FleetStore::open(&fleet_db)?;
+        let moved = store.migrate_from(db)?;
+        if moved > 0 {
+            tracing::info!(rows = moved, from = %db.display(), to = %fleet_db.display(), "fleet tables moved out of the event log");
+        }
         let dcfg = DeployConfig {
             gateway: gateway.clone(),
             host_version: host_version.clone(),
@@ -582,9 +605,8 @@ impl Fleet {
         };
         let (deployer, interrupted) = Deployer::new(dcfg, trusted, store, clock.now_ms())?;
         let retention = Retention { max_pending: fc.outbox.max_pending, max_age_ms: (fc.outbox.max_age_hours > 0).then(|| fc.outbox.max_age_hours as i64 * 3_600_000) };
-        let outbox = Outbox::open(db, retention)?;
+        let outbox = Outbox::open(db, &fleet_db, retention)?;
         let control = gw.plugin_control().ok_or_else(|| FleetError::Setup("the policy worker is not running".into()))?;
-        let dir = fleet_dir(db);
         let slot = HostSlot::new(cfg.clone(), control, gw.clock().clone(), db, &dir, cache_dir);
         let status = Status {
             site: site.clone(),
@@ -607,12 +629,21 @@ impl Fleet {
         let (to_agent, agent_rx) = mpsc::channel::<AgentMsg>();
         let (done_tx, link_done) = mpsc::channel();
         let forward = to_agent.clone();
+        // Inbound messages the agent has not finished yet. The forwarder waits while there
+        // are AGENT_QUEUE of them, so a slow job (a deployment takes seconds) backs the
+        // link's bounded queue up, and the link sheds the rest before anything is stored.
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (w_fwd, w_agent) = (waiting.clone(), waiting);
         std::thread::Builder::new()
             .name("gate-fleet-link".into())
             .spawn(move || {
                 rt.block_on(async move {
                     tokio::spawn(async move {
                         while let Some(m) = inbound.recv().await {
+                            while w_fwd.load(Ordering::Acquire) >= AGENT_QUEUE {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            w_fwd.fetch_add(1, Ordering::AcqRel);
                             if forward.send(AgentMsg::Inbound(m)).is_err() {
                                 break;
                             }
@@ -635,7 +666,11 @@ impl Fleet {
             .spawn(move || {
                 for msg in agent_rx {
                     let res = match msg {
-                        AgentMsg::Inbound(m) => agent.handle(m, &mut slot, &mut exec).map(|_| ()),
+                        AgentMsg::Inbound(m) => {
+                            let r = agent.handle(m, &mut slot, &mut exec).map(|_| ());
+                            w_agent.fetch_sub(1, Ordering::AcqRel);
+                            r
+                        }
                         AgentMsg::PluginFailed(p) => agent.report_plugin_failure(&mut slot, &p).map(|rolled| {
                             if let Some(s) = rolled {
                                 tracing::warn!(plugin = %p, job = %s.job_id, reason = s.reason.as_deref().unwrap_or(""), "plugin rolled back by itself");

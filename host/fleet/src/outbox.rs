@@ -7,7 +7,8 @@
 //!
 //! The host's table: `CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
 //! at_ms INTEGER NOT NULL, kind TEXT NOT NULL, door TEXT, body TEXT NOT NULL);`
-//! This module adds `outbox_state` (cursor and dropped count).
+//! The event log is only read here; the cursor and dropped count (`outbox_state`) live in
+//! the fleet's own database, so publishing never takes the event log's write lock.
 
 use crate::messages::{EventMessage, OutboxStats};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -65,8 +66,12 @@ impl OutboxEvent {
 
 /// The cursor over the event log and the in-flight window.
 pub struct Outbox {
+    /// The event log, read only.
     conn: Connection,
     path: String,
+    /// Where the cursor is kept (the fleet database).
+    state: Connection,
+    state_path: String,
     retention: Retention,
     /// Highest seq acknowledged (persisted).
     cursor: i64,
@@ -85,23 +90,32 @@ INSERT OR IGNORE INTO outbox_state (id, cursor, dropped) VALUES (1, 0, 0);";
 const SAVE_EVERY: u32 = 256;
 
 impl Outbox {
-    /// Opens the host's event database at `path` (its own connection, WAL friendly).
-    pub fn open(path: &Path, retention: Retention) -> Result<Self, OutboxError> {
-        let p = path.display().to_string();
-        let conn = Connection::open(path).map_err(|source| OutboxError { path: p.clone(), what: "opening", source })?;
-        Self::with_connection(conn, p, retention)
-    }
-
-    /// Uses an existing connection (which must see the `events` table).
-    pub fn with_connection(conn: Connection, path: String, retention: Retention) -> Result<Self, OutboxError> {
-        let e = |what| {
+    /// Reads the host's event log at `events` (read only, WAL friendly) and keeps its cursor
+    /// in the database at `state`. A cursor an older version kept in the event log itself
+    /// is taken over the first time.
+    pub fn open(events: &Path, state: &Path, retention: Retention) -> Result<Self, OutboxError> {
+        let p = events.display().to_string();
+        let sp = state.display().to_string();
+        let e = |path: &String, what| {
             let path = path.clone();
             move |source| OutboxError { path, what, source }
         };
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(e("setting busy timeout"))?;
-        conn.execute_batch(SCHEMA).map_err(e("creating outbox_state"))?;
-        let (cursor, dropped): (i64, i64) = conn.query_row("SELECT cursor, dropped FROM outbox_state WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(e("reading the cursor"))?;
-        Ok(Self { conn, path, retention, cursor, sent: cursor, dropped: dropped as u64, inflight: VecDeque::new(), unsaved_acks: 0 })
+        let conn = Connection::open_with_flags(events, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(e(&p, "opening the event log"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(e(&p, "setting busy timeout"))?;
+        let st = Connection::open(state).map_err(e(&sp, "opening"))?;
+        st.busy_timeout(std::time::Duration::from_secs(5)).map_err(e(&sp, "setting busy timeout"))?;
+        st.pragma_update(None, "journal_mode", "WAL").map_err(e(&sp, "switching to WAL"))?;
+        let fresh: i64 = st.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox_state'", [], |r| r.get(0)).map_err(e(&sp, "reading the schema"))?;
+        st.execute_batch(SCHEMA).map_err(e(&sp, "creating outbox_state"))?;
+        if fresh == 0 {
+            let legacy: Option<(i64, i64)> = conn.query_row("SELECT cursor, dropped FROM outbox_state WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).ok();
+            if let Some((cursor, dropped)) = legacy {
+                st.execute("UPDATE outbox_state SET cursor = ?1, dropped = ?2 WHERE id = 1", params![cursor, dropped]).map_err(e(&sp, "taking over the cursor"))?;
+                tracing::info!(cursor, dropped, "outbox cursor moved from the event log to the fleet database");
+            }
+        }
+        let (cursor, dropped): (i64, i64) = st.query_row("SELECT cursor, dropped FROM outbox_state WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(e(&sp, "reading the cursor"))?;
+        Ok(Self { conn, path: p, state: st, state_path: sp, retention, cursor, sent: cursor, dropped: dropped.max(0) as u64, inflight: VecDeque::new(), unsaved_acks: 0 })
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(rusqlite::Error) -> OutboxError + '_ {
@@ -206,17 +220,23 @@ impl Outbox {
 
     /// The connection dropped: everything unacknowledged will be handed out again.
     pub fn rewind(&mut self) -> Result<(), OutboxError> {
+        self.forget_in_flight();
+        self.save()
+    }
+
+    /// Forgets the window without touching storage (after a storage error): everything
+    /// unacknowledged will be handed out again.
+    pub fn forget_in_flight(&mut self) {
         self.inflight.clear();
         self.sent = self.cursor;
-        self.save()
     }
 
     /// Writes the cursor and dropped count.
     pub fn save(&mut self) -> Result<(), OutboxError> {
         self.unsaved_acks = 0;
-        self.conn
+        self.state
             .execute("UPDATE outbox_state SET cursor = ?1, dropped = ?2 WHERE id = 1", params![self.cursor, self.dropped as i64])
-            .map_err(self.err("saving the cursor"))?;
+            .map_err(|source| OutboxError { path: self.state_path.clone(), what: "saving the cursor", source })?;
         Ok(())
     }
 }
@@ -246,7 +266,7 @@ mod tests {
     #[test]
     fn the_cursor_moves_only_over_acknowledged_prefixes_and_survives_restart() {
         let (_d, path) = db(5);
-        let mut o = Outbox::open(&path, Retention::default()).unwrap();
+        let mut o = Outbox::open(&path, &path.with_file_name("fleet.sqlite"), Retention::default()).unwrap();
         let b = o.next_batch(3).unwrap();
         assert_eq!(b.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         o.acked(2).unwrap();
@@ -257,7 +277,7 @@ mod tests {
         o.rewind().unwrap();
         assert_eq!(o.next_batch(10).unwrap().first().map(|e| e.seq), Some(3));
         drop(o);
-        let o = Outbox::open(&path, Retention::default()).unwrap();
+        let o = Outbox::open(&path, &path.with_file_name("fleet.sqlite"), Retention::default()).unwrap();
         assert_eq!(o.cursor(), 2);
         assert_eq!(o.stats().unwrap(), OutboxStats { pending: 3, dropped: 0 });
     }
@@ -265,15 +285,30 @@ mod tests {
     #[test]
     fn retention_drops_only_the_oldest_past_the_bound_and_counts_them() {
         let (_d, path) = db(10);
-        let mut o = Outbox::open(&path, Retention { max_pending: 4, max_age_ms: None }).unwrap();
+        let mut o = Outbox::open(&path, &path.with_file_name("fleet.sqlite"), Retention { max_pending: 4, max_age_ms: None }).unwrap();
         assert_eq!(o.enforce_retention(0).unwrap(), 6);
         assert_eq!(o.stats().unwrap(), OutboxStats { pending: 4, dropped: 6 });
         assert_eq!(o.next_batch(10).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
-        let mut o = Outbox::open(&path, Retention { max_pending: 100, max_age_ms: Some(5) }).unwrap();
+        let mut o = Outbox::open(&path, &path.with_file_name("fleet.sqlite"), Retention { max_pending: 100, max_age_ms: Some(5) }).unwrap();
         assert_eq!(o.stats().unwrap().dropped, 6, "dropped count persisted");
         // at_ms of seq i is 1000+i; now = 1013, cutoff 1008: seq 7 (1007) dropped, 8.. kept.
         assert_eq!(o.enforce_retention(1013).unwrap(), 1);
         assert_eq!(o.next_batch(10).unwrap().first().map(|e| e.seq), Some(8));
+    }
+
+    #[test]
+    fn a_cursor_kept_in_the_event_log_by_an_older_version_is_taken_over() {
+        let (_d, path) = db(5);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.execute("UPDATE outbox_state SET cursor = 3, dropped = 1", []).unwrap();
+        let o = Outbox::open(&path, &path.with_file_name("fleet.sqlite"), Retention::default()).unwrap();
+        assert_eq!((o.cursor(), o.stats().unwrap().dropped), (3, 1), "events published before the upgrade would be sent again");
+        // The event log is not written by the outbox.
+        c.execute("UPDATE outbox_state SET cursor = 0", []).unwrap();
+        drop(o);
+        let o = Outbox::open(&path, &path.with_file_name("fleet.sqlite"), Retention::default()).unwrap();
+        assert_eq!(o.cursor(), 3);
     }
 
     #[test]

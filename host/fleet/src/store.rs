@@ -1,6 +1,9 @@
-//! The fleet layer's own SQLite tables (jobs, per-plugin deployment sequences, seen
-//! command ids, command log), so a restart loses no job state and replays stay refused.
-//! It lives in the host's database file next to the event log, in tables prefixed `fleet_`.
+//! The fleet layer's own SQLite database (jobs, per-plugin deployment sequences, seen
+//! command ids, command log, outbox cursor), so a restart loses no job state and replays
+//! stay refused. It is a file of its own (`fleet/fleet.sqlite` beside the event log), so
+//! fleet traffic never takes the event log's write lock: the gateway loop is the only
+//! writer of the event log. Nothing is written for a message whose signature did not
+//! verify, and rejected jobs are kept to the newest [`MAX_REJECTED_JOBS`].
 
 use crate::commands::SeenCommands;
 use crate::messages::{JobState, JobStatus};
@@ -24,7 +27,14 @@ pub struct FleetStore {
     path: String,
 }
 
+/// Rejected jobs kept (newest first); older rejections are forgotten.
+pub const MAX_REJECTED_JOBS: i64 = 1000;
+
+/// The tables a store of an older version kept in the event log, copied once on open.
+const LEGACY_TABLES: [&str; 4] = ["fleet_jobs", "fleet_sequences", "fleet_seen_commands", "fleet_command_log"];
+
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS fleet_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fleet_jobs (
     job_id TEXT PRIMARY KEY, plugin TEXT, state TEXT NOT NULL, status TEXT NOT NULL, updated_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS fleet_sequences (plugin TEXT PRIMARY KEY, last_sequence INTEGER NOT NULL);
@@ -35,11 +45,48 @@ CREATE TABLE IF NOT EXISTS fleet_command_log (
 ";
 
 impl FleetStore {
-    /// Opens (creating the tables if needed) the database at `path`.
+    /// Opens (creating the file, private to the gateway's user, and its tables if needed)
+    /// the database at `path`, in WAL mode so readers never wait for the writer.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let p = path.display().to_string();
-        let conn = Connection::open(path).map_err(|source| StoreError { path: p.clone(), what: "opening", source })?;
+        let e = |what| {
+            let p = p.clone();
+            move |source| StoreError { path: p, what, source }
+        };
+        let conn = Connection::open(path).map_err(e("opening"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(e("switching to WAL"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(e("setting synchronous"))?;
         Self::init(conn, p)
+    }
+
+    /// Copies, once, the fleet tables an older version kept in the event log at `events`
+    /// (jobs, sequences — so old bundles stay refused —, seen commands and the command log).
+    /// The event log is only read. Returns how many rows were copied.
+    pub fn migrate_from(&self, events: &Path) -> Result<usize, StoreError> {
+        let done: Option<String> = self.conn.query_row("SELECT value FROM fleet_meta WHERE key = 'migrated'", [], |r| r.get(0)).optional().map_err(self.err("reading the migration mark"))?;
+        if done.is_some() || !events.exists() {
+            return Ok(0);
+        }
+        let uri = format!("file:{}?mode=ro", events.display());
+        self.conn.execute("ATTACH DATABASE ?1 AS legacy", [&uri]).map_err(self.err("opening the event log to migrate fleet tables"))?;
+        let copied = (|| {
+            let mut n = 0;
+            for t in LEGACY_TABLES {
+                let present: i64 = self.conn.query_row("SELECT COUNT(*) FROM legacy.sqlite_master WHERE type = 'table' AND name = ?1", [t], |r| r.get(0))?;
+                if present > 0 {
+                    n += self.conn.execute(&format!("INSERT OR IGNORE INTO main.{t} SELECT * FROM legacy.{t}"), [])?;
+                }
+            }
+            self.conn.execute("INSERT INTO fleet_meta (key, value) VALUES ('migrated', ?1)", [events.display().to_string()])?;
+            Ok(n)
+        })();
+        let _ = self.conn.execute("DETACH DATABASE legacy", []);
+        copied.map_err(self.err("copying fleet tables from the event log"))
     }
 
     /// An in-memory store (tests, tools).
@@ -68,6 +115,14 @@ impl FleetStore {
                 params![s.job_id, s.plugin, s.state.as_str(), body, s.at_ms],
             )
             .map_err(self.err("saving a job"))?;
+        if s.state == JobState::Rejected {
+            self.conn
+                .execute(
+                    "DELETE FROM fleet_jobs WHERE state = ?1 AND rowid NOT IN (SELECT rowid FROM fleet_jobs WHERE state = ?1 ORDER BY updated_ms DESC, rowid DESC LIMIT ?2)",
+                    params![JobState::Rejected.as_str(), MAX_REJECTED_JOBS],
+                )
+                .map_err(self.err("forgetting old rejected jobs"))?;
+        }
         Ok(())
     }
 
@@ -180,5 +235,42 @@ mod tests {
         assert_eq!(s.last_sequence("p").unwrap(), Some(7));
         assert!(!s.record_once("c1", 100, 20), "command id accepted twice across a restart");
         assert!(s.record_once("c1", 300, 200), "expired ids are forgotten");
+    }
+
+    fn job(id: &str, state: JobState, at_ms: i64) -> JobStatus {
+        JobStatus { job_id: id.into(), gateway: "g".into(), state, step: None, plugin: Some("p".into()), version: None, code: None, reason: None, signer: None, at_ms }
+    }
+
+    #[test]
+    fn tables_an_older_version_kept_in_the_event_log_are_copied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.sqlite");
+        {
+            // An older gateway kept its fleet tables in the event log.
+            let old = FleetStore::open(&events).unwrap();
+            old.put_job(&job("j1", JobState::Succeeded, 5)).unwrap();
+            old.accept_sequence("p", 41).unwrap();
+            old.log_command(&CommandLogEntry { id: "c1".into(), sender: Some("ops".into()), action: "{}".into(), ok: true, code: "ok".into(), detail: String::new(), at_ms: 6 }).unwrap();
+        }
+        let store = FleetStore::open(&dir.path().join("fleet.sqlite")).unwrap();
+        assert_eq!(store.migrate_from(&events).unwrap(), 3);
+        assert_eq!(store.last_sequence("p").unwrap(), Some(41), "an old bundle's sequence must stay refused");
+        assert_eq!(store.job("j1").unwrap().unwrap().state, JobState::Succeeded);
+        assert_eq!(store.command_log().unwrap().len(), 1);
+        assert_eq!(store.migrate_from(&events).unwrap(), 0, "copied twice");
+        assert_eq!(store.command_log().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn only_the_newest_rejected_jobs_are_kept() {
+        let s = FleetStore::in_memory().unwrap();
+        s.put_job(&job("good", JobState::Succeeded, 0)).unwrap();
+        for i in 0..MAX_REJECTED_JOBS + 50 {
+            s.put_job(&job(&format!("r{i}"), JobState::Rejected, i + 1)).unwrap();
+        }
+        let n: i64 = s.conn.query_row("SELECT COUNT(*) FROM fleet_jobs WHERE state = 'rejected'", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, MAX_REJECTED_JOBS);
+        assert!(s.job("r0").unwrap().is_none() && s.job(&format!("r{}", MAX_REJECTED_JOBS + 49)).unwrap().is_some());
+        assert!(s.job("good").unwrap().is_some(), "a finished job was forgotten");
     }
 }
