@@ -446,7 +446,7 @@ fn a_trace_dated_a_year_back_queued_while_the_broker_is_away_arrives_whole() {
         let g = got.lock().unwrap();
         logged.iter().all(|e| g.contains(e))
     });
-    let c = rusqlite::Connection::open_with_flags(&site.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let c = rusqlite::Connection::open_with_flags(site.db.with_file_name("fleet/fleet.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let dropped: i64 = c.query_row("SELECT dropped FROM outbox_state", [], |r| r.get(0)).unwrap();
     assert_eq!(dropped, 0, "the outbox dropped events of a year-old trace");
     let log = std::fs::read_to_string(&gw.log).unwrap();
@@ -624,4 +624,73 @@ fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_rest
     let (code, out) = remote(&["reinstate", "--reference", &reference, "--reason", "again"]);
     assert!(code == 1 && out.contains("is not revoked"), "{out}");
     assert_eq!(site.records("reinstated")[0].1["by"], "remote:test-ops");
+}
+
+/// Publishes `n` messages on each of `topics` (`{i}` replaced by the message number) as a
+/// broker client with no key, as fast as the broker takes them.
+fn flood(port: u16, topics: &[&str], n: usize, payload: impl Fn(usize) -> Vec<u8>) {
+    let mut opts = rumqttc::MqttOptions::new(format!("attacker-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(1000);
+    let (client, mut conn) = rumqttc::Client::new(opts, 1000);
+    let acks = Arc::new(Mutex::new(0usize));
+    let a = acks.clone();
+    let driver = std::thread::spawn(move || {
+        for n in conn.iter() {
+            match n {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => *a.lock().unwrap() += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    for t in topics {
+        for i in 0..n {
+            client.publish(format!("gate/v1/{SITE}/{GW}/{}", t.replace("{i}", &i.to_string())), rumqttc::QoS::AtLeastOnce, false, payload(i)).unwrap();
+        }
+    }
+    wait_until("the broker to take the whole flood", Duration::from_secs(60), || *acks.lock().unwrap() >= topics.len() * n);
+    let _ = client.disconnect();
+    let _ = driver.join();
+}
+
+/// Issue 12: a keyless broker client floods every inbound topic with junk and with
+/// well-formed unsigned commands and jobs; every read is still decided, nothing of the
+/// flood is stored, the event log never sees a lock error, and the link keeps publishing.
+#[test]
+fn a_junk_flood_on_every_inbound_topic_stops_neither_the_doors_nor_the_link() {
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 2);
+    let (got, subscribed) = consumer("test-consumer-flood", broker.port);
+    wait_until("the consumer to subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap() >= 1);
+    let reads = 300;
+    let mut gw = site.run(&site.trace("flooded", reads, 50, &card_reads()));
+    wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
+    let t0 = Instant::now();
+    flood(broker.port, &["cmd/junk", "jobs/junk"], 10_000, |_| b"junk {".to_vec());
+    flood(broker.port, &["cmd/c-{i}", "jobs/j-{i}"], 5_000, |i| {
+        format!(r#"{{"command":"{{\"id\":\"c-{i}\",\"site\":\"{SITE}\",\"gateway\":\"{GW}\"}}","signature":"AAAA","job_id":"j-{i}"}}"#).into_bytes()
+    });
+    eprintln!("30,000 messages flooded in {:?}", t0.elapsed());
+    wait_until("every read decided", Duration::from_secs(60), || site.handled() >= reads as i64);
+    assert!(gw.child.try_wait().unwrap().is_none(), "the gateway died under the flood:\n{}", gw.output());
+    // The link still publishes: every event the gateway logged reaches the consumer.
+    let logged = site.event_ids();
+    wait_until("every logged event at the consumer", Duration::from_secs(30), || {
+        let g = got.lock().unwrap();
+        logged.iter().all(|e| g.contains(e))
+    });
+    // Nothing of the flood was stored.
+    let fleet = rusqlite::Connection::open_with_flags(site.db.with_file_name("fleet/fleet.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let rows = |t: &str| fleet.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!((rows("fleet_jobs"), rows("fleet_command_log"), rows("fleet_seen_commands")), (0, 0, 0), "unauthenticated messages were stored");
+    let log = gw.output();
+    assert!(!log.contains("database is locked") && !log.contains("link failed") && !log.contains("link stopped"), "{log}");
+    assert!(log.contains("inbound messages shed"), "the shedding was not reported:\n{log}");
+    // Reported at most every 10 s, not once per message.
+    assert!(log.matches("inbound messages shed").count() < 20, "{log}");
+    // And an operator's signed command still gets through once the flood is over.
+    let (code, out) = site.gate_with_broker(&["remote", "open-door", "--key", site.key.to_str().unwrap(), "--gateway", &format!("{SITE}/{GW}"), "--door", "north-gate"]);
+    assert_eq!(code, 0, "{out}");
+    drop(gw);
 }

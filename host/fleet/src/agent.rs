@@ -6,6 +6,7 @@
 
 use crate::commands::{self, AuthorisedCommand, Executed};
 use crate::deploy::{Deployer, PluginSlot};
+use crate::limit::{Rate, ShedLog, TokenBucket};
 use crate::link::{Inbound, LinkHandle};
 use crate::messages::{GatewayClock, JobStatus, PluginInfo, Status};
 use crate::store::{CommandLogEntry, StoreError};
@@ -26,7 +27,15 @@ pub struct Agent {
     deployer: Deployer,
     link: LinkHandle,
     clock: GatewayClock,
+    /// Commands refused so far (none of them stored).
+    refused: u64,
+    refusals: TokenBucket,
+    unanswered: ShedLog,
 }
+
+/// Refusal replies sent at most (per second, burst): enough for an operator's mistakes,
+/// too few for a flood to cost the broker or the gateway anything.
+pub const REFUSAL_REPLIES: Rate = Rate { per_second: 5, burst: 20 };
 
 impl Agent {
     /// `interrupted` are the jobs [`Deployer::new`] found unfinished; they are published.
@@ -35,7 +44,17 @@ impl Agent {
         for j in interrupted {
             link.publish_job_status(j);
         }
-        Self { site: site.into(), gateway: gateway.into(), host_version, deployer, link, clock }
+        Self {
+            site: site.into(),
+            gateway: gateway.into(),
+            host_version,
+            deployer,
+            link,
+            clock,
+            refused: 0,
+            refusals: TokenBucket::new(REFUSAL_REPLIES),
+            unanswered: ShedLog::new("command refusals", std::time::Duration::from_secs(10)),
+        }
     }
 
     /// The birth status for the current plugins and last job.
@@ -97,17 +116,15 @@ impl Agent {
                 reply
             }
             Err(e) => {
+                // Anyone with a broker account can send these, or replay a command they
+                // saw: a refusal is counted and answered at a bounded rate, never stored.
+                self.refused = self.refused.saturating_add(1);
+                if !self.refusals.take() {
+                    self.unanswered.shed("refusal replies over their rate");
+                    return Ok(());
+                }
                 let reply = commands::refusal(id, &e, now);
-                tracing::warn!(command = %id, code = %reply.code, reason = %reply.detail, "remote command refused");
-                self.deployer.store().log_command(&CommandLogEntry {
-                    id: id.into(),
-                    sender: None,
-                    action: "(refused)".into(),
-                    ok: false,
-                    code: reply.code.clone(),
-                    detail: reply.detail.clone(),
-                    at_ms: now,
-                })?;
+                tracing::warn!(command = %id, code = %reply.code, reason = %reply.detail, refused = self.refused, "remote command refused");
                 reply
             }
         };

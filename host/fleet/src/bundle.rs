@@ -136,6 +136,12 @@ impl From<SigError> for BundleError {
 }
 
 impl BundleError {
+    /// True when a trusted key's signature covered what was refused (so the refusal
+    /// is the operator's to see later), false for anything anyone could have sent.
+    pub fn signature_verified(&self) -> bool {
+        !matches!(self, BundleError::TooLarge { .. } | BundleError::Malformed(_) | BundleError::Unsigned | BundleError::UnknownKey(_) | BundleError::BadSignature(_) | BundleError::NotAllowed(_))
+    }
+
     /// Short stable code for dashboards and tests (`"replayed"`, `"bad-signature"`, …).
     pub fn code(&self) -> &'static str {
         match self {

@@ -177,25 +177,41 @@ impl Deployer {
             progress(&done);
             return Ok(done);
         }
+        // Until a signature verifies, nothing is stored: anyone with a broker account can
+        // send jobs, and their refusals must not fill the disk.
         let mut s = self.status(topic_job_id, JobState::Queued);
-        self.emit(&mut s, now_ms(), progress)?;
+        s.at_ms = now_ms();
+        progress(&s);
         s.state = JobState::InProgress;
         s.step = Some("verifying".into());
-        self.emit(&mut s, now_ms(), progress)?;
+        s.at_ms = now_ms();
+        progress(&s);
 
         let req: JobRequest = match serde_json::from_slice(raw_request) {
-            Ok(r) if raw_request.len() <= self.cfg.max_bundle_bytes * 2 => r,
-            Ok(_) => return self.finish(s, JobState::Rejected, "too-large", "job request is larger than the bundle limit".into(), now_ms(), progress),
-            Err(e) => return self.finish(s, JobState::Rejected, "malformed", format!("job request is not valid JSON for gate/v1: {e}"), now_ms(), progress),
+            Ok(r) if raw_request.len() <= self.cfg.max_bundle_bytes.saturating_mul(2) => r,
+            Ok(_) => return Ok(self.refuse(s, "too-large", "job request is larger than the bundle limit".into(), now_ms(), progress)),
+            Err(e) => return Ok(self.refuse(s, "malformed", format!("job request is not valid JSON for gate/v1: {e}"), now_ms(), progress)),
         };
         if req.job_id != topic_job_id {
             let why = format!("job id {:?} in the body does not match {topic_job_id:?} in the topic", req.job_id);
-            return self.finish(s, JobState::Rejected, "malformed", why, now_ms(), progress);
+            return Ok(self.refuse(s, "malformed", why, now_ms(), progress));
         }
         match req.action {
             JobAction::Deploy { bundle } => self.deploy(slot, s, &bundle.to_bytes(), now_ms, progress),
             JobAction::Rollback { order } => self.ordered_rollback(slot, s, &order, now_ms, progress),
         }
+    }
+
+    /// Ends a job whose request no trusted signature covers: published, never stored.
+    fn refuse(&self, mut s: JobStatus, code: &str, reason: String, now: i64, progress: &mut dyn FnMut(&JobStatus)) -> JobStatus {
+        tracing::info!(job = %s.job_id, code, reason = %reason, "unsigned or unverifiable job refused");
+        s.state = JobState::Rejected;
+        s.step = None;
+        s.code = Some(code.into());
+        s.reason = Some(reason);
+        s.at_ms = now;
+        progress(&s);
+        s
     }
 
     fn finish(&self, mut s: JobStatus, state: JobState, code: &str, reason: String, now: i64, progress: &mut dyn FnMut(&JobStatus)) -> Result<JobStatus, StoreError> {
@@ -211,7 +227,7 @@ impl Deployer {
     fn deploy(&mut self, slot: &mut dyn PluginSlot, mut s: JobStatus, raw: &[u8], now_ms: &dyn Fn() -> i64, progress: &mut dyn FnMut(&JobStatus)) -> Result<JobStatus, StoreError> {
         let name = match bundle::peek_name(raw, self.cfg.max_bundle_bytes) {
             Ok(n) => n,
-            Err(e) => return self.finish(s, JobState::Rejected, e.code(), e.to_string(), now_ms(), progress),
+            Err(e) => return Ok(self.refuse(s, e.code(), e.to_string(), now_ms(), progress)),
         };
         s.plugin = Some(name.clone());
         let active = slot.active(&name);
@@ -225,6 +241,7 @@ impl Deployer {
         };
         let verified = match bundle::verify(raw, &cx) {
             Ok(v) => v,
+            Err(e) if !e.signature_verified() => return Ok(self.refuse(s, e.code(), e.to_string(), now_ms(), progress)),
             Err(e) => {
                 let e: BundleError = e;
                 return self.finish(s, JobState::Rejected, e.code(), e.to_string(), now_ms(), progress);
@@ -271,7 +288,7 @@ impl Deployer {
             Ok(k) => k,
             Err(e) => {
                 let e = BundleError::from(e);
-                return self.finish(s, JobState::Rejected, e.code(), e.to_string().replace("bundle", "rollback order"), now_ms(), progress);
+                return Ok(self.refuse(s, e.code(), e.to_string().replace("bundle", "rollback order"), now_ms(), progress));
             }
         };
         s.signer = Some(signer);

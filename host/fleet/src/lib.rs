@@ -13,6 +13,7 @@ pub mod bundle;
 pub mod commands;
 pub mod deploy;
 pub mod keys;
+pub mod limit;
 pub mod link;
 pub mod messages;
 pub mod operator;

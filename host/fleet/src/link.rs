@@ -7,6 +7,7 @@
 //! One task owns the rumqttc event loop and all link state ([`LinkState`]); the host
 //! talks to it through a cloneable [`LinkHandle`] and receives [`Inbound`] messages.
 
+use crate::limit::{Rate, ShedLog, TokenBucket};
 use crate::messages::{GatewayClock, JobStatus, Status};
 use crate::outbox::{Outbox, OutboxError};
 use crate::topics::{GatewayTopics, TopicError};
@@ -170,10 +171,23 @@ pub enum PluginPublishError {
     PayloadTooLarge(usize),
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: std::time::Instant,
+/// Bounds on what arrives from the broker, applied before a message is handed on:
+/// anything with a broker account can publish on a gateway's inbound topics, so a flood
+/// is shed here (counted, reported at most every few seconds) and never reaches a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundLimits {
+    /// Job requests handed to the host (a deployment is rare: default 1/s, burst 10).
+    pub jobs: Rate,
+    /// Commands handed to the host (default 20/s, burst 50).
+    pub commands: Rate,
+    /// Messages waiting for the host at most (default 64); more are shed.
+    pub queue: usize,
+}
+
+impl Default for InboundLimits {
+    fn default() -> Self {
+        Self { jobs: Rate { per_second: 1, burst: 10 }, commands: Rate { per_second: 20, burst: 50 }, queue: 64 }
+    }
 }
 
 /// Link settings.
@@ -188,6 +202,8 @@ pub struct LinkConfig {
     /// Most outbox events in flight (published, not yet acknowledged).
     pub window: usize,
     pub plugin_limits: PluginLimits,
+    /// What the operators' side may send before the link sheds it.
+    pub inbound: InboundLimits,
     /// The gateway's clock: the outbox's age bound and status times are measured on it,
     /// the clock the events were stamped with.
     pub clock: GatewayClock,
@@ -195,7 +211,7 @@ pub struct LinkConfig {
 
 impl LinkConfig {
     pub fn new(broker: BrokerConfig, site: &str, gateway: &str) -> Self {
-        Self { broker, site: site.into(), gateway: gateway.into(), client_id: None, backoff: Backoff::default(), window: 256, plugin_limits: PluginLimits::default(), clock: GatewayClock::wall() }
+        Self { broker, site: site.into(), gateway: gateway.into(), client_id: None, backoff: Backoff::default(), window: 256, plugin_limits: PluginLimits::default(), inbound: InboundLimits::default(), clock: GatewayClock::wall() }
     }
 }
 
@@ -236,6 +252,10 @@ pub struct LinkSnapshot {
     pub cursor: i64,
     /// Plugin messages dropped because the link was down.
     pub plugin_dropped: u64,
+    /// Inbound messages shed (over their rate, queue full, unexpected topic).
+    pub inbound_shed: u64,
+    /// Times the link failed on its own storage and started over.
+    pub restarts: u64,
 }
 
 enum Request {
@@ -253,7 +273,7 @@ pub struct LinkHandle {
     events: Arc<Notify>,
     topics: GatewayTopics,
     limits: PluginLimits,
-    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    buckets: Arc<Mutex<HashMap<String, TokenBucket>>>,
     snapshot: watch::Receiver<LinkSnapshot>,
 }
 
@@ -283,14 +303,10 @@ impl LinkHandle {
         }
         {
             let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-            let now = std::time::Instant::now();
-            let b = buckets.entry(prefix.to_string()).or_insert(Bucket { tokens: self.limits.burst as f64, at: now });
-            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.limits.per_second as f64).min(self.limits.burst as f64);
-            b.at = now;
-            if b.tokens < 1.0 {
+            let rate = Rate { per_second: self.limits.per_second, burst: self.limits.burst };
+            if !buckets.entry(prefix.to_string()).or_insert_with(|| TokenBucket::new(rate)).take() {
                 return Err(PluginPublishError::RateLimited);
             }
-            b.tokens -= 1.0;
         }
         let _ = self.tx.send(Request::Plugin { topic: full, payload });
         Ok(())
@@ -333,7 +349,10 @@ pub struct Link {
     status: Status,
     rx: mpsc::UnboundedReceiver<Request>,
     events: Arc<Notify>,
-    inbound: mpsc::UnboundedSender<Inbound>,
+    inbound: mpsc::Sender<Inbound>,
+    job_bucket: TokenBucket,
+    command_bucket: TokenBucket,
+    shed: ShedLog,
     snapshot_tx: watch::Sender<LinkSnapshot>,
     snap: LinkSnapshot,
     /// Tags of publishes handed to rumqttc, in order; matched to packet ids on send.
@@ -343,22 +362,25 @@ pub struct Link {
     pending_replies: BTreeMap<String, Vec<u8>>,
     /// A clean reconnect is under way so the last will lists the plugins now running.
     refreshing_will: bool,
+    /// Storage failures in a row (reset when the cursor moves again).
+    restart_streak: u32,
 }
 
 impl Link {
     /// Builds the link (it connects when [`Link::run`] is awaited). `status` is the first
     /// birth message; its offline twin is the last will.
-    pub fn new(cfg: LinkConfig, outbox: Outbox, status: Status) -> Result<(Link, LinkHandle, mpsc::UnboundedReceiver<Inbound>), LinkError> {
+    pub fn new(cfg: LinkConfig, outbox: Outbox, status: Status) -> Result<(Link, LinkHandle, mpsc::Receiver<Inbound>), LinkError> {
         let topics = GatewayTopics::new(&cfg.site, &cfg.gateway)?;
         let client_id = cfg.client_id.clone().unwrap_or_else(|| format!("gate-{}-{}", cfg.site, cfg.gateway));
         let opts = mqtt_options(&cfg.broker, &client_id)?;
         let (client, eventloop) = AsyncClient::new(opts, cfg.window + 256);
         let (tx, rx) = mpsc::unbounded_channel();
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::channel(cfg.inbound.queue.max(1));
         let snap = LinkSnapshot { cursor: outbox.cursor(), ..Default::default() };
         let (snapshot_tx, snapshot) = watch::channel(snap);
         let events = Arc::new(Notify::new());
         let handle = LinkHandle { tx, events: events.clone(), topics: topics.clone(), limits: cfg.plugin_limits, buckets: Arc::default(), snapshot };
+        let limits = cfg.inbound;
         let link = Link {
             cfg,
             topics,
@@ -370,6 +392,9 @@ impl Link {
             rx,
             events,
             inbound: in_tx,
+            job_bucket: TokenBucket::new(limits.jobs),
+            command_bucket: TokenBucket::new(limits.commands),
+            shed: ShedLog::new("mqtt inbound", Duration::from_secs(10)),
             snapshot_tx,
             snap,
             sent: VecDeque::new(),
@@ -377,6 +402,7 @@ impl Link {
             pending_jobs: BTreeMap::new(),
             pending_replies: BTreeMap::new(),
             refreshing_will: false,
+            restart_streak: 0,
         };
         Ok((link, handle, in_rx))
     }
@@ -467,7 +493,10 @@ impl Link {
     fn send_job(&mut self, j: JobStatus) {
         if let Ok(t) = self.topics.job_progress(&j.job_id) {
             let payload = serde_json::to_vec(&j).unwrap_or_default();
-            self.publish(Tag::Job(j.job_id.clone()), t, QoS::AtLeastOnce, true, payload);
+            // Only a job a trusted key signed leaves a retained status on the broker; the
+            // refusal of anything else is said once, to whoever is listening.
+            let retain = j.signer.is_some();
+            self.publish(Tag::Job(j.job_id.clone()), t, QoS::AtLeastOnce, retain, payload);
         }
     }
 
@@ -504,6 +533,7 @@ impl Link {
             Event::Incoming(Packet::PubAck(ack)) => match self.by_pkid.remove(&ack.pkid) {
                 Some(Tag::Event(seq)) => {
                     self.outbox.acked(seq)?;
+                    self.restart_streak = 0;
                     self.snap.events_acked += 1;
                     self.snap.cursor = self.outbox.cursor();
                     self.fill_window()?;
@@ -520,21 +550,26 @@ impl Link {
                 if p.payload.is_empty() {
                     return Ok(()); // a cleared retained job
                 }
-                match self.topics.parse_inbound(&p.topic) {
-                    Ok(crate::topics::Inbound::Job(id)) => {
-                        let _ = self.inbound.send(Inbound::Job { job_id: id.into(), payload: p.payload.to_vec() });
-                    }
-                    Ok(crate::topics::Inbound::Command(id)) => {
-                        let _ = self.inbound.send(Inbound::Command { id: id.into(), payload: p.payload.to_vec() });
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %p.topic, error = %e, "ignoring message on an unexpected topic")
-                    }
+                let msg = match self.topics.parse_inbound(&p.topic) {
+                    Ok(crate::topics::Inbound::Job(id)) if self.job_bucket.take() => Ok(Inbound::Job { job_id: id.into(), payload: p.payload.to_vec() }),
+                    Ok(crate::topics::Inbound::Command(id)) if self.command_bucket.take() => Ok(Inbound::Command { id: id.into(), payload: p.payload.to_vec() }),
+                    Ok(_) => Err("over its rate"),
+                    Err(_) => Err("unexpected topic"),
+                };
+                match msg.map(|m| self.inbound.try_send(m)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => self.shed("host queue full"),
+                    Err(why) => self.shed(why),
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    fn shed(&mut self, reason: &'static str) {
+        self.shed.shed(reason);
+        self.snap.inbound_shed = self.shed.total;
     }
 
     fn on_request(&mut self, r: Request) -> Result<bool, LinkError> {
@@ -579,46 +614,74 @@ impl Link {
         Ok(true)
     }
 
-    /// Runs the link until [`LinkHandle::shutdown`] (or every handle is dropped).
+    /// Runs the link until [`LinkHandle::shutdown`] (or every handle is dropped). It never
+    /// stops on its own: a failure of its storage drops the connection and starts over
+    /// after a back-off, the events staying in the outbox.
     pub async fn run(mut self) -> Result<(), LinkError> {
         let will = LastWill::new(self.topics.status(), self.death(), QoS::AtLeastOnce, true);
         self.eventloop.mqtt_options.set_last_will(will);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let _ = self.snapshot_tx.send(self.snap);
-            match self.state {
-                LinkState::Stopped => return Ok(()),
-                LinkState::Waiting { attempt, until } => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => self.state = LinkState::Connecting { attempt },
-                        r = self.rx.recv() => match r {
-                            Some(r) => if !self.on_request(r)? { self.state = LinkState::Stopped },
-                            None => self.state = LinkState::Stopped,
-                        },
-                        _ = tick.tick() => { self.outbox.enforce_retention(self.cfg.clock.now_ms())?; }
-                    }
+            match self.step(&mut tick).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => self.restart(&e),
+            }
+        }
+    }
+
+    /// One turn of the state machine; false once stopped.
+    async fn step(&mut self, tick: &mut tokio::time::Interval) -> Result<bool, LinkError> {
+        match self.state {
+            LinkState::Stopped => return Ok(false),
+            LinkState::Waiting { attempt, until } => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => self.state = LinkState::Connecting { attempt },
+                    r = self.rx.recv() => match r {
+                        Some(r) => if !self.on_request(r)? { self.state = LinkState::Stopped },
+                        None => self.state = LinkState::Stopped,
+                    },
+                    _ = tick.tick() => { self.outbox.enforce_retention(self.cfg.clock.now_ms())?; }
                 }
-                LinkState::Connecting { .. } => match self.eventloop.poll().await {
-                    Ok(ev) => self.on_event(ev)?,
-                    Err(e) => self.on_disconnected(&e)?,
-                },
-                LinkState::Connected => {
-                    tokio::select! {
-                        biased;
-                        ev = self.eventloop.poll() => match ev {
-                            Ok(ev) => self.on_event(ev)?,
-                            Err(e) => self.on_disconnected(&e)?,
-                        },
-                        r = self.rx.recv() => match r {
-                            Some(r) => if !self.on_request(r)? { self.stop().await; },
-                            None => self.stop().await,
-                        },
-                        _ = self.events.notified() => self.fill_window()?,
-                        _ = tick.tick() => self.fill_window()?,
-                    }
+            }
+            LinkState::Connecting { .. } => match self.eventloop.poll().await {
+                Ok(ev) => self.on_event(ev)?,
+                Err(e) => self.on_disconnected(&e)?,
+            },
+            LinkState::Connected => {
+                tokio::select! {
+                    biased;
+                    ev = self.eventloop.poll() => match ev {
+                        Ok(ev) => self.on_event(ev)?,
+                        Err(e) => self.on_disconnected(&e)?,
+                    },
+                    r = self.rx.recv() => match r {
+                        Some(r) => if !self.on_request(r)? { self.stop().await; },
+                        None => self.stop().await,
+                    },
+                    _ = self.events.notified() => self.fill_window()?,
+                    _ = tick.tick() => self.fill_window()?,
                 }
             }
         }
+        Ok(true)
+    }
+
+    /// The link's own storage failed: drop the connection, forget the window (the events
+    /// stay in the outbox) and try again after a back-off that grows while it keeps failing.
+    fn restart(&mut self, e: &LinkError) {
+        self.snap.restarts += 1;
+        self.restart_streak = self.restart_streak.saturating_add(1);
+        let delay = self.cfg.backoff.delay(self.restart_streak);
+        tracing::error!(error = %e, restarts = self.snap.restarts, retry_in_ms = delay.as_millis() as u64, "the MQTT link failed; starting over");
+        self.eventloop.clean();
+        self.snap.connected = false;
+        self.sent.clear();
+        self.by_pkid.clear();
+        self.outbox.forget_in_flight();
+        self.refreshing_will = false;
+        self.state = LinkState::Waiting { attempt: self.restart_streak, until: Instant::now() + delay };
     }
 
     async fn stop(&mut self) {
@@ -676,7 +739,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ev.sqlite");
         crate::outbox::create_event_log(&rusqlite::Connection::open(&path).unwrap()).unwrap();
-        let outbox = Outbox::open(&path, Default::default()).unwrap();
+        let outbox = Outbox::open(&path, &dir.path().join("fleet.sqlite"), Default::default()).unwrap();
         let mut cfg = LinkConfig::new(BrokerConfig { host: "127.0.0.1".into(), port: 1, tls: None, username: None, password: None, keep_alive_secs: 5 }, "s", "g");
         cfg.plugin_limits = PluginLimits { per_second: 1, burst: 3, max_payload: 8 };
         let status = Status { site: "s".into(), gateway: "g".into(), online: true, host_version: "0.1.0".parse().unwrap(), plugins: vec![], last_job: None, outbox: None, at_ms: 0 };

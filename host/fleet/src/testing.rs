@@ -298,6 +298,8 @@ pub struct TestGateway {
     pub executed: std::sync::Arc<std::sync::Mutex<Vec<crate::commands::AuthorisedCommand>>>,
     pub operator_key: crate::keys::OperatorKey,
     pub db: PathBuf,
+    /// The fleet's own database (jobs, command log, outbox cursor).
+    pub fleet_db: PathBuf,
     writer: rusqlite::Connection,
     next_seq: i64,
     link_task: tokio::task::JoinHandle<Result<(), crate::link::LinkError>>,
@@ -350,10 +352,11 @@ impl TestGateway {
         let key = OperatorKey::generate("test-operator").map_err(|e| e.to_string())?;
         let trusted = TrustedKeys::from_config(&[key.trusted_entry(&[Permission::Deploy, Permission::Door, Permission::Credentials, Permission::Pin])]).map_err(|e| e.to_string())?;
         let host_version: semver::Version = "0.1.0".parse().map_err(|e: semver::Error| e.to_string())?;
-        let store = crate::store::FleetStore::open(&db).map_err(|e| e.to_string())?;
+        let fleet_db = dir.path().join("fleet.sqlite");
+        let store = crate::store::FleetStore::open(&fleet_db).map_err(|e| e.to_string())?;
         let cfg = DeployConfig { gateway: gateway.into(), host_version: host_version.clone(), max_bundle_bytes: opts.max_bundle_bytes, rule: opts.rule };
         let (deployer, interrupted) = Deployer::new(cfg, trusted, store, crate::messages::now_ms()).map_err(|e| e.to_string())?;
-        let outbox = crate::outbox::Outbox::open(&db, opts.retention).map_err(|e| e.to_string())?;
+        let outbox = crate::outbox::Outbox::open(&db, &fleet_db, opts.retention).map_err(|e| e.to_string())?;
         let mut lc = crate::link::LinkConfig::new(broker, site, gateway);
         lc.backoff = opts.backoff;
         lc.window = opts.window;
@@ -389,7 +392,7 @@ impl TestGateway {
             }
         });
         let next_seq = writer.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)).map_err(|e| e.to_string())?;
-        Ok(TestGateway { site: site.into(), gateway: gateway.into(), handle, slot, agent, executed, operator_key: key, db, writer, next_seq, link_task, agent_task, _dir: dir })
+        Ok(TestGateway { site: site.into(), gateway: gateway.into(), handle, slot, agent, executed, operator_key: key, db, fleet_db, writer, next_seq, link_task, agent_task, _dir: dir })
     }
 
     /// Appends `n` decision events to the event log (one transaction) and tells the link.
