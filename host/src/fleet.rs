@@ -664,7 +664,15 @@ impl Fleet {
         std::thread::Builder::new()
             .name("gate-fleet-agent".into())
             .spawn(move || {
-                for msg in agent_rx {
+                loop {
+                    let msg = match agent_rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok(m) => m,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            agent.tick();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     let res = match msg {
                         AgentMsg::Inbound(m) => {
                             let r = agent.handle(m, &mut slot, &mut exec).map(|_| ());

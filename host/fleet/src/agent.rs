@@ -132,6 +132,11 @@ impl Agent {
         Ok(())
     }
 
+    /// Housekeeping now and then (about every second): reports refusals not yet reported.
+    pub fn tick(&mut self) {
+        self.unanswered.flush();
+    }
+
     /// The host saw `plugin` fail; may roll it back by itself (and says so on the broker).
     pub fn report_plugin_failure(&mut self, slot: &mut dyn PluginSlot, plugin: &str) -> Result<Option<JobStatus>, StoreError> {
         let rolled = self.deployer.report_failure(slot, plugin, self.clock.now_ms())?;

@@ -62,8 +62,18 @@ impl ShedLog {
     pub fn shed(&mut self, reason: &'static str) {
         self.total = self.total.saturating_add(1);
         self.unreported = self.unreported.saturating_add(1);
+        self.report(reason);
+    }
+
+    /// Reports what was shed since the last report once `every` has passed (call it
+    /// now and then, so the tail of a flood is reported too).
+    pub fn flush(&mut self) {
+        self.report("since the last report");
+    }
+
+    fn report(&mut self, reason: &'static str) {
         let now = Instant::now();
-        if self.last.is_none_or(|l| now.saturating_duration_since(l) >= self.every) {
+        if self.unreported > 0 && self.last.is_none_or(|l| now.saturating_duration_since(l) >= self.every) {
             tracing::warn!(what = self.what, reason, shed = self.unreported, total = self.total, "inbound messages shed");
             self.unreported = 0;
             self.last = Some(now);

@@ -642,7 +642,10 @@ impl Link {
                         Some(r) => if !self.on_request(r)? { self.state = LinkState::Stopped },
                         None => self.state = LinkState::Stopped,
                     },
-                    _ = tick.tick() => { self.outbox.enforce_retention(self.cfg.clock.now_ms())?; }
+                    _ = tick.tick() => {
+                        self.shed.flush();
+                        self.outbox.enforce_retention(self.cfg.clock.now_ms())?;
+                    }
                 }
             }
             LinkState::Connecting { .. } => match self.eventloop.poll().await {
@@ -661,7 +664,10 @@ impl Link {
                         None => self.stop().await,
                     },
                     _ = self.events.notified() => self.fill_window()?,
-                    _ = tick.tick() => self.fill_window()?,
+                    _ = tick.tick() => {
+                        self.shed.flush();
+                        self.fill_window()?
+                    }
                 }
             }
         }
