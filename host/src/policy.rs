@@ -31,8 +31,11 @@ pub struct Decided {
     /// Plugin health records to log (failures, quarantine, recovery).
     pub health: Vec<Record>,
     /// kv writes of the deciding plugin to persist.
-    pub kv: Option<(String, BTreeMap<String, Option<Vec<u8>>>)>,
+    pub kv: Option<(String, KvChanges)>,
 }
+
+/// kv writes of one call, by key (None = delete).
+pub type KvChanges = BTreeMap<String, Option<Vec<u8>>>;
 
 struct Managed {
     slot: Option<Slot>,

@@ -14,6 +14,7 @@ pub const PLUGINS: &[&str] = &[
     "log-flood",
     "garbage-decision",
     "trap-on-pin",
+    "block-on-host",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -4,7 +4,7 @@
 //! WASI that is linked but empty: no files, no network, no environment, and
 //! clocks that read the gateway clock.
 
-use super::caps::{clock::ClockCap, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap};
+use super::caps::{clock::ClockCap, clock::WaitBudget, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap};
 use super::bindings::{integration, policy};
 use super::PluginError;
 use crate::clock::Clock;
@@ -31,8 +31,10 @@ pub enum ExecMode {
 /// Everything a plugin instance can reach, one field per capability.
 pub struct State {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryCap,
+    /// Virtual time the current call may still spend waiting.
+    pub(crate) waits: WaitBudget,
     pub(crate) log: LogCap,
     pub(crate) clock: ClockCap,
     pub(crate) kv: KvCap,
@@ -71,6 +73,8 @@ pub struct StateSpec<'a> {
     pub plugin: &'a str,
     pub clock: Clock,
     pub memory_bytes: usize,
+    /// How long the plugin's waits may add up to per call (its deadline).
+    pub wait_budget_ms: u64,
     pub log_per_sec: u32,
     pub kv: KvCap,
     pub settings: std::collections::BTreeMap<String, String>,
@@ -223,6 +227,7 @@ impl Runtime {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: MemoryCap { max_bytes: spec.memory_bytes, hit: false },
+            waits: WaitBudget::new(spec.wait_budget_ms),
             log: LogCap::new(spec.plugin, spec.clock.clone(), spec.log_per_sec),
             clock: ClockCap { clock: spec.clock.clone() },
             kv: spec.kv,
@@ -245,6 +250,7 @@ impl Drop for Runtime {
 fn link_common(linker: &mut Linker<State>) -> Result<(), PluginError> {
     let e = |e: wasmtime::Error| PluginError::Engine(e.to_string());
     wasmtime_wasi::p2::add_to_linker_sync(linker).map_err(e)?;
+    super::caps::clock::link_virtual_waits(linker).map_err(e)?;
     use policy::gate::plugin as p;
     p::log::add_to_linker::<State, HasSelf<LogCap>>(linker, |s| &mut s.log).map_err(e)?;
     p::clock::add_to_linker::<State, HasSelf<ClockCap>>(linker, |s| &mut s.clock).map_err(e)?;

@@ -4,6 +4,7 @@
 
 use super::bindings::{integration::IntegrationPlugin, integration::IntegrationPluginPre, policy::PolicyPlugin, policy::PolicyPluginPre};
 use super::bindings::policy::gate::plugin::types::{AccessEvent, Decision, GateEvent};
+use super::caps::clock::WaitPastDeadline;
 use super::caps::kv::KvCap;
 use super::runtime::{ExecMode, Loaded, Runtime, State, StateSpec};
 use super::{PluginError, PluginFault};
@@ -147,6 +148,7 @@ impl Slot {
             plugin: &self.name,
             clock: self.clock.clone(),
             memory_bytes: (self.limits.memory_mb as usize) << 20,
+            wait_budget_ms: self.limits.deadline_ms,
             log_per_sec: self.limits.log_lines_per_sec,
             kv,
             settings: self.settings.clone(),
@@ -182,6 +184,7 @@ impl Slot {
             ExecMode::Deterministic => self.limits.deadline_ms.max(REPLAY_BACKSTOP_MS),
         };
         store.set_epoch_deadline(deadline_ms.max(1));
+        store.data_mut().waits.reset();
         if self.mode == ExecMode::Deterministic {
             // Cannot fail: fuel is enabled on deterministic engines.
             let _ = store.set_fuel(self.limits.fuel);
@@ -223,6 +226,9 @@ impl Slot {
 fn classify(e: &wasmtime::Error, store: &Store<State>) -> PluginFault {
     if store.data().limiter.hit {
         return PluginFault::OutOfMemory;
+    }
+    if e.downcast_ref::<WaitPastDeadline>().is_some() {
+        return PluginFault::Timeout;
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginFault::Timeout,
