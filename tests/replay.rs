@@ -409,3 +409,45 @@ fn a_sleeping_plugin_in_service_is_cut_at_the_deadline() {
         assert!(t.contains("quarantined"), "{call}: {t}");
     }
 }
+
+/// Nothing a plugin writes can forge output: its deny reasons, log lines and trap
+/// messages carry a newline followed by a copy of a host decision line, CR, U+2028/2029,
+/// bidi controls, ESC and NUL. On screen and in the event log all of it stays escaped
+/// on the line the host wrote.
+#[test]
+fn plugin_text_cannot_forge_host_lines() {
+    for via in ["deny", "log", "escalate", "trap"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = site_with("forge-output", dir.path());
+        let body = std::fs::read_to_string(&cfg).unwrap();
+        let body = body.replace(
+            "config = { default-open-ms = 5000,",
+            &format!("config = {{ via = \"{via}\", default-open-ms = 5000,"),
+        );
+        std::fs::write(&cfg, body).unwrap();
+        let out = gate_or_hang(
+            &["run", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/bad-plugin.jsonl", "--speed", "2000"],
+            120,
+        );
+        let t = text(&out);
+        assert!(out.status.success(), "{via}: {t}");
+        // The plugin was really heard: its text is there, escaped, on a host line.
+        if via != "escalate" && via != "trap" {
+            assert!(t.contains("x\\nnorth-gate     in  card          r-0009"), "{via}: {t}");
+        }
+        assert!(!t.lines().any(|l| l.trim_start().starts_with("north-gate     in  card          r-0009")), "{via}: forged line:\n{t}");
+        for c in ['\r', '\u{2028}', '\u{2029}', '\u{202E}', '\u{2066}', '\u{1b}', '\0'] {
+            assert!(!t.contains(c), "{via}: {c:?} reached the output:\n{t}");
+        }
+        let conn = rusqlite::Connection::open(dir.path().join("state/events.sqlite")).unwrap();
+        let mut stmt = conn.prepare("SELECT CAST(body AS TEXT) FROM events").unwrap();
+        let rows: Vec<String> = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| r.unwrap()).collect();
+        assert!(!rows.is_empty(), "{via}");
+        for row in &rows {
+            assert!(!row.contains("\\nnorth-gate") || row.contains("\\\\nnorth-gate"), "{via}: stored unescaped: {row}");
+            for c in ['\u{2028}', '\u{2029}', '\u{202E}', '\u{2066}'] {
+                assert!(!row.contains(c), "{via}: {c:?} stored: {row}");
+            }
+        }
+    }
+}

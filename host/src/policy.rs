@@ -223,7 +223,7 @@ pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
             Ok(Verdict::Grant { open_ms: ms })
         }
         Decision::Deny(reason) => {
-            let clean: String = reason.chars().filter(|c| !c.is_control()).take(120).collect();
+            let clean = crate::plugin::text::sanitize(&reason, 120);
             Ok(Verdict::Deny { reason: if clean.is_empty() { "denied".into() } else { clean } })
         }
         Decision::NeedFactor(kinds) => {
@@ -240,7 +240,7 @@ pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
         }
         Decision::Escalate(Escalation::CallGuard) => Ok(Verdict::Escalate { target: "call-guard".into() }),
         Decision::Escalate(Escalation::CallResident(id)) => {
-            if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
+            if id.is_empty() || id.len() > 64 || id.chars().any(crate::plugin::text::is_unsafe_char) {
                 return Err(PluginFault::Invalid("call-resident with an invalid subject id".into()));
             }
             Ok(Verdict::Escalate { target: format!("call-resident:{id}") })

@@ -15,6 +15,7 @@ pub const PLUGINS: &[&str] = &[
     "garbage-decision",
     "trap-on-pin",
     "block-on-host",
+    "forge-output",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

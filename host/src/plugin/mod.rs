@@ -6,6 +6,7 @@ pub mod caps;
 pub mod check;
 pub mod runtime;
 pub mod slot;
+pub mod text;
 
 use crate::config::World;
 use std::path::PathBuf;

@@ -7,6 +7,7 @@ use super::bindings::policy::gate::plugin::types::{AccessEvent, Decision, GateEv
 use super::caps::clock::WaitPastDeadline;
 use super::caps::kv::KvCap;
 use super::runtime::{ExecMode, Loaded, Runtime, State, StateSpec};
+use super::text::sanitize;
 use super::{PluginError, PluginFault};
 use crate::clock::Clock;
 use crate::config::{Limits, PluginConfig, World};
@@ -120,7 +121,7 @@ impl Slot {
         })?;
         match res {
             Ok(()) => Ok(effects),
-            Err(msg) => Err(PluginFault::Refused(truncate(&msg, 200))),
+            Err(msg) => Err(PluginFault::Refused(sanitize(&msg, 200))),
         }
     }
 
@@ -235,10 +236,7 @@ fn classify(e: &wasmtime::Error, store: &Store<State>) -> PluginFault {
         Some(Trap::OutOfFuel) => PluginFault::OutOfFuel,
         Some(Trap::StackOverflow) => PluginFault::StackOverflow,
         Some(t) => PluginFault::Trap(t.to_string()),
-        None => PluginFault::Trap(truncate(&format!("{e:#}"), 300)),
+        // The message carries the plugin's own text and function names (its backtrace).
+        None => PluginFault::Trap(sanitize(&format!("{e:#}"), 300)),
     }
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
 }

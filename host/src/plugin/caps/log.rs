@@ -28,10 +28,7 @@ impl Host for LogCap {
             self.dropped += 1;
             return;
         }
-        let mut msg: String = message.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE).collect();
-        if message.len() > MAX_MESSAGE {
-            msg.push('…');
-        }
+        let msg = crate::plugin::text::sanitize(&message, MAX_MESSAGE);
         let plugin = self.plugin.as_str();
         match level {
             Level::Debug => tracing::debug!(target: "gate::plugin_log", plugin, "{msg}"),

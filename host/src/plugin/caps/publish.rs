@@ -35,7 +35,7 @@ pub fn valid_relative_topic(topic: &str) -> bool {
         && !topic.starts_with('/')
         && topic.split('/').all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
         && !topic.contains(['+', '#', '\0'])
-        && !topic.chars().any(char::is_control)
+        && !topic.chars().any(crate::plugin::text::is_unsafe_char)
 }
 
 impl Host for PublishCap {
