@@ -110,7 +110,7 @@ impl PolicyEngine {
                 Decided { verdict, by: format!("plugin:{name}"), health, kv: Some((name, fx.kv_changes)) }
             }
             Err(fault) => {
-                m.failures += 1;
+                m.failures = m.failures.saturating_add(1);
                 tracing::warn!(plugin = %name, door = %door.id, fault = %fault, failures = m.failures, "plugin call failed; fallback decides");
                 health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
                 if m.failures >= self.limits.failures_before_quarantine {
@@ -153,7 +153,7 @@ impl PolicyEngine {
                     out.push((name.clone(), fx));
                 }
                 Err(fault) => {
-                    m.failures += 1;
+                    m.failures = m.failures.saturating_add(1);
                     health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
                     if m.failures >= self.limits.failures_before_quarantine {
                         m.quarantined_until = Some(now + self.limits.quarantine_ms as i64);
@@ -213,6 +213,9 @@ pub fn fallback_decision(fb: &Fallback, door: &Door, kind: CredentialKind, subje
     Decided { verdict, by: format!("fallback:{why}"), health, kv: None }
 }
 
+/// Longest need-factor list a plugin may return: one entry per credential kind.
+pub const MAX_NEED_FACTOR_KINDS: usize = 8;
+
 /// Checks a plugin's decision against what the host allows at this door.
 pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
     match d {
@@ -227,7 +230,17 @@ pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
             Ok(Verdict::Deny { reason: if clean.is_empty() { "denied".into() } else { clean } })
         }
         Decision::NeedFactor(kinds) => {
-            let kinds: Vec<CredentialKind> = kinds.into_iter().map(from_wit_kind).collect();
+            // There are eight kinds; a longer list is nonsense, not a request.
+            if kinds.len() > MAX_NEED_FACTOR_KINDS {
+                return Err(PluginFault::Invalid(format!("need-factor lists {} kinds (at most {MAX_NEED_FACTOR_KINDS})", kinds.len())));
+            }
+            let mut unique: Vec<CredentialKind> = Vec::with_capacity(kinds.len());
+            for k in kinds.into_iter().map(from_wit_kind) {
+                if !unique.contains(&k) {
+                    unique.push(k);
+                }
+            }
+            let kinds = unique;
             // Asking for "face, and only face" would make face the only way in.
             if !kinds.iter().any(|k| !k.is_biometric() && door.accepts(*k)) {
                 return Err(PluginFault::Invalid(format!(
@@ -321,6 +334,15 @@ mod tests {
         assert!(matches!(validate(&door(), Decision::NeedFactor(vec![wit::CredentialKind::Pin])), Err(PluginFault::Invalid(_))));
         let ok = validate(&door(), Decision::NeedFactor(vec![wit::CredentialKind::Face, wit::CredentialKind::Card]));
         assert_eq!(ok, Ok(Verdict::NeedFactor { kinds: vec![CredentialKind::Face, CredentialKind::Card] }));
+    }
+
+    #[test]
+    fn need_factor_lists_are_bounded_and_deduplicated() {
+        let many = vec![wit::CredentialKind::Card; MAX_NEED_FACTOR_KINDS + 1];
+        assert!(matches!(validate(&door(), Decision::NeedFactor(many)), Err(PluginFault::Invalid(_))));
+        let twice = vec![wit::CredentialKind::Card, wit::CredentialKind::Pin, wit::CredentialKind::Card];
+        let Ok(Verdict::NeedFactor { kinds }) = validate(&door(), Decision::NeedFactor(twice)) else { panic!("refused") };
+        assert_eq!(kinds, vec![CredentialKind::Card, CredentialKind::Pin]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! WASI that is linked but empty: no files, no network, no environment, and
 //! clocks that read the gateway clock.
 
-use super::caps::{clock::ClockCap, clock::WaitBudget, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap};
+use super::caps::{clock::ClockCap, clock::WaitBudget, SharedWindow, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap};
 use super::bindings::{integration, policy};
 use super::PluginError;
 use crate::clock::Clock;
@@ -48,23 +48,57 @@ impl WasiView for State {
     }
 }
 
-/// Caps linear memory; records when a plugin hit the cap so its failure can say so.
+/// Caps the memory of one instance: every linear memory and every table of all the
+/// instance's core modules add up to one total (a table element is counted as
+/// [`TABLE_ELEMENT_BYTES`]). Records when a plugin hit the cap so its failure can say so.
 pub(crate) struct MemoryCap {
     max_bytes: usize,
+    /// Bytes of memories and tables the instance holds now.
+    total: usize,
     pub(crate) hit: bool,
 }
 
+/// What one table element is charged against the memory cap (a function reference
+/// in wasmtime's tables is at most this large).
+pub const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// Most elements one table may have, whatever the memory cap.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl MemoryCap {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        MemoryCap { max_bytes, total: 0, hit: false }
+    }
+
+    /// Grants a growth of one memory or table from `current` to `desired` bytes if the
+    /// instance's total stays within the cap.
+    fn grow(&mut self, current: usize, desired: usize, max: Option<usize>) -> bool {
+        if max.is_some_and(|m| desired > m) {
+            // Fails on the memory's own maximum; nothing to charge.
+            return false;
+        }
+        let after = self.total.saturating_sub(current).saturating_add(desired);
+        if after > self.max_bytes {
+            self.hit = true;
+            return false;
+        }
+        self.total = after;
+        true
+    }
+}
+
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+    fn memory_growing(&mut self, current: usize, desired: usize, max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current, desired, max))
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
             self.hit = true;
             return Ok(false);
         }
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        let bytes = |n: usize| n.saturating_mul(TABLE_ELEMENT_BYTES);
+        Ok(self.grow(bytes(current), bytes(desired), max.map(bytes)))
     }
 }
 
@@ -75,11 +109,13 @@ pub struct StateSpec<'a> {
     pub memory_bytes: usize,
     /// How long the plugin's waits may add up to per call (its deadline).
     pub wait_budget_ms: u64,
-    pub log_per_sec: u32,
+    /// The plugin's log budget, shared by all its instances.
+    pub log_window: SharedWindow,
     pub kv: KvCap,
     pub settings: std::collections::BTreeMap<String, String>,
     pub prefix: &'a str,
-    pub publish_per_sec: u32,
+    /// The plugin's publish budget, shared by all its instances.
+    pub publish_window: SharedWindow,
     pub max_payload: usize,
 }
 
@@ -226,13 +262,13 @@ impl Runtime {
         let state = State {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryCap { max_bytes: spec.memory_bytes, hit: false },
+            limiter: MemoryCap::new(spec.memory_bytes),
             waits: WaitBudget::new(spec.wait_budget_ms),
-            log: LogCap::new(spec.plugin, spec.clock.clone(), spec.log_per_sec),
+            log: LogCap::new(spec.plugin, spec.clock.clone(), spec.log_window),
             clock: ClockCap { clock: spec.clock.clone() },
             kv: spec.kv,
             config: ConfigCap { settings: spec.settings },
-            publish: PublishCap::new(spec.prefix, spec.clock, spec.publish_per_sec, spec.max_payload),
+            publish: PublishCap::new(spec.prefix, spec.clock, spec.publish_window, spec.max_payload),
         };
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -262,4 +298,44 @@ fn link_common(linker: &mut Linker<State>) -> Result<(), PluginError> {
 /// A core module starts with the wasm magic and version 1; a component has a different layer.
 fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryCap;
+    use wasmtime::ResourceLimiter;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn all_memories_and_tables_of_an_instance_share_one_cap() {
+        let mut cap = MemoryCap::new(4 * MIB);
+        // Two memories created at 2 MiB each fill the cap between them.
+        assert!(cap.memory_growing(0, 2 * MIB, None).unwrap());
+        assert!(cap.memory_growing(0, 2 * MIB, None).unwrap());
+        assert!(!cap.hit);
+        // Neither may grow, and a third memory or a table cannot be created.
+        assert!(!cap.memory_growing(2 * MIB, 3 * MIB, None).unwrap());
+        assert!(cap.hit);
+        assert!(!cap.memory_growing(0, 64 * 1024, None).unwrap());
+        assert!(!cap.table_growing(0, 10, None).unwrap());
+    }
+
+    #[test]
+    fn tables_count_against_the_memory_cap() {
+        let mut cap = MemoryCap::new(MIB);
+        assert!(cap.table_growing(0, 60_000, None).unwrap()); // 960 000 bytes
+        assert!(!cap.memory_growing(0, 128 * 1024, None).unwrap());
+        assert!(cap.hit);
+        let mut cap = MemoryCap::new(1 << 30);
+        assert!(!cap.table_growing(0, 100_001, None).unwrap(), "the per-table element bound holds whatever the cap");
+    }
+
+    #[test]
+    fn a_growth_refused_by_the_memory_maximum_is_not_charged() {
+        let mut cap = MemoryCap::new(2 * MIB);
+        assert!(!cap.memory_growing(0, 2 * MIB, Some(MIB)).unwrap());
+        assert!(!cap.hit);
+        assert!(cap.memory_growing(0, 2 * MIB, None).unwrap());
+    }
 }

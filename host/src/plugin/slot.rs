@@ -6,6 +6,7 @@ use super::bindings::{integration::IntegrationPlugin, integration::IntegrationPl
 use super::bindings::policy::gate::plugin::types::{AccessEvent, Decision, GateEvent};
 use super::caps::clock::WaitPastDeadline;
 use super::caps::kv::KvCap;
+use super::caps::SharedWindow;
 use super::runtime::{ExecMode, Loaded, Runtime, State, StateSpec};
 use super::text::sanitize;
 use super::{PluginError, PluginFault};
@@ -49,6 +50,9 @@ pub struct Slot {
     limits: Limits,
     clock: Clock,
     mode: ExecMode,
+    /// Log and publish budgets of the plugin, kept across instances.
+    log_window: SharedWindow,
+    publish_window: SharedWindow,
     /// sha256 of the component, for status reports.
     pub sha256: String,
 }
@@ -93,6 +97,8 @@ impl Slot {
             limits: limits.clone(),
             clock,
             mode: rt.mode(),
+            log_window: SharedWindow::new(limits.log_lines_per_sec),
+            publish_window: SharedWindow::new(limits.publish_per_sec),
             sha256: loaded.sha256.clone(),
         })
     }
@@ -150,11 +156,11 @@ impl Slot {
             clock: self.clock.clone(),
             memory_bytes: (self.limits.memory_mb as usize) << 20,
             wait_budget_ms: self.limits.deadline_ms,
-            log_per_sec: self.limits.log_lines_per_sec,
+            log_window: self.log_window.clone(),
             kv,
             settings: self.settings.clone(),
             prefix: &self.prefix,
-            publish_per_sec: self.limits.publish_per_sec,
+            publish_window: self.publish_window.clone(),
             max_payload: self.limits.max_payload_bytes,
         });
         self.arm(&mut store);

@@ -1,6 +1,6 @@
 //! `gate:plugin/log`: rate-limited logging into the host's `tracing` log.
 
-use super::RateWindow;
+use super::SharedWindow;
 use crate::clock::Clock;
 use crate::plugin::bindings::policy::gate::plugin::log::{Host, Level};
 
@@ -11,14 +11,15 @@ const MAX_MESSAGE: usize = 512;
 pub struct LogCap {
     plugin: String,
     clock: Clock,
-    window: RateWindow,
+    window: SharedWindow,
     /// Lines dropped by the rate limit since the instance started.
     pub dropped: u64,
 }
 
 impl LogCap {
-    pub fn new(plugin: &str, clock: Clock, per_sec: u32) -> Self {
-        LogCap { plugin: plugin.to_string(), clock, window: RateWindow::new(per_sec), dropped: 0 }
+    /// `window` is the plugin's own, shared by all its instances.
+    pub fn new(plugin: &str, clock: Clock, window: SharedWindow) -> Self {
+        LogCap { plugin: plugin.to_string(), clock, window, dropped: 0 }
     }
 }
 
