@@ -451,3 +451,24 @@ fn plugin_text_cannot_forge_host_lines() {
         }
     }
 }
+
+/// A component with the contract's names but not its types (`decide(u32) -> u32`) is
+/// refused by `gate plugin check`, naming the file and the export, and never called
+/// in service: its doors are decided by the fallback.
+#[test]
+fn plugin_check_refuses_the_right_names_with_the_wrong_types() {
+    let wrong = plugin("wrong-types");
+    let out = gate(&["plugin", "check", wrong.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("wrong-types.wasm") && t.contains("gate:plugin/policy@0.1.0#decide") && t.contains("contract's type"), "{t}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_with("wrong-types", dir.path());
+    let recs = replay_jsonl(&cfg, "tests/traces/bad-plugin.jsonl");
+    let d = decisions(&recs);
+    assert_eq!(d.len(), 6, "{recs:#?}");
+    assert!(d.iter().all(|x| x["by"] == "fallback:plugin-unavailable"), "{d:#?}");
+    assert_eq!(d[0]["outcome"], "grant");
+    assert_eq!(d[1]["outcome"], "deny");
+}

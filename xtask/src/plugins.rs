@@ -16,6 +16,7 @@ pub const PLUGINS: &[&str] = &[
     "trap-on-pin",
     "block-on-host",
     "forge-output",
+    "wrong-types",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

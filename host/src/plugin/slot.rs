@@ -79,10 +79,12 @@ impl Slot {
         let pre = match cfg.world {
             World::Policy => {
                 let ip = rt.policy_linker.instantiate_pre(&loaded.component).map_err(wrong)?;
+                super::check::typecheck_exports(&ip, World::Policy).map_err(wrong)?;
                 Pre::Policy(PolicyPluginPre::new(ip).map_err(wrong)?)
             }
             World::Integration => {
                 let ip = rt.integration_linker.instantiate_pre(&loaded.component).map_err(wrong)?;
+                super::check::typecheck_exports(&ip, World::Integration).map_err(wrong)?;
                 Pre::Integration(IntegrationPluginPre::new(ip).map_err(wrong)?)
             }
         };
