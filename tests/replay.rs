@@ -472,3 +472,37 @@ fn plugin_check_refuses_the_right_names_with_the_wrong_types() {
     assert_eq!(d[0]["outcome"], "grant");
     assert_eq!(d[1]["outcome"], "deny");
 }
+
+/// A component larger than `limits.max_component_bytes` is refused with exit code 2
+/// naming the file and the key, by `gate plugin check --config` and at start; a
+/// limit outside its range is a configuration error naming the key.
+#[test]
+fn oversized_components_and_out_of_range_limits_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_with("resident-policy", dir.path());
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, body.replace("[limits]\n", "[limits]\nmax_component_bytes = 1024\n")).unwrap();
+    let component = plugin("resident-policy");
+
+    let out = gate(&["plugin", "check", component.to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("resident-policy.wasm") && t.contains("limits.max_component_bytes") && t.contains("1024"), "{t}");
+
+    let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/morning.jsonl"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("site.toml") && t.contains(".wasm is ") && t.contains("limits.max_component_bytes"), "{t}");
+
+    // Without the site's limits the same component is fine.
+    let out = gate(&["plugin", "check", component.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    for (key, bad) in [("max_component_bytes", "1023"), ("compile_ms", "5")] {
+        std::fs::write(&cfg, body.replace("[limits]\n", &format!("[limits]\n{key} = {bad}\n"))).unwrap();
+        let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/morning.jsonl"]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{key}: {t}");
+        assert!(t.contains("site.toml") && t.contains(&format!("limits.{key}")) && t.contains("outside"), "{key}: {t}");
+    }
+}

@@ -60,7 +60,7 @@ impl PolicyEngine {
         let mut problems = Vec::new();
         for (name, pc) in &cfg.plugins {
             let kv = log.kv_load(name).unwrap_or_default();
-            let slot = rt.load(&pc.path).and_then(|loaded| Slot::new(&rt, pc, &loaded, &cfg.limits, clock.clone(), kv));
+            let slot = rt.load(&pc.path, &cfg.limits).and_then(|loaded| Slot::new(&rt, pc, &loaded, &cfg.limits, clock.clone(), kv));
             let (slot, load_error) = match slot {
                 Ok(s) => (Some(s), None),
                 Err(e) => {

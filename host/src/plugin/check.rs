@@ -49,8 +49,9 @@ pub struct CheckReport {
 }
 
 /// Compiles a component and finds which contract world it satisfies.
-pub fn check(rt: &Runtime, path: &Path) -> Result<CheckReport, PluginError> {
-    let loaded = rt.load(path)?;
+/// `limits` are the site's (or the defaults): size and compile budget apply.
+pub fn check(rt: &Runtime, path: &Path, limits: &crate::config::Limits) -> Result<CheckReport, PluginError> {
+    let loaded = rt.load(path, limits)?;
     let ty = loaded.component.component_type();
     let imports: Vec<String> = ty.imports(rt.engine()).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(rt.engine()).map(|(n, _)| n.to_string()).collect();

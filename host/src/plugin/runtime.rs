@@ -8,6 +8,7 @@ use super::caps::{clock::ClockCap, clock::WaitBudget, SharedWindow, config::Conf
 use super::bindings::{integration, policy};
 use super::PluginError;
 use crate::clock::Clock;
+use crate::config::Limits;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -195,14 +196,24 @@ impl Runtime {
         &self.engine
     }
 
-    /// Compiles a component, or loads its precompiled form from the cache.
-    pub fn load(&self, path: &Path) -> Result<Loaded, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Read { path: path.to_path_buf(), source: e })?;
-        self.load_bytes(&bytes, path)
+    /// Compiles a component, or loads its precompiled form from the cache, within the
+    /// site's `limits.max_component_bytes` and `limits.compile_ms`.
+    pub fn load(&self, path: &Path, limits: &Limits) -> Result<Loaded, PluginError> {
+        let read = |e| PluginError::Read { path: path.to_path_buf(), source: e };
+        let size = std::fs::metadata(path).map_err(read)?.len();
+        if size > limits.max_component_bytes {
+            return Err(PluginError::TooLarge { path: path.to_path_buf(), size, max: limits.max_component_bytes });
+        }
+        let bytes = std::fs::read(path).map_err(read)?;
+        self.load_bytes(&bytes, path, limits)
     }
 
     /// Like `load`, from bytes already in memory (`path` only names them in errors).
-    pub fn load_bytes(&self, bytes: &[u8], path: &Path) -> Result<Loaded, PluginError> {
+    pub fn load_bytes(&self, bytes: &[u8], path: &Path, limits: &Limits) -> Result<Loaded, PluginError> {
+        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        if size > limits.max_component_bytes {
+            return Err(PluginError::TooLarge { path: path.to_path_buf(), size, max: limits.max_component_bytes });
+        }
         let sha256 = hex::encode(Sha256::digest(bytes));
         let invalid = |e: wasmtime::Error| PluginError::Invalid { path: path.to_path_buf(), reason: format!("{e:#}") };
         if wasmparser_is_core_module(bytes) {
@@ -212,7 +223,11 @@ impl Runtime {
             });
         }
         let component = match self.cache_path(&sha256) {
-            None => Component::new(&self.engine, bytes).map_err(invalid)?,
+            None => {
+                let compiled = self.compile_within(bytes, path, limits.compile_ms)?.map_err(invalid)?;
+                // SAFETY: these bytes were produced by this engine just now.
+                unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(invalid)?
+            }
             Some(cached) => {
                 // SAFETY: the cache directory is the gateway's own state; entries are
                 // written only by `precompile_component` below, named by the source's
@@ -222,7 +237,7 @@ impl Runtime {
                 match hit {
                     Some(c) => c,
                     None => {
-                        let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
+                        let compiled = self.compile_within(bytes, path, limits.compile_ms)?.map_err(invalid)?;
                         if let Some(dir) = cached.parent() {
                             let _ = std::fs::create_dir_all(dir);
                         }
@@ -237,6 +252,22 @@ impl Runtime {
             }
         };
         Ok(Loaded { component, sha256, size: bytes.len() })
+    }
+
+    /// Compiles on a helper thread and waits at most `budget_ms`. Cranelift cannot be
+    /// interrupted: past the budget the component is refused and the helper finishes
+    /// (and is dropped) in the background.
+    fn compile_within(&self, bytes: &[u8], path: &Path, budget_ms: u64) -> Result<wasmtime::Result<Vec<u8>>, PluginError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (engine, owned) = (self.engine.clone(), bytes.to_vec());
+        std::thread::Builder::new()
+            .name("gate-compile".into())
+            .spawn(move || {
+                let _ = tx.send(engine.precompile_component(&owned));
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start a compile thread: {e}")))?;
+        rx.recv_timeout(Duration::from_millis(budget_ms))
+            .map_err(|_| PluginError::CompileBudget { path: path.to_path_buf(), ms: budget_ms })
     }
 
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
