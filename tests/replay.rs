@@ -243,3 +243,266 @@ fn fire_release_is_not_held_up_by_a_hanging_plugin() {
     assert!(fire < hung && exit < hung, "fire release and exit waited for the plugin:\n{t}");
     assert!(hung < decision && t[decision..].lines().next().unwrap().contains("GRANT"), "{t}");
 }
+
+/// Runs `gate` and kills it if it has not exited after `secs`: a host that hangs
+/// fails the test instead of hanging the suite.
+fn gate_or_hang(args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
+        .current_dir(root())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run gate");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait for gate").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect gate's output");
+            panic!("gate {args:?} hung; its output so far:\n{}", text(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect gate's output")
+}
+
+/// The demo site with `block-on-host` (calling `call` without end) serving only
+/// north-gate; building-3 and the garage keep the resident policy.
+fn site_with_blocking_north_gate(call: &str, dir: &Path) -> PathBuf {
+    let cfg = site_with("resident-policy", dir);
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    let section = format!(
+        "[plugins.block-on-host]\npath = {:?}\nworld = \"policy\"\nconfig = {{ call = \"{call}\" }}\n\n[[door]]",
+        plugin("block-on-host")
+    );
+    let body = body.replacen("[[door]]", &section, 1).replacen(
+        "policy = \"resident-policy\"",
+        "policy = \"block-on-host\"",
+        1,
+    );
+    std::fs::write(&cfg, body).unwrap();
+    cfg
+}
+
+/// No host import can hold a plugin call past its deadline: for every import that
+/// could block inside the host (sleep, poll and block on clock subscriptions, stdin
+/// read, stdout write-and-flush) the replay ends, north-gate's resident gets in by the
+/// fallback, building-3 is still decided by its own plugin, and the blocking plugin is
+/// quarantined.
+#[test]
+fn blocking_host_calls_are_cut_at_the_deadline_in_replay() {
+    for (call, reason) in [
+        ("sleep", "deadline exceeded"),
+        ("short-sleeps", "deadline exceeded"),
+        ("poll-instant", "deadline exceeded"),
+        ("block-duration", "deadline exceeded"),
+        ("stdin-read", "instruction budget exhausted"),
+        ("stdout-flush", "instruction budget exhausted"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = site_with_blocking_north_gate(call, dir.path());
+        let args = [
+            "replay",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--trace",
+            "tests/traces/bad-plugin.jsonl",
+            "--format",
+            "jsonl",
+        ];
+        let out = gate_or_hang(&args, 120);
+        assert!(out.status.success(), "{call}: {}", text(&out));
+        let recs: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone())
+            .collect();
+        let d = decisions(&recs);
+        assert_eq!(d.len(), 6, "{call}: {recs:#?}");
+        // r-0001's card at north-gate: the fallback opens.
+        assert_eq!(
+            (d[0]["outcome"].as_str(), d[0]["door"].as_str()),
+            (Some("grant"), Some("north-gate")),
+            "{call}: {:?}",
+            d[0]
+        );
+        assert!(
+            d[0]["by"].as_str().unwrap().starts_with("fallback:"),
+            "{call}: {:?}",
+            d[0]
+        );
+        // The stranger stays out.
+        assert_eq!(d[1]["outcome"], "deny", "{call}");
+        // r-0001's PIN at building-3 is decided by building-3's own plugin.
+        assert_eq!(
+            (d[2]["outcome"].as_str(), d[2]["by"].as_str()),
+            (Some("grant"), Some("plugin:resident-policy")),
+            "{call}: {:?}",
+            d[2]
+        );
+        // The third failure quarantines the plugin; face alone is not honoured by the fallback.
+        assert_eq!(d[3]["outcome"], "grant", "{call}: {:?}", d[3]);
+        assert_eq!(
+            (d[4]["outcome"].as_str(), d[4]["by"].as_str()),
+            (Some("deny"), Some("fallback:quarantined")),
+            "{call}: {:?}",
+            d[4]
+        );
+        assert_eq!(d[5]["outcome"], "grant", "{call}: {:?}", d[5]);
+        let failures: Vec<_> = recs
+            .iter()
+            .filter(|r| r["kind"] == "plugin" && r["status"] == "failed")
+            .collect();
+        assert!(!failures.is_empty(), "{call}: {recs:#?}");
+        for f in &failures {
+            assert_eq!(f["plugin"], "block-on-host", "{call}: {f:?}");
+            assert!(
+                f["reason"].as_str().unwrap().contains(reason),
+                "{call}: {f:?}"
+            );
+        }
+        assert!(
+            recs.iter()
+                .any(|r| r["kind"] == "plugin" && r["status"] == "quarantined"),
+            "{call}: {recs:#?}"
+        );
+    }
+}
+
+/// In service (epoch deadline, no fuel) a plugin sleeping an hour inside a host
+/// call does not stall the policy thread: its call ends at the deadline, the other
+/// door is decided by its own plugin and the run ends.
+#[test]
+fn a_sleeping_plugin_in_service_is_cut_at_the_deadline() {
+    for call in ["sleep", "block-duration", "stdin-read"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = site_with_blocking_north_gate(call, dir.path());
+        let args = [
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--trace",
+            "tests/traces/bad-plugin.jsonl",
+            "--speed",
+            "2000",
+        ];
+        let out = gate_or_hang(&args, 120);
+        let t = text(&out);
+        assert!(out.status.success(), "{call}: {t}");
+        assert!(t.contains("deadline exceeded"), "{call}: {t}");
+        let first = t
+            .lines()
+            .find(|l| l.contains("north-gate") && l.contains("card"))
+            .unwrap_or_default();
+        assert!(
+            first.contains("GRANT") && first.contains("fallback"),
+            "{call}: {t}"
+        );
+        let pin = t
+            .lines()
+            .find(|l| l.contains("building-3") && l.contains("pin"))
+            .unwrap_or_default();
+        assert!(
+            pin.contains("GRANT") && pin.contains("resident-policy"),
+            "{call}: {t}"
+        );
+        assert!(t.contains("quarantined"), "{call}: {t}");
+    }
+}
+
+/// Nothing a plugin writes can forge output: its deny reasons, log lines and trap
+/// messages carry a newline followed by a copy of a host decision line, CR, U+2028/2029,
+/// bidi controls, ESC and NUL. On screen and in the event log all of it stays escaped
+/// on the line the host wrote.
+#[test]
+fn plugin_text_cannot_forge_host_lines() {
+    for via in ["deny", "log", "escalate", "trap"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = site_with("forge-output", dir.path());
+        let body = std::fs::read_to_string(&cfg).unwrap();
+        let body = body.replace(
+            "config = { default-open-ms = 5000,",
+            &format!("config = {{ via = \"{via}\", default-open-ms = 5000,"),
+        );
+        std::fs::write(&cfg, body).unwrap();
+        let out = gate_or_hang(
+            &["run", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/bad-plugin.jsonl", "--speed", "2000"],
+            120,
+        );
+        let t = text(&out);
+        assert!(out.status.success(), "{via}: {t}");
+        // The plugin was really heard: its text is there, escaped, on a host line.
+        if via != "escalate" && via != "trap" {
+            assert!(t.contains("x\\nnorth-gate     in  card          r-0009"), "{via}: {t}");
+        }
+        assert!(!t.lines().any(|l| l.trim_start().starts_with("north-gate     in  card          r-0009")), "{via}: forged line:\n{t}");
+        for c in ['\r', '\u{2028}', '\u{2029}', '\u{202E}', '\u{2066}', '\u{1b}', '\0'] {
+            assert!(!t.contains(c), "{via}: {c:?} reached the output:\n{t}");
+        }
+        let conn = rusqlite::Connection::open(dir.path().join("state/events.sqlite")).unwrap();
+        let mut stmt = conn.prepare("SELECT CAST(body AS TEXT) FROM events").unwrap();
+        let rows: Vec<String> = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| r.unwrap()).collect();
+        assert!(!rows.is_empty(), "{via}");
+        for row in &rows {
+            assert!(!row.contains("\\nnorth-gate") || row.contains("\\\\nnorth-gate"), "{via}: stored unescaped: {row}");
+            for c in ['\u{2028}', '\u{2029}', '\u{202E}', '\u{2066}'] {
+                assert!(!row.contains(c), "{via}: {c:?} stored: {row}");
+            }
+        }
+    }
+}
+
+/// A component with the contract's names but not its types (`decide(u32) -> u32`) is
+/// refused by `gate plugin check`, naming the file and the export, and never called
+/// in service: its doors are decided by the fallback.
+#[test]
+fn plugin_check_refuses_the_right_names_with_the_wrong_types() {
+    let wrong = plugin("wrong-types");
+    let out = gate(&["plugin", "check", wrong.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("wrong-types.wasm") && t.contains("gate:plugin/policy@0.1.0#decide") && t.contains("contract's type"), "{t}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_with("wrong-types", dir.path());
+    let recs = replay_jsonl(&cfg, "tests/traces/bad-plugin.jsonl");
+    let d = decisions(&recs);
+    assert_eq!(d.len(), 6, "{recs:#?}");
+    assert!(d.iter().all(|x| x["by"] == "fallback:plugin-unavailable"), "{d:#?}");
+    assert_eq!(d[0]["outcome"], "grant");
+    assert_eq!(d[1]["outcome"], "deny");
+}
+
+/// A component larger than `limits.max_component_bytes` is refused with exit code 2
+/// naming the file and the key, by `gate plugin check --config` and at start; a
+/// limit outside its range is a configuration error naming the key.
+#[test]
+fn oversized_components_and_out_of_range_limits_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_with("resident-policy", dir.path());
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, body.replace("[limits]\n", "[limits]\nmax_component_bytes = 1024\n")).unwrap();
+    let component = plugin("resident-policy");
+
+    let out = gate(&["plugin", "check", component.to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("resident-policy.wasm") && t.contains("limits.max_component_bytes") && t.contains("1024"), "{t}");
+
+    let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/morning.jsonl"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("site.toml") && t.contains(".wasm is ") && t.contains("limits.max_component_bytes"), "{t}");
+
+    // Without the site's limits the same component is fine.
+    let out = gate(&["plugin", "check", component.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    for (key, bad) in [("max_component_bytes", "1023"), ("compile_ms", "5")] {
+        std::fs::write(&cfg, body.replace("[limits]\n", &format!("[limits]\n{key} = {bad}\n"))).unwrap();
+        let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/morning.jsonl"]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{key}: {t}");
+        assert!(t.contains("site.toml") && t.contains(&format!("limits.{key}")) && t.contains("outside"), "{key}: {t}");
+    }
+}

@@ -138,7 +138,7 @@ pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&std::path::Pa
 
     // 1. One decision through the real plugin, live engine (epoch deadlines, no fuel).
     let rt = Runtime::new(ExecMode::Live, None)?;
-    let loaded = rt.load(&pc.path)?;
+    let loaded = rt.load(&pc.path, &cfg.limits)?;
     let mut slot = Slot::new(&rt, &pc, &loaded, &cfg.limits, clock.clone(), Default::default())?;
     let event = wit::AccessEvent {
         id: "bench-1".into(),
@@ -249,7 +249,7 @@ fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConf
     gw.spawn_policy_worker()?;
     let control = gw.plugin_control().ok_or_else(|| anyhow!("no policy thread"))?;
     // Compile and link off the policy thread, as the fleet agent does; only the swap crosses.
-    let loaded = control.runtime().load(&pc.path)?;
+    let loaded = control.runtime().load(&pc.path, &cfg.limits)?;
     let mut staged = Vec::new();
     for _ in 0..SWAPS {
         staged.push(Slot::new(control.runtime(), pc, &loaded, &cfg.limits, clock.clone(), Default::default())?);

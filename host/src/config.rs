@@ -87,7 +87,17 @@ pub struct Limits {
     pub publish_per_sec: u32,
     /// Largest payload an integration plugin may publish.
     pub max_payload_bytes: usize,
+    /// Largest component file a plugin may be (1 KiB..=256 MiB).
+    pub max_component_bytes: u64,
+    /// Wall time compiling one component may take (100..=600 000 ms); a cached
+    /// precompiled component is not compiled again.
+    pub compile_ms: u64,
 }
+
+/// Range of `limits.max_component_bytes`.
+pub const MAX_COMPONENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=256 << 20;
+/// Range of `limits.compile_ms`.
+pub const COMPILE_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -101,6 +111,8 @@ impl Default for Limits {
             kv_quota_bytes: 64 * 1024,
             publish_per_sec: 50,
             max_payload_bytes: 16 * 1024,
+            max_component_bytes: 16 << 20,
+            compile_ms: 30_000,
         }
     }
 }
@@ -368,6 +380,28 @@ fn parse_err(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
 
 impl SiteConfig {
     /// Loads and validates a site configuration and its subject directory.
+    /// Refuses, before anything runs, a configured component larger than
+    /// `limits.max_component_bytes`. A missing file is reported when the plugin loads
+    /// (its doors use the fallback).
+    pub fn check_component_sizes(&self, config_path: &Path) -> Result<(), ConfigError> {
+        for (name, p) in &self.plugins {
+            let Ok(meta) = std::fs::metadata(&p.path) else { continue };
+            if meta.len() > self.limits.max_component_bytes {
+                return Err(ConfigError {
+                    file: config_path.to_path_buf(),
+                    line: None,
+                    message: format!(
+                        "plugin `{name}`: component {} is {} bytes, above key `limits.max_component_bytes` = {}",
+                        p.path.display(),
+                        meta.len(),
+                        self.limits.max_component_bytes
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<SiteConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
@@ -395,6 +429,15 @@ impl SiteConfig {
         if raw.limits.deadline_ms == 0 || raw.limits.memory_mb == 0 || raw.limits.fuel == 0 {
             return Err(err(None, "keys `limits.deadline_ms`, `limits.memory_mb` and `limits.fuel` must be above 0".into()));
         }
+        if !MAX_COMPONENT_BYTES_RANGE.contains(&raw.limits.max_component_bytes) {
+            return Err(err(
+                None,
+                format!("key `limits.max_component_bytes`: {} is outside {}..={}", raw.limits.max_component_bytes, MAX_COMPONENT_BYTES_RANGE.start(), MAX_COMPONENT_BYTES_RANGE.end()),
+            ));
+        }
+        if !COMPILE_MS_RANGE.contains(&raw.limits.compile_ms) {
+            return Err(err(None, format!("key `limits.compile_ms`: {} is outside {}..={}", raw.limits.compile_ms, COMPILE_MS_RANGE.start(), COMPILE_MS_RANGE.end())));
+        }
         if let Some(k) = raw.fallback.credentials.iter().find(|k| k.is_biometric()) {
             return Err(err(None, format!("key `fallback.credentials`: `{k}` is biometric; the fallback honours only non-biometric credentials")));
         }
@@ -415,9 +458,10 @@ impl SiteConfig {
             if p.world == World::Integration && p.prefix.as_deref().is_none_or(str::is_empty) {
                 return Err(err(None, format!("plugin `{name}`: key `prefix` is required for an integration plugin (it may publish only under it)")));
             }
+            let path = base.join(&p.path);
             plugins.insert(
                 name.clone(),
-                PluginConfig { name, path: base.join(&p.path), world: p.world, settings, prefix: p.prefix },
+                PluginConfig { name, path, world: p.world, settings, prefix: p.prefix },
             );
         }
 

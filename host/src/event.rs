@@ -458,7 +458,10 @@ impl fmt::Display for Record {
                 };
                 write!(f, "{door:<14} ALARM {kind} {}", if *active { "RAISED" } else { "cleared" })
             }
-            Record::Publish { plugin, topic, payload } => write!(f, "publish [{plugin}] {topic} {payload}"),
+            Record::Publish { plugin, topic, payload } => {
+                // JSON escapes newlines but not U+2028/2029 or bidi controls: shown, the payload is escaped too.
+                write!(f, "publish [{plugin}] {topic} {}", crate::plugin::text::sanitize(&payload.to_string(), 4096))
+            }
             Record::Ignored { door, credential, reason } => {
                 let c = credential.map(|c| c.as_str()).unwrap_or("-");
                 let why = match reason {

@@ -343,7 +343,7 @@ impl HostSlot {
     fn link(&self, name: &str, path: &Path, component: &[u8], settings: &BTreeMap<String, String>) -> Result<(Slot, String), String> {
         let pc = self.cfg.plugins.get(name).ok_or_else(|| format!("plugin `{name}` is not configured at this site"))?;
         let rt = self.control.runtime();
-        let loaded = rt.load_bytes(component, path).map_err(|e| e.to_string())?;
+        let loaded = rt.load_bytes(component, path, &self.cfg.limits).map_err(|e| e.to_string())?;
         let pcfg = PluginConfig { name: name.to_string(), path: path.to_path_buf(), world: pc.world, settings: settings.clone(), prefix: pc.prefix.clone() };
         let slot = Slot::new(rt, &pcfg, &loaded, &self.cfg.limits, self.clock.clone(), self.kv(name)).map_err(|e| e.to_string())?;
         Ok((slot, loaded.sha256.clone()))

@@ -136,7 +136,12 @@ enum Cmd {
 #[derive(Subcommand)]
 enum PluginCmd {
     /// Validate a component against the contract and print its world, imports, exports and size.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Apply this site's limits (component size, compile budget) instead of the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Sign a component into a deployment bundle with an operator key.
     Sign(fleet_cmd::SignArgs),
     /// Deploy a signed bundle to a gateway or a whole site over MQTT, showing progress.
@@ -189,6 +194,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a piped or stored log carries no escape sequences.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match dispatch(cli.cmd) {
         Ok(code) => ExitCode::from(code),
@@ -200,7 +207,9 @@ fn main() -> ExitCode {
 }
 
 fn load_config(path: &Path) -> Result<SiteConfig, Failure> {
-    SiteConfig::load(path).map_err(input)
+    let cfg = SiteConfig::load(path).map_err(input)?;
+    cfg.check_component_sizes(path).map_err(input)?;
+    Ok(cfg)
 }
 
 fn cache_dir(cfg: &SiteConfig) -> Option<PathBuf> {
@@ -300,9 +309,13 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
         Cmd::Fleet { cmd } => fleet_cmd::fleet(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Remote { cmd } => fleet_cmd::remote(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::CredentialRef(a) => fleet_cmd::credential_ref(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
-        Cmd::Plugin { cmd: PluginCmd::Check { file } } => {
+        Cmd::Plugin { cmd: PluginCmd::Check { file, config } } => {
+            let limits = match config {
+                Some(c) => gate::config::SiteConfig::load(&c).map_err(input)?.limits,
+                None => gate::config::Limits::default(),
+            };
             let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
-            let r = gate::plugin::check::check(&rt, &file).map_err(input)?;
+            let r = gate::plugin::check::check(&rt, &file, &limits).map_err(input)?;
             println!("{}: ok", file.display());
             println!("  world:   gate:plugin/{}@0.1.0", match r.world { gate::config::World::Policy => "policy-plugin", gate::config::World::Integration => "integration-plugin" });
             println!("  size:    {} bytes", r.size);

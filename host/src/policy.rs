@@ -31,8 +31,11 @@ pub struct Decided {
     /// Plugin health records to log (failures, quarantine, recovery).
     pub health: Vec<Record>,
     /// kv writes of the deciding plugin to persist.
-    pub kv: Option<(String, BTreeMap<String, Option<Vec<u8>>>)>,
+    pub kv: Option<(String, KvChanges)>,
 }
+
+/// kv writes of one call, by key (None = delete).
+pub type KvChanges = BTreeMap<String, Option<Vec<u8>>>;
 
 struct Managed {
     slot: Option<Slot>,
@@ -57,7 +60,7 @@ impl PolicyEngine {
         let mut problems = Vec::new();
         for (name, pc) in &cfg.plugins {
             let kv = log.kv_load(name).unwrap_or_default();
-            let slot = rt.load(&pc.path).and_then(|loaded| Slot::new(&rt, pc, &loaded, &cfg.limits, clock.clone(), kv));
+            let slot = rt.load(&pc.path, &cfg.limits).and_then(|loaded| Slot::new(&rt, pc, &loaded, &cfg.limits, clock.clone(), kv));
             let (slot, load_error) = match slot {
                 Ok(s) => (Some(s), None),
                 Err(e) => {
@@ -107,7 +110,7 @@ impl PolicyEngine {
                 Decided { verdict, by: format!("plugin:{name}"), health, kv: Some((name, fx.kv_changes)) }
             }
             Err(fault) => {
-                m.failures += 1;
+                m.failures = m.failures.saturating_add(1);
                 tracing::warn!(plugin = %name, door = %door.id, fault = %fault, failures = m.failures, "plugin call failed; fallback decides");
                 health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
                 if m.failures >= self.limits.failures_before_quarantine {
@@ -150,7 +153,7 @@ impl PolicyEngine {
                     out.push((name.clone(), fx));
                 }
                 Err(fault) => {
-                    m.failures += 1;
+                    m.failures = m.failures.saturating_add(1);
                     health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
                     if m.failures >= self.limits.failures_before_quarantine {
                         m.quarantined_until = Some(now + self.limits.quarantine_ms as i64);
@@ -210,6 +213,9 @@ pub fn fallback_decision(fb: &Fallback, door: &Door, kind: CredentialKind, subje
     Decided { verdict, by: format!("fallback:{why}"), health, kv: None }
 }
 
+/// Longest need-factor list a plugin may return: one entry per credential kind.
+pub const MAX_NEED_FACTOR_KINDS: usize = 8;
+
 /// Checks a plugin's decision against what the host allows at this door.
 pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
     match d {
@@ -220,11 +226,21 @@ pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
             Ok(Verdict::Grant { open_ms: ms })
         }
         Decision::Deny(reason) => {
-            let clean: String = reason.chars().filter(|c| !c.is_control()).take(120).collect();
+            let clean = crate::plugin::text::sanitize(&reason, 120);
             Ok(Verdict::Deny { reason: if clean.is_empty() { "denied".into() } else { clean } })
         }
         Decision::NeedFactor(kinds) => {
-            let kinds: Vec<CredentialKind> = kinds.into_iter().map(from_wit_kind).collect();
+            // There are eight kinds; a longer list is nonsense, not a request.
+            if kinds.len() > MAX_NEED_FACTOR_KINDS {
+                return Err(PluginFault::Invalid(format!("need-factor lists {} kinds (at most {MAX_NEED_FACTOR_KINDS})", kinds.len())));
+            }
+            let mut unique: Vec<CredentialKind> = Vec::with_capacity(kinds.len());
+            for k in kinds.into_iter().map(from_wit_kind) {
+                if !unique.contains(&k) {
+                    unique.push(k);
+                }
+            }
+            let kinds = unique;
             // Asking for "face, and only face" would make face the only way in.
             if !kinds.iter().any(|k| !k.is_biometric() && door.accepts(*k)) {
                 return Err(PluginFault::Invalid(format!(
@@ -237,7 +253,7 @@ pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
         }
         Decision::Escalate(Escalation::CallGuard) => Ok(Verdict::Escalate { target: "call-guard".into() }),
         Decision::Escalate(Escalation::CallResident(id)) => {
-            if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
+            if id.is_empty() || id.len() > 64 || id.chars().any(crate::plugin::text::is_unsafe_char) {
                 return Err(PluginFault::Invalid("call-resident with an invalid subject id".into()));
             }
             Ok(Verdict::Escalate { target: format!("call-resident:{id}") })
@@ -318,6 +334,15 @@ mod tests {
         assert!(matches!(validate(&door(), Decision::NeedFactor(vec![wit::CredentialKind::Pin])), Err(PluginFault::Invalid(_))));
         let ok = validate(&door(), Decision::NeedFactor(vec![wit::CredentialKind::Face, wit::CredentialKind::Card]));
         assert_eq!(ok, Ok(Verdict::NeedFactor { kinds: vec![CredentialKind::Face, CredentialKind::Card] }));
+    }
+
+    #[test]
+    fn need_factor_lists_are_bounded_and_deduplicated() {
+        let many = vec![wit::CredentialKind::Card; MAX_NEED_FACTOR_KINDS + 1];
+        assert!(matches!(validate(&door(), Decision::NeedFactor(many)), Err(PluginFault::Invalid(_))));
+        let twice = vec![wit::CredentialKind::Card, wit::CredentialKind::Pin, wit::CredentialKind::Card];
+        let Ok(Verdict::NeedFactor { kinds }) = validate(&door(), Decision::NeedFactor(twice)) else { panic!("refused") };
+        assert_eq!(kinds, vec![CredentialKind::Card, CredentialKind::Pin]);
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub const PLUGINS: &[&str] = &[
     "log-flood",
     "garbage-decision",
     "trap-on-pin",
+    "block-on-host",
+    "forge-output",
+    "wrong-types",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -1,9 +1,42 @@
 //! `gate plugin check`: what a component is, before a site trusts it.
 
+use super::bindings::policy::gate::plugin::types::{AccessEvent, Decision, GateEvent};
 use super::bindings::{integration::IntegrationPluginPre, policy::PolicyPluginPre};
+use super::runtime::State;
 use super::{PluginError, Runtime};
 use crate::config::World;
 use std::path::Path;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::InstancePre;
+
+/// The interface each world exports and the function in it.
+const POLICY_EXPORT: (&str, &str) = ("gate:plugin/policy@0.1.0", "decide");
+const HANDLER_EXPORT: (&str, &str) = ("gate:plugin/handler@0.1.0", "on-event");
+
+/// Proves a linked component exports its world's function with exactly the
+/// contract's types. The generated `*Pre::new` only finds exports by name (types
+/// are checked when an instance is first loaded), so without this a component
+/// exporting `decide(u32) -> u32` would pass. Uses the same check the generated
+/// bindings run at load (`ComponentFunc::typecheck`, wasmtime pinned at =48.0.8),
+/// without running any plugin code.
+pub fn typecheck_exports(pre: &InstancePre<State>, world: World) -> wasmtime::Result<()> {
+    let component = pre.component();
+    let ty = pre.instance_type();
+    let (iface, name) = match world {
+        World::Policy => POLICY_EXPORT,
+        World::Integration => HANDLER_EXPORT,
+    };
+    let (_, inst) = component.get_export(None, iface).ok_or_else(|| wasmtime::format_err!("no export `{iface}` found"))?;
+    let (item, _) = component.get_export(Some(&inst), name).ok_or_else(|| wasmtime::format_err!("no export `{name}` in `{iface}`"))?;
+    let ComponentItem::ComponentFunc(func) = item else {
+        wasmtime::bail!("export `{name}` of `{iface}` is not a function");
+    };
+    let checked = match world {
+        World::Policy => func.typecheck::<(&AccessEvent,), (Decision,)>(&ty),
+        World::Integration => func.typecheck::<(&GateEvent,), (Result<(), String>,)>(&ty),
+    };
+    checked.map_err(|e| e.context(format!("export `{iface}#{name}` does not have the contract's type")))
+}
 
 /// What `gate plugin check` prints.
 #[derive(Debug)]
@@ -16,18 +49,23 @@ pub struct CheckReport {
 }
 
 /// Compiles a component and finds which contract world it satisfies.
-pub fn check(rt: &Runtime, path: &Path) -> Result<CheckReport, PluginError> {
-    let loaded = rt.load(path)?;
+/// `limits` are the site's (or the defaults): size and compile budget apply.
+pub fn check(rt: &Runtime, path: &Path, limits: &crate::config::Limits) -> Result<CheckReport, PluginError> {
+    let loaded = rt.load(path, limits)?;
     let ty = loaded.component.component_type();
     let imports: Vec<String> = ty.imports(rt.engine()).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(rt.engine()).map(|(n, _)| n.to_string()).collect();
     let as_policy = rt
         .policy_linker
         .instantiate_pre(&loaded.component)
-        .and_then(PolicyPluginPre::new);
+        .and_then(|ip| typecheck_exports(&ip, World::Policy).and_then(|()| PolicyPluginPre::new(ip)));
     let world = match as_policy {
         Ok(_) => World::Policy,
-        Err(policy_err) => match rt.integration_linker.instantiate_pre(&loaded.component).and_then(IntegrationPluginPre::new) {
+        Err(policy_err) => match rt
+            .integration_linker
+            .instantiate_pre(&loaded.component)
+            .and_then(|ip| typecheck_exports(&ip, World::Integration).and_then(|()| IntegrationPluginPre::new(ip)))
+        {
             Ok(_) => World::Integration,
             Err(integration_err) => {
                 return Err(PluginError::Invalid {

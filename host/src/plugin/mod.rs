@@ -6,6 +6,7 @@ pub mod caps;
 pub mod check;
 pub mod runtime;
 pub mod slot;
+pub mod text;
 
 use crate::config::World;
 use std::path::PathBuf;
@@ -24,6 +25,10 @@ pub enum PluginError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{} is not a valid component: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    #[error("component {} is {size} bytes, above `limits.max_component_bytes` = {max}", path.display())]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("compiling component {} took longer than `limits.compile_ms` = {ms} ms", path.display())]
+    CompileBudget { path: PathBuf, ms: u64 },
     #[error("plugin `{plugin}` does not fit the {world:?} world of gate:plugin@0.1.0: {reason}")]
     Contract { plugin: String, world: World, reason: String },
 }

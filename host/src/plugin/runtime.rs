@@ -4,10 +4,11 @@
 //! WASI that is linked but empty: no files, no network, no environment, and
 //! clocks that read the gateway clock.
 
-use super::caps::{clock::ClockCap, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap};
+use super::caps::{clock::ClockCap, clock::WaitBudget, SharedWindow, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap};
 use super::bindings::{integration, policy};
 use super::PluginError;
 use crate::clock::Clock;
+use crate::config::Limits;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -31,8 +32,10 @@ pub enum ExecMode {
 /// Everything a plugin instance can reach, one field per capability.
 pub struct State {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryCap,
+    /// Virtual time the current call may still spend waiting.
+    pub(crate) waits: WaitBudget,
     pub(crate) log: LogCap,
     pub(crate) clock: ClockCap,
     pub(crate) kv: KvCap,
@@ -46,23 +49,57 @@ impl WasiView for State {
     }
 }
 
-/// Caps linear memory; records when a plugin hit the cap so its failure can say so.
+/// Caps the memory of one instance: every linear memory and every table of all the
+/// instance's core modules add up to one total (a table element is counted as
+/// [`TABLE_ELEMENT_BYTES`]). Records when a plugin hit the cap so its failure can say so.
 pub(crate) struct MemoryCap {
     max_bytes: usize,
+    /// Bytes of memories and tables the instance holds now.
+    total: usize,
     pub(crate) hit: bool,
 }
 
+/// What one table element is charged against the memory cap (a function reference
+/// in wasmtime's tables is at most this large).
+pub const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// Most elements one table may have, whatever the memory cap.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl MemoryCap {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        MemoryCap { max_bytes, total: 0, hit: false }
+    }
+
+    /// Grants a growth of one memory or table from `current` to `desired` bytes if the
+    /// instance's total stays within the cap.
+    fn grow(&mut self, current: usize, desired: usize, max: Option<usize>) -> bool {
+        if max.is_some_and(|m| desired > m) {
+            // Fails on the memory's own maximum; nothing to charge.
+            return false;
+        }
+        let after = self.total.saturating_sub(current).saturating_add(desired);
+        if after > self.max_bytes {
+            self.hit = true;
+            return false;
+        }
+        self.total = after;
+        true
+    }
+}
+
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+    fn memory_growing(&mut self, current: usize, desired: usize, max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current, desired, max))
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
             self.hit = true;
             return Ok(false);
         }
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        let bytes = |n: usize| n.saturating_mul(TABLE_ELEMENT_BYTES);
+        Ok(self.grow(bytes(current), bytes(desired), max.map(bytes)))
     }
 }
 
@@ -71,11 +108,15 @@ pub struct StateSpec<'a> {
     pub plugin: &'a str,
     pub clock: Clock,
     pub memory_bytes: usize,
-    pub log_per_sec: u32,
+    /// How long the plugin's waits may add up to per call (its deadline).
+    pub wait_budget_ms: u64,
+    /// The plugin's log budget, shared by all its instances.
+    pub log_window: SharedWindow,
     pub kv: KvCap,
     pub settings: std::collections::BTreeMap<String, String>,
     pub prefix: &'a str,
-    pub publish_per_sec: u32,
+    /// The plugin's publish budget, shared by all its instances.
+    pub publish_window: SharedWindow,
     pub max_payload: usize,
 }
 
@@ -155,14 +196,24 @@ impl Runtime {
         &self.engine
     }
 
-    /// Compiles a component, or loads its precompiled form from the cache.
-    pub fn load(&self, path: &Path) -> Result<Loaded, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Read { path: path.to_path_buf(), source: e })?;
-        self.load_bytes(&bytes, path)
+    /// Compiles a component, or loads its precompiled form from the cache, within the
+    /// site's `limits.max_component_bytes` and `limits.compile_ms`.
+    pub fn load(&self, path: &Path, limits: &Limits) -> Result<Loaded, PluginError> {
+        let read = |e| PluginError::Read { path: path.to_path_buf(), source: e };
+        let size = std::fs::metadata(path).map_err(read)?.len();
+        if size > limits.max_component_bytes {
+            return Err(PluginError::TooLarge { path: path.to_path_buf(), size, max: limits.max_component_bytes });
+        }
+        let bytes = std::fs::read(path).map_err(read)?;
+        self.load_bytes(&bytes, path, limits)
     }
 
     /// Like `load`, from bytes already in memory (`path` only names them in errors).
-    pub fn load_bytes(&self, bytes: &[u8], path: &Path) -> Result<Loaded, PluginError> {
+    pub fn load_bytes(&self, bytes: &[u8], path: &Path, limits: &Limits) -> Result<Loaded, PluginError> {
+        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        if size > limits.max_component_bytes {
+            return Err(PluginError::TooLarge { path: path.to_path_buf(), size, max: limits.max_component_bytes });
+        }
         let sha256 = hex::encode(Sha256::digest(bytes));
         let invalid = |e: wasmtime::Error| PluginError::Invalid { path: path.to_path_buf(), reason: format!("{e:#}") };
         if wasmparser_is_core_module(bytes) {
@@ -172,7 +223,11 @@ impl Runtime {
             });
         }
         let component = match self.cache_path(&sha256) {
-            None => Component::new(&self.engine, bytes).map_err(invalid)?,
+            None => {
+                let compiled = self.compile_within(bytes, path, limits.compile_ms)?.map_err(invalid)?;
+                // SAFETY: these bytes were produced by this engine just now.
+                unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(invalid)?
+            }
             Some(cached) => {
                 // SAFETY: the cache directory is the gateway's own state; entries are
                 // written only by `precompile_component` below, named by the source's
@@ -182,7 +237,7 @@ impl Runtime {
                 match hit {
                     Some(c) => c,
                     None => {
-                        let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
+                        let compiled = self.compile_within(bytes, path, limits.compile_ms)?.map_err(invalid)?;
                         if let Some(dir) = cached.parent() {
                             let _ = std::fs::create_dir_all(dir);
                         }
@@ -197,6 +252,22 @@ impl Runtime {
             }
         };
         Ok(Loaded { component, sha256, size: bytes.len() })
+    }
+
+    /// Compiles on a helper thread and waits at most `budget_ms`. Cranelift cannot be
+    /// interrupted: past the budget the component is refused and the helper finishes
+    /// (and is dropped) in the background.
+    fn compile_within(&self, bytes: &[u8], path: &Path, budget_ms: u64) -> Result<wasmtime::Result<Vec<u8>>, PluginError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (engine, owned) = (self.engine.clone(), bytes.to_vec());
+        std::thread::Builder::new()
+            .name("gate-compile".into())
+            .spawn(move || {
+                let _ = tx.send(engine.precompile_component(&owned));
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start a compile thread: {e}")))?;
+        rx.recv_timeout(Duration::from_millis(budget_ms))
+            .map_err(|_| PluginError::CompileBudget { path: path.to_path_buf(), ms: budget_ms })
     }
 
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
@@ -222,12 +293,13 @@ impl Runtime {
         let state = State {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryCap { max_bytes: spec.memory_bytes, hit: false },
-            log: LogCap::new(spec.plugin, spec.clock.clone(), spec.log_per_sec),
+            limiter: MemoryCap::new(spec.memory_bytes),
+            waits: WaitBudget::new(spec.wait_budget_ms),
+            log: LogCap::new(spec.plugin, spec.clock.clone(), spec.log_window),
             clock: ClockCap { clock: spec.clock.clone() },
             kv: spec.kv,
             config: ConfigCap { settings: spec.settings },
-            publish: PublishCap::new(spec.prefix, spec.clock, spec.publish_per_sec, spec.max_payload),
+            publish: PublishCap::new(spec.prefix, spec.clock, spec.publish_window, spec.max_payload),
         };
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -245,6 +317,7 @@ impl Drop for Runtime {
 fn link_common(linker: &mut Linker<State>) -> Result<(), PluginError> {
     let e = |e: wasmtime::Error| PluginError::Engine(e.to_string());
     wasmtime_wasi::p2::add_to_linker_sync(linker).map_err(e)?;
+    super::caps::clock::link_virtual_waits(linker).map_err(e)?;
     use policy::gate::plugin as p;
     p::log::add_to_linker::<State, HasSelf<LogCap>>(linker, |s| &mut s.log).map_err(e)?;
     p::clock::add_to_linker::<State, HasSelf<ClockCap>>(linker, |s| &mut s.clock).map_err(e)?;
@@ -256,4 +329,44 @@ fn link_common(linker: &mut Linker<State>) -> Result<(), PluginError> {
 /// A core module starts with the wasm magic and version 1; a component has a different layer.
 fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryCap;
+    use wasmtime::ResourceLimiter;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn all_memories_and_tables_of_an_instance_share_one_cap() {
+        let mut cap = MemoryCap::new(4 * MIB);
+        // Two memories created at 2 MiB each fill the cap between them.
+        assert!(cap.memory_growing(0, 2 * MIB, None).unwrap());
+        assert!(cap.memory_growing(0, 2 * MIB, None).unwrap());
+        assert!(!cap.hit);
+        // Neither may grow, and a third memory or a table cannot be created.
+        assert!(!cap.memory_growing(2 * MIB, 3 * MIB, None).unwrap());
+        assert!(cap.hit);
+        assert!(!cap.memory_growing(0, 64 * 1024, None).unwrap());
+        assert!(!cap.table_growing(0, 10, None).unwrap());
+    }
+
+    #[test]
+    fn tables_count_against_the_memory_cap() {
+        let mut cap = MemoryCap::new(MIB);
+        assert!(cap.table_growing(0, 60_000, None).unwrap()); // 960 000 bytes
+        assert!(!cap.memory_growing(0, 128 * 1024, None).unwrap());
+        assert!(cap.hit);
+        let mut cap = MemoryCap::new(1 << 30);
+        assert!(!cap.table_growing(0, 100_001, None).unwrap(), "the per-table element bound holds whatever the cap");
+    }
+
+    #[test]
+    fn a_growth_refused_by_the_memory_maximum_is_not_charged() {
+        let mut cap = MemoryCap::new(2 * MIB);
+        assert!(!cap.memory_growing(0, 2 * MIB, Some(MIB)).unwrap());
+        assert!(!cap.hit);
+        assert!(cap.memory_growing(0, 2 * MIB, None).unwrap());
+    }
 }

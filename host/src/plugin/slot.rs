@@ -4,8 +4,11 @@
 
 use super::bindings::{integration::IntegrationPlugin, integration::IntegrationPluginPre, policy::PolicyPlugin, policy::PolicyPluginPre};
 use super::bindings::policy::gate::plugin::types::{AccessEvent, Decision, GateEvent};
+use super::caps::clock::WaitPastDeadline;
 use super::caps::kv::KvCap;
+use super::caps::SharedWindow;
 use super::runtime::{ExecMode, Loaded, Runtime, State, StateSpec};
+use super::text::sanitize;
 use super::{PluginError, PluginFault};
 use crate::clock::Clock;
 use crate::config::{Limits, PluginConfig, World};
@@ -47,6 +50,9 @@ pub struct Slot {
     limits: Limits,
     clock: Clock,
     mode: ExecMode,
+    /// Log and publish budgets of the plugin, kept across instances.
+    log_window: SharedWindow,
+    publish_window: SharedWindow,
     /// sha256 of the component, for status reports.
     pub sha256: String,
 }
@@ -73,10 +79,12 @@ impl Slot {
         let pre = match cfg.world {
             World::Policy => {
                 let ip = rt.policy_linker.instantiate_pre(&loaded.component).map_err(wrong)?;
+                super::check::typecheck_exports(&ip, World::Policy).map_err(wrong)?;
                 Pre::Policy(PolicyPluginPre::new(ip).map_err(wrong)?)
             }
             World::Integration => {
                 let ip = rt.integration_linker.instantiate_pre(&loaded.component).map_err(wrong)?;
+                super::check::typecheck_exports(&ip, World::Integration).map_err(wrong)?;
                 Pre::Integration(IntegrationPluginPre::new(ip).map_err(wrong)?)
             }
         };
@@ -91,6 +99,8 @@ impl Slot {
             limits: limits.clone(),
             clock,
             mode: rt.mode(),
+            log_window: SharedWindow::new(limits.log_lines_per_sec),
+            publish_window: SharedWindow::new(limits.publish_per_sec),
             sha256: loaded.sha256.clone(),
         })
     }
@@ -119,7 +129,7 @@ impl Slot {
         })?;
         match res {
             Ok(()) => Ok(effects),
-            Err(msg) => Err(PluginFault::Refused(truncate(&msg, 200))),
+            Err(msg) => Err(PluginFault::Refused(sanitize(&msg, 200))),
         }
     }
 
@@ -147,11 +157,12 @@ impl Slot {
             plugin: &self.name,
             clock: self.clock.clone(),
             memory_bytes: (self.limits.memory_mb as usize) << 20,
-            log_per_sec: self.limits.log_lines_per_sec,
+            wait_budget_ms: self.limits.deadline_ms,
+            log_window: self.log_window.clone(),
             kv,
             settings: self.settings.clone(),
             prefix: &self.prefix,
-            publish_per_sec: self.limits.publish_per_sec,
+            publish_window: self.publish_window.clone(),
             max_payload: self.limits.max_payload_bytes,
         });
         self.arm(&mut store);
@@ -182,6 +193,7 @@ impl Slot {
             ExecMode::Deterministic => self.limits.deadline_ms.max(REPLAY_BACKSTOP_MS),
         };
         store.set_epoch_deadline(deadline_ms.max(1));
+        store.data_mut().waits.reset();
         if self.mode == ExecMode::Deterministic {
             // Cannot fail: fuel is enabled on deterministic engines.
             let _ = store.set_fuel(self.limits.fuel);
@@ -224,15 +236,15 @@ fn classify(e: &wasmtime::Error, store: &Store<State>) -> PluginFault {
     if store.data().limiter.hit {
         return PluginFault::OutOfMemory;
     }
+    if e.downcast_ref::<WaitPastDeadline>().is_some() {
+        return PluginFault::Timeout;
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginFault::Timeout,
         Some(Trap::OutOfFuel) => PluginFault::OutOfFuel,
         Some(Trap::StackOverflow) => PluginFault::StackOverflow,
         Some(t) => PluginFault::Trap(t.to_string()),
-        None => PluginFault::Trap(truncate(&format!("{e:#}"), 300)),
+        // The message carries the plugin's own text and function names (its backtrace).
+        None => PluginFault::Trap(sanitize(&format!("{e:#}"), 300)),
     }
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
 }

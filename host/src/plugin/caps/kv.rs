@@ -79,11 +79,15 @@ impl KvCap {
 
 impl Host for KvCap {
     fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        // Nothing is ever stored under an invalid key.
+        if !valid_key(&key) {
+            return None;
+        }
         self.view(&key).cloned()
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), KvError> {
-        if key.is_empty() || key.len() > MAX_KEY {
+        if !valid_key(&key) {
             return Err(KvError::InvalidKey);
         }
         if self.size_after(&key, &value) > self.quota {
@@ -94,10 +98,17 @@ impl Host for KvCap {
     }
 
     fn delete(&mut self, key: String) {
-        self.staged.insert(key, None);
+        // Only a key that holds a value is staged: deleting invalid or absent keys
+        // would otherwise grow the staged writes (and the event log) without bound.
+        if valid_key(&key) && self.view(&key).is_some() {
+            self.staged.insert(key, None);
+        }
     }
 
     fn keys(&mut self, prefix: String) -> Vec<String> {
+        if prefix.len() > MAX_KEY {
+            return Vec::new();
+        }
         let mut keys: Vec<String> = self
             .committed
             .keys()
@@ -111,9 +122,31 @@ impl Host for KvCap {
     }
 }
 
+/// Keys are 1..=256 bytes on every kv call.
+fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_call_checks_the_key_and_deletes_stage_only_real_keys() {
+        let mut kv = KvCap::new(BTreeMap::new(), 1000);
+        let long = "k".repeat(MAX_KEY + 1);
+        assert!(matches!(kv.set(long.clone(), vec![1]), Err(KvError::InvalidKey)));
+        assert_eq!(kv.get(long.clone()), None);
+        kv.delete(long.clone());
+        kv.delete(String::new());
+        kv.delete("never-set".into());
+        assert!(kv.keys(long).is_empty());
+        assert!(kv.commit().is_empty(), "deleting invalid or absent keys stages nothing");
+        kv.set("k".into(), vec![1]).unwrap();
+        kv.commit();
+        kv.delete("k".into());
+        assert_eq!(kv.commit().get("k"), Some(&None));
+    }
 
     #[test]
     fn quota_counts_keys_and_values_and_replacements() {

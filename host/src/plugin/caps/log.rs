@@ -1,6 +1,6 @@
 //! `gate:plugin/log`: rate-limited logging into the host's `tracing` log.
 
-use super::RateWindow;
+use super::SharedWindow;
 use crate::clock::Clock;
 use crate::plugin::bindings::policy::gate::plugin::log::{Host, Level};
 
@@ -11,14 +11,15 @@ const MAX_MESSAGE: usize = 512;
 pub struct LogCap {
     plugin: String,
     clock: Clock,
-    window: RateWindow,
+    window: SharedWindow,
     /// Lines dropped by the rate limit since the instance started.
     pub dropped: u64,
 }
 
 impl LogCap {
-    pub fn new(plugin: &str, clock: Clock, per_sec: u32) -> Self {
-        LogCap { plugin: plugin.to_string(), clock, window: RateWindow::new(per_sec), dropped: 0 }
+    /// `window` is the plugin's own, shared by all its instances.
+    pub fn new(plugin: &str, clock: Clock, window: SharedWindow) -> Self {
+        LogCap { plugin: plugin.to_string(), clock, window, dropped: 0 }
     }
 }
 
@@ -28,10 +29,7 @@ impl Host for LogCap {
             self.dropped += 1;
             return;
         }
-        let mut msg: String = message.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE).collect();
-        if message.len() > MAX_MESSAGE {
-            msg.push('…');
-        }
+        let msg = crate::plugin::text::sanitize(&message, MAX_MESSAGE);
         let plugin = self.plugin.as_str();
         match level {
             Level::Debug => tracing::debug!(target: "gate::plugin_log", plugin, "{msg}"),

@@ -2,7 +2,7 @@
 //! topic prefix, within a rate and size limit. Messages are collected by the
 //! host and leave through the event pipeline (replay output, MQTT link).
 
-use super::RateWindow;
+use super::SharedWindow;
 use crate::clock::Clock;
 use crate::plugin::bindings::integration::gate::plugin::publish::{Host, PublishError};
 
@@ -10,18 +10,19 @@ use crate::plugin::bindings::integration::gate::plugin::publish::{Host, PublishE
 pub struct PublishCap {
     prefix: String,
     clock: Clock,
-    window: RateWindow,
+    window: SharedWindow,
     max_payload: usize,
     /// Messages published by the current call, full topic first.
     pub outbox: Vec<(String, Vec<u8>)>,
 }
 
 impl PublishCap {
-    pub fn new(prefix: &str, clock: Clock, per_sec: u32, max_payload: usize) -> Self {
+    /// `window` is the plugin's own, shared by all its instances.
+    pub fn new(prefix: &str, clock: Clock, window: SharedWindow, max_payload: usize) -> Self {
         PublishCap {
             prefix: prefix.trim_end_matches('/').to_string(),
             clock,
-            window: RateWindow::new(per_sec),
+            window,
             max_payload,
             outbox: Vec::new(),
         }
@@ -35,7 +36,7 @@ pub fn valid_relative_topic(topic: &str) -> bool {
         && !topic.starts_with('/')
         && topic.split('/').all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
         && !topic.contains(['+', '#', '\0'])
-        && !topic.chars().any(char::is_control)
+        && !topic.chars().any(crate::plugin::text::is_unsafe_char)
 }
 
 impl Host for PublishCap {
@@ -68,7 +69,7 @@ mod tests {
 
     #[test]
     fn publishes_are_prefixed_limited_and_sized() {
-        let mut p = PublishCap::new("platform/", Clock::new(0, 0), 2, 4);
+        let mut p = PublishCap::new("platform/", Clock::new(0, 0), super::super::SharedWindow::new(2), 4);
         assert!(p.publish("a".into(), b"1".to_vec()).is_ok());
         assert!(matches!(p.publish("a".into(), b"12345".to_vec()), Err(PublishError::PayloadTooLarge)));
         assert!(p.publish("b".into(), b"2".to_vec()).is_ok());
