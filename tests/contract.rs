@@ -11,8 +11,26 @@ use std::path::Path;
 use wit_parser::{Resolve, Type, TypeDefKind, TypeId, WorldItem};
 
 const FORBIDDEN: &[&str] = &[
-    "image", "img", "frame", "crop", "template", "embedding", "pixel", "jpeg", "jpg", "png", "photo", "picture",
-    "biometric", "landmark", "feature", "vector", "raw", "card-number", "pin-code", "pin-value",
+    "image",
+    "img",
+    "frame",
+    "crop",
+    "template",
+    "embedding",
+    "pixel",
+    "jpeg",
+    "jpg",
+    "png",
+    "photo",
+    "picture",
+    "biometric",
+    "landmark",
+    "feature",
+    "vector",
+    "raw",
+    "card-number",
+    "pin-code",
+    "pin-value",
 ];
 
 /// Where a `list<u8>` is allowed: the plugin's own kv values and published payloads.
@@ -71,9 +89,7 @@ impl Walker<'_> {
             TypeDefKind::List(inner) | TypeDefKind::FixedLengthList(inner, _) => {
                 match inner {
                     Type::F32 | Type::F64 => self.problems.push(format!("{path}: a list of floats looks like an embedding")),
-                    Type::U8 | Type::S8 if !BYTES_ALLOWED.iter().any(|a| path.ends_with(a)) => {
-                        self.problems.push(format!("{path}: raw bytes could carry an image or template"))
-                    }
+                    Type::U8 | Type::S8 if !BYTES_ALLOWED.iter().any(|a| path.ends_with(a)) => self.problems.push(format!("{path}: raw bytes could carry an image or template")),
                     _ => {}
                 }
                 self.ty(&format!("{path}[]"), inner);
@@ -160,9 +176,7 @@ fn the_check_catches_an_image_field() {
 #[test]
 fn the_check_catches_an_embedding_vector() {
     let mut resolve = contract();
-    resolve
-        .push_str("leaky2.wit", "package evil:leak2@0.1.0; interface policy { decide: func(v: list<f32>) -> bool; } world leaky2 { export policy; }")
-        .expect("parses");
+    resolve.push_str("leaky2.wit", "package evil:leak2@0.1.0; interface policy { decide: func(v: list<f32>) -> bool; } world leaky2 { export policy; }").expect("parses");
     let (problems, _) = walk(&resolve);
     assert!(problems.iter().any(|p| p.contains("embedding")), "{problems:?}");
 }

@@ -59,8 +59,17 @@ fn new_key(path: &Path) {
 
 fn enroll(cfg: &Path, subject: &str, photos: &[&str]) -> Output {
     let mut args = vec![
-        "enroll", "--config", cfg.to_str().unwrap(), "--subject", subject,
-        "--purpose", "entry at the community gates", "--notice-version", "2026-11", "--capture", "signed at the property office",
+        "enroll",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--subject",
+        subject,
+        "--purpose",
+        "entry at the community gates",
+        "--notice-version",
+        "2026-11",
+        "--capture",
+        "signed at the property office",
     ];
     args.extend_from_slice(photos);
     gate(&args)
@@ -70,11 +79,7 @@ fn enroll(cfg: &Path, subject: &str, photos: &[&str]) -> Output {
 fn replay(cfg: &Path, trace: &Path) -> (Vec<serde_json::Value>, String) {
     let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--format", "jsonl"]);
     assert!(out.status.success(), "replay failed: {}", text(&out));
-    let recs = String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone())
-        .collect();
+    let recs = String::from_utf8(out.stdout.clone()).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone()).collect();
     (recs, text(&out))
 }
 

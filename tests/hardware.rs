@@ -53,10 +53,7 @@ fn replay(args: &[&str]) -> (Output, Vec<serde_json::Value>) {
     let mut all = vec!["replay", "--format", "jsonl"];
     all.extend_from_slice(args);
     let out = gate(&all);
-    let records = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("jsonl output")["expect"].clone())
-        .collect();
+    let records = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("jsonl output")["expect"].clone()).collect();
     (out, records)
 }
 

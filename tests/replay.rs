@@ -41,11 +41,7 @@ fn site_with(policy_plugin: &str, dir: &Path) -> PathBuf {
 fn replay_jsonl(config: &Path, trace: &str) -> Vec<serde_json::Value> {
     let out = gate(&["replay", "--config", config.to_str().unwrap(), "--trace", trace, "--format", "jsonl"]);
     assert!(out.status.success(), "replay failed: {}", text(&out));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone())
-        .collect()
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone()).collect()
 }
 
 fn decisions(records: &[serde_json::Value]) -> Vec<&serde_json::Value> {
@@ -202,11 +198,7 @@ fn face_only_site_is_refused_with_file_and_line() {
 fn malformed_trace_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.jsonl");
-    std::fs::write(
-        &path,
-        "{\"gate_trace\":1,\"site\":\"s\",\"start\":\"2026-11-23T07:00:00+08:00\"}\n{\"at\":1,\"input\":{\"kind\":\"card\",\"door\":\"north-gate\"}}\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "{\"gate_trace\":1,\"site\":\"s\",\"start\":\"2026-11-23T07:00:00+08:00\"}\n{\"at\":1,\"input\":{\"kind\":\"card\",\"door\":\"north-gate\"}}\n").unwrap();
     let out = gate(&["replay", "--config", "configs/demo-site.toml", "--trace", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("broken.jsonl:2:") && text(&out).contains("number"), "{}", text(&out));
@@ -247,13 +239,7 @@ fn fire_release_is_not_held_up_by_a_hanging_plugin() {
 /// Runs `gate` and kills it if it has not exited after `secs`: a host that hangs
 /// fails the test instead of hanging the suite.
 fn gate_or_hang(args: &[&str], secs: u64) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
-        .current_dir(root())
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run gate");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate")).current_dir(root()).args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("run gate");
     let started = std::time::Instant::now();
     while child.try_wait().expect("wait for gate").is_none() {
         if started.elapsed() > std::time::Duration::from_secs(secs) {
@@ -271,15 +257,8 @@ fn gate_or_hang(args: &[&str], secs: u64) -> Output {
 fn site_with_blocking_north_gate(call: &str, dir: &Path) -> PathBuf {
     let cfg = site_with("resident-policy", dir);
     let body = std::fs::read_to_string(&cfg).unwrap();
-    let section = format!(
-        "[plugins.block-on-host]\npath = {:?}\nworld = \"policy\"\nconfig = {{ call = \"{call}\" }}\n\n[[door]]",
-        plugin("block-on-host")
-    );
-    let body = body.replacen("[[door]]", &section, 1).replacen(
-        "policy = \"resident-policy\"",
-        "policy = \"block-on-host\"",
-        1,
-    );
+    let section = format!("[plugins.block-on-host]\npath = {:?}\nworld = \"policy\"\nconfig = {{ call = \"{call}\" }}\n\n[[door]]", plugin("block-on-host"));
+    let body = body.replacen("[[door]]", &section, 1).replacen("policy = \"resident-policy\"", "policy = \"block-on-host\"", 1);
     std::fs::write(&cfg, body).unwrap();
     cfg
 }
@@ -301,71 +280,30 @@ fn blocking_host_calls_are_cut_at_the_deadline_in_replay() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = site_with_blocking_north_gate(call, dir.path());
-        let args = [
-            "replay",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--trace",
-            "tests/traces/bad-plugin.jsonl",
-            "--format",
-            "jsonl",
-        ];
+        let args = ["replay", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/bad-plugin.jsonl", "--format", "jsonl"];
         let out = gate_or_hang(&args, 120);
         assert!(out.status.success(), "{call}: {}", text(&out));
-        let recs: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone())
-            .collect();
+        let recs: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone()).collect();
         let d = decisions(&recs);
         assert_eq!(d.len(), 6, "{call}: {recs:#?}");
         // r-0001's card at north-gate: the fallback opens.
-        assert_eq!(
-            (d[0]["outcome"].as_str(), d[0]["door"].as_str()),
-            (Some("grant"), Some("north-gate")),
-            "{call}: {:?}",
-            d[0]
-        );
-        assert!(
-            d[0]["by"].as_str().unwrap().starts_with("fallback:"),
-            "{call}: {:?}",
-            d[0]
-        );
+        assert_eq!((d[0]["outcome"].as_str(), d[0]["door"].as_str()), (Some("grant"), Some("north-gate")), "{call}: {:?}", d[0]);
+        assert!(d[0]["by"].as_str().unwrap().starts_with("fallback:"), "{call}: {:?}", d[0]);
         // The stranger stays out.
         assert_eq!(d[1]["outcome"], "deny", "{call}");
         // r-0001's PIN at building-3 is decided by building-3's own plugin.
-        assert_eq!(
-            (d[2]["outcome"].as_str(), d[2]["by"].as_str()),
-            (Some("grant"), Some("plugin:resident-policy")),
-            "{call}: {:?}",
-            d[2]
-        );
+        assert_eq!((d[2]["outcome"].as_str(), d[2]["by"].as_str()), (Some("grant"), Some("plugin:resident-policy")), "{call}: {:?}", d[2]);
         // The third failure quarantines the plugin; face alone is not honoured by the fallback.
         assert_eq!(d[3]["outcome"], "grant", "{call}: {:?}", d[3]);
-        assert_eq!(
-            (d[4]["outcome"].as_str(), d[4]["by"].as_str()),
-            (Some("deny"), Some("fallback:quarantined")),
-            "{call}: {:?}",
-            d[4]
-        );
+        assert_eq!((d[4]["outcome"].as_str(), d[4]["by"].as_str()), (Some("deny"), Some("fallback:quarantined")), "{call}: {:?}", d[4]);
         assert_eq!(d[5]["outcome"], "grant", "{call}: {:?}", d[5]);
-        let failures: Vec<_> = recs
-            .iter()
-            .filter(|r| r["kind"] == "plugin" && r["status"] == "failed")
-            .collect();
+        let failures: Vec<_> = recs.iter().filter(|r| r["kind"] == "plugin" && r["status"] == "failed").collect();
         assert!(!failures.is_empty(), "{call}: {recs:#?}");
         for f in &failures {
             assert_eq!(f["plugin"], "block-on-host", "{call}: {f:?}");
-            assert!(
-                f["reason"].as_str().unwrap().contains(reason),
-                "{call}: {f:?}"
-            );
+            assert!(f["reason"].as_str().unwrap().contains(reason), "{call}: {f:?}");
         }
-        assert!(
-            recs.iter()
-                .any(|r| r["kind"] == "plugin" && r["status"] == "quarantined"),
-            "{call}: {recs:#?}"
-        );
+        assert!(recs.iter().any(|r| r["kind"] == "plugin" && r["status"] == "quarantined"), "{call}: {recs:#?}");
     }
 }
 
@@ -377,35 +315,15 @@ fn a_sleeping_plugin_in_service_is_cut_at_the_deadline() {
     for call in ["sleep", "block-duration", "stdin-read"] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = site_with_blocking_north_gate(call, dir.path());
-        let args = [
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--trace",
-            "tests/traces/bad-plugin.jsonl",
-            "--speed",
-            "2000",
-        ];
+        let args = ["run", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/bad-plugin.jsonl", "--speed", "2000"];
         let out = gate_or_hang(&args, 120);
         let t = text(&out);
         assert!(out.status.success(), "{call}: {t}");
         assert!(t.contains("deadline exceeded"), "{call}: {t}");
-        let first = t
-            .lines()
-            .find(|l| l.contains("north-gate") && l.contains("card"))
-            .unwrap_or_default();
-        assert!(
-            first.contains("GRANT") && first.contains("fallback"),
-            "{call}: {t}"
-        );
-        let pin = t
-            .lines()
-            .find(|l| l.contains("building-3") && l.contains("pin"))
-            .unwrap_or_default();
-        assert!(
-            pin.contains("GRANT") && pin.contains("resident-policy"),
-            "{call}: {t}"
-        );
+        let first = t.lines().find(|l| l.contains("north-gate") && l.contains("card")).unwrap_or_default();
+        assert!(first.contains("GRANT") && first.contains("fallback"), "{call}: {t}");
+        let pin = t.lines().find(|l| l.contains("building-3") && l.contains("pin")).unwrap_or_default();
+        assert!(pin.contains("GRANT") && pin.contains("resident-policy"), "{call}: {t}");
         assert!(t.contains("quarantined"), "{call}: {t}");
     }
 }
@@ -420,15 +338,9 @@ fn plugin_text_cannot_forge_host_lines() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = site_with("forge-output", dir.path());
         let body = std::fs::read_to_string(&cfg).unwrap();
-        let body = body.replace(
-            "config = { default-open-ms = 5000,",
-            &format!("config = {{ via = \"{via}\", default-open-ms = 5000,"),
-        );
+        let body = body.replace("config = { default-open-ms = 5000,", &format!("config = {{ via = \"{via}\", default-open-ms = 5000,"));
         std::fs::write(&cfg, body).unwrap();
-        let out = gate_or_hang(
-            &["run", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/bad-plugin.jsonl", "--speed", "2000"],
-            120,
-        );
+        let out = gate_or_hang(&["run", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/bad-plugin.jsonl", "--speed", "2000"], 120);
         let t = text(&out);
         assert!(out.status.success(), "{via}: {t}");
         // The plugin was really heard: its text is there, escaped, on a host line.

@@ -126,12 +126,7 @@ pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&std::path::Pa
     let door = cfg.doors.iter().find(|d| d.policy.is_some()).cloned().ok_or_else(|| anyhow!("no door with a policy plugin in {}", cfg.path.display()))?;
     let plugin = door.policy.clone().unwrap_or_default();
     let pc = cfg.plugins.get(&plugin).cloned().ok_or_else(|| anyhow!("plugin `{plugin}` missing"))?;
-    let resident = cfg
-        .subjects
-        .iter()
-        .find(|s| s.role == crate::event::Role::Resident && !s.cards.is_empty())
-        .cloned()
-        .ok_or_else(|| anyhow!("the subject directory has no resident with a card"))?;
+    let resident = cfg.subjects.iter().find(|s| s.role == crate::event::Role::Resident && !s.cards.is_empty()).cloned().ok_or_else(|| anyhow!("the subject directory has no resident with a card"))?;
     let offset = parse_offset(&cfg.site.utc_offset).map_err(anyhow::Error::msg)?;
     let start = crate::clock::parse_rfc3339("2026-11-23T07:00:00+08:00").map_err(anyhow::Error::msg)?;
     let clock = Clock::new(start, offset);
@@ -188,11 +183,7 @@ pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&std::path::Pa
 
     // 4. Replay throughput: a long synthetic morning through the deterministic engine.
     let n = 200_000usize;
-    let cards: Vec<(String, String)> = cfg
-        .subjects
-        .iter()
-        .flat_map(|s| s.cards.iter().map(move |c| (s.id.clone(), c.clone())))
-        .collect();
+    let cards: Vec<(String, String)> = cfg.subjects.iter().flat_map(|s| s.cards.iter().map(move |c| (s.id.clone(), c.clone()))).collect();
     let doors: Vec<String> = cfg.doors.iter().filter(|d| d.accepts(crate::event::CredentialKind::Card)).map(|d| d.id.clone()).collect();
     let inputs: Vec<(u64, Input)> = (0..n)
         .map(|i| {
@@ -201,12 +192,7 @@ pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&std::path::Pa
             (i as u64 * 3_000, Input::Card { door, direction: Direction::Entry, number: number.clone(), captured_at: None })
         })
         .collect();
-    let trace = Trace {
-        header: Header { gate_trace: 1, site: cfg.site.id.clone(), start: "2026-11-23T07:00:00+08:00".into(), description: None },
-        start_ms: start,
-        inputs,
-        expected: vec![],
-    };
+    let trace = Trace { header: Header { gate_trace: 1, site: cfg.site.id.clone(), start: "2026-11-23T07:00:00+08:00".into(), description: None }, start_ms: start, inputs, expected: vec![] };
     let log = EventLog::in_memory(&cfg.site.gateway)?;
     let (mut gw, _) = Gateway::new(cfg.clone(), Clock::new(start, offset), Runtime::new(ExecMode::Deterministic, None)?, log).map_err(anyhow::Error::msg)?;
     let t = Instant::now();
@@ -312,11 +298,7 @@ fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConf
     // A read "meets" a swap when it was handed over within 2 ms either side of one: it
     // queued behind the swap or was the new instance's first call.
     let near = Duration::from_millis(2);
-    let during: Vec<Duration> = done
-        .iter()
-        .filter(|(at, _)| swap_times.iter().any(|(s, d)| *at + near >= *s && *at <= *s + *d + near))
-        .map(|(_, d)| *d)
-        .collect();
+    let during: Vec<Duration> = done.iter().filter(|(at, _)| swap_times.iter().any(|(s, d)| *at + near >= *s && *at <= *s + *d + near)).map(|(_, d)| *d).collect();
     if during.is_empty() {
         return Err(anyhow!("no read arrived near a swap; the benchmark measured nothing"));
     }

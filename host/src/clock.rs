@@ -74,8 +74,7 @@ pub fn parse_offset(s: &str) -> Result<i32, String> {
 
 /// Parses an RFC 3339 time ("2026-11-23T07:00:00+08:00") into Unix milliseconds.
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))?;
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 

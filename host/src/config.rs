@@ -206,11 +206,7 @@ pub struct Fallback {
 
 impl Default for Fallback {
     fn default() -> Self {
-        Fallback {
-            roles: vec![Role::Resident, Role::Staff],
-            credentials: vec![CredentialKind::Card, CredentialKind::Pin, CredentialKind::Nfc],
-            open_ms: 5_000,
-        }
+        Fallback { roles: vec![Role::Resident, Role::Staff], credentials: vec![CredentialKind::Card, CredentialKind::Pin, CredentialKind::Nfc], open_ms: 5_000 }
     }
 }
 
@@ -371,11 +367,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 fn parse_err(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
-    ConfigError {
-        file: file.to_path_buf(),
-        line: e.span().map(|s| line_of(text, s.start)),
-        message: e.message().trim().to_string(),
-    }
+    ConfigError { file: file.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)), message: e.message().trim().to_string() }
 }
 
 impl SiteConfig {
@@ -390,12 +382,7 @@ impl SiteConfig {
                 return Err(ConfigError {
                     file: config_path.to_path_buf(),
                     line: None,
-                    message: format!(
-                        "plugin `{name}`: component {} is {} bytes, above key `limits.max_component_bytes` = {}",
-                        p.path.display(),
-                        meta.len(),
-                        self.limits.max_component_bytes
-                    ),
+                    message: format!("plugin `{name}`: component {} is {} bytes, above key `limits.max_component_bytes` = {}", p.path.display(), meta.len(), self.limits.max_component_bytes),
                 });
             }
         }
@@ -403,11 +390,7 @@ impl SiteConfig {
     }
 
     pub fn load(path: &Path) -> Result<SiteConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError { file: path.to_path_buf(), line: None, message: format!("cannot read: {e}") })?;
         Self::from_str(&text, path)
     }
 
@@ -415,14 +398,9 @@ impl SiteConfig {
     pub fn from_str(text: &str, path: &Path) -> Result<SiteConfig, ConfigError> {
         let raw: RawSite = toml::from_str(text).map_err(|e| parse_err(path, text, e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
-            file: path.to_path_buf(),
-            line: span.map(|s| line_of(text, s.start)),
-            message,
-        };
+        let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError { file: path.to_path_buf(), line: span.map(|s| line_of(text, s.start)), message };
 
-        crate::clock::parse_offset(&raw.site.utc_offset)
-            .map_err(|m| err(None, format!("key `site.utc_offset`: {m}")))?;
+        crate::clock::parse_offset(&raw.site.utc_offset).map_err(|m| err(None, format!("key `site.utc_offset`: {m}")))?;
         if raw.site.id.is_empty() || raw.site.gateway.is_empty() {
             return Err(err(None, "keys `site.id` and `site.gateway` must not be empty".into()));
         }
@@ -459,10 +437,7 @@ impl SiteConfig {
                 return Err(err(None, format!("plugin `{name}`: key `prefix` is required for an integration plugin (it may publish only under it)")));
             }
             let path = base.join(&p.path);
-            plugins.insert(
-                name.clone(),
-                PluginConfig { name, path, world: p.world, settings, prefix: p.prefix },
-            );
+            plugins.insert(name.clone(), PluginConfig { name, path, world: p.world, settings, prefix: p.prefix });
         }
 
         let mut doors = Vec::new();
@@ -478,16 +453,26 @@ impl SiteConfig {
                 return Err(err(Some(cred_span), format!("door `{}` key `credentials`: a door must accept at least one credential", d.id)));
             }
             if !creds.iter().any(|k| !k.is_biometric()) {
-                return Err(err(Some(cred_span), format!(
-                    "door `{}` key `credentials`: accepts only face. Face recognition must never be the only way in \
+                return Err(err(
+                    Some(cred_span),
+                    format!(
+                        "door `{}` key `credentials`: accepts only face. Face recognition must never be the only way in \
                      (PRC face-recognition measures 2025, SPC 2021 art. 10): add a non-biometric credential such as \
-                     \"card\", \"pin\" or \"nfc\"", d.id)));
+                     \"card\", \"pin\" or \"nfc\"",
+                        d.id
+                    ),
+                ));
             }
             if !creds.iter().any(|k| raw.fallback.credentials.contains(k)) {
-                return Err(err(Some(cred_span), format!(
-                    "door `{}` key `credentials`: none of them is honoured by `fallback.credentials`, so a failing \
+                return Err(err(
+                    Some(cred_span),
+                    format!(
+                        "door `{}` key `credentials`: none of them is honoured by `fallback.credentials`, so a failing \
                      plugin would leave residents no way in; accept one of {:?} or extend the fallback",
-                    d.id, raw.fallback.credentials.iter().map(|k| k.as_str()).collect::<Vec<_>>())));
+                        d.id,
+                        raw.fallback.credentials.iter().map(|k| k.as_str()).collect::<Vec<_>>()
+                    ),
+                ));
             }
             let policy = match d.policy {
                 None => None,
@@ -496,9 +481,7 @@ impl SiteConfig {
                     let name = p.into_inner();
                     match plugins.get(&name) {
                         None => return Err(err(Some(pspan), format!("door `{}` key `policy`: no plugin `{name}` under [plugins]", d.id))),
-                        Some(pc) if pc.world != World::Policy => {
-                            return Err(err(Some(pspan), format!("door `{}` key `policy`: plugin `{name}` is not a policy plugin", d.id)))
-                        }
+                        Some(pc) if pc.world != World::Policy => return Err(err(Some(pspan), format!("door `{}` key `policy`: plugin `{name}` is not a policy plugin", d.id))),
                         Some(_) => Some(name),
                     }
                 }
@@ -558,10 +541,7 @@ impl SiteConfig {
         };
 
         Ok(SiteConfig {
-            site: Site {
-                state_dir: raw.site.state_dir.as_ref().map(|d| base.join(d)),
-                ..raw.site
-            },
+            site: Site { state_dir: raw.site.state_dir.as_ref().map(|d| base.join(d)), ..raw.site },
             limits: raw.limits,
             timing: raw.timing,
             face,
@@ -675,9 +655,7 @@ fn check_hardware(h: &gate_hw::HardwareConfig, doors: &[Door]) -> Result<(), Str
     for i in &h.inputs {
         match (&i.door, i.kind) {
             (Some(d), _) if !known(d) => return Err(format!("input `{}` key `door`: no [[door]] `{d}`", i.name)),
-            (None, InputKind::DoorContact | InputKind::ExitButton) => {
-                return Err(format!("input `{}` key `door`: a {:?} input must name its door", i.name, i.kind))
-            }
+            (None, InputKind::DoorContact | InputKind::ExitButton) => return Err(format!("input `{}` key `door`: a {:?} input must name its door", i.name, i.kind)),
             _ => {}
         }
     }
@@ -686,11 +664,7 @@ fn check_hardware(h: &gate_hw::HardwareConfig, doors: &[Door]) -> Result<(), Str
 
 /// Loads a subject directory file; duplicate ids or credentials are refused.
 pub fn load_subjects(path: &Path) -> Result<Vec<SubjectEntry>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        message: format!("cannot read subject directory: {e}"),
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError { file: path.to_path_buf(), line: None, message: format!("cannot read subject directory: {e}") })?;
     let raw: RawSubjects = toml::from_str(&text).map_err(|e| parse_err(path, &text, e))?;
     let mut seen_ids = std::collections::HashSet::new();
     let mut seen_creds = std::collections::HashMap::new();

@@ -110,10 +110,7 @@ impl Directory {
             d.add(s);
         }
         for k in &cfg.qr.issuer_keys {
-            let bytes: [u8; 32] = hex::decode(k)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| format!("key `qr.issuer_keys`: `{k}` is not 32 bytes of hex"))?;
+            let bytes: [u8; 32] = hex::decode(k).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| format!("key `qr.issuer_keys`: `{k}` is not 32 bytes of hex"))?;
             let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("key `qr.issuer_keys`: `{k}`: {e}"))?;
             d.qr_keys.push(key);
         }
@@ -241,11 +238,7 @@ impl Directory {
         if p.visitor.is_empty() || p.host.is_empty() {
             return Err(QrError::Payload("empty visitor or host id".into()));
         }
-        Ok(VerifiedPass {
-            visitor: Subject { id: p.visitor, role: Role::Visitor, groups: Vec::new() },
-            host_subject: p.host,
-            valid_until_ms: p.valid_until_ms,
-        })
+        Ok(VerifiedPass { visitor: Subject { id: p.visitor, role: Role::Visitor, groups: Vec::new() }, host_subject: p.host, valid_until_ms: p.valid_until_ms })
     }
 }
 

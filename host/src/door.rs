@@ -269,17 +269,7 @@ mod tests {
     use crate::event::CredentialKind;
 
     fn door(id: &str) -> Door {
-        Door {
-            id: id.into(),
-            credentials: vec![CredentialKind::Card],
-            policy: None,
-            open_ms: 5000,
-            max_open_ms: 10_000,
-            held_open_ms: 30_000,
-            exit_open_ms: 4000,
-            fire_release: true,
-            unit_pin: false,
-        }
+        Door { id: id.into(), credentials: vec![CredentialKind::Card], policy: None, open_ms: 5000, max_open_ms: 10_000, held_open_ms: 30_000, exit_open_ms: 4000, fire_release: true, unit_pin: false }
     }
 
     fn relay(id: &str, on: bool) -> Record {
@@ -318,13 +308,7 @@ mod tests {
         c.grant("a", 0, 5000);
         c.contact("a", 1000, true);
         let out = c.advance(40_000);
-        assert_eq!(
-            out,
-            vec![
-                (5000, relay("a", false)),
-                (31_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::HeldOpen, active: true })
-            ]
-        );
+        assert_eq!(out, vec![(5000, relay("a", false)), (31_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::HeldOpen, active: true })]);
         let out = c.contact("a", 45_000, false);
         assert_eq!(out, vec![(45_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::HeldOpen, active: false })]);
     }

@@ -198,9 +198,7 @@ impl Input {
             Input::Qr { .. } => CredentialKind::Qr,
             Input::GuardRelease { .. } => CredentialKind::GuardRelease,
             Input::Intercom { .. } => CredentialKind::Intercom,
-            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } => {
-                return None
-            }
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } => return None,
         })
     }
 

@@ -233,9 +233,7 @@ impl FaceMatcher {
                 return FrameResult::Ignored(IgnoreReason::BadFrame);
             }
         };
-        let face = |subject: Option<String>, score: f32, liveness: Liveness| {
-            FrameResult::Credential(Input::Face { door: door.to_string(), direction, subject, score, liveness, captured_at })
-        };
+        let face = |subject: Option<String>, score: f32, liveness: Liveness| FrameResult::Credential(Input::Face { door: door.to_string(), direction, subject, score, liveness, captured_at });
         match outcome {
             Outcome::Match(m) => face(Some(m.subject), m.score, liveness(m.liveness)),
             Outcome::NoMatch { best_score } => face(None, best_score, Liveness::Unknown),
@@ -258,5 +256,9 @@ fn liveness(l: gate_face::Liveness) -> Liveness {
 
 /// Resolves a camera frame's file against the folder of the trace that names it.
 pub fn resolve_frame_path(trace_dir: &Path, file: &Path) -> PathBuf {
-    if file.is_absolute() { file.to_path_buf() } else { trace_dir.join(file) }
+    if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        trace_dir.join(file)
+    }
 }

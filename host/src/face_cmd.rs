@@ -100,11 +100,7 @@ pub fn enroll(a: EnrollArgs) -> Result<u8, Failure> {
     let (models, _, _) = face_paths(&cfg)?;
     gate_face::validate_subject(&a.subject).map_err(input)?;
     if !cfg.subjects.iter().any(|s| s.id == a.subject) {
-        return Err(input(anyhow!(
-            "subject `{}` is not in the subject directory of {}; add it there first (the gate matches faces to pseudonymous subject ids)",
-            a.subject,
-            a.config.display()
-        )));
+        return Err(input(anyhow!("subject `{}` is not in the subject directory of {}; add it there first (the gate matches faces to pseudonymous subject ids)", a.subject, a.config.display())));
     }
     if a.min_samples < 2 {
         return Err(input(anyhow!("--min-samples must be at least 2 (a template from one photo cannot be checked for agreement)")));
@@ -118,13 +114,7 @@ pub fn enroll(a: EnrollArgs) -> Result<u8, Failure> {
     let engine = FaceEngine::open(&models, gate::face::match_config(&cfg.face)).map_err(input)?;
     let store = open_store(&cfg)?;
 
-    let consent = Consent {
-        subject: a.subject.clone(),
-        purpose: a.purpose.clone(),
-        notice_version: a.notice_version.clone(),
-        capture: a.capture.clone(),
-        given_at_ms: now_ms(),
-    };
+    let consent = Consent { subject: a.subject.clone(), purpose: a.purpose.clone(), notice_version: a.notice_version.clone(), capture: a.capture.clone(), given_at_ms: now_ms() };
     let id = store.record_consent(&consent).map_err(store_failure)?;
     println!("gate: consent #{id} recorded for {}: purpose \"{}\", notice {}, captured: {}", a.subject, a.purpose, a.notice_version, a.capture);
     let policy = EnrollPolicy { min_samples: a.min_samples, ..EnrollPolicy::default() };
@@ -141,10 +131,7 @@ pub fn enroll(a: EnrollArgs) -> Result<u8, Failure> {
         println!("gate:   not used: {name}: {why}");
     }
     let key_id = DeviceKey::load(cfg.face.key.as_deref().unwrap_or(Path::new(""))).map(|k| k.id()).unwrap_or_default();
-    println!(
-        "gate: template stored encrypted in {} under device key {key_id}; no photo, crop or template was written anywhere else",
-        cfg.face.db.as_deref().unwrap_or(Path::new("")).display()
-    );
+    println!("gate: template stored encrypted in {} under device key {key_id}; no photo, crop or template was written anywhere else", cfg.face.db.as_deref().unwrap_or(Path::new("")).display());
     Ok(0)
 }
 

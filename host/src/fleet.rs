@@ -27,8 +27,8 @@ use gate_fleet::store::FleetStore;
 use semver::Version;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -663,31 +663,29 @@ impl Fleet {
         handle.update_status(agent.status(&slot));
         std::thread::Builder::new()
             .name("gate-fleet-agent".into())
-            .spawn(move || {
-                loop {
-                    let msg = match agent_rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(m) => m,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            agent.tick();
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    };
-                    let res = match msg {
-                        AgentMsg::Inbound(m) => {
-                            let r = agent.handle(m, &mut slot, &mut exec).map(|_| ());
-                            w_agent.fetch_sub(1, Ordering::AcqRel);
-                            r
-                        }
-                        AgentMsg::PluginFailed(p) => agent.report_plugin_failure(&mut slot, &p).map(|rolled| {
-                            if let Some(s) = rolled {
-                                tracing::warn!(plugin = %p, job = %s.job_id, reason = s.reason.as_deref().unwrap_or(""), "plugin rolled back by itself");
-                            }
-                        }),
-                    };
-                    if let Err(e) = res {
-                        tracing::error!(error = %e, "fleet agent could not record a job or command");
+            .spawn(move || loop {
+                let msg = match agent_rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(m) => m,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        agent.tick();
+                        continue;
                     }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                let res = match msg {
+                    AgentMsg::Inbound(m) => {
+                        let r = agent.handle(m, &mut slot, &mut exec).map(|_| ());
+                        w_agent.fetch_sub(1, Ordering::AcqRel);
+                        r
+                    }
+                    AgentMsg::PluginFailed(p) => agent.report_plugin_failure(&mut slot, &p).map(|rolled| {
+                        if let Some(s) = rolled {
+                            tracing::warn!(plugin = %p, job = %s.job_id, reason = s.reason.as_deref().unwrap_or(""), "plugin rolled back by itself");
+                        }
+                    }),
+                };
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "fleet agent could not record a job or command");
                 }
             })
             .map_err(|e| FleetError::Setup(format!("starting the agent thread: {e}")))?;

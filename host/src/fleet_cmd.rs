@@ -276,7 +276,17 @@ pub fn sign(a: SignArgs) -> Result<u8, Fail> {
     let b = operator::sign_bundle_file(&a.key, &a.component, manifest).map_err(bad)?;
     std::fs::write(&a.out, b.to_bytes()).with_context(|| format!("writing {}", a.out.display())).map_err(broken)?;
     let m = b.unverified_manifest().map_err(broken)?;
-    println!("{}: {} {} ({}) signed by {}, sequence {}, sha256 {}, {} self-test(s)", a.out.display(), m.name, m.version, m.world.wit_name(), b.signature.as_ref().map(|s| s.key_id.as_str()).unwrap_or("?"), m.sequence, m.sha256, m.self_tests.len());
+    println!(
+        "{}: {} {} ({}) signed by {}, sequence {}, sha256 {}, {} self-test(s)",
+        a.out.display(),
+        m.name,
+        m.version,
+        m.world.wit_name(),
+        b.signature.as_ref().map(|s| s.key_id.as_str()).unwrap_or("?"),
+        m.sequence,
+        m.sha256,
+        m.self_tests.len()
+    );
     Ok(0)
 }
 

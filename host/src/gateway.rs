@@ -6,14 +6,14 @@ use crate::clock::Clock;
 use crate::config::SiteConfig;
 use crate::credentials::{Directory, Subject};
 use crate::door::DoorController;
-use crate::face::{FaceMatcher, FaceThread, FrameJob, FrameResult};
 use crate::event::{CredentialKind, Direction, DoorMode, IgnoreReason, Input, Liveness, Outcome, Record};
+use crate::face::{FaceMatcher, FaceThread, FrameJob, FrameResult};
 use crate::plugin::bindings::policy::gate::plugin::types as wit;
 use crate::plugin::caps::clock::timestamp;
 use crate::plugin::Runtime;
 use crate::policy::{fallback_decision, to_wit_kind, to_wit_role, Decided, PolicyEngine, Verdict};
-use crate::worker::{AccessRequest, Done, PolicyWorker};
 use crate::store::{EventLog, StoreError};
+use crate::worker::{AccessRequest, Done, PolicyWorker};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use thiserror::Error;
@@ -533,9 +533,7 @@ impl Gateway {
                 Some(s) if s.role == crate::event::Role::Resident => (wit::Credential::Intercom(s.id.clone()), None),
                 _ => return Err((format!("`{resident}` is not a resident of this site"), "unknown-resident")),
             },
-            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } | Input::CameraFrame { .. } => {
-                return Err(("not a credential".into(), "internal"))
-            }
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } | Input::CameraFrame { .. } => return Err(("not a credential".into(), "internal")),
         })
     }
 
@@ -575,8 +573,7 @@ impl Gateway {
             for (plugin, fx) in published {
                 self.log.kv_apply(&plugin, &fx.kv_changes)?;
                 for (topic, payload) in fx.published {
-                    let payload = serde_json::from_slice(&payload)
-                        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()));
+                    let payload = serde_json::from_slice(&payload).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()));
                     let r = Record::Publish { plugin: plugin.clone(), topic, payload };
                     self.log.append(at, &r)?;
                     out.push((at, r));

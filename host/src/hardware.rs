@@ -64,12 +64,8 @@ pub fn direction(d: config::Direction) -> Direction {
 /// The gateway input a hardware event stands for; None for diagnostics and relay echoes.
 pub fn to_input(ev: &HwEvent) -> Option<Input> {
     match ev {
-        HwEvent::Card { door, direction: d, facility, number, .. } => {
-            Some(Input::Card { door: door.clone(), direction: direction(*d), number: card_number(*facility, number.0), captured_at: None })
-        }
-        HwEvent::Pin { door, direction: d, digits, .. } => {
-            Some(Input::Pin { door: door.clone(), direction: direction(*d), pin: digits.expose().to_string(), captured_at: None })
-        }
+        HwEvent::Card { door, direction: d, facility, number, .. } => Some(Input::Card { door: door.clone(), direction: direction(*d), number: card_number(*facility, number.0), captured_at: None }),
+        HwEvent::Pin { door, direction: d, digits, .. } => Some(Input::Pin { door: door.clone(), direction: direction(*d), pin: digits.expose().to_string(), captured_at: None }),
         HwEvent::Input { kind: InputKind::DoorContact, door: Some(door), active, .. } => Some(Input::DoorContact { door: door.clone(), open: *active }),
         HwEvent::Input { kind: InputKind::ExitButton, door: Some(door), active: true, .. } => Some(Input::ExitButton { door: door.clone() }),
         HwEvent::Input { kind: InputKind::FireAlarm, active, .. } => Some(Input::FireAlarm { active: *active }),
@@ -174,12 +170,7 @@ pub fn run_simulated(gw: &mut Gateway, hw_cfg: &HardwareConfig, start_ms: i64, i
     let mut hw = Hardware::open(hw_cfg, &mut backend, start_ms)?;
     if let Some(e) = edges.iter().find(|e| backend.lines.get(&e.line).is_none()) {
         let known: Vec<&str> = backend.lines.names().collect();
-        return Err(HardwareError::Setup(format!(
-            "trace line `{}` (at {} µs) is not wired in [hardware]; configured lines: {}",
-            e.line,
-            e.at_us,
-            known.join(", ")
-        )));
+        return Err(HardwareError::Setup(format!("trace line `{}` (at {} µs) is not wired in [hardware]; configured lines: {}", e.line, e.at_us, known.join(", "))));
     }
     let mut player = PinPlayer::new(edges);
     let mut events = events.into_iter().peekable();
@@ -236,9 +227,7 @@ fn timer<B: PinBackend>(gw: &mut Gateway, hw: &mut Hardware<B>, t: i64, steps: &
 pub fn twin(hw: &HardwareConfig, inputs: &[(u64, Input)]) -> Result<Vec<(u64, Input)>, HardwareError> {
     let builder = TwinBuilder::new(hw);
     let reader = |door: &str, d: Direction| hw.readers.iter().find(|r| r.door == door && direction(r.direction) == d).map(|r| r.name.clone());
-    let input_of = |kind: InputKind, door: Option<&str>| {
-        hw.inputs.iter().find(|i| i.kind == kind && (door.is_none() || i.door.as_deref() == door)).map(|i| i.name.clone())
-    };
+    let input_of = |kind: InputKind, door: Option<&str>| hw.inputs.iter().find(|i| i.kind == kind && (door.is_none() || i.door.as_deref() == door)).map(|i| i.name.clone());
     let mut edges: Vec<PinEdge> = Vec::new();
     let mut kept: Vec<(u64, Input)> = Vec::new();
     for (at, input) in inputs {
@@ -246,8 +235,7 @@ pub fn twin(hw: &HardwareConfig, inputs: &[(u64, Input)]) -> Result<Vec<(u64, In
         let made = match input {
             Input::Card { door, direction: d, number, captured_at: None } => match reader(door, *d) {
                 Some(r) => {
-                    let (facility, n) = split_card_number(number)
-                        .ok_or_else(|| HardwareError::Setup(format!("card at {at} ms: `{number}` is not a decimal card number")))?;
+                    let (facility, n) = split_card_number(number).ok_or_else(|| HardwareError::Setup(format!("card at {at} ms: `{number}` is not a decimal card number")))?;
                     let bits = if facility <= 0xff { 26 } else { 34 };
                     Some(builder.card(&r, at_us, bits, facility, n)?)
                 }
@@ -362,10 +350,7 @@ d1 = 23
         ];
         let twin = twin(&cfg, &inputs).expect("twin");
         assert_eq!(twin.iter().filter(|(_, i)| matches!(i, Input::Line { .. })).count(), 52 + 5 * 8 + 2, "26-bit card, 4 digits + #, contact, fire");
-        let decoded: Vec<(u64, Input)> = play(&cfg, &twin)
-            .iter()
-            .filter_map(|e| to_input(e).map(|i| (e.at_us() / 1_000, i)))
-            .collect();
+        let decoded: Vec<(u64, Input)> = play(&cfg, &twin).iter().filter_map(|e| to_input(e).map(|i| (e.at_us() / 1_000, i))).collect();
         let mut want = inputs.clone();
         want.retain(|(_, i)| !matches!(i, Input::Nfc { .. }));
         assert_eq!(decoded, want);

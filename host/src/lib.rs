@@ -4,22 +4,22 @@
 //! with the host's fallback) → door controller / outputs → event log and
 //! integrations. Each module below is one step of that flow.
 
+pub mod bench;
+pub mod camera;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod door;
 pub mod event;
 pub mod face;
-pub mod camera;
-pub mod plugin;
-pub mod store;
-pub mod door;
-pub mod gateway;
-pub mod policy;
-pub mod replay;
-pub mod trace;
-pub mod bench;
-pub mod live;
-pub mod hardware;
-pub mod record;
-pub mod worker;
 pub mod fleet;
+pub mod gateway;
+pub mod hardware;
+pub mod live;
+pub mod plugin;
+pub mod policy;
+pub mod record;
+pub mod replay;
+pub mod store;
+pub mod trace;
+pub mod worker;

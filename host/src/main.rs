@@ -278,26 +278,14 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             let simulate = simulate.map(|p| Trace::load(&p)).transpose().map_err(input)?;
             let subjects_out = subjects_out.unwrap_or_else(|| out.with_extension("subjects.toml"));
             let cache_dir = cache_dir(&cfg);
-            let opts = gate::record::RecordOptions {
-                out: out.clone(),
-                subjects_out: subjects_out.clone(),
-                keep_raw_cards,
-                simulate,
-                duration: seconds.map(std::time::Duration::from_secs),
-                cache_dir,
-            };
+            let opts = gate::record::RecordOptions { out: out.clone(), subjects_out: subjects_out.clone(), keep_raw_cards, simulate, duration: seconds.map(std::time::Duration::from_secs), cache_dir };
             let s = gate::record::record(cfg, opts).map_err(|e| match e {
                 gate::record::RecordError::Setup(_) => input(e),
                 _ => runtime(e),
             })?;
             println!("gate: recorded {} inputs and {} outputs ({} decisions) to {}", s.inputs, s.outputs, s.decisions, out.display());
             println!("gate: subject directory with the recording's pseudonyms: {}", subjects_out.display());
-            println!(
-                "gate: replay with: gate replay --config {} --subjects {} --trace {}",
-                config.display(),
-                subjects_out.display(),
-                out.display()
-            );
+            println!("gate: replay with: gate replay --config {} --subjects {} --trace {}", config.display(), subjects_out.display(), out.display());
             Ok(0)
         }
         Cmd::Enroll(args) => face_cmd::enroll(args),
@@ -317,7 +305,13 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
             let r = gate::plugin::check::check(&rt, &file, &limits).map_err(input)?;
             println!("{}: ok", file.display());
-            println!("  world:   gate:plugin/{}@0.1.0", match r.world { gate::config::World::Policy => "policy-plugin", gate::config::World::Integration => "integration-plugin" });
+            println!(
+                "  world:   gate:plugin/{}@0.1.0",
+                match r.world {
+                    gate::config::World::Policy => "policy-plugin",
+                    gate::config::World::Integration => "integration-plugin",
+                }
+            );
             println!("  size:    {} bytes", r.size);
             println!("  sha256:  {}", r.sha256);
             println!("  exports: {}", r.exports.join(", "));

@@ -97,9 +97,7 @@ impl PolicyEngine {
         let Some(slot) = m.slot.as_mut() else {
             return self.fallback(door, kind, subject, "plugin-unavailable", health);
         };
-        let result = slot
-            .decide(&self.rt, event)
-            .and_then(|(d, fx)| validate(door, d).map(|v| (v, fx)));
+        let result = slot.decide(&self.rt, event).and_then(|(d, fx)| validate(door, d).map(|v| (v, fx)));
         match result {
             Ok((verdict, fx)) => {
                 if m.failures >= self.limits.failures_before_quarantine {
@@ -243,11 +241,7 @@ pub fn validate(door: &Door, d: Decision) -> Result<Verdict, PluginFault> {
             let kinds = unique;
             // Asking for "face, and only face" would make face the only way in.
             if !kinds.iter().any(|k| !k.is_biometric() && door.accepts(*k)) {
-                return Err(PluginFault::Invalid(format!(
-                    "need-factor {:?} offers no non-biometric credential that door `{}` accepts",
-                    kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-                    door.id
-                )));
+                return Err(PluginFault::Invalid(format!("need-factor {:?} offers no non-biometric credential that door `{}` accepts", kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(), door.id)));
             }
             Ok(Verdict::NeedFactor { kinds })
         }

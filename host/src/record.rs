@@ -119,9 +119,7 @@ fn record_live<'a>(
     use std::sync::Arc;
 
     if hw_cfg.backend != Backend::Linux {
-        return Err(RecordError::Setup(
-            "[hardware] backend is \"simulated\": pass --simulate PIN_TRACE, or set backend = \"linux\" to record from the GPIO lines".into(),
-        ));
+        return Err(RecordError::Setup("[hardware] backend is \"simulated\": pass --simulate PIN_TRACE, or set backend = \"linux\" to record from the GPIO lines".into()));
     }
     let (start, start_ms) = now_rfc3339(offset_minutes)?;
     let mut backend = gate_hw::linux::LinuxBackend::new();
@@ -188,11 +186,7 @@ fn record_live<'a>(
 /// Opens the V4L2 camera on its own thread (a missing device is the driver's error,
 /// naming it) and starts matching there; the receiver gets the `Input::Face` results.
 #[cfg(target_os = "linux")]
-fn start_camera(
-    cam: &gate_hw::config::CameraConfig,
-    face: &FaceBands,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<std::sync::mpsc::Receiver<Input>, RecordError> {
+fn start_camera(cam: &gate_hw::config::CameraConfig, face: &FaceBands, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<std::sync::mpsc::Receiver<Input>, RecordError> {
     use crate::camera::{run_camera, CameraDoor};
     use crate::face::FaceMatcher;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -291,9 +285,8 @@ impl<'a> Recorder<'a> {
                 let label = if self.keep_raw_cards {
                     number.clone()
                 } else {
-                    let (facility, n) = split_card_number(number).ok_or_else(|| {
-                        RecordError::Setup(format!("card input at {at} ms is not a decimal card number; cannot pseudonymise it (or pass --keep-raw-cards)"))
-                    })?;
+                    let (facility, n) = split_card_number(number)
+                        .ok_or_else(|| RecordError::Setup(format!("card input at {at} ms is not a decimal card number; cannot pseudonymise it (or pass --keep-raw-cards)")))?;
                     self.pseudo.card(if facility <= 0xff { 26 } else { 34 }, Some(facility), n)
                 };
                 if let Some(s) = self.dir.by_card(number) {
@@ -357,8 +350,7 @@ impl<'a> Recorder<'a> {
                 }
             })
             .collect();
-        let body = toml::to_string(&OutSubjects { subject: subjects })
-            .map_err(|e| RecordError::Io { path: subjects_out.to_path_buf(), source: std::io::Error::other(e) })?;
+        let body = toml::to_string(&OutSubjects { subject: subjects }).map_err(|e| RecordError::Io { path: subjects_out.to_path_buf(), source: std::io::Error::other(e) })?;
         let text = format!(
             "# Subject directory for the recording {}: cards and PINs are the recording's pseudonyms.\n\
              # Replay: gate replay --config {} --subjects {} --trace {}\n\n{body}",

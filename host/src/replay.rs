@@ -42,10 +42,7 @@ pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, Hard
     gw.log_mut().begin_batch().map_err(crate::gateway::GatewayError::from)?;
     if trace.has_pins() {
         let Some(hw) = gw.config().hardware.clone() else {
-            return Err(HardwareError::Setup(format!(
-                "the trace has pin-level `line` inputs but {} has no [hardware] section to wire them to",
-                gw.config().path.display()
-            )));
+            return Err(HardwareError::Setup(format!("the trace has pin-level `line` inputs but {} has no [hardware] section to wire them to", gw.config().path.display())));
         };
         let steps = run_simulated(gw, &hw, start, &trace.inputs, DRAIN_MS)?;
         gw.log_mut().commit_batch().map_err(crate::gateway::GatewayError::from)?;

@@ -223,9 +223,9 @@ impl EventLog {
         let tx = self.conn.savepoint()?;
         for (k, v) in changes {
             match v {
-                Some(v) => tx
-                    .prepare_cached("INSERT INTO plugin_kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(plugin, key) DO UPDATE SET value = excluded.value")?
-                    .execute(params![plugin, k, v])?,
+                Some(v) => {
+                    tx.prepare_cached("INSERT INTO plugin_kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(plugin, key) DO UPDATE SET value = excluded.value")?.execute(params![plugin, k, v])?
+                }
                 None => tx.prepare_cached("DELETE FROM plugin_kv WHERE plugin = ?1 AND key = ?2")?.execute(params![plugin, k])?,
             };
         }
@@ -241,8 +241,7 @@ impl EventLog {
 
 /// Writes one row of the event log.
 fn insert_event(conn: &Connection, seq: i64, id: &str, at_ms: i64, record: &Record, body: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(params![seq, id, at_ms, record.kind(), record.door(), body])?;
+    conn.prepare_cached("INSERT INTO events (seq, id, at_ms, kind, door, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![seq, id, at_ms, record.kind(), record.door(), body])?;
     Ok(())
 }
 

@@ -65,8 +65,7 @@ pub struct Trace {
 impl Trace {
     /// Reads and validates a trace file.
     pub fn load(path: &Path) -> Result<Trace, TraceError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TraceError { file: path.to_path_buf(), line: 0, message: format!("cannot read trace: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| TraceError { file: path.to_path_buf(), line: 0, message: format!("cannot read trace: {e}") })?;
         Self::parse(&text, path)
     }
 
@@ -84,8 +83,7 @@ impl Trace {
                 continue;
             }
             if header.is_none() {
-                let h: Header = serde_json::from_str(l)
-                    .map_err(|e| err(n, format!("expected the trace header {{\"gate_trace\":1,\"site\":..,\"start\":..}}: {e}")))?;
+                let h: Header = serde_json::from_str(l).map_err(|e| err(n, format!("expected the trace header {{\"gate_trace\":1,\"site\":..,\"start\":..}}: {e}")))?;
                 if h.gate_trace != VERSION {
                     return Err(err(n, format!("trace format version {} is not supported (this host reads version {VERSION})", h.gate_trace)));
                 }
@@ -150,11 +148,7 @@ mod tests {
 
     #[test]
     fn parses_inputs_and_expectations() {
-        let text = format!(
-            "{HEAD}\n# a comment\n{}\n{}\n",
-            r#"{"at":5,"input":{"kind":"card","door":"d","number":"1"}}"#,
-            r#"{"at":5,"expect":{"kind":"relay","door":"d","on":true}}"#
-        );
+        let text = format!("{HEAD}\n# a comment\n{}\n{}\n", r#"{"at":5,"input":{"kind":"card","door":"d","number":"1"}}"#, r#"{"at":5,"expect":{"kind":"relay","door":"d","on":true}}"#);
         let t = Trace::parse(&text, Path::new("t.jsonl")).unwrap();
         assert_eq!(t.inputs.len(), 1);
         assert_eq!(t.expected, vec![(5, Record::Relay { door: "d".into(), on: true })]);

@@ -22,22 +22,12 @@ pub fn ensure_installed() -> Result<()> {
 }
 
 fn mosquitto_present() -> bool {
-    let on_path = Command::new("mosquitto")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
+    let on_path = Command::new("mosquitto").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     on_path || std::path::Path::new("/usr/sbin/mosquitto").exists()
 }
 
 fn apt(args: &[&str]) -> Result<()> {
-    let status = Command::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()
-        .context("running apt-get (is this a Debian machine, and are you root?)")?;
+    let status = Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null()).status().context("running apt-get (is this a Debian machine, and are you root?)")?;
     if !status.success() {
         bail!("apt-get {} failed with {status}", args.join(" "));
     }

@@ -51,10 +51,7 @@ fn main() -> Result<()> {
         Cmd::Demo { args } => {
             setup(&root, false)?;
             let mut cmd = cargo();
-            cmd.current_dir(&root).args([
-                "run", "--release", "--quiet", "-p", "gate", "--", "run", "--config",
-                "configs/demo-site.toml", "--trace", "tests/traces/morning.jsonl",
-            ]);
+            cmd.current_dir(&root).args(["run", "--release", "--quiet", "-p", "gate", "--", "run", "--config", "configs/demo-site.toml", "--trace", "tests/traces/morning.jsonl"]);
             cmd.args(args);
             run(&mut cmd)
         }
@@ -69,10 +66,7 @@ fn main() -> Result<()> {
         Cmd::Bench => {
             setup(&root, false)?;
             let mut cmd = cargo();
-            cmd.current_dir(&root).args([
-                "run", "--release", "--quiet", "-p", "gate", "--", "bench", "--config",
-                "configs/demo-site.toml",
-            ]);
+            cmd.current_dir(&root).args(["run", "--release", "--quiet", "-p", "gate", "--", "bench", "--config", "configs/demo-site.toml"]);
             run(&mut cmd)
         }
     }
@@ -111,10 +105,7 @@ fn ensure_target(target: &str) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the workspace root").to_path_buf()
 }
 
 fn cargo() -> Command {

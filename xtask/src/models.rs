@@ -46,10 +46,8 @@ struct FileEntry {
 pub fn fetch(root: &Path) -> Result<()> {
     let models = root.join("models");
     let manifest_path = models.join("manifest.toml");
-    let text = fs::read_to_string(&manifest_path)
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
-    let manifest: Manifest =
-        toml::from_str(&text).with_context(|| format!("parsing {}", manifest_path.display()))?;
+    let text = fs::read_to_string(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
+    let manifest: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", manifest_path.display()))?;
     let cache = root.join(".cache").join("downloads");
     let arch = std::env::consts::ARCH;
 
@@ -60,10 +58,7 @@ pub fn fetch(root: &Path) -> Result<()> {
         }
         wanted.push(entry);
     }
-    ensure!(
-        wanted.iter().any(|e| e.path.starts_with("lib/")),
-        "models/manifest.toml lists no ONNX Runtime library for this machine's architecture ({arch})"
-    );
+    ensure!(wanted.iter().any(|e| e.path.starts_with("lib/")), "models/manifest.toml lists no ONNX Runtime library for this machine's architecture ({arch})");
 
     // Hashing ~80 MB in a debug build takes seconds: a file whose size and mtime are those
     // recorded when it was last verified against the same manifest digest is not re-hashed.
@@ -83,27 +78,16 @@ pub fn fetch(root: &Path) -> Result<()> {
             stamp += &(stamp_line(&dest, &entry.sha256).unwrap_or_default() + "\n");
             continue;
         }
-        let source = manifest
-            .source
-            .iter()
-            .find(|s| s.name == entry.source)
-            .with_context(|| format!("{}: unknown source {:?}", entry.path, entry.source))?;
+        let source = manifest.source.iter().find(|s| s.name == entry.source).with_context(|| format!("{}: unknown source {:?}", entry.path, entry.source))?;
         let archive = download(source, &cache)?;
-        let raw = extract(&archive, &entry.member)
-            .with_context(|| format!("extracting {} from {}", entry.member, archive.display()))?;
+        let raw = extract(&archive, &entry.member).with_context(|| format!("extracting {} from {}", entry.member, archive.display()))?;
         let bytes = match entry.transform.as_deref() {
             None => raw,
-            Some("fold-dequantize") => fold_dequantize(&raw)
-                .with_context(|| format!("repairing {} from {}", entry.path, source.name))?,
+            Some("fold-dequantize") => fold_dequantize(&raw).with_context(|| format!("repairing {} from {}", entry.path, source.name))?,
             Some(other) => bail!("{}: unknown transform {other:?} in manifest", entry.path),
         };
         let got = hex::encode(Sha256::digest(&bytes));
-        ensure!(
-            got == entry.sha256,
-            "{}: sha256 {got} does not match models/manifest.toml ({})",
-            entry.path,
-            entry.sha256
-        );
+        ensure!(got == entry.sha256, "{}: sha256 {got} does not match models/manifest.toml ({})", entry.path, entry.sha256);
         write_atomically(&dest, &bytes)?;
         stamp += &(stamp_line(&dest, &entry.sha256).unwrap_or_default() + "\n");
         fetched += 1;
@@ -119,13 +103,7 @@ pub fn fetch(root: &Path) -> Result<()> {
 
 /// Downloads a source into the cache unless a copy with the pinned sha256 is there.
 fn download(source: &Source, cache: &Path) -> Result<PathBuf> {
-    let name = source
-        .url
-        .rsplit('/')
-        .next()
-        .and_then(|n| n.split('#').next())
-        .filter(|n| !n.is_empty())
-        .with_context(|| format!("source {}: url has no file name", source.name))?;
+    let name = source.url.rsplit('/').next().and_then(|n| n.split('#').next()).filter(|n| !n.is_empty()).with_context(|| format!("source {}: url has no file name", source.name))?;
     let path = cache.join(name);
     if path.is_file() && sha256_file(&path)? == source.sha256 {
         return Ok(path);
@@ -133,14 +111,8 @@ fn download(source: &Source, cache: &Path) -> Result<PathBuf> {
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     eprintln!("models: downloading {}", source.url);
     // The system's trust store, not a bundled one: this is what pip and curl trust here.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .tls_config(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build())
-        .build()
-        .into();
-    let response = agent
-        .get(&source.url)
-        .call()
-        .with_context(|| format!("downloading {}", source.url))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder().tls_config(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build()).build().into();
+    let response = agent.get(&source.url).call().with_context(|| format!("downloading {}", source.url))?;
     let mut reader = response.into_body().into_reader();
     let tmp = path.with_extension("part");
     let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -232,8 +204,7 @@ fn fold_dequantize(bytes: &[u8]) -> Result<Vec<u8>> {
     let graph = model.graph.as_mut().context("ONNX model has no graph")?;
 
     let mut inits: Vec<TensorProto> = std::mem::take(&mut graph.initializer);
-    let mut index: HashMap<String, usize> =
-        inits.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let mut index: HashMap<String, usize> = inits.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let mut kept = Vec::new();
     let mut folded = 0usize;
     for node in std::mem::take(&mut graph.node) {
@@ -252,11 +223,8 @@ fn fold_dequantize(bytes: &[u8]) -> Result<Vec<u8>> {
             let x = get(0).context("DequantizeLinear without input")?;
             let scale = get(1).context("DequantizeLinear without scale")?;
             let zero = get(2);
-            let attr = |name: &str, default: i64| {
-                node.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i)
-            };
-            let values = dequantize(x, scale, zero, attr("axis", 1), attr("block_size", 0))
-                .with_context(|| format!("folding node {:?}", node.name))?;
+            let attr = |name: &str, default: i64| node.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
+            let values = dequantize(x, scale, zero, attr("axis", 1), attr("block_size", 0)).with_context(|| format!("folding node {:?}", node.name))?;
             let mut t = TensorProto::new();
             t.name = node.output[0].clone();
             t.dims = x.dims.clone();
@@ -274,23 +242,14 @@ fn fold_dequantize(bytes: &[u8]) -> Result<Vec<u8>> {
     let mut used: HashSet<String> = graph.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
     used.extend(graph.output.iter().map(|o| o.name.clone()));
     let mut seen = HashSet::new();
-    graph.initializer = inits
-        .into_iter()
-        .filter(|t| used.contains(&t.name) && seen.insert(t.name.clone()))
-        .collect();
+    graph.initializer = inits.into_iter().filter(|t| used.contains(&t.name) && seen.insert(t.name.clone())).collect();
     let init_names: HashSet<&String> = graph.initializer.iter().map(|t| &t.name).collect();
     let before = graph.input.len();
     let mut inputs = std::mem::take(&mut graph.input);
     inputs.retain(|i| used.contains(&i.name) && !init_names.contains(&i.name));
     graph.input = inputs;
-    eprintln!(
-        "models: folded {folded} DequantizeLinear node(s), graph inputs {before} -> {}",
-        graph.input.len()
-    );
-    ensure!(
-        !graph.node.iter().any(|n| n.op_type == "DequantizeLinear"),
-        "a DequantizeLinear node with a non-constant input is left; the repair does not apply"
-    );
+    eprintln!("models: folded {folded} DequantizeLinear node(s), graph inputs {before} -> {}", graph.input.len());
+    ensure!(!graph.node.iter().any(|n| n.op_type == "DequantizeLinear"), "a DequantizeLinear node with a non-constant input is left; the repair does not apply");
     model.write_to_bytes().context("serialising the repaired model")
 }
 
@@ -302,9 +261,7 @@ fn int_values(t: &TensorProto) -> Result<Vec<i64>> {
         UINT8 if !raw.is_empty() => raw.iter().map(|&b| b as i64).collect(),
         INT16 if !raw.is_empty() => raw.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect(),
         UINT16 if !raw.is_empty() => raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect(),
-        INT32 if !raw.is_empty() => {
-            raw.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
-        }
+        INT32 if !raw.is_empty() => raw.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
         INT8 | UINT8 | INT16 | UINT16 | INT32 => t.int32_data.iter().map(|&v| v as i64).collect(),
         other => bail!("tensor {:?}: quantized type {other} is not supported", t.name),
     })

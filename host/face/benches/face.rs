@@ -3,8 +3,8 @@
 //! Run: `CARGO_TARGET_DIR=... cargo bench -p gate-face` after `cargo xtask models`.
 
 use criterion::Criterion;
-use std::hint::black_box;
 use gate_face::{FaceEngine, Frame, Gallery, MatchConfig, StageTimings};
+use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,7 @@ fn report(name: &str, mut v: Vec<Duration>) {
 fn main() {
     let threads = std::env::var("GATE_FACE_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(MatchConfig::default().threads);
     println!("ONNX Runtime intra-op threads: {threads}");
-    let engine = FaceEngine::open(&models(), MatchConfig { threads, ..MatchConfig::default() })
-        .unwrap_or_else(|e| panic!("{e}\nRun `cargo xtask models` first."));
+    let engine = FaceEngine::open(&models(), MatchConfig { threads, ..MatchConfig::default() }).unwrap_or_else(|e| panic!("{e}\nRun `cargo xtask models` first."));
     let photo = models().join("testdata/t1.jpg");
     let bytes = std::fs::read(&photo).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask models`", photo.display()));
     let frame = Frame::decode(&bytes).expect("test photo decodes");

@@ -18,16 +18,13 @@ pub(crate) fn models_dir() -> PathBuf {
 pub(crate) fn engine() -> &'static FaceEngine {
     static ENGINE: OnceLock<FaceEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        FaceEngine::open(&models_dir(), MatchConfig::default()).unwrap_or_else(|e| {
-            panic!("{e}\nThe real models are needed for this test: run `cargo xtask setup` (or `cargo xtask models`) first.")
-        })
+        FaceEngine::open(&models_dir(), MatchConfig::default()).unwrap_or_else(|e| panic!("{e}\nThe real models are needed for this test: run `cargo xtask setup` (or `cargo xtask models`) first."))
     })
 }
 
 pub(crate) fn photo(name: &str) -> Frame {
     let path = models_dir().join("testdata").join(name);
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}\nRun `cargo xtask setup` (or `cargo xtask models`) to fetch the test photographs.", path.display()));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}\nRun `cargo xtask setup` (or `cargo xtask models`) to fetch the test photographs.", path.display()));
     Frame::decode(&bytes).unwrap()
 }
 
@@ -81,7 +78,13 @@ fn same_person_matches_across_photos_and_different_people_do_not() {
 }
 
 fn consent(subject: &str) -> Consent {
-    Consent { subject: subject.into(), purpose: "entry at the community gates".into(), notice_version: "2025-06".into(), capture: "kiosk at the property office".into(), given_at_ms: 1_750_000_000_000 }
+    Consent {
+        subject: subject.into(),
+        purpose: "entry at the community gates".into(),
+        notice_version: "2025-06".into(),
+        capture: "kiosk at the property office".into(),
+        given_at_ms: 1_750_000_000_000,
+    }
 }
 
 #[test]
@@ -159,4 +162,3 @@ fn missing_or_corrupt_models_give_a_clear_error_instead_of_an_engine() {
     assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("libonnxruntime.so"));
 }
-

@@ -8,13 +8,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 pub(crate) const SIDE: usize = 112;
 
 /// The standard ArcFace landmark positions on a 112x112 crop (eyes, nose, mouth corners).
-pub(crate) const TEMPLATE: [[f32; 2]; 5] = [
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-];
+pub(crate) const TEMPLATE: [[f32; 2]; 5] = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
 /// A similarity transform `dst = s*R*src + t`, stored as `[a, -b, tx; b, a, ty]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,9 +85,7 @@ impl AlignedFace {
     /// Variance of the Laplacian of the grey face: low values mean blur.
     pub fn sharpness(&self) -> f32 {
         let plane = SIDE * SIDE;
-        let grey: Vec<f32> = (0..plane)
-            .map(|i| 0.299 * self.planar[i] + 0.587 * self.planar[plane + i] + 0.114 * self.planar[2 * plane + i])
-            .collect();
+        let grey: Vec<f32> = (0..plane).map(|i| 0.299 * self.planar[i] + 0.587 * self.planar[plane + i] + 0.114 * self.planar[2 * plane + i]).collect();
         let (mut sum, mut sq, mut n) = (0.0f64, 0.0f64, 0.0f64);
         // Central region only: the corners hold background and black padding.
         for y in 20..SIDE - 12 {
@@ -130,9 +122,7 @@ mod tests {
     #[test]
     fn a_rotated_scaled_shifted_template_is_mapped_back_exactly() {
         let (s, th) = (2.5f32, 0.3f32);
-        let src: [[f32; 2]; 5] = TEMPLATE.map(|p| {
-            [s * (th.cos() * p[0] - th.sin() * p[1]) + 100.0, s * (th.sin() * p[0] + th.cos() * p[1]) + 40.0]
-        });
+        let src: [[f32; 2]; 5] = TEMPLATE.map(|p| [s * (th.cos() * p[0] - th.sin() * p[1]) + 100.0, s * (th.sin() * p[0] + th.cos() * p[1]) + 40.0]);
         let m = Similarity::estimate(&src, &TEMPLATE).unwrap();
         for (p, q) in src.iter().zip(TEMPLATE) {
             let r = m.apply(*p);

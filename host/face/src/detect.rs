@@ -22,7 +22,11 @@ impl Detection {
         let ih = ((ay + ah).min(by + bh) - ay.max(by)).max(0.0);
         let inter = iw * ih;
         let union = self.area() + other.area() - inter;
-        if union <= 0.0 { 0.0 } else { inter / union }
+        if union <= 0.0 {
+            0.0
+        } else {
+            inter / union
+        }
     }
 }
 
@@ -60,11 +64,7 @@ pub(crate) fn decode(outputs: &[StrideOutput<'_>], input_w: usize, input_h: usiz
                 lm[0] = (o.kps[idx * 10 + 2 * k] + c) * s / scale;
                 lm[1] = (o.kps[idx * 10 + 2 * k + 1] + r) * s / scale;
             }
-            found.push(Detection {
-                bbox: [(cx - w / 2.0) / scale, (cy - h / 2.0) / scale, w / scale, h / scale],
-                landmarks,
-                score,
-            });
+            found.push(Detection { bbox: [(cx - w / 2.0) / scale, (cy - h / 2.0) / scale, w / scale, h / scale], landmarks, score });
         }
     }
     found

@@ -10,10 +10,10 @@ use crate::manifest;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
-use zeroize::Zeroize;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use zeroize::Zeroize;
 
 /// Side of YuNet's square input.
 const DETECT_SIDE: usize = 640;
@@ -43,17 +43,7 @@ pub struct MatchConfig {
 
 impl Default for MatchConfig {
     fn default() -> Self {
-        MatchConfig {
-            strong: 0.60,
-            weak: 0.50,
-            detect_score: 0.8,
-            nms_iou: 0.3,
-            min_face_px: 60.0,
-            min_sharpness: 15.0,
-            max_yaw: 0.35,
-            max_roll_deg: 30.0,
-            threads: 2,
-        }
+        MatchConfig { strong: 0.60, weak: 0.50, detect_score: 0.8, nms_iou: 0.3, min_face_px: 60.0, min_sharpness: 15.0, max_yaw: 0.35, max_roll_deg: 30.0, threads: 2 }
     }
 }
 
@@ -148,8 +138,7 @@ impl FaceEngine {
     /// naming the file; the caller then runs the gate without face.
     pub fn open(models_dir: &Path, config: MatchConfig) -> Result<FaceEngine, ModelError> {
         let files = manifest::verify(models_dir)?;
-        let runtime = std::fs::canonicalize(&files.runtime)
-            .map_err(|source| ModelError::Read { path: files.runtime.clone(), source })?;
+        let runtime = std::fs::canonicalize(&files.runtime).map_err(|source| ModelError::Read { path: files.runtime.clone(), source })?;
         let env = environment(&runtime)?;
         let load = |path: &Path, role: &'static str| -> Result<Session, ModelError> {
             let err = |e: String| ModelError::Model { path: path.to_path_buf(), role, message: e };
@@ -272,13 +261,7 @@ impl FaceEngine {
         };
         let mut strides = Vec::with_capacity(3);
         for stride in [8usize, 16, 32] {
-            strides.push(StrideOutput {
-                stride,
-                cls: get(&format!("cls_{stride}"))?,
-                obj: get(&format!("obj_{stride}"))?,
-                bbox: get(&format!("bbox_{stride}"))?,
-                kps: get(&format!("kps_{stride}"))?,
-            });
+            strides.push(StrideOutput { stride, cls: get(&format!("cls_{stride}"))?, obj: get(&format!("obj_{stride}"))?, bbox: get(&format!("bbox_{stride}"))?, kps: get(&format!("kps_{stride}"))? });
         }
         let dets = detect::decode(&strides, tw, th, scale, self.config.detect_score);
         Ok(detect::nms(dets, self.config.nms_iou))
@@ -306,20 +289,12 @@ fn environment(runtime: &Path) -> Result<ort::environment::Environment, ModelErr
     let mut slot = ENV.lock().map_err(|_| ModelError::Runtime { path: runtime.to_path_buf(), message: "runtime lock poisoned".into() })?;
     if let Some((loaded, env)) = slot.as_ref() {
         if loaded != runtime {
-            return Err(ModelError::Runtime {
-                path: runtime.to_path_buf(),
-                message: format!("ONNX Runtime is already loaded from {} in this process", loaded.display()),
-            });
+            return Err(ModelError::Runtime { path: runtime.to_path_buf(), message: format!("ONNX Runtime is already loaded from {} in this process", loaded.display()) });
         }
         return Ok(env.clone());
     }
     let err = |e: String| ModelError::Runtime { path: runtime.to_path_buf(), message: e };
-    let env = ort::init_from(runtime)
-        .map_err(|e| err(e.to_string()))?
-        .with_name("gate-face")
-        .with_telemetry(false)
-        .build()
-        .map_err(|e| err(e.to_string()))?;
+    let env = ort::init_from(runtime).map_err(|e| err(e.to_string()))?.with_name("gate-face").with_telemetry(false).build().map_err(|e| err(e.to_string()))?;
     *slot = Some((runtime.to_path_buf(), env.clone()));
     Ok(env)
 }

@@ -40,9 +40,7 @@ impl Frame {
 
     /// Decodes a JPEG or PNG still (what IP cameras' snapshot endpoints return).
     pub fn decode(bytes: &[u8]) -> Result<Frame, FaceError> {
-        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| FaceError::Frame(format!("cannot read image: {e}")))?;
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| FaceError::Frame(format!("cannot read image: {e}")))?;
         let mut limits = image::Limits::default();
         limits.max_image_width = Some(MAX_SIDE);
         limits.max_image_height = Some(MAX_SIDE);

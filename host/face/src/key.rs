@@ -51,8 +51,7 @@ impl DeviceKey {
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?);
         let mut bytes = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(text.trim(), bytes.as_mut())
-            .map_err(|_| err("expected 64 hex digits (a 256-bit key)".into()))?;
+        hex::decode_to_slice(text.trim(), bytes.as_mut()).map_err(|_| err("expected 64 hex digits (a 256-bit key)".into()))?;
         Ok(DeviceKey { bytes, path: path.to_path_buf() })
     }
 

@@ -24,8 +24,8 @@ pub use engine::{FaceEngine, FaceMatch, Liveness, MatchBand, MatchConfig, Outcom
 pub use error::{FaceError, ModelError, StoreError};
 pub use frame::Frame;
 pub use gallery::Gallery;
-pub use manifest::{verify as verify_models, ModelFiles};
 pub use key::DeviceKey;
+pub use manifest::{verify as verify_models, ModelFiles};
 pub use store::{validate_subject, Consent, ConsentRecord, EnrollPolicy, EnrollReport, TemplateStore, WithdrawReport};
 
 #[cfg(test)]

@@ -34,23 +34,13 @@ pub struct ModelFiles {
 /// and refuses `.onnx` files that the manifest does not list.
 pub fn verify(models_dir: &Path) -> Result<ModelFiles, ModelError> {
     let path = models_dir.join("manifest.toml");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|source| ModelError::ManifestRead { path: path.clone(), source })?;
-    let manifest: Manifest = toml::from_str(&text)
-        .map_err(|e| ModelError::ManifestParse { path: path.clone(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::ManifestRead { path: path.clone(), source })?;
+    let manifest: Manifest = toml::from_str(&text).map_err(|e| ModelError::ManifestParse { path: path.clone(), message: e.to_string() })?;
     let arch = std::env::consts::ARCH;
     let pick = |role: &'static str| -> Result<&Entry, ModelError> {
-        manifest
-            .file
-            .iter()
-            .find(|e| e.role == role && e.arch.as_deref().is_none_or(|a| a == arch))
-            .ok_or(ModelError::ManifestIncomplete { path: path.clone(), role, arch })
+        manifest.file.iter().find(|e| e.role == role && e.arch.as_deref().is_none_or(|a| a == arch)).ok_or(ModelError::ManifestIncomplete { path: path.clone(), role, arch })
     };
-    let files = ModelFiles {
-        detector: check(models_dir, pick("detector")?)?,
-        recogniser: check(models_dir, pick("recogniser")?)?,
-        runtime: check(models_dir, pick("runtime")?)?,
-    };
+    let files = ModelFiles { detector: check(models_dir, pick("detector")?)?, recogniser: check(models_dir, pick("recogniser")?)?, runtime: check(models_dir, pick("runtime")?)? };
     // A model the manifest does not name may be a swapped or left-over file: refuse it loudly.
     if let Ok(dir) = std::fs::read_dir(models_dir) {
         for entry in dir.flatten() {

@@ -127,10 +127,12 @@ impl std::fmt::Debug for TemplateStore {
 
 /// Checks that a subject id is pseudonymous-looking and safe to log.
 pub fn validate_subject(subject: &str) -> Result<(), StoreError> {
-    let ok = !subject.is_empty()
-        && subject.len() <= 64
-        && subject.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(()) } else { Err(StoreError::InvalidSubject(subject.to_string())) }
+    let ok = !subject.is_empty() && subject.len() <= 64 && subject.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidSubject(subject.to_string()))
+    }
 }
 
 fn aad(subject: &str) -> Vec<u8> {
@@ -159,11 +161,7 @@ impl TemplateStore {
         conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         let store = TemplateStore { conn, path: db_path.to_path_buf(), key };
-        let stored: Option<String> = store
-            .conn
-            .query_row("SELECT value FROM meta WHERE name = 'key_id'", [], |r| r.get(0))
-            .optional()
-            .map_err(db)?;
+        let stored: Option<String> = store.conn.query_row("SELECT value FROM meta WHERE name = 'key_id'", [], |r| r.get(0)).optional().map_err(db)?;
         let given = store.key.id();
         match stored {
             Some(s) if s != given => {
@@ -171,10 +169,7 @@ impl TemplateStore {
             }
             Some(_) => {}
             None => {
-                store
-                    .conn
-                    .execute("INSERT INTO meta (name, value) VALUES ('key_id', ?1)", [&given])
-                    .map_err(db)?;
+                store.conn.execute("INSERT INTO meta (name, value) VALUES ('key_id', ?1)", [&given]).map_err(db)?;
             }
         }
         Ok(store)
@@ -205,10 +200,7 @@ impl TemplateStore {
 
     /// Every consent record of a subject, oldest first (for audits and the resident).
     pub fn consents(&self, subject: &str) -> Result<Vec<ConsentRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, subject, purpose, notice_version, capture, given_at_ms, withdrawn_at_ms FROM consent WHERE subject = ?1 ORDER BY id")
-            .map_err(self.db())?;
+        let mut stmt = self.conn.prepare("SELECT id, subject, purpose, notice_version, capture, given_at_ms, withdrawn_at_ms FROM consent WHERE subject = ?1 ORDER BY id").map_err(self.db())?;
         let rows = stmt
             .query_map([subject], |r| {
                 Ok(ConsentRecord {
@@ -222,14 +214,7 @@ impl TemplateStore {
     }
 
     fn active_consent(&self, subject: &str) -> Result<Option<i64>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT id FROM consent WHERE subject = ?1 AND withdrawn_at_ms IS NULL ORDER BY id DESC LIMIT 1",
-                [subject],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.db())
+        self.conn.query_row("SELECT id FROM consent WHERE subject = ?1 AND withdrawn_at_ms IS NULL ORDER BY id DESC LIMIT 1", [subject], |r| r.get(0)).optional().map_err(self.db())
     }
 
     /// Enrols a subject from several frames: checks consent first, then each sample's size,
@@ -282,19 +267,14 @@ impl TemplateStore {
             return Err(tampered());
         }
         let cipher = XChaCha20Poly1305::new(key.bytes().into());
-        let plain = zeroize::Zeroizing::new(
-            cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad(subject) }).map_err(|_| tampered())?,
-        );
+        let plain = zeroize::Zeroizing::new(cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad(subject) }).map_err(|_| tampered())?);
         Embedding::from_bytes(&plain).ok_or_else(tampered)
     }
 
     pub(crate) fn put_template(&self, subject: &str, consent_id: i64, template: &Embedding, now_ms: i64) -> Result<(), StoreError> {
         let (nonce, ct) = self.seal(subject, template)?;
         self.conn
-            .execute(
-                "INSERT OR REPLACE INTO template (subject, consent_id, created_at_ms, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![subject, consent_id, now_ms, &nonce[..], ct],
-            )
+            .execute("INSERT OR REPLACE INTO template (subject, consent_id, created_at_ms, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5)", params![subject, consent_id, now_ms, &nonce[..], ct])
             .map_err(self.db())?;
         self.checkpoint()
     }
@@ -307,9 +287,7 @@ impl TemplateStore {
         let db = |source| StoreError::Database { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(db)?;
         let erased = tx.execute("DELETE FROM template WHERE subject = ?1", [subject]).map_err(db)?;
-        let withdrawn = tx
-            .execute("UPDATE consent SET withdrawn_at_ms = ?2 WHERE subject = ?1 AND withdrawn_at_ms IS NULL", params![subject, now_ms])
-            .map_err(db)?;
+        let withdrawn = tx.execute("UPDATE consent SET withdrawn_at_ms = ?2 WHERE subject = ?1 AND withdrawn_at_ms IS NULL", params![subject, now_ms]).map_err(db)?;
         tx.commit().map_err(db)?;
         self.checkpoint()?;
         tracing::info!(subject, template_erased = erased > 0, consents_withdrawn = withdrawn, "face consent withdrawn");
@@ -320,7 +298,13 @@ impl TemplateStore {
     fn checkpoint(&self) -> Result<(), StoreError> {
         let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).map_err(self.db())?;
         if busy != 0 {
-            return Err(StoreError::Database { path: self.path.clone(), source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), Some("WAL checkpoint blocked by another reader; template bytes may remain in the WAL".into())) });
+            return Err(StoreError::Database {
+                path: self.path.clone(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                    Some("WAL checkpoint blocked by another reader; template bytes may remain in the WAL".into()),
+                ),
+            });
         }
         Ok(())
     }
@@ -417,7 +401,13 @@ mod tests {
     }
 
     fn consent(subject: &str) -> Consent {
-        Consent { subject: subject.into(), purpose: "entry at the community gates".into(), notice_version: "2025-06".into(), capture: "signed at the property office".into(), given_at_ms: 1_750_000_000_000 }
+        Consent {
+            subject: subject.into(),
+            purpose: "entry at the community gates".into(),
+            notice_version: "2025-06".into(),
+            capture: "signed at the property office".into(),
+            given_at_ms: 1_750_000_000_000,
+        }
     }
 
     fn vector(seed: usize) -> Embedding {
@@ -499,7 +489,10 @@ mod tests {
         let b = store.record_consent(&consent("r-b")).unwrap();
         store.put_template("r-a", a, &vector(1), 0).unwrap();
         store.put_template("r-b", b, &vector(2), 0).unwrap();
-        store.conn.execute("UPDATE template SET ciphertext = (SELECT ciphertext FROM template WHERE subject = 'r-a'), nonce = (SELECT nonce FROM template WHERE subject = 'r-a') WHERE subject = 'r-b'", []).unwrap();
+        store
+            .conn
+            .execute("UPDATE template SET ciphertext = (SELECT ciphertext FROM template WHERE subject = 'r-a'), nonce = (SELECT nonce FROM template WHERE subject = 'r-a') WHERE subject = 'r-b'", [])
+            .unwrap();
         assert!(matches!(store.load_gallery().unwrap_err(), StoreError::Tampered { subject } if subject == "r-b"));
     }
 

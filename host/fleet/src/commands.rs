@@ -152,11 +152,7 @@ impl ReplyKey {
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 fn reply_public_key(b64: &str) -> Result<crypto_box::PublicKey, CommandError> {
-    let raw: [u8; 32] = B64
-        .decode(b64)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| CommandError::Malformed("`reply_key` is not a base64 X25519 public key (32 bytes)".into()))?;
+    let raw: [u8; 32] = B64.decode(b64).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| CommandError::Malformed("`reply_key` is not a base64 X25519 public key (32 bytes)".into()))?;
     Ok(crypto_box::PublicKey::from(raw))
 }
 
@@ -212,7 +208,17 @@ impl AuthorisedCommand {
                     (Some(secret), CommandAction::RotateUnitPin { reply_key, .. }) => {
                         match reply_public_key(reply_key).and_then(|k| k.seal(&mut rand_core::OsRng, secret.as_bytes()).map_err(|_| CommandError::Malformed("sealing failed".into()))) {
                             Ok(ct) => Some(B64.encode(ct)),
-                            Err(err) => return CommandReply { id: self.command.id.clone(), ok: false, code: "failed".into(), detail: format!("{}; the secret could not be sealed: {err}", e.detail), sender: Some(self.sender.clone()), sealed: None, at_ms },
+                            Err(err) => {
+                                return CommandReply {
+                                    id: self.command.id.clone(),
+                                    ok: false,
+                                    code: "failed".into(),
+                                    detail: format!("{}; the secret could not be sealed: {err}", e.detail),
+                                    sender: Some(self.sender.clone()),
+                                    sealed: None,
+                                    at_ms,
+                                }
+                            }
                         }
                     }
                     _ => None,
@@ -238,15 +244,7 @@ pub trait SeenCommands {
 }
 
 /// Checks a raw command received on `cmd/{topic_id}` for this site / gateway.
-pub fn authorise(
-    raw: &[u8],
-    topic_id: &str,
-    site: &str,
-    gateway: &str,
-    trusted: &TrustedKeys,
-    seen: &mut dyn SeenCommands,
-    now_ms: i64,
-) -> Result<AuthorisedCommand, CommandError> {
+pub fn authorise(raw: &[u8], topic_id: &str, site: &str, gateway: &str, trusted: &TrustedKeys, seen: &mut dyn SeenCommands, now_ms: i64) -> Result<AuthorisedCommand, CommandError> {
     if raw.len() > MAX_COMMAND_BYTES {
         return Err(CommandError::TooLarge(raw.len()));
     }

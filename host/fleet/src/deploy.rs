@@ -283,7 +283,14 @@ impl Deployer {
         Ok(s)
     }
 
-    fn ordered_rollback(&mut self, slot: &mut dyn PluginSlot, mut s: JobStatus, order: &SignedRollback, now_ms: &dyn Fn() -> i64, progress: &mut dyn FnMut(&JobStatus)) -> Result<JobStatus, StoreError> {
+    fn ordered_rollback(
+        &mut self,
+        slot: &mut dyn PluginSlot,
+        mut s: JobStatus,
+        order: &SignedRollback,
+        now_ms: &dyn Fn() -> i64,
+        progress: &mut dyn FnMut(&JobStatus),
+    ) -> Result<JobStatus, StoreError> {
         let signer = match keys::verify(&self.trusted, ROLLBACK_DOMAIN, order.order.as_bytes(), &order.signature, Permission::Deploy) {
             Ok(k) => k,
             Err(e) => {
@@ -556,7 +563,18 @@ mod tests {
     #[test]
     fn a_restart_marks_unfinished_jobs_failed() {
         let store = FleetStore::in_memory().unwrap();
-        let mut st = JobStatus { job_id: "j9".into(), gateway: "g1".into(), state: JobState::InProgress, step: Some("staging".into()), plugin: None, version: None, code: None, reason: None, signer: None, at_ms: 1 };
+        let mut st = JobStatus {
+            job_id: "j9".into(),
+            gateway: "g1".into(),
+            state: JobState::InProgress,
+            step: Some("staging".into()),
+            plugin: None,
+            version: None,
+            code: None,
+            reason: None,
+            signer: None,
+            at_ms: 1,
+        };
         store.put_job(&st).unwrap();
         st.state = JobState::Failed;
         let cfg = DeployConfig { gateway: "g1".into(), host_version: "0.1.0".parse().unwrap(), max_bundle_bytes: 1 << 20, rule: RollbackRule::default() };

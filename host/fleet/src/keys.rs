@@ -216,8 +216,7 @@ pub fn verify(trusted: &TrustedKeys, domain: &str, payload: &[u8], sig: &Signatu
     let (vk, may) = trusted.get(&sig.key_id).ok_or_else(|| SigError::UnknownKey(sig.key_id.clone()))?;
     let bytes = B64.decode(sig.ed25519.trim()).map_err(|_| SigError::BadSignature(sig.key_id.clone()))?;
     let arr: [u8; 64] = bytes.as_slice().try_into().map_err(|_| SigError::BadSignature(sig.key_id.clone()))?;
-    vk.verify(&signed_bytes(domain, payload), &ed25519_dalek::Signature::from_bytes(&arr))
-        .map_err(|_| SigError::BadSignature(sig.key_id.clone()))?;
+    vk.verify(&signed_bytes(domain, payload), &ed25519_dalek::Signature::from_bytes(&arr)).map_err(|_| SigError::BadSignature(sig.key_id.clone()))?;
     if !may.contains(&need) {
         return Err(SigError::NotAllowed { key: sig.key_id.clone(), need });
     }

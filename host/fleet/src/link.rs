@@ -211,7 +211,17 @@ pub struct LinkConfig {
 
 impl LinkConfig {
     pub fn new(broker: BrokerConfig, site: &str, gateway: &str) -> Self {
-        Self { broker, site: site.into(), gateway: gateway.into(), client_id: None, backoff: Backoff::default(), window: 256, plugin_limits: PluginLimits::default(), inbound: InboundLimits::default(), clock: GatewayClock::wall() }
+        Self {
+            broker,
+            site: site.into(),
+            gateway: gateway.into(),
+            client_id: None,
+            backoff: Backoff::default(),
+            window: 256,
+            plugin_limits: PluginLimits::default(),
+            inbound: InboundLimits::default(),
+            clock: GatewayClock::wall(),
+        }
     }
 }
 

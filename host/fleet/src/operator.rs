@@ -45,7 +45,10 @@ pub enum OperatorError {
 /// Which gateways a deployment goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Gateway { site: String, gateway: String },
+    Gateway {
+        site: String,
+        gateway: String,
+    },
     /// Every gateway of the site that has a retained status (online or not).
     Site(String),
 }
@@ -174,7 +177,14 @@ impl Operator {
     /// gateway and streams progress to `progress` until each reaches a terminal state or
     /// `timeout` passes. Returns the last status seen per gateway (None: nothing heard —
     /// the job stays queued on the broker). Finished jobs' retained requests are cleared.
-    pub async fn run_job(&mut self, target: &Target, job_id: &str, action: JobAction, timeout: Duration, progress: &mut dyn FnMut(&str, &JobStatus)) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
+    pub async fn run_job(
+        &mut self,
+        target: &Target,
+        job_id: &str,
+        action: JobAction,
+        timeout: Duration,
+        progress: &mut dyn FnMut(&str, &JobStatus),
+    ) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
         let gws = self.gateways(target).await?;
         let req = JobRequest { job_id: job_id.into(), action, at_ms: now_ms() };
         let payload = serde_json::to_vec(&req).map_err(|e| OperatorError::Mqtt(e.to_string()))?;
@@ -243,7 +253,15 @@ impl Operator {
 
     /// `gate plugin rollback`: a signed order to restore the kept previous version.
     /// `sequence` must be newer than any deployment of the plugin (e.g. the current Unix ms).
-    pub async fn rollback(&mut self, key: &OperatorKey, target: &Target, plugin: &str, sequence: u64, timeout: Duration, progress: &mut dyn FnMut(&str, &JobStatus)) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
+    pub async fn rollback(
+        &mut self,
+        key: &OperatorKey,
+        target: &Target,
+        plugin: &str,
+        sequence: u64,
+        timeout: Duration,
+        progress: &mut dyn FnMut(&str, &JobStatus),
+    ) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
         let order = sign_rollback(key, &RollbackOrder { plugin: plugin.into(), sequence, created_at_ms: now_ms() });
         let job = new_job_id(&format!("rollback-{plugin}"));
         self.run_job(target, &job, JobAction::Rollback { order }, timeout, progress).await
@@ -325,7 +343,18 @@ mod tests {
             online: false,
             host_version: "0.1.0".parse().unwrap(),
             plugins: vec![PluginInfo { name: "policy".into(), world: crate::bundle::World::PolicyPlugin, version: "1.2.0".parse().unwrap(), sha256: "ab".into(), previous: None }],
-            last_job: Some(JobStatus { job_id: "j1".into(), gateway: "g".into(), state: JobState::Rejected, step: None, plugin: None, version: None, code: Some("replayed".into()), reason: Some("old".into()), signer: None, at_ms: 0 }),
+            last_job: Some(JobStatus {
+                job_id: "j1".into(),
+                gateway: "g".into(),
+                state: JobState::Rejected,
+                step: None,
+                plugin: None,
+                version: None,
+                code: Some("replayed".into()),
+                reason: Some("old".into()),
+                signer: None,
+                at_ms: 0,
+            }),
             outbox: None,
             at_ms: 0,
         };

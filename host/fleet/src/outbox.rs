@@ -148,10 +148,8 @@ impl Outbox {
         let pending = self.stats()?.pending;
         if pending > self.retention.max_pending {
             let skip = (pending - self.retention.max_pending) as i64;
-            new_cursor = self
-                .conn
-                .query_row("SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1 OFFSET ?2", params![self.cursor, skip - 1], |r| r.get(0))
-                .map_err(self.err("applying retention"))?;
+            new_cursor =
+                self.conn.query_row("SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1 OFFSET ?2", params![self.cursor, skip - 1], |r| r.get(0)).map_err(self.err("applying retention"))?;
         }
         if let Some(age) = self.retention.max_age_ms {
             let old: Option<i64> = self
@@ -181,10 +179,7 @@ impl Outbox {
         if max == 0 {
             return Ok(vec![]);
         }
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT seq, id, at_ms, kind, door, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .map_err(self.err("reading events"))?;
+        let mut st = self.conn.prepare_cached("SELECT seq, id, at_ms, kind, door, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2").map_err(self.err("reading events"))?;
         let rows = st
             .query_map(params![self.sent, max as i64], |r| Ok(OutboxEvent { seq: r.get(0)?, id: r.get(1)?, at_ms: r.get(2)?, kind: r.get(3)?, door: r.get(4)?, body: r.get(5)? }))
             .map_err(|source| OutboxError { path: self.path.clone(), what: "reading events", source })?;
@@ -234,18 +229,18 @@ impl Outbox {
     /// Writes the cursor and dropped count.
     pub fn save(&mut self) -> Result<(), OutboxError> {
         self.unsaved_acks = 0;
-        self.state
-            .execute("UPDATE outbox_state SET cursor = ?1, dropped = ?2 WHERE id = 1", params![self.cursor, self.dropped as i64])
-            .map_err(|source| OutboxError { path: self.state_path.clone(), what: "saving the cursor", source })?;
+        self.state.execute("UPDATE outbox_state SET cursor = ?1, dropped = ?2 WHERE id = 1", params![self.cursor, self.dropped as i64]).map_err(|source| OutboxError {
+            path: self.state_path.clone(),
+            what: "saving the cursor",
+            source,
+        })?;
         Ok(())
     }
 }
 
 /// Creates the host's `events` table exactly as the host does (tests, benchmarks, tools).
 pub fn create_event_log(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, door TEXT, body TEXT NOT NULL);",
-    )
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, door TEXT, body TEXT NOT NULL);")
 }
 
 #[cfg(test)]

@@ -134,20 +134,15 @@ impl FleetStore {
 
     /// The most recently updated job.
     pub fn last_job(&self) -> Result<Option<JobStatus>, StoreError> {
-        let body: Option<String> = self
-            .conn
-            .query_row("SELECT status FROM fleet_jobs ORDER BY updated_ms DESC, rowid DESC LIMIT 1", [], |r| r.get(0))
-            .optional()
-            .map_err(self.err("reading the last job"))?;
+        let body: Option<String> =
+            self.conn.query_row("SELECT status FROM fleet_jobs ORDER BY updated_ms DESC, rowid DESC LIMIT 1", [], |r| r.get(0)).optional().map_err(self.err("reading the last job"))?;
         Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
     }
 
     /// Jobs left queued / in progress by a crash or power loss.
     pub fn unfinished_jobs(&self) -> Result<Vec<JobStatus>, StoreError> {
         let mut st = self.conn.prepare("SELECT status FROM fleet_jobs WHERE state IN (?1, ?2)").map_err(self.err("listing jobs"))?;
-        let rows = st
-            .query_map([JobState::Queued.as_str(), JobState::InProgress.as_str()], |r| r.get::<_, String>(0))
-            .map_err(self.err("listing jobs"))?;
+        let rows = st.query_map([JobState::Queued.as_str(), JobState::InProgress.as_str()], |r| r.get::<_, String>(0)).map_err(self.err("listing jobs"))?;
         Ok(rows.filter_map(|r| r.ok()).filter_map(|b| serde_json::from_str(&b).ok()).collect())
     }
 
@@ -223,7 +218,18 @@ mod tests {
         let path = dir.path().join("gate.sqlite");
         {
             let mut s = FleetStore::open(&path).unwrap();
-            let st = JobStatus { job_id: "j1".into(), gateway: "g".into(), state: JobState::InProgress, step: None, plugin: Some("p".into()), version: None, code: None, reason: None, signer: None, at_ms: 5 };
+            let st = JobStatus {
+                job_id: "j1".into(),
+                gateway: "g".into(),
+                state: JobState::InProgress,
+                step: None,
+                plugin: Some("p".into()),
+                version: None,
+                code: None,
+                reason: None,
+                signer: None,
+                at_ms: 5,
+            };
             s.put_job(&st).unwrap();
             s.accept_sequence("p", 7).unwrap();
             s.accept_sequence("p", 3).unwrap();

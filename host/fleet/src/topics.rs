@@ -124,10 +124,7 @@ impl GatewayTopics {
 
     /// Classifies a topic received on this gateway's subscriptions.
     pub fn parse_inbound<'t>(&self, topic: &'t str) -> Result<Inbound<'t>, TopicError> {
-        let rest = topic
-            .strip_prefix(self.base.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or_else(|| TopicError::Unknown(topic.into()))?;
+        let rest = topic.strip_prefix(self.base.as_str()).and_then(|r| r.strip_prefix('/')).ok_or_else(|| TopicError::Unknown(topic.into()))?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             ["jobs", id] if check_level("job id", id).is_ok() => Ok(Inbound::Job(id)),

@@ -60,12 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{n_edges} edges, {steps} steps, {cards} cards, {pins} PINs, {:.0} s of gate time replayed in {:.3} s ({:.2} M edges/s)",
-        player.now_us() as f64 / 1e6,
-        secs,
-        n_edges as f64 / secs / 1e6
-    );
+    println!("{n_edges} edges, {steps} steps, {cards} cards, {pins} PINs, {:.0} s of gate time replayed in {:.3} s ({:.2} M edges/s)", player.now_us() as f64 / 1e6, secs, n_edges as f64 / secs / 1e6);
     assert_eq!((cards, pins), (sessions, sessions));
     Ok(())
 }

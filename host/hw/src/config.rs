@@ -81,14 +81,7 @@ pub struct HardwareConfig {
 
 impl Default for HardwareConfig {
     fn default() -> Self {
-        HardwareConfig {
-            backend: Backend::Simulated,
-            gpio_chip: default_chip(),
-            relays: Vec::new(),
-            inputs: Vec::new(),
-            readers: Vec::new(),
-            camera: None,
-        }
+        HardwareConfig { backend: Backend::Simulated, gpio_chip: default_chip(), relays: Vec::new(), inputs: Vec::new(), readers: Vec::new(), camera: None }
     }
 }
 

@@ -117,10 +117,7 @@ mod tests {
         }
         assert_eq!(
             edges,
-            vec![
-                InputEdge { input: "fire".into(), active: true, at_us: 1_000, changed_at_us: 0 },
-                InputEdge { input: "fire".into(), active: false, at_us: 7_000, changed_at_us: 6_000 },
-            ]
+            vec![InputEdge { input: "fire".into(), active: true, at_us: 1_000, changed_at_us: 0 }, InputEdge { input: "fire".into(), active: false, at_us: 7_000, changed_at_us: 6_000 },]
         );
         input.into_pin().done();
     }

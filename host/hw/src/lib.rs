@@ -22,10 +22,9 @@ pub mod sim;
 pub mod wiegand;
 pub mod wiegand_gen;
 
-
 pub use config::HardwareConfig;
 pub use edge::PinEdge;
-pub use event::HwEvent;
 pub use error::HwError;
+pub use event::HwEvent;
 
 pub use keys::Key;

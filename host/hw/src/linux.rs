@@ -68,10 +68,7 @@ impl LinuxBackend {
     }
 
     fn events(&mut self, what: &str, chip: &str, line: u32) -> Result<LineEventHandle, HwError> {
-        self.chip(what, chip, line)?
-            .get_line(line)
-            .and_then(|l| l.events(LineRequestFlags::INPUT, EventRequestFlags::BOTH_EDGES, CONSUMER))
-            .map_err(|e| open_error(what, chip, line, &e))
+        self.chip(what, chip, line)?.get_line(line).and_then(|l| l.events(LineRequestFlags::INPUT, EventRequestFlags::BOTH_EDGES, CONSUMER)).map_err(|e| open_error(what, chip, line, &e))
     }
 }
 
@@ -111,10 +108,12 @@ impl PinBackend for LinuxBackend {
         let names = [d0.1.to_owned(), d1.1.to_owned()];
         let (tx, stop, epoch) = (self.tx.clone(), Arc::clone(&self.stop), self.epoch_us);
         let reader = reader.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(format!("wiegand-{reader}"))
-            .spawn(move || edge_loop(&reader, [h0, h1], names, epoch, &tx, &stop))
-            .map_err(|e| HwError::GpioOpen { what: "wiegand edge thread".into(), chip: chip.into(), line: d0.0, reason: e.to_string() })?;
+        let thread = std::thread::Builder::new().name(format!("wiegand-{reader}")).spawn(move || edge_loop(&reader, [h0, h1], names, epoch, &tx, &stop)).map_err(|e| HwError::GpioOpen {
+            what: "wiegand edge thread".into(),
+            chip: chip.into(),
+            line: d0.0,
+            reason: e.to_string(),
+        })?;
         self.threads.push(thread);
         Ok(None)
     }
@@ -142,11 +141,7 @@ fn edge_loop(reader: &str, mut handles: [LineEventHandle; 2], names: [String; 2]
                 continue;
             }
             match handles[i].get_event() {
-                Ok(ev) => batch.push(PinEdge {
-                    at_us: (ev.timestamp() / 1_000).saturating_sub(epoch_us),
-                    line: names[i].clone(),
-                    level: matches!(ev.event_type(), EventType::RisingEdge),
-                }),
+                Ok(ev) => batch.push(PinEdge { at_us: (ev.timestamp() / 1_000).saturating_sub(epoch_us), line: names[i].clone(), level: matches!(ev.event_type(), EventType::RisingEdge) }),
                 Err(e) => tracing::warn!(reader, error = %e, "wiegand edge read failed"),
             }
         }
@@ -179,9 +174,7 @@ impl LinuxCamera {
             CameraFormat::Mjpeg => PixelFormat::MJPG,
             CameraFormat::Yuyv => PixelFormat::YUYV,
         };
-        let capture = device
-            .video_capture(PixFormat::new(config.width, config.height, wanted))
-            .map_err(|e| err(format!("cannot set {:?} {}x{}: {e}", config.format, config.width, config.height)))?;
+        let capture = device.video_capture(PixFormat::new(config.width, config.height, wanted)).map_err(|e| err(format!("cannot set {:?} {}x{}: {e}", config.format, config.width, config.height)))?;
         let got = capture.format();
         let (got_format, got_width, got_height, got_stride) = (got.pixel_format(), got.width(), got.height(), got.bytes_per_line());
         if got_format != wanted {
@@ -196,14 +189,7 @@ impl LinuxCamera {
             }
         }
         let stream = capture.into_stream().map_err(|e| err(format!("cannot start streaming: {e}")))?;
-        Ok(LinuxCamera {
-            device: config.device.clone(),
-            format: config.format,
-            width: got_width,
-            height: got_height,
-            stride: got_stride as usize,
-            stream,
-        })
+        Ok(LinuxCamera { device: config.device.clone(), format: config.format, width: got_width, height: got_height, stride: got_stride as usize, stream })
     }
 }
 
@@ -231,10 +217,7 @@ mod tests {
 
     #[test]
     fn a_missing_gpio_chip_is_a_clear_error_naming_device_line_and_signal() {
-        let cfg: HardwareConfig = toml::from_str(
-            "backend = \"linux\"\ngpio_chip = \"/dev/gpiochip-absent\"\n[[relays]]\ndoor = \"north-gate\"\nline = 17\n",
-        )
-        .expect("parses");
+        let cfg: HardwareConfig = toml::from_str("backend = \"linux\"\ngpio_chip = \"/dev/gpiochip-absent\"\n[[relays]]\ndoor = \"north-gate\"\nline = 17\n").expect("parses");
         let mut backend = LinuxBackend::new();
         let msg = HwRuntime::open(&cfg, &mut backend).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with("door north-gate relay: /dev/gpiochip-absent line 17: "), "{msg}");
@@ -243,10 +226,7 @@ mod tests {
 
     #[test]
     fn a_missing_wiegand_chip_names_the_reader_line() {
-        let cfg: HardwareConfig = toml::from_str(
-            "gpio_chip = \"/dev/gpiochip-absent\"\n[[readers]]\nname = \"north-in\"\ndoor = \"north\"\nd0 = 22\nd1 = 23\n",
-        )
-        .expect("parses");
+        let cfg: HardwareConfig = toml::from_str("gpio_chip = \"/dev/gpiochip-absent\"\n[[readers]]\nname = \"north-in\"\ndoor = \"north\"\nd0 = 22\nd1 = 23\n").expect("parses");
         let msg = HwRuntime::open(&cfg, &mut LinuxBackend::new()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with("reader north-in D0: /dev/gpiochip-absent line 22: "), "{msg}");
     }

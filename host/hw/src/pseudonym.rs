@@ -75,26 +75,14 @@ impl Pseudonymiser {
     /// A hardware event as it goes into a recorded trace.
     pub fn record(&self, event: &HwEvent) -> RecordedHwEvent {
         match event {
-            HwEvent::Card { reader, door, bits, facility, number, at_us, .. } => RecordedHwEvent::Card {
-                reader: reader.clone(),
-                door: door.clone(),
-                bits: *bits,
-                card: self.card(*bits, *facility, number.0),
-                at_us: *at_us,
-            },
-            HwEvent::Pin { reader, door, digits, at_us, .. } => {
-                RecordedHwEvent::Pin { reader: reader.clone(), door: door.clone(), pin: self.pin(digits.expose()), at_us: *at_us }
+            HwEvent::Card { reader, door, bits, facility, number, at_us, .. } => {
+                RecordedHwEvent::Card { reader: reader.clone(), door: door.clone(), bits: *bits, card: self.card(*bits, *facility, number.0), at_us: *at_us }
             }
-            HwEvent::PinAborted { reader, door, reason, at_us } => {
-                RecordedHwEvent::PinAborted { reader: reader.clone(), door: door.clone(), reason: *reason, at_us: *at_us }
-            }
-            HwEvent::Input { input, kind, door, active, at_us } => {
-                RecordedHwEvent::Input { input: input.clone(), input_kind: *kind, door: door.clone(), active: *active, at_us: *at_us }
-            }
+            HwEvent::Pin { reader, door, digits, at_us, .. } => RecordedHwEvent::Pin { reader: reader.clone(), door: door.clone(), pin: self.pin(digits.expose()), at_us: *at_us },
+            HwEvent::PinAborted { reader, door, reason, at_us } => RecordedHwEvent::PinAborted { reader: reader.clone(), door: door.clone(), reason: *reason, at_us: *at_us },
+            HwEvent::Input { input, kind, door, active, at_us } => RecordedHwEvent::Input { input: input.clone(), input_kind: *kind, door: door.clone(), active: *active, at_us: *at_us },
             HwEvent::Relay { door, energised, at_us } => RecordedHwEvent::Relay { door: door.clone(), energised: *energised, at_us: *at_us },
-            HwEvent::Rejected { reader, door, reason, at_us } => {
-                RecordedHwEvent::Rejected { reader: reader.clone(), door: door.clone(), reason: reason.clone(), at_us: *at_us }
-            }
+            HwEvent::Rejected { reader, door, reason, at_us } => RecordedHwEvent::Rejected { reader: reader.clone(), door: door.clone(), reason: reason.clone(), at_us: *at_us },
         }
     }
 }

@@ -2,7 +2,6 @@
 //! Linux), samples and decodes them at `poll(now)`, drives the relays, and hands the host one
 //! ordered stream of [`HwEvent`]s. The same code runs live and in virtual time.
 
-
 use embedded_hal::digital::{InputPin, OutputPin};
 
 use crate::config::{Direction, HardwareConfig, InputConfig};

@@ -190,9 +190,7 @@ impl<'a> TwinBuilder<'a> {
 
     fn frame(&self, reader: &ReaderConfig, bits: &[bool], closes_at_us: u64) -> Result<Vec<PinEdge>, HwError> {
         let lead = frame_end_us(bits.len(), 0, self.timing) + u64::from(reader.wiegand.frame_gap_us);
-        let start = closes_at_us.checked_sub(lead).ok_or_else(|| {
-            HwError::Config(format!("reader {}: an event at {closes_at_us} µs is too early for its {lead} µs frame", reader.name))
-        })?;
+        let start = closes_at_us.checked_sub(lead).ok_or_else(|| HwError::Config(format!("reader {}: an event at {closes_at_us} µs is too early for its {lead} µs frame", reader.name)))?;
         Ok(pulse_train(bits, start, self.timing, &reader.d0_name(), &reader.d1_name()))
     }
 

@@ -168,16 +168,7 @@ pub struct WiegandDecoder {
 impl WiegandDecoder {
     /// A decoder for the named reader (the name appears in logs only).
     pub fn new(reader: impl Into<String>, timing: WiegandTiming) -> Self {
-        WiegandDecoder {
-            reader: reader.into(),
-            timing,
-            value: 0,
-            nbits: 0,
-            spoilt: None,
-            low_since: [None, None],
-            last_activity_us: None,
-            stats: WiegandStats::default(),
-        }
+        WiegandDecoder { reader: reader.into(), timing, value: 0, nbits: 0, spoilt: None, low_since: [None, None], last_activity_us: None, stats: WiegandStats::default() }
     }
 
     /// Counters since start.
@@ -193,12 +184,7 @@ impl WiegandDecoder {
     /// Feeds one level change of D0 or D1 (`level` false = pulled low = pulse start).
     ///
     /// Returns the previous frame if this edge comes after a frame gap that was not polled.
-    pub fn edge(
-        &mut self,
-        line: WiegandLine,
-        level: bool,
-        at_us: u64,
-    ) -> Option<FrameOutcome> {
+    pub fn edge(&mut self, line: WiegandLine, level: bool, at_us: u64) -> Option<FrameOutcome> {
         let finished = self.poll(at_us);
         let i = line.index();
         if !level {
@@ -341,11 +327,7 @@ fn decode_card(value: u64, bits: u8, facility_bits: u32) -> Result<WiegandFrame,
         return Err(RejectReason::BadParity { bits, half: ParityHalf::Trailing });
     }
     let number_bits = u32::from(bits - 2) - facility_bits;
-    Ok(WiegandFrame::Card {
-        bits,
-        facility: (payload >> number_bits) as u32,
-        number: payload & ((1u64 << number_bits) - 1),
-    })
+    Ok(WiegandFrame::Card { bits, facility: (payload >> number_bits) as u32, number: payload & ((1u64 << number_bits) - 1) })
 }
 
 /// A Wiegand reader on two embedded-hal input pins, sampled at each `sample(now)`.

@@ -94,15 +94,7 @@ mod tests {
     #[test]
     fn pulse_train_uses_d1_for_ones_and_realistic_timing() {
         let edges = pulse_train(&[true, false], 100, PulseTiming::default(), "a.d0", "a.d1");
-        assert_eq!(
-            edges,
-            vec![
-                PinEdge::new(100, "a.d1", false),
-                PinEdge::new(150, "a.d1", true),
-                PinEdge::new(2_100, "a.d0", false),
-                PinEdge::new(2_150, "a.d0", true),
-            ]
-        );
+        assert_eq!(edges, vec![PinEdge::new(100, "a.d1", false), PinEdge::new(150, "a.d1", true), PinEdge::new(2_100, "a.d0", false), PinEdge::new(2_150, "a.d0", true),]);
         assert_eq!(frame_end_us(2, 100, PulseTiming::default()), 2_150);
     }
 }

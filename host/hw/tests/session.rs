@@ -56,24 +56,24 @@ enum Input {
 fn session() -> Vec<Input> {
     use Input::*;
     vec![
-        Card { at_us: 2 * S, facility: 12, number: 3456 },               // resident card: granted
-        Line { at_us: 3 * S, name: "north-contact", active: true },      // walks through
+        Card { at_us: 2 * S, facility: 12, number: 3456 },          // resident card: granted
+        Line { at_us: 3 * S, name: "north-contact", active: true }, // walks through
         Line { at_us: 6 * S, name: "north-contact", active: false },
-        Pin { at_us: 20 * S, digits: "482913" },                         // resident PIN: granted
+        Pin { at_us: 20 * S, digits: "482913" }, // resident PIN: granted
         Line { at_us: 21 * S, name: "north-contact", active: true },
         Line { at_us: 23 * S, name: "north-contact", active: false },
-        Card { at_us: 40 * S, facility: 12, number: 9999 },              // unknown card: denied
-        Line { at_us: 60 * S, name: "north-contact", active: true },     // forced open
+        Card { at_us: 40 * S, facility: 12, number: 9999 },          // unknown card: denied
+        Line { at_us: 60 * S, name: "north-contact", active: true }, // forced open
         Line { at_us: 62 * S, name: "north-contact", active: false },
-        Line { at_us: 80 * S, name: "north-exit", active: true },        // exit button
+        Line { at_us: 80 * S, name: "north-exit", active: true }, // exit button
         Line { at_us: 80 * S + 200 * MS, name: "north-exit", active: false },
         Line { at_us: 81 * S, name: "north-contact", active: true },
         Line { at_us: 83 * S, name: "north-contact", active: false },
-        Pin { at_us: 100 * S, digits: "000000" },                        // wrong PIN: denied
-        Card { at_us: 120 * S, facility: 12, number: 3456 },             // granted, door left open
+        Pin { at_us: 100 * S, digits: "000000" },            // wrong PIN: denied
+        Card { at_us: 120 * S, facility: 12, number: 3456 }, // granted, door left open
         Line { at_us: 121 * S, name: "north-contact", active: true },
         Line { at_us: 160 * S, name: "north-contact", active: false },
-        Line { at_us: 300 * S, name: "fire", active: true },             // fire release
+        Line { at_us: 300 * S, name: "fire", active: true }, // fire release
         Line { at_us: 400 * S, name: "fire", active: false },
     ]
 }
@@ -95,10 +95,18 @@ struct Policy {
 
 impl Policy {
     fn decide_card(&self, label: &str, at_us: u64) -> Decision {
-        if self.cards.iter().any(|c| c == label) { Decision::Grant { at_us } } else { Decision::Deny { at_us } }
+        if self.cards.iter().any(|c| c == label) {
+            Decision::Grant { at_us }
+        } else {
+            Decision::Deny { at_us }
+        }
     }
     fn decide_pin(&self, label: &str, at_us: u64) -> Decision {
-        if self.pins.iter().any(|p| p == label) { Decision::Grant { at_us } } else { Decision::Deny { at_us } }
+        if self.pins.iter().any(|p| p == label) {
+            Decision::Grant { at_us }
+        } else {
+            Decision::Deny { at_us }
+        }
     }
     fn decide_line(&self, name: &str, active: bool, at_us: u64) -> Option<Decision> {
         match (name, active) {
@@ -261,10 +269,7 @@ fn a_pseudonymised_recording_replays_to_the_recorded_decisions() {
     assert!(!text.contains("3456") && !text.contains("482913"), "raw credentials leaked into the recording");
 
     // Replay at event level from the recording, with the credential list pseudonymised alike.
-    let policy = Policy {
-        cards: vec![pseudo.card(26, Some(12), 3456)],
-        pins: vec![pseudo.pin("482913")],
-    };
+    let policy = Policy { cards: vec![pseudo.card(26, Some(12), 3456)], pins: vec![pseudo.pin("482913")] };
     let recorded: Vec<RecordedHwEvent> = text.lines().map(|l| serde_json::from_str(l).expect("parses")).collect();
     let replayed: Vec<Decision> = recorded
         .iter()

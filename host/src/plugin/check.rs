@@ -55,24 +55,15 @@ pub fn check(rt: &Runtime, path: &Path, limits: &crate::config::Limits) -> Resul
     let ty = loaded.component.component_type();
     let imports: Vec<String> = ty.imports(rt.engine()).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(rt.engine()).map(|(n, _)| n.to_string()).collect();
-    let as_policy = rt
-        .policy_linker
-        .instantiate_pre(&loaded.component)
-        .and_then(|ip| typecheck_exports(&ip, World::Policy).and_then(|()| PolicyPluginPre::new(ip)));
+    let as_policy = rt.policy_linker.instantiate_pre(&loaded.component).and_then(|ip| typecheck_exports(&ip, World::Policy).and_then(|()| PolicyPluginPre::new(ip)));
     let world = match as_policy {
         Ok(_) => World::Policy,
-        Err(policy_err) => match rt
-            .integration_linker
-            .instantiate_pre(&loaded.component)
-            .and_then(|ip| typecheck_exports(&ip, World::Integration).and_then(|()| IntegrationPluginPre::new(ip)))
-        {
+        Err(policy_err) => match rt.integration_linker.instantiate_pre(&loaded.component).and_then(|ip| typecheck_exports(&ip, World::Integration).and_then(|()| IntegrationPluginPre::new(ip))) {
             Ok(_) => World::Integration,
             Err(integration_err) => {
                 return Err(PluginError::Invalid {
                     path: path.to_path_buf(),
-                    reason: format!(
-                        "fits neither world of gate:plugin@0.1.0.\n  as policy-plugin: {policy_err:#}\n  as integration-plugin: {integration_err:#}"
-                    ),
+                    reason: format!("fits neither world of gate:plugin@0.1.0.\n  as policy-plugin: {policy_err:#}\n  as integration-plugin: {integration_err:#}"),
                 })
             }
         },

@@ -4,8 +4,8 @@
 //! WASI that is linked but empty: no files, no network, no environment, and
 //! clocks that read the gateway clock.
 
-use super::caps::{clock::ClockCap, clock::WaitBudget, SharedWindow, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap};
 use super::bindings::{integration, policy};
+use super::caps::{clock::ClockCap, clock::WaitBudget, config::ConfigCap, kv::KvCap, log::LogCap, publish::PublishCap, SharedWindow};
 use super::PluginError;
 use crate::clock::Clock;
 use crate::config::Limits;
@@ -156,8 +156,7 @@ impl Runtime {
         link_common(&mut policy_linker)?;
         let mut integration_linker = Linker::new(&engine);
         link_common(&mut integration_linker)?;
-        integration::gate::plugin::publish::add_to_linker::<State, HasSelf<PublishCap>>(&mut integration_linker, |s| &mut s.publish)
-            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        integration::gate::plugin::publish::add_to_linker::<State, HasSelf<PublishCap>>(&mut integration_linker, |s| &mut s.publish).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (eng, stop) = (engine.clone(), ticker_stop.clone());
@@ -217,10 +216,7 @@ impl Runtime {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let invalid = |e: wasmtime::Error| PluginError::Invalid { path: path.to_path_buf(), reason: format!("{e:#}") };
         if wasmparser_is_core_module(bytes) {
-            return Err(PluginError::Invalid {
-                path: path.to_path_buf(),
-                reason: "this is a core WebAssembly module, not a component; build it for wasm32-wasip2".into(),
-            });
+            return Err(PluginError::Invalid { path: path.to_path_buf(), reason: "this is a core WebAssembly module, not a component; build it for wasm32-wasip2".into() });
         }
         let component = match self.cache_path(&sha256) {
             None => {
@@ -266,8 +262,7 @@ impl Runtime {
                 let _ = tx.send(engine.precompile_component(&owned));
             })
             .map_err(|e| PluginError::Engine(format!("cannot start a compile thread: {e}")))?;
-        rx.recv_timeout(Duration::from_millis(budget_ms))
-            .map_err(|_| PluginError::CompileBudget { path: path.to_path_buf(), ms: budget_ms })
+        rx.recv_timeout(Duration::from_millis(budget_ms)).map_err(|_| PluginError::CompileBudget { path: path.to_path_buf(), ms: budget_ms })
     }
 
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
@@ -286,9 +281,7 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         if self.mode == ExecMode::Deterministic {
-            wasi.secure_random(wasmtime_wasi::Deterministic::new(b"gate-replay".to_vec()))
-                .insecure_random(wasmtime_wasi::Deterministic::new(b"gate-replay-insecure".to_vec()))
-                .insecure_random_seed(0);
+            wasi.secure_random(wasmtime_wasi::Deterministic::new(b"gate-replay".to_vec())).insecure_random(wasmtime_wasi::Deterministic::new(b"gate-replay-insecure".to_vec())).insecure_random_seed(0);
         }
         let state = State {
             wasi: wasi.build(),

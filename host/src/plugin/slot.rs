@@ -2,8 +2,8 @@
 //! budget and a memory cap, and turns every way a call can go wrong into a
 //! typed fault. A faulted instance is thrown away; the next call starts fresh.
 
-use super::bindings::{integration::IntegrationPlugin, integration::IntegrationPluginPre, policy::PolicyPlugin, policy::PolicyPluginPre};
 use super::bindings::policy::gate::plugin::types::{AccessEvent, Decision, GateEvent};
+use super::bindings::{integration::IntegrationPlugin, integration::IntegrationPluginPre, policy::PolicyPlugin, policy::PolicyPluginPre};
 use super::caps::clock::WaitPastDeadline;
 use super::caps::kv::KvCap;
 use super::caps::SharedWindow;
@@ -63,19 +63,8 @@ const REPLAY_BACKSTOP_MS: u64 = 2_000;
 
 impl Slot {
     /// Prepares a plugin for calls: type-checks it against its world and links it.
-    pub fn new(
-        rt: &Runtime,
-        cfg: &PluginConfig,
-        loaded: &Loaded,
-        limits: &Limits,
-        clock: Clock,
-        kv: BTreeMap<String, Vec<u8>>,
-    ) -> Result<Slot, PluginError> {
-        let wrong = |e: wasmtime::Error| PluginError::Contract {
-            plugin: cfg.name.clone(),
-            world: cfg.world,
-            reason: format!("{e:#}"),
-        };
+    pub fn new(rt: &Runtime, cfg: &PluginConfig, loaded: &Loaded, limits: &Limits, clock: Clock, kv: BTreeMap<String, Vec<u8>>) -> Result<Slot, PluginError> {
+        let wrong = |e: wasmtime::Error| PluginError::Contract { plugin: cfg.name.clone(), world: cfg.world, reason: format!("{e:#}") };
         let pre = match cfg.world {
             World::Policy => {
                 let ip = rt.policy_linker.instantiate_pre(&loaded.component).map_err(wrong)?;
@@ -200,11 +189,7 @@ impl Slot {
         }
     }
 
-    fn call<R>(
-        &mut self,
-        rt: &Runtime,
-        f: impl FnOnce(&mut Store<State>, &Bound) -> wasmtime::Result<R>,
-    ) -> Result<(R, Effects), PluginFault> {
+    fn call<R>(&mut self, rt: &Runtime, f: impl FnOnce(&mut Store<State>, &Bound) -> wasmtime::Result<R>) -> Result<(R, Effects), PluginFault> {
         self.ensure_instance(rt)?;
         let Some((mut store, bound)) = self.live.take() else {
             return Err(PluginFault::Instantiate("instance vanished".into()));
@@ -214,11 +199,7 @@ impl Slot {
         match f(&mut store, &bound) {
             Ok(r) => {
                 let data = store.data_mut();
-                let effects = Effects {
-                    kv_changes: data.kv.commit(),
-                    published: std::mem::take(&mut data.publish.outbox),
-                    logs_dropped: std::mem::take(&mut data.log.dropped),
-                };
+                let effects = Effects { kv_changes: data.kv.commit(), published: std::mem::take(&mut data.publish.outbox), logs_dropped: std::mem::take(&mut data.log.dropped) };
                 self.live = Some((store, bound));
                 Ok((r, effects))
             }

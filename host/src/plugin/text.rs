@@ -38,11 +38,7 @@ pub fn sanitize(s: &str, max_chars: usize) -> String {
         };
         let n = piece.chars().count();
         // Keep one place for the ellipsis unless this piece ends the text.
-        let room = if chars.peek().is_some() {
-            max_chars.saturating_sub(1)
-        } else {
-            max_chars
-        };
+        let room = if chars.peek().is_some() { max_chars.saturating_sub(1) } else { max_chars };
         if len.saturating_add(n) > room {
             if max_chars > 0 {
                 out.push('…');
@@ -65,31 +61,15 @@ mod tests {
         let s = sanitize(forged, 500);
         assert!(!s.contains('\n'));
         assert!(s.starts_with("oops\\nnorth-gate"), "{s}");
-        for bad in [
-            "a\rb",
-            "a\u{2028}b",
-            "a\u{2029}b",
-            "a\u{202E}b",
-            "a\u{2066}b",
-            "a\u{1b}[2Jb",
-            "a\0b",
-            "a\u{85}b",
-            "a\u{200F}b",
-        ] {
+        for bad in ["a\rb", "a\u{2028}b", "a\u{2029}b", "a\u{202E}b", "a\u{2066}b", "a\u{1b}[2Jb", "a\0b", "a\u{85}b", "a\u{200F}b"] {
             let s = sanitize(bad, 100);
             assert!(!s.chars().any(is_unsafe_char), "{bad:?} -> {s:?}");
-            assert!(
-                s.starts_with('a') && s.ends_with('b') && s.len() > 2,
-                "{bad:?} -> {s:?}"
-            );
+            assert!(s.starts_with('a') && s.ends_with('b') && s.len() > 2, "{bad:?} -> {s:?}");
         }
         assert_eq!(sanitize("a\u{202E}b", 100), "a\\u{202E}b");
         // The escape character itself is escaped, so an escape sequence cannot be faked.
         assert_eq!(sanitize("a\\nb", 100), "a\\\\nb");
-        assert_eq!(
-            sanitize("visitor pass expired", 100),
-            "visitor pass expired"
-        );
+        assert_eq!(sanitize("visitor pass expired", 100), "visitor pass expired");
     }
 
     #[test]

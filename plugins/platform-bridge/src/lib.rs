@@ -2,9 +2,9 @@
 //! access events to `access/{door}`, alarms to `alarm/{door}` (relative to the plugin's
 //! topic prefix). Payloads carry what the platform needs and nothing more: no face score.
 
-use gate_plugin_sdk::types::{DecidedAccess, Decision, Escalation, GateEvent};
 use gate_plugin_sdk::publish::PublishError;
 use gate_plugin_sdk::types::Alarm;
+use gate_plugin_sdk::types::{DecidedAccess, Decision, Escalation, GateEvent};
 use gate_plugin_sdk::Handler;
 use serde::Serialize;
 
@@ -79,25 +79,19 @@ fn access_message(a: &DecidedAccess) -> Result<Message, serde_json::Error> {
 }
 
 fn alarm_message(a: &Alarm) -> Result<Message, serde_json::Error> {
-    let msg = AlarmMessage {
-        kind: "alarm",
-        event_id: &a.event_id,
-        door: &a.door,
-        alarm: a.kind.as_str(),
-        active: a.active,
-        time: a.time.unix_ms,
-    };
+    let msg = AlarmMessage { kind: "alarm", event_id: &a.event_id, door: &a.door, alarm: a.kind.as_str(), active: a.active, time: a.time.unix_ms };
     Ok(Message { topic: format!("alarm/{}", topic_segment(&a.door)), payload: serde_json::to_vec(&msg)? })
 }
 
 /// A door id made safe as one MQTT topic level: anything but `[A-Za-z0-9._-]` becomes `_`
 /// (so `/`, `+`, `#` can neither add levels nor act as wildcards); empty becomes `_`.
 pub fn topic_segment(door: &str) -> String {
-    let s: String = door
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
-        .collect();
-    if s.is_empty() { "_".to_string() } else { s }
+    let s: String = door.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    if s.is_empty() {
+        "_".to_string()
+    } else {
+        s
+    }
 }
 
 /// The WIT spelling of a publish error, for the error string the host logs.
@@ -114,8 +108,7 @@ struct PlatformBridge;
 impl Handler for PlatformBridge {
     fn on_event(event: GateEvent) -> Result<(), String> {
         let msg = to_message(&event).map_err(|e| format!("platform-bridge: cannot encode event: {e}"))?;
-        gate_plugin_sdk::publish::publish(&msg.topic, &msg.payload)
-            .map_err(|e| format!("platform-bridge: publishing to `{}` failed: {}", msg.topic, publish_error_name(&e)))
+        gate_plugin_sdk::publish::publish(&msg.topic, &msg.payload).map_err(|e| format!("platform-bridge: publishing to `{}` failed: {}", msg.topic, publish_error_name(&e)))
     }
 }
 
@@ -185,19 +178,10 @@ mod tests {
 
     #[test]
     fn alarms_go_to_the_alarm_topic() {
-        let e = GateEvent::Alarm(Alarm {
-            event_id: "al-1".into(),
-            door: "gate-north".into(),
-            time: at(),
-            kind: AlarmKind::HeldOpen,
-            active: true,
-        });
+        let e = GateEvent::Alarm(Alarm { event_id: "al-1".into(), door: "gate-north".into(), time: at(), kind: AlarmKind::HeldOpen, active: true });
         let m = to_message(&e).unwrap();
         assert_eq!(m.topic, "alarm/gate-north");
-        assert_eq!(
-            text(&m),
-            r#"{"type":"alarm","eventId":"al-1","door":"gate-north","kind":"held-open","active":true,"time":1760000000000}"#
-        );
+        assert_eq!(text(&m), r#"{"type":"alarm","eventId":"al-1","door":"gate-north","kind":"held-open","active":true,"time":1760000000000}"#);
     }
 
     #[test]

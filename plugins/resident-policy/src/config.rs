@@ -37,8 +37,7 @@ impl PolicyConfig {
             staff_schedule: s.schedule_or("staff-schedule", "mon-sat 06:00-22:00")?,
             contractor_schedule: s.schedule_or("contractor-schedule", "mon-fri 08:00-18:00")?,
             face_min_band: s.parse_with("face-min-band", MatchBand::Strong, "strong or weak", MatchBand::parse)?,
-            second_factor_when_liveness_unknown: s
-                .bool_or("face-needs-second-factor-when-liveness-unknown", true)?,
+            second_factor_when_liveness_unknown: s.bool_or("face-needs-second-factor-when-liveness-unknown", true)?,
             anti_passback: s.bool_or("anti-passback", false)?,
             plate_doors: s.list_or("plate-doors", &[]),
         })

@@ -1,9 +1,7 @@
 //! The access rules as one pure function over plain inputs, so every rule has a native test.
 
 use crate::config::PolicyConfig;
-use gate_plugin_sdk::types::{
-    AccessEvent, Credential, CredentialKind, Decision, Direction, Escalation, Liveness, Role, Subject,
-};
+use gate_plugin_sdk::types::{AccessEvent, Credential, CredentialKind, Decision, Direction, Escalation, Liveness, Role, Subject};
 
 /// Deny reasons: short, stable, lower-case (recorded traces compare them verbatim).
 pub mod reasons {
@@ -99,10 +97,7 @@ pub fn decide(event: &AccessEvent, cfg: &PolicyConfig, last_direction: Option<Di
     }
 
     // The second factor of a multi-factor attempt must belong to the same person as the first.
-    let mismatch = event
-        .prior
-        .iter()
-        .any(|p| p.subject_id.as_deref().is_some_and(|id| id != subject.id));
+    let mismatch = event.prior.iter().any(|p| p.subject_id.as_deref().is_some_and(|id| id != subject.id));
     if mismatch {
         return Verdict::no_record(Decision::deny(reasons::FACTOR_MISMATCH));
     }

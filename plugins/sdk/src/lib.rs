@@ -78,9 +78,9 @@ pub mod integration {
 
 /// `export_policy!(MyPolicy)` / `export_integration!(MyHandler)` make a type the plugin's export.
 pub use integration::export_integration;
-pub use policy::export_policy;
 pub use integration::exports::gate::plugin::handler::Guest as Handler;
 pub use integration::gate::plugin::publish;
+pub use policy::export_policy;
 pub use policy::exports::gate::plugin::policy::Guest as Policy;
 pub use policy::gate::plugin::{clock, config, kv, log, types};
 

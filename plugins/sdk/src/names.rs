@@ -1,9 +1,7 @@
 //! Stable lower-case names for the contract's enums, and small conveniences on its types,
 //! so plugins and platforms agree on one spelling ("card", "entry", "held-open").
 
-use crate::types::{
-    AlarmKind, Credential, CredentialKind, Decision, Direction, Liveness, MatchBand, Role,
-};
+use crate::types::{AlarmKind, Credential, CredentialKind, Decision, Direction, Liveness, MatchBand, Role};
 
 impl Direction {
     /// The WIT spelling: "entry" or "exit".
@@ -136,11 +134,7 @@ mod tests {
 
     #[test]
     fn credential_kinds_match_the_wit_spelling() {
-        let face = Credential::Face(FaceMatch {
-            score: 0.8,
-            band: MatchBand::Strong,
-            liveness: Liveness::Live,
-        });
+        let face = Credential::Face(FaceMatch { score: 0.8, band: MatchBand::Strong, liveness: Liveness::Live });
         assert_eq!(face.kind().as_str(), "face");
         let qr = Credential::Qr(VisitorPass { host_subject: "r1".into(), valid_until_ms: 0 });
         assert_eq!(qr.kind(), CredentialKind::Qr);

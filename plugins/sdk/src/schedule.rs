@@ -52,8 +52,7 @@ impl Window {
         } else {
             // Overnight: the evening part on a listed day, the morning part on the day after.
             let yesterday = (weekday + 6) % 7;
-            (self.has_day(weekday) && minute >= self.start)
-                || (self.has_day(yesterday) && minute < self.end)
+            (self.has_day(weekday) && minute >= self.start) || (self.has_day(yesterday) && minute < self.end)
         }
     }
 }
@@ -116,9 +115,7 @@ fn parse_window(raw: &str) -> Result<Window, ScheduleError> {
         None => ALL_DAYS,
         Some(d) => parse_days(d)?,
     };
-    let (start, end) = times_part
-        .split_once('-')
-        .ok_or_else(|| ScheduleError::BadWindow(raw.to_string()))?;
+    let (start, end) = times_part.split_once('-').ok_or_else(|| ScheduleError::BadWindow(raw.to_string()))?;
     let start = parse_time(start)?;
     let end = parse_time(end)?;
     if start == end {
@@ -138,13 +135,7 @@ fn parse_days(text: &str) -> Result<u8, ScheduleError> {
         "weekends" => return Ok(0b110_0000),
         _ => {}
     }
-    let day = |name: &str| {
-        DAY_NAMES
-            .iter()
-            .position(|d| *d == name)
-            .map(|i| i as u8)
-            .ok_or_else(|| ScheduleError::UnknownDay(name.to_string()))
-    };
+    let day = |name: &str| DAY_NAMES.iter().position(|d| *d == name).map(|i| i as u8).ok_or_else(|| ScheduleError::UnknownDay(name.to_string()));
     match text.split_once('-') {
         None => Ok(1 << day(text)?),
         Some((from, to)) => {

@@ -72,20 +72,10 @@ impl<F: Fn(&str) -> Option<String>> Settings<F> {
     }
 
     /// A value parsed by `parse` (returning `None` when malformed), or `default` when missing.
-    pub fn parse_with<T>(
-        &self,
-        key: &str,
-        default: T,
-        expected: &str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> Result<T, SettingsError> {
+    pub fn parse_with<T>(&self, key: &str, default: T, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, SettingsError> {
         match self.raw(key) {
             None => Ok(default),
-            Some(v) => parse(&v).ok_or_else(|| SettingsError::Invalid {
-                key: key.to_string(),
-                value: v,
-                expected: expected.to_string(),
-            }),
+            Some(v) => parse(&v).ok_or_else(|| SettingsError::Invalid { key: key.to_string(), value: v, expected: expected.to_string() }),
         }
     }
 
@@ -102,11 +92,7 @@ impl<F: Fn(&str) -> Option<String>> Settings<F> {
     /// A weekly schedule (see [`Schedule`]), or `default` (which must parse) when missing.
     pub fn schedule_or(&self, key: &str, default: &str) -> Result<Schedule, SettingsError> {
         let value = self.raw(key).unwrap_or_else(|| default.to_string());
-        Schedule::parse(&value).map_err(|source| SettingsError::Schedule {
-            key: key.to_string(),
-            value,
-            source,
-        })
+        Schedule::parse(&value).map_err(|source| SettingsError::Schedule { key: key.to_string(), value, source })
     }
 }
 
@@ -125,8 +111,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings<impl Fn(&str) -> Option<String>> {
-        let map: BTreeMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::new(move |k: &str| map.get(k).cloned())
     }
 
@@ -142,13 +127,7 @@ mod tests {
 
     #[test]
     fn present_values_are_typed() {
-        let s = settings(&[
-            ("open-ms", " 12000 "),
-            ("flag", "Off"),
-            ("doors", "gate-1, ,vehicle-2 "),
-            ("sched", "sun 10:00-11:00"),
-            ("blank", "   "),
-        ]);
+        let s = settings(&[("open-ms", " 12000 "), ("flag", "Off"), ("doors", "gate-1, ,vehicle-2 "), ("sched", "sun 10:00-11:00"), ("blank", "   ")]);
         assert_eq!(s.u32_or("open-ms", 5000), Ok(12000));
         assert_eq!(s.bool_or("flag", true), Ok(false));
         assert_eq!(s.list_or("doors", &[]), vec!["gate-1", "vehicle-2"]);

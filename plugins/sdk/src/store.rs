@@ -114,9 +114,7 @@ impl<S: KvStore> TypedKv<S> {
         let full = self.key(key);
         match self.store.get(&full) {
             None => Ok(None),
-            Some(bytes) => String::from_utf8(bytes)
-                .map(Some)
-                .map_err(|_| MalformedValue { key: full, expected: "UTF-8 text" }),
+            Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| MalformedValue { key: full, expected: "UTF-8 text" }),
         }
     }
 
@@ -155,11 +153,7 @@ impl<S: KvStore> TypedKv<S> {
 
     /// The keys under this wrapper's prefix, with the prefix stripped, sorted.
     pub fn keys(&self) -> Vec<String> {
-        self.store
-            .keys(&self.prefix)
-            .into_iter()
-            .filter_map(|k| k.strip_prefix(&self.prefix).map(String::from))
-            .collect()
+        self.store.keys(&self.prefix).into_iter().filter_map(|k| k.strip_prefix(&self.prefix).map(String::from)).collect()
     }
 
     /// The underlying store.

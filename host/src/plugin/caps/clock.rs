@@ -59,10 +59,7 @@ pub struct WaitBudget {
 impl WaitBudget {
     /// A budget of `deadline_ms` per call.
     pub fn new(deadline_ms: u64) -> Self {
-        WaitBudget {
-            limit_ns: deadline_ms.saturating_mul(1_000_000),
-            used_ns: 0,
-        }
+        WaitBudget { limit_ns: deadline_ms.saturating_mul(1_000_000), used_ns: 0 }
     }
 
     /// Starts a new call with the full budget.
@@ -105,9 +102,7 @@ const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 /// waits on virtual time charged to the call's [`WaitBudget`]. Every other WASI
 /// pollable is ready at once in the host's empty WASI (closed stdin, discarding
 /// stdout/stderr, no sockets, no files), so no WASI call can block a plugin call.
-pub fn link_virtual_waits(
-    linker: &mut wasmtime::component::Linker<crate::plugin::runtime::State>,
-) -> wasmtime::Result<()> {
+pub fn link_virtual_waits(linker: &mut wasmtime::component::Linker<crate::plugin::runtime::State>) -> wasmtime::Result<()> {
     use crate::plugin::runtime::State;
     use wasmtime::component::Resource;
     use wasmtime::StoreContextMut;
@@ -121,18 +116,12 @@ pub fn link_virtual_waits(
 
     linker.allow_shadowing(true);
     let mut inst = linker.instance(MONOTONIC_CLOCK)?;
-    inst.func_wrap(
-        "subscribe-duration",
-        |mut store: StoreContextMut<'_, State>, (ns,): (u64,)| wait(store.data_mut(), ns),
-    )?;
-    inst.func_wrap(
-        "subscribe-instant",
-        |mut store: StoreContextMut<'_, State>, (when,): (u64,)| {
-            let state = store.data_mut();
-            let now = (state.clock.clock.now_ms().max(0) as u64).saturating_mul(1_000_000);
-            wait(state, when.saturating_sub(now))
-        },
-    )?;
+    inst.func_wrap("subscribe-duration", |mut store: StoreContextMut<'_, State>, (ns,): (u64,)| wait(store.data_mut(), ns))?;
+    inst.func_wrap("subscribe-instant", |mut store: StoreContextMut<'_, State>, (when,): (u64,)| {
+        let state = store.data_mut();
+        let now = (state.clock.clock.now_ms().max(0) as u64).saturating_mul(1_000_000);
+        wait(state, when.saturating_sub(now))
+    })?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -148,10 +137,7 @@ mod tests {
         for _ in 0..19 {
             assert!(b.charge(1_000_000).is_ok());
         }
-        assert!(
-            b.charge(1_000_000).is_err(),
-            "the 20th millisecond reaches the deadline"
-        );
+        assert!(b.charge(1_000_000).is_err(), "the 20th millisecond reaches the deadline");
         assert!(b.charge(u64::MAX).is_err());
         b.reset();
         assert!(b.charge(19_000_000).is_ok());

@@ -109,13 +109,7 @@ impl Host for KvCap {
         if prefix.len() > MAX_KEY {
             return Vec::new();
         }
-        let mut keys: Vec<String> = self
-            .committed
-            .keys()
-            .chain(self.staged.keys())
-            .filter(|k| k.starts_with(&prefix) && self.view(k).is_some())
-            .cloned()
-            .collect();
+        let mut keys: Vec<String> = self.committed.keys().chain(self.staged.keys()).filter(|k| k.starts_with(&prefix) && self.view(k).is_some()).cloned().collect();
         keys.sort();
         keys.dedup();
         keys

@@ -19,13 +19,7 @@ pub struct PublishCap {
 impl PublishCap {
     /// `window` is the plugin's own, shared by all its instances.
     pub fn new(prefix: &str, clock: Clock, window: SharedWindow, max_payload: usize) -> Self {
-        PublishCap {
-            prefix: prefix.trim_end_matches('/').to_string(),
-            clock,
-            window,
-            max_payload,
-            outbox: Vec::new(),
-        }
+        PublishCap { prefix: prefix.trim_end_matches('/').to_string(), clock, window, max_payload, outbox: Vec::new() }
     }
 }
 

@@ -50,11 +50,7 @@ impl Policy for BlockOnHost {
             }
             "stdout-flush" => loop {
                 let mut out = std::io::stdout();
-                core::hint::black_box(
-                    out.write_all(b"GRANT north-gate by plugin\n")
-                        .and_then(|_| out.flush())
-                        .ok(),
-                );
+                core::hint::black_box(out.write_all(b"GRANT north-gate by plugin\n").and_then(|_| out.flush()).ok());
             },
             other => panic!("block-on-host: unknown call `{other}`"),
         }

@@ -14,8 +14,7 @@ use gate_plugin_sdk::{logging, Policy, Settings};
 
 /// A newline, then what a granted decision line of the host looks like, then the
 /// other line breakers and terminal tricks.
-const FORGED: &str =
-    "x\nnorth-gate     in  card          r-0009     GRANT 5000ms  [plugin:resident-policy] FORGED\r\u{2028}\u{2029}\u{202E}\u{2066}\u{1b}[2J\u{0}";
+const FORGED: &str = "x\nnorth-gate     in  card          r-0009     GRANT 5000ms  [plugin:resident-policy] FORGED\r\u{2028}\u{2029}\u{202E}\u{2066}\u{1b}[2J\u{0}";
 
 struct ForgeOutput;
 
