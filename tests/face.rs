@@ -316,7 +316,7 @@ fn the_camera_thread_turns_frames_into_face_matches_for_the_loop() {
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let at = CameraDoor { door: "north-gate".into(), direction: Direction::Entry, fps: 15 };
-    let ended = std::thread::scope(|s| s.spawn(|| run_camera(&mut camera, &mut matcher, &at, &tx, &stop)).join().expect("camera thread"));
+    let ended = std::thread::scope(|s| s.spawn(|| run_camera(&mut camera, &mut matcher, &at, &tx, &stop, &|| {})).join().expect("camera thread"));
     assert!(ended.is_err_and(|e| e.to_string().contains("no more frames")), "the memory camera runs dry");
     let got: Vec<Input> = rx.try_iter().collect();
     assert_eq!(got.len(), 1, "{got:?}");

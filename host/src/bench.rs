@@ -232,7 +232,7 @@ fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConf
     if !problems.is_empty() {
         return Err(anyhow!("plugins failed to load: {problems:?}"));
     }
-    gw.spawn_policy_worker()?;
+    gw.spawn_policy_worker(crate::service::Bell::new())?;
     let control = gw.plugin_control().ok_or_else(|| anyhow!("no policy thread"))?;
     // Compile and link off the policy thread, as the fleet agent does; only the swap crosses.
     let loaded = control.runtime().load(&pc.path, &cfg.limits)?;

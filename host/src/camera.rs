@@ -22,7 +22,7 @@ pub struct CameraDoor {
 /// Runs frames from `source` through `matcher` until `stop` is set or the loop hangs up
 /// (Ok: frames matched), or until the source fails (its error, naming the device).
 /// Frames without a usable face send nothing.
-pub fn run_camera<S: FrameSource>(source: &mut S, matcher: &mut FaceMatcher, at: &CameraDoor, tx: &Sender<Input>, stop: &AtomicBool) -> Result<u64, HwError> {
+pub fn run_camera<S: FrameSource>(source: &mut S, matcher: &mut FaceMatcher, at: &CameraDoor, tx: &Sender<Input>, stop: &AtomicBool, wake: &dyn Fn()) -> Result<u64, HwError> {
     let period = Duration::from_secs(1) / at.fps.max(1);
     let mut next = Instant::now();
     let mut frames = 0u64;
@@ -36,6 +36,7 @@ pub fn run_camera<S: FrameSource>(source: &mut S, matcher: &mut FaceMatcher, at:
                     if tx.send(input).is_err() {
                         break;
                     }
+                    wake();
                 }
             }
             Err(e) => tracing::warn!(door = %at.door, width, height, error = %e, "camera frame not usable by the matcher"),
@@ -47,4 +48,45 @@ pub fn run_camera<S: FrameSource>(source: &mut S, matcher: &mut FaceMatcher, at:
         }
     }
     Ok(frames)
+}
+
+/// Opens the V4L2 camera on its own thread (a missing device is the driver's error, naming
+/// it) and starts matching there with a matcher of its own; the receiver gets the
+/// `Input::Face` results, and `wake` is called after each. Setting `stop` ends the thread.
+#[cfg(target_os = "linux")]
+pub fn start_camera(
+    cam: &gate_hw::config::CameraConfig,
+    bands: &crate::config::FaceBands,
+    stop: std::sync::Arc<AtomicBool>,
+    wake: impl Fn() + Send + 'static,
+) -> Result<std::sync::mpsc::Receiver<Input>, crate::hardware::HardwareError> {
+    use crate::hardware::HardwareError;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let (cfg, bands) = (cam.clone(), bands.clone());
+    let at = CameraDoor { door: cam.door.clone(), direction: crate::hardware::direction(cam.direction), fps: cam.fps };
+    std::thread::Builder::new()
+        .name("camera".into())
+        .spawn(move || {
+            let mut source = match gate_hw::linux::LinuxCamera::open(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut matcher = FaceMatcher::open(&bands);
+            let _ = ready_tx.send(Ok(()));
+            tracing::info!(device = %cfg.device, door = %at.door, fps = at.fps, "camera feeding the face matcher");
+            match run_camera(&mut source, &mut matcher, &at, &tx, &stop, &wake) {
+                Ok(frames) => tracing::info!(device = %cfg.device, frames, "camera stopped"),
+                Err(e) => tracing::warn!(device = %cfg.device, error = %e, "camera failed: no more face matches; card and PIN keep working"),
+            }
+        })
+        .map_err(|e| HardwareError::Setup(format!("camera {}: cannot start its thread: {e}", cam.device)))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(rx),
+        Ok(Err(e)) => Err(HardwareError::from(e)),
+        Err(_) => Err(HardwareError::Setup(format!("camera {}: its thread ended before the camera opened", cam.device))),
+    }
 }

@@ -224,6 +224,20 @@ impl DoorController {
         out
     }
 
+    /// The gateway is stopping: every relay goes to its safe state, which is locked, except
+    /// that a fire-release door stays released while the fire alarm is on. Pending grants
+    /// and holds end here (operator modes still in force come back at the next start).
+    pub fn stop(&mut self, now: i64) -> Timed {
+        let mut out = Vec::new();
+        let fire = self.fire;
+        for d in self.doors.iter_mut() {
+            if d.relay_on && !(fire && d.cfg.fire_release) {
+                d.relock(now, &mut out);
+            }
+        }
+        out
+    }
+
     /// The next time a timer fires, if any.
     pub fn next_deadline(&self) -> Option<i64> {
         self.doors

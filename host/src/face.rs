@@ -36,7 +36,7 @@ pub struct FaceThread {
 
 impl FaceThread {
     /// Moves `matcher` onto a thread of its own.
-    pub fn spawn(mut matcher: FaceMatcher) -> std::io::Result<FaceThread> {
+    pub fn spawn(mut matcher: FaceMatcher, bell: crate::service::Bell) -> std::io::Result<FaceThread> {
         let (jobs, job_rx) = std::sync::mpsc::channel::<FrameJob>();
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("gate-face".into()).spawn(move || {
@@ -45,6 +45,7 @@ impl FaceThread {
                 if done_tx.send((job, r)).is_err() {
                     break;
                 }
+                bell.ring();
             }
         })?;
         Ok(FaceThread { jobs, done, in_flight: 0 })

@@ -536,6 +536,7 @@ pub struct RemoteCommand {
 /// Executes authorised commands by handing them to the gateway loop and waiting for it.
 pub struct Commands {
     tx: Sender<RemoteCommand>,
+    bell: crate::service::Bell,
 }
 
 impl CommandExecutor for Commands {
@@ -544,6 +545,7 @@ impl CommandExecutor for Commands {
         self.tx
             .send(RemoteCommand { action: cmd.command.action.clone(), command: cmd.command.id.clone(), sender: cmd.sender.clone(), reply })
             .map_err(|_| "the gateway loop has stopped".to_string())?;
+        self.bell.ring();
         rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "the gateway loop did not act on the command within 5 s".to_string())?
     }
 }
@@ -570,7 +572,8 @@ pub struct Fleet {
 impl Fleet {
     /// Starts the link and the agent for `gw` (whose policy worker must be running).
     /// `db` is the event log the outbox publishes; deployed components go next to it.
-    pub fn start(gw: &Gateway, db: &Path, cache_dir: Option<PathBuf>) -> Result<Fleet, FleetError> {
+    /// Authorised commands ring `bell`, so the service loop carries them out at once.
+    pub fn start(gw: &Gateway, db: &Path, cache_dir: Option<PathBuf>, bell: crate::service::Bell) -> Result<Fleet, FleetError> {
         let cfg = gw.config().clone();
         let fc = cfg.fleet.clone().ok_or(FleetError::NotConfigured)?;
         let site = cfg.site.id.clone();
@@ -659,7 +662,7 @@ impl Fleet {
         let (cmd_tx, commands) = mpsc::channel();
         let mut agent = Agent::new(&site, &gateway, host_version, deployer, handle.clone(), &interrupted, clock);
         let mut slot = slot;
-        let mut exec = Commands { tx: cmd_tx };
+        let mut exec = Commands { tx: cmd_tx, bell };
         handle.update_status(agent.status(&slot));
         std::thread::Builder::new()
             .name("gate-fleet-agent".into())
@@ -755,7 +758,9 @@ impl Fleet {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.handle.shutdown();
-        let _ = self.link_done.recv_timeout(Duration::from_secs(2));
+        // The offline status goes out on the way down; never wait past the caller's budget.
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(300));
+        let _ = self.link_done.recv_timeout(left);
     }
 }
 

@@ -103,10 +103,11 @@ impl Gateway {
         &mut self.log
     }
 
-    /// Moves plugin calls onto their own thread, so the door never waits for a plugin.
-    pub fn spawn_policy_worker(&mut self) -> std::io::Result<()> {
+    /// Moves plugin calls onto their own thread, so the door never waits for a plugin;
+    /// the thread rings `bell` whenever it finishes something.
+    pub fn spawn_policy_worker(&mut self, bell: crate::service::Bell) -> std::io::Result<()> {
         if let Policy::Inline(engine) = std::mem::replace(&mut self.policy, Policy::Moving) {
-            self.policy = Policy::Worker(PolicyWorker::spawn(engine)?);
+            self.policy = Policy::Worker(PolicyWorker::spawn(engine, bell)?);
         }
         Ok(())
     }
@@ -114,10 +115,10 @@ impl Gateway {
     /// Moves the face matcher onto its own thread (service mode), so a frame never
     /// delays the door; results come back through [`Gateway::poll_faces`]. Read
     /// [`Gateway::face`] before: afterwards it describes the gateway thread's (off) matcher.
-    pub fn spawn_face_thread(&mut self) -> std::io::Result<()> {
+    pub fn spawn_face_thread(&mut self, bell: crate::service::Bell) -> std::io::Result<()> {
         if self.face.is_on() && self.face_thread.is_none() {
             let m = std::mem::replace(&mut self.face, FaceMatcher::off("running on the face thread"));
-            self.face_thread = Some(FaceThread::spawn(m)?);
+            self.face_thread = Some(FaceThread::spawn(m, bell)?);
         }
         Ok(())
     }
@@ -300,6 +301,15 @@ impl Gateway {
                 Some(Done::Notified { published, health, at }) => self.apply_notified(at, published, health, &mut out)?,
             }
         }
+    }
+
+    /// A clean stop: every relay to its safe state (see [`DoorController::stop`]), logged.
+    pub fn stop_doors(&mut self, now: i64) -> Result<Vec<Timed>, GatewayError> {
+        let mut out = Vec::new();
+        for (t, r) in self.doors.stop(now) {
+            self.emit(t, r, &mut out)?;
+        }
+        Ok(out)
     }
 
     /// The earliest time a door timer needs attention.

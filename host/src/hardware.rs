@@ -2,8 +2,9 @@
 //!
 //! Decoded hardware events become gateway [`Input`]s, the door controller's
 //! [`Record::Relay`] outputs drive the relays (the door is the host's: relays
-//! only ever follow `door.rs`), and a pin-level trace runs through simulated
-//! pins and the real drivers so replay exercises the same code as the gate.
+//! only ever follow `door.rs`), and pin-level twins of event-level traces are
+//! made here. The service loop's sources (`service::source`) use this bridge for
+//! simulated pins and for the GPIO lines of a real gate alike.
 //!
 //! Card numbers reach the gateway in one documented string form, the decimal
 //! "FFFNNNNN" that is printed on most Wiegand cards: `facility × 100000 +
@@ -11,10 +12,10 @@
 //! facility gives the number alone). Subject directories list cards in this form.
 
 use crate::event::{Direction, Input, Record};
-use crate::gateway::{Gateway, GatewayError, Timed};
+use crate::gateway::{GatewayError, Timed};
 use gate_hw::config::{self, HardwareConfig, InputKind};
-use gate_hw::runtime::{HwRuntime, PinBackend, SimBackend};
-use gate_hw::sim::{PinPlayer, TwinBuilder};
+use gate_hw::runtime::{HwRuntime, PinBackend};
+use gate_hw::sim::TwinBuilder;
 use gate_hw::{HwError, HwEvent, PinEdge};
 use std::collections::BTreeSet;
 use thiserror::Error;
@@ -101,24 +102,14 @@ impl<B: PinBackend> Hardware<B> {
         &mut self.rt
     }
 
+    /// The drivers, to ask when they next need attention.
+    pub fn runtime(&self) -> &HwRuntime<B> {
+        &self.rt
+    }
+
     /// Gateway time (Unix ms) of a hardware time (µs since `start_ms`).
     pub fn gateway_ms(&self, at_us: u64) -> i64 {
         self.start_ms + (at_us / 1_000) as i64
-    }
-
-    /// The gateway acts on `input` at `now` (Unix ms); the relays follow what it did.
-    pub fn handle(&mut self, gw: &mut Gateway, now: i64, input: Input, captured: Option<i64>) -> Result<Step, HardwareError> {
-        gw.clock().set_ms(now);
-        let records = gw.handle(now, &input, captured)?;
-        self.follow(&records)?;
-        Ok(Step { at_ms: now, input: Some(input), records })
-    }
-
-    /// The gateway's door timers run up to `t` (Unix ms); the relays follow.
-    pub fn timer(&mut self, gw: &mut Gateway, t: i64) -> Result<Step, HardwareError> {
-        let records = gw.advance(t)?;
-        self.follow(&records)?;
-        Ok(Step { at_ms: t, input: None, records })
     }
 
     /// Moves the relays as the door controller says; doors without a wired relay are skipped.
@@ -136,88 +127,6 @@ impl<B: PinBackend> Hardware<B> {
         }
         Ok(())
     }
-}
-
-/// One thing that happened in a session: the input the gateway handled (None for a door
-/// timer), when (Unix ms), and the records it produced.
-#[derive(Debug)]
-pub struct Step {
-    pub at_ms: i64,
-    pub input: Option<Input>,
-    pub records: Vec<Timed>,
-}
-
-/// Splits a trace's inputs into the pin edges of its `line` inputs and everything else.
-fn split_lines(inputs: &[(u64, Input)]) -> (Vec<PinEdge>, Vec<(u64, Input)>) {
-    let mut edges = Vec::new();
-    let mut events = Vec::new();
-    for (at, input) in inputs {
-        match input {
-            Input::Line { line, level, at_us } => edges.push(PinEdge::new(*at_us, line.clone(), *level)),
-            other => events.push((*at, other.clone())),
-        }
-    }
-    (edges, events)
-}
-
-/// Runs a trace's inputs through simulated pins and the real drivers into `gw`: `line`
-/// inputs drive the wires, every other input goes straight to the gateway, and decoded
-/// events reach it at their decoded time. Door timers then run out for `drain_ms` after
-/// the last input, as in an event-level replay.
-pub fn run_simulated(gw: &mut Gateway, hw_cfg: &HardwareConfig, start_ms: i64, inputs: &[(u64, Input)], drain_ms: i64) -> Result<Vec<Step>, HardwareError> {
-    let (edges, events) = split_lines(inputs);
-    let mut backend = SimBackend::default();
-    let mut hw = Hardware::open(hw_cfg, &mut backend, start_ms)?;
-    if let Some(e) = edges.iter().find(|e| backend.lines.get(&e.line).is_none()) {
-        let known: Vec<&str> = backend.lines.names().collect();
-        return Err(HardwareError::Setup(format!("trace line `{}` (at {} µs) is not wired in [hardware]; configured lines: {}", e.line, e.at_us, known.join(", "))));
-    }
-    let mut player = PinPlayer::new(edges);
-    let mut events = events.into_iter().peekable();
-    let mut steps = Vec::new();
-    let mut last_input_ms = start_ms;
-    let abs_us = |ms: i64| ms.saturating_mul(1_000);
-    loop {
-        let t_hw = player.next_time(hw.runtime_mut()).map(|us| abs_us(start_ms) + us as i64);
-        let t_ev = events.peek().map(|(at, _)| abs_us(start_ms + *at as i64));
-        let Some(t_in) = [t_hw, t_ev].into_iter().flatten().min() else { break };
-        if let Some(t) = gw.next_deadline().filter(|t| abs_us(*t) <= t_in) {
-            timer(gw, &mut hw, t, &mut steps)?;
-            continue;
-        }
-        if t_ev == Some(t_in) {
-            if let Some((at, input)) = events.next() {
-                let now = start_ms + at as i64;
-                let captured = input.captured_at().map(|c| start_ms + c as i64);
-                handle(gw, &mut hw, now, input, captured, &mut steps)?;
-                last_input_ms = now;
-            }
-            continue;
-        }
-        let Some(batch) = player.step(hw.runtime_mut(), &backend.lines)? else { break };
-        for ev in batch {
-            if let Some(input) = to_input(&ev) {
-                let now = hw.gateway_ms(ev.at_us());
-                handle(gw, &mut hw, now, input, None, &mut steps)?;
-                last_input_ms = now;
-            }
-        }
-    }
-    let end = last_input_ms + drain_ms;
-    while let Some(t) = gw.next_deadline().filter(|t| *t <= end) {
-        timer(gw, &mut hw, t, &mut steps)?;
-    }
-    Ok(steps)
-}
-
-fn handle<B: PinBackend>(gw: &mut Gateway, hw: &mut Hardware<B>, now: i64, input: Input, captured: Option<i64>, steps: &mut Vec<Step>) -> Result<(), HardwareError> {
-    steps.push(hw.handle(gw, now, input, captured)?);
-    Ok(())
-}
-
-fn timer<B: PinBackend>(gw: &mut Gateway, hw: &mut Hardware<B>, t: i64, steps: &mut Vec<Step>) -> Result<(), HardwareError> {
-    steps.push(hw.timer(gw, t)?);
-    Ok(())
 }
 
 /// The pin-level twin of an event-level trace: every input the wiring can produce (cards
@@ -268,7 +177,10 @@ pub fn twin(hw: &HardwareConfig, inputs: &[(u64, Input)]) -> Result<Vec<(u64, In
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::source::split_lines;
     use gate_hw::event::CardNumber;
+    use gate_hw::runtime::SimBackend;
+    use gate_hw::sim::PinPlayer;
 
     const WIRING: &str = r#"
 [[relays]]

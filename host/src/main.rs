@@ -20,29 +20,49 @@ struct Cli {
     /// Log filter (also GATE_LOG), e.g. "warn" or "gate=debug".
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Log (and `gate run` output) as readable text, or as JSON lines for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the gateway. Without hardware it serves a recorded trace in real time.
+    /// Run the gateway as a service: it serves the GPIO lines and camera of the config's
+    /// [hardware]; --trace serves a recorded trace (the demo), --simulate a pin-level trace
+    /// on simulated pins, in real time. Stops cleanly on SIGTERM / SIGINT.
     Run {
-        /// Site configuration (configs/*.toml).
+        /// Site configuration (configs/*.toml, /etc/gate/site.toml).
         #[arg(long)]
         config: PathBuf,
         /// Trace whose inputs stand in for the hardware.
+        #[arg(long, conflicts_with = "simulate")]
+        trace: Option<PathBuf>,
+        /// Pin-level trace driving the [hardware] wiring on simulated pins.
         #[arg(long)]
-        trace: PathBuf,
-        /// Playback speed (1 = real time).
-        #[arg(long, default_value_t = 20.0)]
-        speed: f64,
+        simulate: Option<PathBuf>,
+        /// Playback speed of a trace, 0.01 to 10000 (default 20 for --trace, 1 for --simulate).
+        #[arg(long)]
+        speed: Option<f64>,
         /// Event log database (default: <state_dir>/events.sqlite).
         #[arg(long)]
         db: Option<PathBuf>,
         /// Keep serving (door timers, fleet jobs and commands) after the trace ends, until stopped.
         #[arg(long)]
         hold: bool,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Also write what happens as a replayable trace (card numbers and PINs pseudonymised).
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// With --record: where to write its subject directory (default: <record>.subjects.toml).
+        #[arg(long, requires = "record")]
+        subjects_out: Option<PathBuf>,
+        /// With --record: keep raw card numbers (PINs are always pseudonymised).
+        #[arg(long, requires = "record")]
+        keep_raw_cards: bool,
     },
     /// Replay a trace in virtual time; with expected outputs, diff and fail on any difference.
     Replay {
@@ -57,7 +77,8 @@ enum Cmd {
         #[arg(long)]
         subjects: Option<PathBuf>,
     },
-    /// Record what the gate's hardware does as a trace (inputs, decisions, outputs).
+    /// Record what the gate's hardware does as a trace: `gate run --record` on the hardware,
+    /// or, with --simulate, a pin-level trace on simulated pins in virtual time.
     Record {
         #[arg(long)]
         config: PathBuf,
@@ -172,6 +193,12 @@ enum QrCmd {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Format {
     Text,
     Jsonl,
@@ -191,13 +218,18 @@ fn runtime<E: Into<anyhow::Error>>(e: E) -> Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = cli.log.clone().or_else(|| std::env::var("GATE_LOG").ok()).unwrap_or_else(|| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a piped or stored log carries no escape sequences.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match dispatch(cli.cmd) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+        // Colour only on a terminal: a piped or stored log (journald) carries no escape sequences.
+        LogFormat::Text => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+    let format = match cli.log_format {
+        LogFormat::Text => gate::service::console::Format::Text,
+        LogFormat::Json => gate::service::console::Format::Json,
+    };
+    match dispatch(cli.cmd, format) {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, e)) => {
             eprintln!("gate: error: {e:#}");
@@ -216,26 +248,65 @@ fn cache_dir(cfg: &SiteConfig) -> Option<PathBuf> {
     cfg.site.state_dir.as_ref().map(|d| d.join("plugin-cache"))
 }
 
-fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
+/// The event log of a run: --db, or `<state_dir>/events.sqlite`; its folder is created.
+fn event_db(config: &Path, cfg: &SiteConfig, db: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    let db = match db.or_else(|| cfg.site.state_dir.as_ref().map(|d| d.join("events.sqlite"))) {
+        Some(p) => p,
+        None => return Err(input(anyhow::anyhow!("{}: set `site.state_dir` or pass --db for the event log", config.display()))),
+    };
+    if let Some(parent) = db.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display())).map_err(runtime)?;
+    }
+    Ok(db)
+}
+
+/// Longest and shortest trace playback speeds `gate run` takes.
+const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.01..=10_000.0;
+
+fn serve(cfg: SiteConfig, opts: gate::serve::RunOptions) -> Result<u8, Failure> {
+    let mut stdout = std::io::stdout();
+    let format = opts.format;
+    let s = gate::serve::run(cfg, opts, &mut stdout).map_err(runtime)?;
+    if format == gate::service::console::Format::Text {
+        println!(
+            "\ngate: done. {} granted, {} denied, {} other decisions, {} alarms raised, {} plugin incidents, {} messages published; {} records in the event log.",
+            s.granted, s.denied, s.other_decisions, s.alarms, s.plugin_failures, s.published, s.logged
+        );
+    }
+    if s.restart {
+        // SIGHUP with a valid configuration: the same binary again, on the same state.
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        let exe = std::env::current_exe().map_err(runtime)?;
+        let err = std::process::Command::new(exe).args(args.by_ref().skip(1)).exec();
+        return Err(runtime(anyhow::anyhow!("restarting on the new configuration: {err}")));
+    }
+    Ok(0)
+}
+
+fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Failure> {
     match cmd {
-        Cmd::Run { config, trace, speed, db, hold } => {
+        Cmd::Run { config, trace, simulate, speed, db, hold, seconds, record, subjects_out, keep_raw_cards } => {
             let cfg = load_config(&config)?;
-            let trace = Trace::load(&trace).map_err(input)?;
-            let db = match db.or_else(|| cfg.site.state_dir.as_ref().map(|d| d.join("events.sqlite"))) {
-                Some(p) => p,
-                None => return Err(input(anyhow::anyhow!("{}: set `site.state_dir` or pass --db for the event log", config.display()))),
+            let (inputs, speed) = match (trace, simulate) {
+                (Some(t), _) => (gate::serve::Inputs::Trace(Trace::load(&t).map_err(input)?), speed.unwrap_or(20.0)),
+                (None, Some(p)) => {
+                    let t = Trace::load(&p).map_err(input)?;
+                    if !t.has_pins() {
+                        return Err(input(anyhow::anyhow!("{}: --simulate takes a pin-level trace (`line` inputs); serve an event-level trace with --trace", p.display())));
+                    }
+                    (gate::serve::Inputs::Trace(t), speed.unwrap_or(1.0))
+                }
+                (None, None) if speed.is_some() => return Err(input(anyhow::anyhow!("--speed applies to a trace; the hardware is served in real time"))),
+                (None, None) => (gate::serve::Inputs::Hardware, 1.0),
             };
-            if let Some(parent) = db.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display())).map_err(runtime)?;
+            if !speed.is_finite() || !SPEED_RANGE.contains(&speed) {
+                return Err(input(anyhow::anyhow!("--speed {speed}: must be between {} and {}", SPEED_RANGE.start(), SPEED_RANGE.end())));
             }
-            let cache = cache_dir(&cfg);
-            let mut stdout = std::io::stdout();
-            let s = gate::live::run(cfg, gate::live::RunOptions { trace, speed, db, cache_dir: cache, hold }, &mut stdout).map_err(runtime)?;
-            println!(
-                "\ngate: done. {} granted, {} denied, {} other decisions, {} alarms raised, {} plugin incidents, {} messages published; {} records in the event log.",
-                s.granted, s.denied, s.other_decisions, s.alarms, s.plugin_failures, s.published, s.logged
-            );
-            Ok(0)
+            let db = event_db(&config, &cfg, db)?;
+            let record = record.map(|out| gate::record::RecordTo { subjects_out: subjects_out.unwrap_or_else(|| out.with_extension("subjects.toml")), out, keep_raw_cards });
+            let cache_dir = cache_dir(&cfg);
+            serve(cfg, gate::serve::RunOptions { inputs, speed, db, cache_dir, hold, duration: seconds.map(std::time::Duration::from_secs), record, format })
         }
         Cmd::Replay { config, trace, format, subjects } => {
             let cfg = load_config(&config)?;
@@ -275,17 +346,31 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
         }
         Cmd::Record { config, out, subjects_out, keep_raw_cards, simulate, seconds } => {
             let cfg = load_config(&config)?;
-            let simulate = simulate.map(|p| Trace::load(&p)).transpose().map_err(input)?;
-            let subjects_out = subjects_out.unwrap_or_else(|| out.with_extension("subjects.toml"));
+            let to = gate::record::RecordTo { subjects_out: subjects_out.unwrap_or_else(|| out.with_extension("subjects.toml")), out, keep_raw_cards };
             let cache_dir = cache_dir(&cfg);
-            let opts = gate::record::RecordOptions { out: out.clone(), subjects_out: subjects_out.clone(), keep_raw_cards, simulate, duration: seconds.map(std::time::Duration::from_secs), cache_dir };
-            let s = gate::record::record(cfg, opts).map_err(|e| match e {
+            let Some(pins) = simulate else {
+                // On the hardware a recording is the service with --record.
+                let db = event_db(&config, &cfg, None)?;
+                let opts = gate::serve::RunOptions {
+                    inputs: gate::serve::Inputs::Hardware,
+                    speed: 1.0,
+                    db,
+                    cache_dir,
+                    hold: false,
+                    duration: seconds.map(std::time::Duration::from_secs),
+                    record: Some(to),
+                    format,
+                };
+                return serve(cfg, opts);
+            };
+            let pins = Trace::load(&pins).map_err(input)?;
+            let s = gate::record::record_simulated(cfg, &to, &pins, cache_dir).map_err(|e| match e {
                 gate::record::RecordError::Setup(_) => input(e),
                 _ => runtime(e),
             })?;
-            println!("gate: recorded {} inputs and {} outputs ({} decisions) to {}", s.inputs, s.outputs, s.decisions, out.display());
-            println!("gate: subject directory with the recording's pseudonyms: {}", subjects_out.display());
-            println!("gate: replay with: gate replay --config {} --subjects {} --trace {}", config.display(), subjects_out.display(), out.display());
+            println!("gate: recorded {} inputs and {} outputs ({} decisions) to {}", s.inputs, s.outputs, s.decisions, s.path.display());
+            println!("gate: subject directory with the recording's pseudonyms: {}", s.subjects.display());
+            println!("gate: replay with: gate replay --config {} --subjects {} --trace {}", config.display(), s.subjects.display(), s.path.display());
             Ok(0)
         }
         Cmd::Enroll(args) => face_cmd::enroll(args),

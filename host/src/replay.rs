@@ -7,8 +7,9 @@ use crate::clock::{parse_offset, Clock};
 use crate::config::SiteConfig;
 use crate::event::Record;
 use crate::gateway::{Gateway, Timed};
-use crate::hardware::{run_simulated, HardwareError};
+use crate::hardware::HardwareError;
 use crate::plugin::{ExecMode, Runtime};
+use crate::service::{self, Control, NoHooks, Options, Pace, PinTrace, Source, Step, TraceSource};
 use crate::store::EventLog;
 use crate::trace::{expect_line, Trace};
 use std::path::PathBuf;
@@ -35,29 +36,26 @@ pub fn run(cfg: SiteConfig, trace: &Trace, cache_dir: Option<PathBuf>) -> Result
     Ok(Replay { records, problems })
 }
 
-/// Feeds every input at its virtual time, then lets door timers run out.
+/// Feeds every input at its virtual time, then lets door timers run out: the service loop
+/// at virtual pace, over the trace (or its pin-level `line` inputs on simulated pins).
 pub fn drive(gw: &mut Gateway, trace: &Trace) -> Result<Vec<(u64, Record)>, HardwareError> {
     let start = trace.start_ms;
-    let mut out: Vec<Timed> = Vec::new();
-    gw.log_mut().begin_batch().map_err(crate::gateway::GatewayError::from)?;
-    if trace.has_pins() {
+    let mut source: Box<dyn Source> = if trace.has_pins() {
         let Some(hw) = gw.config().hardware.clone() else {
             return Err(HardwareError::Setup(format!("the trace has pin-level `line` inputs but {} has no [hardware] section to wire them to", gw.config().path.display())));
         };
-        let steps = run_simulated(gw, &hw, start, &trace.inputs, DRAIN_MS)?;
-        gw.log_mut().commit_batch().map_err(crate::gateway::GatewayError::from)?;
-        return Ok(steps.into_iter().flat_map(|s| s.records).map(|(t, r)| ((t - start).max(0) as u64, r)).collect());
-    }
-    for (at, input) in &trace.inputs {
-        let now = start + *at as i64;
-        let captured = input.captured_at().map(|c| start + c as i64);
-        gw.clock().set_ms(now);
-        out.extend(gw.handle(now, input, captured)?);
-    }
-    let end = start + trace.inputs.last().map_or(0, |(at, _)| *at as i64) + DRAIN_MS;
-    while let Some(t) = gw.next_deadline().filter(|t| *t <= end) {
-        out.extend(gw.advance(t)?);
-    }
+        Box::new(PinTrace::open(&hw, trace)?)
+    } else {
+        Box::new(TraceSource::new(trace))
+    };
+    let mut out: Vec<Timed> = Vec::new();
+    gw.log_mut().begin_batch().map_err(crate::gateway::GatewayError::from)?;
+    let opts = Options { drain_ms: DRAIN_MS, ..Options::default() };
+    let mut sink = |step: Step| -> Result<(), HardwareError> {
+        out.extend(step.records);
+        Ok(())
+    };
+    service::run(gw, source.as_mut(), Pace::Virtual, &opts, &Control::default(), None, &mut NoHooks, &mut sink)?;
     gw.log_mut().commit_batch().map_err(crate::gateway::GatewayError::from)?;
     Ok(out.into_iter().map(|(t, r)| ((t - start).max(0) as u64, r)).collect())
 }

@@ -75,7 +75,7 @@ pub struct PolicyWorker {
 
 impl PolicyWorker {
     /// Moves the engine onto its own thread.
-    pub fn spawn(mut engine: PolicyEngine) -> std::io::Result<PolicyWorker> {
+    pub fn spawn(mut engine: PolicyEngine, bell: crate::service::Bell) -> std::io::Result<PolicyWorker> {
         let rt = engine.runtime().sibling();
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::channel::<Done>();
@@ -98,6 +98,7 @@ impl PolicyWorker {
                 if done_tx.send(out).is_err() {
                     break;
                 }
+                bell.ring();
             }
         })?;
         Ok(PolicyWorker { jobs, done, ready: VecDeque::new(), in_flight: 0, rt })

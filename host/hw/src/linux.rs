@@ -1,6 +1,10 @@
 //! Linux backends: GPIO character-device lines through linux-embedded-hal (`CdevPin`) for
-//! relays and inputs, kernel-timestamped edge events for Wiegand lines, V4L2 capture for the
-//! camera. A missing device is a typed error naming it, never a panic.
+//! relays, kernel edge events for inputs and Wiegand lines, V4L2 capture for the camera. A
+//! missing device is a typed error naming it, never a panic.
+//!
+//! Nothing here needs polling to notice a change: every edge, on an input or a reader line,
+//! calls the backend's waker, so the service loop sleeps until something happens (or a
+//! driver deadline such as a debounce or a frame end falls due).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +20,7 @@ use crate::config::{CameraConfig, CameraFormat};
 use crate::edge::PinEdge;
 use crate::error::HwError;
 use crate::runtime::PinBackend;
+use crate::sim::SimPin;
 
 const CONSUMER: &str = "gate";
 
@@ -24,6 +29,9 @@ pub fn monotonic_us() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     (t.tv_sec as u64).saturating_mul(1_000_000) + (t.tv_nsec as u64) / 1_000
 }
+
+/// Called from an edge thread after each edge, so the loop that owns the runtime wakes.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// GPIO lines of the board. Time 0 of every edge and of [`LinuxBackend::now_us`] is the
 /// moment the backend was created, so live time and recorded `at_us` share one clock.
@@ -34,6 +42,7 @@ pub struct LinuxBackend {
     rx: Option<Receiver<PinEdge>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    waker: Waker,
 }
 
 impl Default for LinuxBackend {
@@ -46,7 +55,14 @@ impl LinuxBackend {
     /// A backend with no line opened yet.
     pub fn new() -> Self {
         let (tx, rx) = channel();
-        LinuxBackend { chips: BTreeMap::new(), epoch_us: monotonic_us(), tx, rx: Some(rx), stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() }
+        LinuxBackend { chips: BTreeMap::new(), epoch_us: monotonic_us(), tx, rx: Some(rx), stop: Arc::new(AtomicBool::new(false)), threads: Vec::new(), waker: Arc::new(|| {}) }
+    }
+
+    /// A backend whose edge threads call `waker` after every edge (set before opening lines).
+    pub fn with_waker(waker: Waker) -> Self {
+        let mut b = Self::new();
+        b.waker = waker;
+        b
     }
 
     /// Live time in µs since the backend was created; pass it to `HwRuntime::poll`.
@@ -89,12 +105,23 @@ fn open_error(what: &str, chip: &str, line: u32, err: &linux_embedded_hal::gpio_
 }
 
 impl PinBackend for LinuxBackend {
-    type Input = CdevPin;
+    /// The line's level as its edge thread last saw it (read by the debouncer).
+    type Input = SimPin;
     type Output = CdevPin;
 
-    fn input(&mut self, what: &str, chip: &str, line: u32, _name: &str, _idle_high: bool) -> Result<CdevPin, HwError> {
-        let handle = self.chip(what, chip, line)?.get_line(line).and_then(|l| l.request(LineRequestFlags::INPUT, 0, CONSUMER));
-        handle.and_then(CdevPin::new).map_err(|e| open_error(what, chip, line, &e))
+    fn input(&mut self, what: &str, chip: &str, line: u32, name: &str, _idle_high: bool) -> Result<SimPin, HwError> {
+        let mut handle = self.events(what, chip, line)?;
+        let level = handle.get_value().map_err(|e| open_error(what, chip, line, &e))? != 0;
+        let pin = SimPin::new(level);
+        let (shared, stop, waker, name) = (pin.clone(), Arc::clone(&self.stop), Arc::clone(&self.waker), name.to_owned());
+        let thread = std::thread::Builder::new().name(format!("gpio-{name}")).spawn(move || level_loop(&name, &mut handle, &shared, &stop, &waker)).map_err(|e| HwError::GpioOpen {
+            what: format!("{what} edge thread"),
+            chip: chip.into(),
+            line,
+            reason: e.to_string(),
+        })?;
+        self.threads.push(thread);
+        Ok(pin)
     }
 
     fn output(&mut self, what: &str, chip: &str, line: u32, _name: &str, idle_high: bool) -> Result<CdevPin, HwError> {
@@ -102,13 +129,13 @@ impl PinBackend for LinuxBackend {
         handle.and_then(CdevPin::new).map_err(|e| open_error(what, chip, line, &e))
     }
 
-    fn wiegand(&mut self, reader: &str, chip: &str, d0: (u32, &str), d1: (u32, &str)) -> Result<Option<(CdevPin, CdevPin)>, HwError> {
+    fn wiegand(&mut self, reader: &str, chip: &str, d0: (u32, &str), d1: (u32, &str)) -> Result<Option<(SimPin, SimPin)>, HwError> {
         let h0 = self.events(&format!("reader {reader} D0"), chip, d0.0)?;
         let h1 = self.events(&format!("reader {reader} D1"), chip, d1.0)?;
         let names = [d0.1.to_owned(), d1.1.to_owned()];
-        let (tx, stop, epoch) = (self.tx.clone(), Arc::clone(&self.stop), self.epoch_us);
+        let (tx, stop, epoch, waker) = (self.tx.clone(), Arc::clone(&self.stop), self.epoch_us, Arc::clone(&self.waker));
         let reader = reader.to_owned();
-        let thread = std::thread::Builder::new().name(format!("wiegand-{reader}")).spawn(move || edge_loop(&reader, [h0, h1], names, epoch, &tx, &stop)).map_err(|e| HwError::GpioOpen {
+        let thread = std::thread::Builder::new().name(format!("wiegand-{reader}")).spawn(move || edge_loop(&reader, [h0, h1], names, epoch, &tx, &stop, &waker)).map_err(|e| HwError::GpioOpen {
             what: "wiegand edge thread".into(),
             chip: chip.into(),
             line: d0.0,
@@ -120,7 +147,7 @@ impl PinBackend for LinuxBackend {
 }
 
 /// Waits for edges on both data lines, stamps them with the kernel time, sends them in time order.
-fn edge_loop(reader: &str, mut handles: [LineEventHandle; 2], names: [String; 2], epoch_us: u64, tx: &Sender<PinEdge>, stop: &AtomicBool) {
+fn edge_loop(reader: &str, mut handles: [LineEventHandle; 2], names: [String; 2], epoch_us: u64, tx: &Sender<PinEdge>, stop: &AtomicBool, waker: &Waker) {
     use rustix::event::{poll, PollFd, PollFlags};
     let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
     while !stop.load(Ordering::SeqCst) {
@@ -146,10 +173,43 @@ fn edge_loop(reader: &str, mut handles: [LineEventHandle; 2], names: [String; 2]
             }
         }
         batch.sort_by_key(|e| e.at_us);
+        let any = !batch.is_empty();
         for e in batch {
             if tx.send(e).is_err() {
                 return; // the runtime is gone
             }
+        }
+        if any {
+            waker();
+        }
+    }
+}
+
+/// Follows one input line's edges into `pin` (the level the debouncer samples) and wakes
+/// the loop, so a door contact, exit button or fire input needs no polling to be seen.
+fn level_loop(name: &str, handle: &mut LineEventHandle, pin: &SimPin, stop: &AtomicBool, waker: &Waker) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+    while !stop.load(Ordering::SeqCst) {
+        let ready = {
+            let mut fds = [PollFd::new(&*handle, PollFlags::IN)];
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(_) => fds[0].revents().contains(PollFlags::IN),
+                Err(e) => {
+                    tracing::warn!(input = name, error = %e, "input edge poll failed; input stopped");
+                    return;
+                }
+            }
+        };
+        if !ready {
+            continue;
+        }
+        match handle.get_event() {
+            Ok(ev) => {
+                pin.set(matches!(ev.event_type(), EventType::RisingEdge));
+                waker();
+            }
+            Err(e) => tracing::warn!(input = name, error = %e, "input edge read failed"),
         }
     }
 }
