@@ -88,6 +88,24 @@ fn consent(subject: &str) -> Consent {
 }
 
 #[test]
+fn the_same_photo_given_twice_counts_once_and_enrolment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("face.key");
+    DeviceKey::create(&key).unwrap();
+    let store = TemplateStore::open(&dir.path().join("face.sqlite"), &key).unwrap();
+    store.record_consent(&consent("r-0402")).unwrap();
+    let policy = EnrollPolicy { min_samples: 2, ..EnrollPolicy::default() };
+    match store.enroll(engine(), "r-0402", &[photo("obama.jpg"), photo("obama.jpg")], &policy, 1).unwrap_err() {
+        StoreError::NotEnoughSamples { accepted, reasons, .. } => {
+            assert_eq!(accepted, 1);
+            assert!(reasons.contains("frame 1: same photo as frame 0"), "{reasons}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(store.enrolled().unwrap().is_empty());
+}
+
+#[test]
 fn an_enrolled_resident_is_recognised_in_a_new_photo_and_strangers_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("face.key");

@@ -51,6 +51,11 @@ impl Frame {
         Frame::from_rgb(w, h, rgb.into_raw())
     }
 
+    /// Whether two frames hold the same picture, pixel for pixel (content, not file name).
+    pub fn same_pixels(&self, other: &Frame) -> bool {
+        self.width == other.width && self.height == other.height && self.bgr == other.bgr
+    }
+
     /// Frame width in pixels.
     pub fn width(&self) -> u32 {
         self.width

@@ -225,6 +225,11 @@ impl TemplateStore {
         let mut samples = Vec::new();
         let mut rejected = Vec::new();
         for (i, frame) in frames.iter().enumerate() {
+            // The same picture given twice would pass the agreement check with itself.
+            if let Some(j) = frames[..i].iter().position(|f| f.same_pixels(frame)) {
+                rejected.push((i, format!("same photo as frame {j}")));
+                continue;
+            }
             match engine.sample(frame, policy.min_face_px, &mut StageTimings::default())? {
                 Err(outcome) => rejected.push((i, crate::engine::describe(&outcome))),
                 Ok(s) if s.sharpness < policy.min_sharpness => rejected.push((i, "face blurred".into())),
