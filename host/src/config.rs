@@ -92,12 +92,22 @@ pub struct Limits {
     /// Wall time compiling one component may take (100..=600 000 ms); a cached
     /// precompiled component is not compiled again.
     pub compile_ms: u64,
+    /// Longest a card read may wait (in service) for its plugin call to start (1..=5 000 ms);
+    /// a read that waited longer is decided by the fallback at once, never late.
+    pub max_decision_wait_ms: u64,
+    /// Longest a decided event may wait (in service) for an integration plugin (10..=600 000 ms);
+    /// older ones are dropped, counted and reported. Alarms are never dropped.
+    pub max_event_wait_ms: u64,
 }
 
 /// Range of `limits.max_component_bytes`.
 pub const MAX_COMPONENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=256 << 20;
 /// Range of `limits.compile_ms`.
 pub const COMPILE_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;
+/// Range of `limits.max_decision_wait_ms`.
+pub const MAX_DECISION_WAIT_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=5_000;
+/// Range of `limits.max_event_wait_ms`.
+pub const MAX_EVENT_WAIT_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=600_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -113,6 +123,8 @@ impl Default for Limits {
             max_payload_bytes: 16 * 1024,
             max_component_bytes: 16 << 20,
             compile_ms: 30_000,
+            max_decision_wait_ms: 250,
+            max_event_wait_ms: 5_000,
         }
     }
 }
@@ -415,6 +427,12 @@ impl SiteConfig {
         }
         if !COMPILE_MS_RANGE.contains(&raw.limits.compile_ms) {
             return Err(err(None, format!("key `limits.compile_ms`: {} is outside {}..={}", raw.limits.compile_ms, COMPILE_MS_RANGE.start(), COMPILE_MS_RANGE.end())));
+        }
+        for (key, value, range) in [("max_decision_wait_ms", raw.limits.max_decision_wait_ms, MAX_DECISION_WAIT_MS_RANGE), ("max_event_wait_ms", raw.limits.max_event_wait_ms, MAX_EVENT_WAIT_MS_RANGE)]
+        {
+            if !range.contains(&value) {
+                return Err(err(None, format!("key `limits.{key}`: {value} is outside {}..={}", range.start(), range.end())));
+            }
         }
         if let Some(k) = raw.fallback.credentials.iter().find(|k| k.is_biometric()) {
             return Err(err(None, format!("key `fallback.credentials`: `{k}` is biometric; the fallback honours only non-biometric credentials")));

@@ -387,6 +387,9 @@ pub enum PluginStatus {
     Failed,
     Quarantined,
     Restored,
+    /// Events or publishes an integration plugin never got to handle (its queue was full,
+    /// they waited too long, or the publish rate limit refused them), counted.
+    Dropped,
 }
 
 impl Record {
@@ -478,6 +481,7 @@ impl fmt::Display for Record {
                     PluginStatus::Failed => "FAILED",
                     PluginStatus::Quarantined => "QUARANTINED",
                     PluginStatus::Restored => "restored",
+                    PluginStatus::Dropped => "DROPPED",
                 };
                 write!(f, "plugin {plugin} {s}: {reason}")
             }

@@ -103,11 +103,11 @@ impl Gateway {
         &mut self.log
     }
 
-    /// Moves plugin calls onto their own thread, so the door never waits for a plugin;
-    /// the thread rings `bell` whenever it finishes something.
+    /// Moves each plugin onto a thread of its own, so the door never waits for a plugin
+    /// and no plugin waits for another; the threads ring `bell` whenever they finish something.
     pub fn spawn_policy_worker(&mut self, bell: crate::service::Bell) -> std::io::Result<()> {
         if let Policy::Inline(engine) = std::mem::replace(&mut self.policy, Policy::Moving) {
-            self.policy = Policy::Worker(PolicyWorker::spawn(engine, bell)?);
+            self.policy = Policy::Worker(PolicyWorker::spawn(engine, bell, self.clock.clone())?);
         }
         Ok(())
     }
@@ -273,6 +273,15 @@ impl Gateway {
         match &mut self.policy {
             Policy::Worker(w) => w.wait(timeout),
             _ => false,
+        }
+    }
+
+    /// How long until a read waiting for its plugin reaches `limits.max_decision_wait_ms`
+    /// and must be decided by the fallback (service mode; the loop wakes then).
+    pub fn policy_wake(&self) -> Option<std::time::Duration> {
+        match &self.policy {
+            Policy::Worker(w) => w.next_expiry(),
+            _ => None,
         }
     }
 
@@ -450,16 +459,24 @@ impl Gateway {
             prior,
         };
         let req = AccessRequest { door, event, kind, subject, direction, at: now };
-        let decided = match &mut self.policy {
-            Policy::Inline(engine) => engine.decide(&req.door, &req.event, req.kind, req.subject.as_ref(), now),
-            Policy::Worker(w) => {
-                if w.decide(req.clone()) {
-                    // Decided on the policy thread; `poll_policy` applies it.
-                    return Ok(());
-                }
-                fallback_decision(&self.cfg.fallback, &req.door, kind, req.subject.as_ref(), "policy-thread-gone", Vec::new())
+        let (req, decided) = match &mut self.policy {
+            Policy::Inline(engine) => {
+                let d = engine.decide(&req.door, &req.event, req.kind, req.subject.as_ref(), now);
+                (req, d)
             }
-            Policy::Moving => fallback_decision(&self.cfg.fallback, &req.door, kind, req.subject.as_ref(), "policy-thread-gone", Vec::new()),
+            // Decided on the plugin's thread; `poll_policy` applies it. A read the door's
+            // plugin cannot take (no plugin, its queue full) is decided by the fallback now.
+            Policy::Worker(w) => match w.decide(req) {
+                Ok(()) => return Ok(()),
+                Err((req, why)) => {
+                    let d = fallback_decision(&self.cfg.fallback, &req.door, kind, req.subject.as_ref(), why, Vec::new());
+                    (req, d)
+                }
+            },
+            Policy::Moving => {
+                let d = fallback_decision(&self.cfg.fallback, &req.door, kind, req.subject.as_ref(), "policy-thread-gone", Vec::new());
+                (req, d)
+            }
         };
         self.apply_decision(now, req, decided, out)
     }

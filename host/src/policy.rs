@@ -37,19 +37,171 @@ pub struct Decided {
 /// kv writes of one call, by key (None = delete).
 pub type KvChanges = BTreeMap<String, Option<Vec<u8>>>;
 
-struct Managed {
+/// One configured plugin, its health (failures, quarantine) and its drop counts. In
+/// replay the engine holds them all; in service each runs on a thread of its own.
+pub struct PluginUnit {
+    name: String,
+    /// The world the site configured (known even when the component failed to load).
+    world: World,
     slot: Option<Slot>,
     load_error: Option<String>,
     failures: u32,
     quarantined_until: Option<i64>,
 }
 
+impl PluginUnit {
+    /// The plugin's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's configured world.
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    /// Asks this (policy) plugin to decide; the fallback decides when it is quarantined,
+    /// not loaded, or its call fails. Failures count across instances and quarantine it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide(&mut self, rt: &Runtime, door: &Door, event: &AccessEvent, kind: CredentialKind, subject: Option<&Subject>, now: i64, fb: &Fallback, limits: &Limits) -> Decided {
+        let name = self.name.clone();
+        let mut health = Vec::new();
+        if let Some(until) = self.quarantined_until {
+            if now < until {
+                return fallback_decision(fb, door, kind, subject, "quarantined", health);
+            }
+            self.quarantined_until = None;
+        }
+        let Some(slot) = self.slot.as_mut() else {
+            return fallback_decision(fb, door, kind, subject, "plugin-unavailable", health);
+        };
+        let result = slot.decide(rt, event).and_then(|(d, fx)| validate(door, d).map(|v| (v, fx)));
+        match result {
+            Ok((verdict, fx)) => {
+                if self.failures >= limits.failures_before_quarantine {
+                    health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Restored, reason: "decided normally after quarantine".into() });
+                }
+                self.failures = 0;
+                note_dropped_logs(&name, &fx);
+                Decided { verdict, by: format!("plugin:{name}"), health, kv: Some((name, fx.kv_changes)) }
+            }
+            Err(fault) => {
+                self.failures = self.failures.saturating_add(1);
+                tracing::warn!(plugin = %name, door = %door.id, fault = %fault, failures = self.failures, "plugin call failed; fallback decides");
+                health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
+                if self.failures >= limits.failures_before_quarantine {
+                    self.quarantined_until = Some(now.saturating_add(limits.quarantine_ms as i64));
+                    slot.reset();
+                    health.push(Record::Plugin {
+                        plugin: name.clone(),
+                        status: PluginStatus::Quarantined,
+                        reason: format!("{} consecutive failures; retry in {} ms", self.failures, limits.quarantine_ms),
+                    });
+                }
+                fallback_decision(fb, door, kind, subject, "plugin-failed", health)
+            }
+        }
+    }
+
+    /// Hands an event to this (integration) plugin: its publishes, or None when it did not
+    /// run or failed, and health records. Alarms reach it even while it is quarantined (they
+    /// are never skipped); a success on an alarm does not lift the quarantine.
+    pub fn notify(&mut self, rt: &Runtime, event: &GateEvent, now: i64, limits: &Limits) -> (Option<Effects>, Vec<Record>) {
+        let mut health = Vec::new();
+        let alarm = matches!(event, GateEvent::Alarm(_));
+        let Some(slot) = self.slot.as_mut() else { return (None, health) };
+        if slot.world() != World::Integration {
+            return (None, health);
+        }
+        let quarantined = self.quarantined_until.is_some_and(|u| now < u);
+        if quarantined && !alarm {
+            return (None, health);
+        }
+        if !quarantined {
+            self.quarantined_until = None;
+        }
+        match slot.on_event(rt, event) {
+            Ok(fx) => {
+                if !quarantined {
+                    self.failures = 0;
+                }
+                note_dropped_logs(&self.name, &fx);
+                (Some(fx), health)
+            }
+            Err(fault) => {
+                self.failures = self.failures.saturating_add(1);
+                health.push(Record::Plugin { plugin: self.name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
+                if self.failures >= limits.failures_before_quarantine && !quarantined {
+                    self.quarantined_until = Some(now.saturating_add(limits.quarantine_ms as i64));
+                    slot.reset();
+                    health.push(Record::Plugin { plugin: self.name.clone(), status: PluginStatus::Quarantined, reason: format!("{} consecutive failures", self.failures) });
+                }
+                (None, health)
+            }
+        }
+    }
+
+    /// Puts `slot` in place of this plugin's and returns the one it replaces. Failure
+    /// counts and quarantine start afresh. Refuses a slot of another world.
+    pub fn swap(&mut self, slot: Slot) -> Result<Option<Slot>, String> {
+        if slot.world() != self.world {
+            return Err(format!("plugin `{}` is a {:?} plugin; the new one is {:?}", self.name, self.world, slot.world()));
+        }
+        self.failures = 0;
+        self.quarantined_until = None;
+        self.load_error = None;
+        tracing::info!(plugin = %self.name, sha256 = %slot.sha256, "plugin swapped in");
+        Ok(self.slot.replace(slot))
+    }
+
+    /// Direct access to the slot (benchmarks).
+    pub fn slot_mut(&mut self) -> Option<&mut Slot> {
+        self.slot.as_mut()
+    }
+}
+
+/// Counts what an integration plugin never handled and reports it as a health record at
+/// most once per second of gateway time (so a flood cannot flood the event log too).
+#[derive(Debug, Default)]
+pub struct DropCount {
+    /// Events dropped because the plugin's queue was full.
+    pub queue_full: u64,
+    /// Events dropped because they waited longer than `limits.max_event_wait_ms`.
+    pub too_old: u64,
+    /// Publishes the rate limit refused.
+    pub rate_limited: u64,
+    last_report_ms: Option<i64>,
+}
+
+impl DropCount {
+    /// The record reporting the drops counted since the last report, if any and due at `now`.
+    pub fn report(&mut self, plugin: &str, now: i64) -> Option<Record> {
+        if self.queue_full + self.too_old + self.rate_limited == 0 || self.last_report_ms.is_some_and(|t| now.saturating_sub(t) < 1000) {
+            return None;
+        }
+        self.last_report_ms = Some(now);
+        let (full, old, rate) = (std::mem::take(&mut self.queue_full), std::mem::take(&mut self.too_old), std::mem::take(&mut self.rate_limited));
+        tracing::warn!(plugin, queue_full = full, too_old = old, rate_limited = rate, "integration plugin: events or publishes dropped (alarms never are)");
+        let reason = format!("{full} events dropped (queue full), {old} dropped (waited past limits.max_event_wait_ms), {rate} publishes refused by limits.publish_per_sec; alarms are never dropped");
+        Some(Record::Plugin { plugin: plugin.to_string(), status: PluginStatus::Dropped, reason })
+    }
+}
+
 /// The site's plugins and the rules for trusting them.
 pub struct PolicyEngine {
     rt: Runtime,
-    plugins: BTreeMap<String, Managed>,
+    plugins: BTreeMap<String, PluginUnit>,
+    drops: BTreeMap<String, DropCount>,
     fallback: Fallback,
     limits: Limits,
+}
+
+/// What the policy threads of the service are built from (see [`PolicyEngine::into_parts`]).
+pub struct EngineParts {
+    pub rt: Runtime,
+    pub plugins: Vec<PluginUnit>,
+    pub fallback: Fallback,
+    pub limits: Limits,
 }
 
 impl PolicyEngine {
@@ -69,9 +221,9 @@ impl PolicyEngine {
                     (None, Some(e.to_string()))
                 }
             };
-            plugins.insert(name.clone(), Managed { slot, load_error, failures: 0, quarantined_until: None });
+            plugins.insert(name.clone(), PluginUnit { name: name.clone(), world: pc.world, slot, load_error, failures: 0, quarantined_until: None });
         }
-        (PolicyEngine { rt, plugins, fallback: cfg.fallback.clone(), limits: cfg.limits.clone() }, problems)
+        (PolicyEngine { rt, plugins, drops: BTreeMap::new(), fallback: cfg.fallback.clone(), limits: cfg.limits.clone() }, problems)
     }
 
     /// The runtime the plugins run in.
@@ -79,49 +231,19 @@ impl PolicyEngine {
         &self.rt
     }
 
+    /// Splits the engine into its plugins, for one thread each (service).
+    pub fn into_parts(self) -> EngineParts {
+        EngineParts { rt: self.rt, plugins: self.plugins.into_values().collect(), fallback: self.fallback, limits: self.limits }
+    }
+
     /// Decides an access event for `door`.
     pub fn decide(&mut self, door: &Door, event: &AccessEvent, kind: CredentialKind, subject: Option<&Subject>, now: i64) -> Decided {
-        let Some(name) = door.policy.clone() else {
+        let Some(name) = door.policy.as_deref() else {
             return self.fallback(door, kind, subject, "no-policy", Vec::new());
         };
-        let Some(m) = self.plugins.get_mut(&name) else {
-            return self.fallback(door, kind, subject, "plugin-unavailable", Vec::new());
-        };
-        let mut health = Vec::new();
-        if let Some(until) = m.quarantined_until {
-            if now < until {
-                return self.fallback(door, kind, subject, "quarantined", health);
-            }
-            m.quarantined_until = None;
-        }
-        let Some(slot) = m.slot.as_mut() else {
-            return self.fallback(door, kind, subject, "plugin-unavailable", health);
-        };
-        let result = slot.decide(&self.rt, event).and_then(|(d, fx)| validate(door, d).map(|v| (v, fx)));
-        match result {
-            Ok((verdict, fx)) => {
-                if m.failures >= self.limits.failures_before_quarantine {
-                    health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Restored, reason: "decided normally after quarantine".into() });
-                }
-                m.failures = 0;
-                note_dropped_logs(&name, &fx);
-                Decided { verdict, by: format!("plugin:{name}"), health, kv: Some((name, fx.kv_changes)) }
-            }
-            Err(fault) => {
-                m.failures = m.failures.saturating_add(1);
-                tracing::warn!(plugin = %name, door = %door.id, fault = %fault, failures = m.failures, "plugin call failed; fallback decides");
-                health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
-                if m.failures >= self.limits.failures_before_quarantine {
-                    m.quarantined_until = Some(now + self.limits.quarantine_ms as i64);
-                    slot.reset();
-                    health.push(Record::Plugin {
-                        plugin: name.clone(),
-                        status: PluginStatus::Quarantined,
-                        reason: format!("{} consecutive failures; retry in {} ms", m.failures, self.limits.quarantine_ms),
-                    });
-                }
-                self.fallback(door, kind, subject, "plugin-failed", health)
-            }
+        match self.plugins.get_mut(name) {
+            Some(unit) => unit.decide(&self.rt, door, event, kind, subject, now, &self.fallback, &self.limits),
+            None => fallback_decision(&self.fallback, door, kind, subject, "plugin-unavailable", Vec::new()),
         }
     }
 
@@ -135,30 +257,19 @@ impl PolicyEngine {
     pub fn notify(&mut self, event: &GateEvent, now: i64) -> (Vec<(String, Effects)>, Vec<Record>) {
         let mut out = Vec::new();
         let mut health = Vec::new();
-        for (name, m) in self.plugins.iter_mut() {
-            let Some(slot) = m.slot.as_mut() else { continue };
-            if slot.world() != World::Integration {
+        for (name, unit) in self.plugins.iter_mut() {
+            if unit.world() != World::Integration {
                 continue;
             }
-            if m.quarantined_until.is_some_and(|u| now < u) {
-                continue;
+            let (fx, h) = unit.notify(&self.rt, event, now, &self.limits);
+            health.extend(h);
+            if let Some(fx) = fx {
+                let drops = self.drops.entry(name.clone()).or_default();
+                drops.rate_limited = drops.rate_limited.saturating_add(fx.publishes_refused);
+                out.push((name.clone(), fx));
             }
-            m.quarantined_until = None;
-            match slot.on_event(&self.rt, event) {
-                Ok(fx) => {
-                    m.failures = 0;
-                    note_dropped_logs(name, &fx);
-                    out.push((name.clone(), fx));
-                }
-                Err(fault) => {
-                    m.failures = m.failures.saturating_add(1);
-                    health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Failed, reason: fault.to_string() });
-                    if m.failures >= self.limits.failures_before_quarantine {
-                        m.quarantined_until = Some(now + self.limits.quarantine_ms as i64);
-                        slot.reset();
-                        health.push(Record::Plugin { plugin: name.clone(), status: PluginStatus::Quarantined, reason: format!("{} consecutive failures", m.failures) });
-                    }
-                }
+            if let Some(r) = self.drops.get_mut(name).and_then(|d| d.report(name, now)) {
+                health.push(r);
             }
         }
         (out, health)
@@ -168,19 +279,10 @@ impl PolicyEngine {
     /// the engine) and returns the one it replaces. Failure counts and quarantine start
     /// afresh. Refuses a slot of another world than the configured plugin's.
     pub fn swap(&mut self, name: &str, slot: Slot) -> Result<Option<Slot>, String> {
-        let Some(m) = self.plugins.get_mut(name) else {
+        let Some(unit) = self.plugins.get_mut(name) else {
             return Err(format!("plugin `{name}` is not configured at this site"));
         };
-        if let Some(old) = &m.slot {
-            if old.world() != slot.world() {
-                return Err(format!("plugin `{name}` is a {:?} plugin; the new one is {:?}", old.world(), slot.world()));
-            }
-        }
-        m.failures = 0;
-        m.quarantined_until = None;
-        m.load_error = None;
-        tracing::info!(plugin = %name, sha256 = %slot.sha256, "plugin swapped in");
-        Ok(m.slot.replace(slot))
+        unit.swap(slot)
     }
 
     /// Plugins that failed to load, with why (for `gate run`'s start-up report).

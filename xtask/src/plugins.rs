@@ -17,6 +17,10 @@ pub const PLUGINS: &[&str] = &[
     "block-on-host",
     "forge-output",
     "wrong-types",
+    "bad-integration",
+    "kv-keyspace",
+    "giant-need-factor",
+    "slow-policy",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

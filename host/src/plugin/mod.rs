@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod caps;
 pub mod check;
+pub mod meter;
 pub mod runtime;
 pub mod slot;
 pub mod text;

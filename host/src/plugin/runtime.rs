@@ -157,6 +157,12 @@ impl Runtime {
         let mut integration_linker = Linker::new(&engine);
         link_common(&mut integration_linker)?;
         integration::gate::plugin::publish::add_to_linker::<State, HasSelf<PublishCap>>(&mut integration_linker, |s| &mut s.publish).map_err(|e| PluginError::Engine(e.to_string()))?;
+        if mode == ExecMode::Deterministic {
+            // Replay: time in host calls is charged to the fuel budget (determinism under load).
+            for l in [&mut policy_linker, &mut integration_linker] {
+                super::meter::link_metered(l).map_err(|e| PluginError::Engine(e.to_string()))?;
+            }
+        }
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (eng, stop) = (engine.clone(), ticker_stop.clone());

@@ -242,6 +242,10 @@ pub fn run(
         if let Some(d) = opts.max_wall {
             wait = wait.min(d.saturating_sub(wall0.elapsed()));
         }
+        // A read waiting for a slow plugin is decided by the fallback once its wait runs out.
+        if let Some(d) = gw.policy_wake() {
+            wait = wait.min(d);
+        }
         if !wait.is_zero() {
             ctl.bell().wait(wait);
         }

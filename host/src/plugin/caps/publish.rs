@@ -14,12 +14,17 @@ pub struct PublishCap {
     max_payload: usize,
     /// Messages published by the current call, full topic first.
     pub outbox: Vec<(String, Vec<u8>)>,
+    /// Publishes the current call may make past the rate limit: set for a call handling an
+    /// alarm, so an alarm is never dropped by the limit (a flood of access events spent it).
+    pub alarm_allowance: u32,
+    /// Publishes the rate limit refused during the current call.
+    pub refused: u64,
 }
 
 impl PublishCap {
     /// `window` is the plugin's own, shared by all its instances.
     pub fn new(prefix: &str, clock: Clock, window: SharedWindow, max_payload: usize) -> Self {
-        PublishCap { prefix: prefix.trim_end_matches('/').to_string(), clock, window, max_payload, outbox: Vec::new() }
+        PublishCap { prefix: prefix.trim_end_matches('/').to_string(), clock, window, max_payload, outbox: Vec::new(), alarm_allowance: 0, refused: 0 }
     }
 }
 
@@ -42,7 +47,11 @@ impl Host for PublishCap {
             return Err(PublishError::PayloadTooLarge);
         }
         if !self.window.take(self.clock.now_ms()) {
-            return Err(PublishError::RateLimited);
+            if self.alarm_allowance == 0 {
+                self.refused = self.refused.saturating_add(1);
+                return Err(PublishError::RateLimited);
+            }
+            self.alarm_allowance -= 1;
         }
         self.outbox.push((format!("{}/{topic}", self.prefix), payload));
         Ok(())
@@ -69,5 +78,10 @@ mod tests {
         assert!(p.publish("b".into(), b"2".to_vec()).is_ok());
         assert!(matches!(p.publish("c".into(), b"3".to_vec()), Err(PublishError::RateLimited)));
         assert_eq!(p.outbox[0].0, "platform/a");
+        assert_eq!(p.refused, 1);
+        // A call handling an alarm publishes past the spent limit, within its allowance.
+        p.alarm_allowance = 1;
+        assert!(p.publish("alarm".into(), b"4".to_vec()).is_ok());
+        assert!(matches!(p.publish("alarm".into(), b"5".to_vec()), Err(PublishError::RateLimited)));
     }
 }

@@ -1,10 +1,12 @@
 //! log-flood: a policy plugin that calls `log` thousands of times per decision and then
 //! decides correctly: grant for residents, deny for unknown or other subjects. Tests that
-//! the host rate-limits a flooding plugin's log and still honours its decision.
+//! the host rate-limits a flooding plugin's log and still honours its decision. With
+//! setting `then-trap = "true"` it traps after flooding instead: the next call runs in a
+//! fresh instance, which must not get a fresh log budget.
 
 use gate_plugin_sdk::log::Level;
 use gate_plugin_sdk::types::{AccessEvent, Decision, Role};
-use gate_plugin_sdk::Policy;
+use gate_plugin_sdk::{Policy, Settings};
 
 /// Log calls per decision.
 pub const LINES_PER_DECISION: u32 = 5_000;
@@ -26,6 +28,9 @@ impl Policy for LogFlood {
     fn decide(event: AccessEvent) -> Decision {
         for i in 0..LINES_PER_DECISION {
             gate_plugin_sdk::log::log(Level::Info, &format!("log-flood line {i} for event {}", event.id));
+        }
+        if Settings::host().bool_or("then-trap", false).unwrap_or(false) {
+            panic!("log-flood: trapping after the flood for event {}", event.id);
         }
         verdict(&event)
     }

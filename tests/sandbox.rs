@@ -1,0 +1,432 @@
+//! The sandbox holds against hostile plugins (issue 10): each attack is a plugin in
+//! `plugins/testing/`, driven through the real `gate` binary in service (`gate run`) and
+//! in replay (`gate replay`). Whatever the plugin does, the host survives, every other
+//! door is decided by its own plugin, the resident's card opens the bad plugin's door by
+//! the fallback, exit and fire act at once, the bad plugin is quarantined, and fire
+//! alarms are published.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn plugin(name: &str) -> PathBuf {
+    let p = root().join("target/plugins").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `cargo xtask plugins`", p.display());
+    p
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs `gate` and kills it if it has not exited after `secs`: a host that hangs fails
+/// the test instead of hanging the suite.
+fn gate(args: &[&str], env: &[(&str, &str)], secs: u64) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
+    cmd.current_dir(root()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("run gate");
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let guard = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                if started.elapsed() > Duration::from_secs(secs) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })
+    };
+    let out = child.wait_with_output().expect("collect gate's output");
+    done.store(true, Ordering::SeqCst);
+    let killed = guard.join().unwrap_or(false);
+    assert!(!killed, "gate {args:?} hung and was killed after {secs} s; its output:\n{}", text(&out));
+    out
+}
+
+/// Residents beyond the demo's three, one card each (`30000000 + i`), so a test can send
+/// many reads that are never repeats.
+const EXTRA: usize = 400;
+
+fn extra_card(i: usize) -> String {
+    format!("{}", 30_000_000 + i)
+}
+
+fn extra_id(i: usize) -> String {
+    format!("r-{}", 5000 + i)
+}
+
+/// The demo site in `dir`: north-gate served by `north` (with `settings`, a TOML inline
+/// table body), the other doors by `resident-policy`, `platform-bridge` publishing, the
+/// `[limits]` lines of `limits` added, `extra` sections appended, and [`EXTRA`] residents.
+fn site(dir: &Path, north: &str, settings: &str, limits: &str, extra: &str) -> PathBuf {
+    let mut subjects = std::fs::read_to_string(root().join("configs/demo-subjects.toml")).unwrap();
+    for i in 0..EXTRA {
+        subjects.push_str(&format!("\n[[subject]]\nid = \"{}\"\nrole = \"resident\"\ngroups = []\ncards = [\"{}\"]\n", extra_id(i), extra_card(i)));
+    }
+    let subjects_path = dir.join("subjects.toml");
+    std::fs::write(&subjects_path, subjects).unwrap();
+    let demo = std::fs::read_to_string(root().join("configs/demo-site.toml")).unwrap();
+    // Keys given in `limits` replace the demo's own lines for them.
+    let keys: Vec<&str> = limits.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k.trim()).collect();
+    let demo: String = demo.lines().filter(|l| !keys.iter().any(|k| l.starts_with(&format!("{k} ")) || l.starts_with(&format!("{k}=")))).map(|l| format!("{l}\n")).collect();
+    let mut body = demo
+        .replace("../target/plugins/resident-policy.wasm", plugin("resident-policy").to_str().unwrap())
+        .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
+        .replace("\"demo-subjects.toml\"", &format!("{:?}", subjects_path))
+        .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")))
+        .replace("[limits]\n", &format!("[limits]\n{limits}\n"));
+    if north != "resident-policy" {
+        let section = format!("[plugins.{north}]\npath = {:?}\nworld = \"policy\"\nconfig = {{ {settings} }}\n\n[[door]]", plugin(north));
+        body = body.replacen("[[door]]", &section, 1).replacen("policy = \"resident-policy\"", &format!("policy = \"{north}\""), 1);
+    }
+    body.push_str(extra);
+    let cfg = dir.join("site.toml");
+    std::fs::write(&cfg, body).unwrap();
+    cfg
+}
+
+/// An integration plugin section for `bad-integration` in `mode`.
+fn bad_integration(mode: &str) -> String {
+    format!("\n[plugins.bad-integration]\npath = {:?}\nworld = \"integration\"\nprefix = \"bad\"\nconfig = {{ mode = \"{mode}\" }}\n", plugin("bad-integration"))
+}
+
+/// A trace in `dir` of `inputs` (at ms, input JSON).
+fn trace(dir: &Path, name: &str, inputs: &[(u64, String)]) -> PathBuf {
+    let mut t = String::from("{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}\n");
+    for (at, input) in inputs {
+        t.push_str(&format!("{{\"at\":{at},\"input\":{input}}}\n"));
+    }
+    let p = dir.join(format!("{name}.jsonl"));
+    std::fs::write(&p, t).unwrap();
+    p
+}
+
+fn card(door: &str, number: &str) -> String {
+    format!("{{\"kind\":\"card\",\"door\":\"{door}\",\"number\":\"{number}\"}}")
+}
+
+fn pin(door: &str, pin: &str) -> String {
+    format!("{{\"kind\":\"pin\",\"door\":\"{door}\",\"pin\":\"{pin}\"}}")
+}
+
+fn fire(active: bool) -> String {
+    format!("{{\"kind\":\"fire-alarm\",\"active\":{active}}}")
+}
+
+fn exit(door: &str) -> String {
+    format!("{{\"kind\":\"exit-button\",\"door\":\"{door}\"}}")
+}
+
+/// Start of the test traces, Unix ms.
+const START_MS: i64 = 1_763_852_400_000;
+
+/// Records in the event log of the site in `dir`, oldest first: (at_ms, body).
+fn records(dir: &Path) -> Vec<(i64, serde_json::Value)> {
+    let c = rusqlite::Connection::open_with_flags(dir.join("state/events.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut st = c.prepare("SELECT at_ms, kind, body FROM events ORDER BY seq").unwrap();
+    st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+        .unwrap()
+        .map(|r| {
+            let (at, kind, body) = r.unwrap();
+            let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["kind"] = serde_json::Value::String(kind);
+            (at, v)
+        })
+        .collect()
+}
+
+fn replay_jsonl(cfg: &Path, trace: &Path, env: &[(&str, &str)]) -> (Vec<serde_json::Value>, Output) {
+    let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--format", "jsonl"], env, 300);
+    assert!(out.status.success(), "{}", text(&out));
+    let recs = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone()).collect();
+    (recs, out)
+}
+
+/// `gate run` of `trace` in real time; its stdout (the records in the order the gateway
+/// logged them) and everything it printed.
+fn run(cfg: &Path, trace: &Path) -> (String, Output) {
+    let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "1"], &[("GATE_LOG", "warn")], 300);
+    assert!(out.status.success(), "{}", text(&out));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
+}
+
+fn pos(t: &str, needle: &str) -> usize {
+    t.find(needle).unwrap_or_else(|| panic!("`{needle}` missing from:\n{t}"))
+}
+
+/// The printed decision line for `door` and `subject`, the `nth` one.
+fn decision_line<'a>(t: &'a str, door: &str, subject: &str, nth: usize) -> &'a str {
+    t.lines()
+        .filter(|l| l.contains(door) && l.contains(&format!(" {subject} ")) && (l.contains("GRANT") || l.contains("DENY")))
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no decision {nth} for {subject} at {door}:\n{t}"))
+}
+
+fn alarm_published(recs: &[serde_json::Value], plugin: &str, active: bool) -> bool {
+    recs.iter().any(|r| r["kind"] == "publish" && r["plugin"] == plugin && r["topic"].as_str().is_some_and(|t| t.contains("/alarm/")) && r["payload"]["active"] == active)
+}
+
+/// In service a policy plugin that hangs to its deadline (600 ms here) delays only its own
+/// door: building-3 and the garage are decided by their own plugin, fire release and the
+/// exit button act, all before the hung call ends; the reads queued behind the hang are
+/// decided by the fallback once they waited `limits.max_decision_wait_ms`, not when the
+/// hang ends; the plugin is quarantined and the fire alarm is published.
+#[test]
+fn a_hanging_policy_plugin_delays_only_its_own_doors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), "spin-forever", "", "deadline_ms = 600\nmax_decision_wait_ms = 250", "");
+    let t = trace(
+        dir.path(),
+        "hang",
+        &[
+            (0, card("north-gate", "10012345")),
+            (5, card("north-gate", "10012346")),
+            (10, card("north-gate", "10012347")),
+            (15, pin("building-3", "246810")),
+            (20, card("garage-vehicle", "10012346")),
+            (25, fire(true)),
+            (30, exit("building-3")),
+            (2600, card("north-gate", "10012345")),
+            (3300, card("north-gate", "10012346")),
+            (4000, card("north-gate", "10012347")),
+            (4700, pin("north-gate", "246810")),
+            (5000, fire(false)),
+        ],
+    );
+    let (t, _) = run(&cfg, &t);
+    let hung = pos(&t, "deadline exceeded");
+    for other in [decision_line(&t, "building-3", "r-0001", 0), decision_line(&t, "garage-vehicle", "r-0002", 0)] {
+        assert!(other.contains("GRANT") && other.contains("[plugin:resident-policy]"), "{other}\n{t}");
+        assert!(pos(&t, other) < hung, "another door waited for the hung plugin:\n{t}");
+    }
+    assert!(pos(&t, "ALARM fire RAISED") < hung && pos(&t, "exit button") < hung, "fire or exit waited for the plugin:\n{t}");
+    assert!(decision_line(&t, "north-gate", "r-0001", 0).contains("GRANT") && decision_line(&t, "north-gate", "r-0001", 0).contains("[fallback:plugin-failed]"), "{t}");
+    for queued in ["r-0002", "r-0003"] {
+        let l = decision_line(&t, "north-gate", queued, 0);
+        assert!(l.contains("GRANT") && l.contains("[fallback:waited-too-long]"), "{l}\n{t}");
+        // Decided when its wait ran out, before the hung call ended.
+        assert!(pos(&t, l) < hung, "{queued} waited for the hang to end:\n{t}");
+    }
+    assert!(t.contains("plugin spin-forever QUARANTINED"), "{t}");
+    assert!(decision_line(&t, "north-gate", "r-0001", 2).contains("[fallback:quarantined]"), "{t}");
+    let recs: Vec<serde_json::Value> = records(dir.path()).into_iter().map(|(_, r)| r).collect();
+    assert!(alarm_published(&recs, "platform-bridge", true) && alarm_published(&recs, "platform-bridge", false), "fire alarm not published:\n{t}");
+}
+
+/// In service an integration plugin that hangs (to its deadline) or sleeps delays no
+/// door: every door is decided by its own plugin before the hung call ends, the other
+/// integration plugin still publishes the fire alarm, and the bad one is quarantined.
+#[test]
+fn an_integration_plugin_that_hangs_or_sleeps_delays_no_door() {
+    for mode in ["spin", "sleep"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = site(dir.path(), "resident-policy", "", "deadline_ms = 600", &bad_integration(mode));
+        let t = trace(
+            dir.path(),
+            "integration-hang",
+            &[
+                (0, card("north-gate", "10012345")),
+                (10, pin("building-3", "246810")),
+                (20, card("garage-vehicle", "10012346")),
+                (30, fire(true)),
+                (40, card("north-gate", "10012347")),
+                (1500, fire(false)),
+            ],
+        );
+        let (t, _) = run(&cfg, &t);
+        let failed = pos(&t, "plugin bad-integration FAILED");
+        for (door, who) in [("north-gate", "r-0001"), ("building-3", "r-0001"), ("garage-vehicle", "r-0002"), ("north-gate", "r-0003")] {
+            let l = decision_line(&t, door, who, 0);
+            assert!(l.contains("GRANT") && l.contains("[plugin:resident-policy]"), "{mode}: {l}\n{t}");
+            if mode == "spin" {
+                assert!(pos(&t, l) < failed, "{mode}: a door waited for the integration plugin:\n{t}");
+            }
+        }
+        assert!(pos(&t, "ALARM fire RAISED") < failed || mode == "sleep", "{mode}: {t}");
+        assert!(t.contains("plugin bad-integration QUARANTINED"), "{mode}: {t}");
+        let recs: Vec<serde_json::Value> = records(dir.path()).into_iter().map(|(_, r)| r).collect();
+        assert!(alarm_published(&recs, "platform-bridge", true) && alarm_published(&recs, "platform-bridge", false), "{mode}: fire alarm not published:\n{t}");
+        assert!(!recs.iter().any(|r| r["kind"] == "plugin" && r["plugin"] == "platform-bridge" && r["status"] == "failed"), "{mode}: {t}");
+    }
+}
+
+/// A slow policy plugin (calls far slower than reads arrive at 100 reads/s) never makes
+/// a decision late: a read waits at most `limits.max_decision_wait_ms` (100 ms here) for
+/// its call to start, then the fallback decides it at once; every resident gets in; the
+/// other door keeps its own plugin. (Before, the queue grew without bound and cards
+/// opened the door seconds after they were read.)
+#[test]
+fn a_slow_policy_plugin_never_decides_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), "slow-policy", "spin = 30000000", "deadline_ms = 500\nmax_decision_wait_ms = 100", "");
+    let mut inputs = Vec::new();
+    let mut read_at = std::collections::HashMap::new();
+    for i in 0..300usize {
+        let at = 1000 + i as u64 * 10;
+        inputs.push((at, card("north-gate", &extra_card(i))));
+        read_at.insert(extra_id(i), at as i64);
+        if i % 10 == 5 {
+            let j = 300 + i / 10;
+            inputs.push((at, card("building-3", &extra_card(j))));
+            read_at.insert(extra_id(j), at as i64);
+        }
+    }
+    let t = trace(dir.path(), "slow", &inputs);
+    let (t, _) = run(&cfg, &t);
+    let recs = records(dir.path());
+    let decisions: Vec<&(i64, serde_json::Value)> = recs.iter().filter(|(_, r)| r["kind"] == "decision").collect();
+    assert_eq!(decisions.len(), 330, "every read decided once:\n{t}");
+    let (mut by_plugin, mut by_wait) = (0, 0);
+    let mut latest = 0i64;
+    for (at, d) in &decisions {
+        assert_eq!(d["outcome"], "grant", "{d}");
+        let subject = d["subject"].as_str().unwrap();
+        let late = at - START_MS - read_at[subject];
+        latest = latest.max(late);
+        match (d["door"].as_str().unwrap(), d["by"].as_str().unwrap()) {
+            ("building-3", by) => assert_eq!(by, "plugin:resident-policy", "{d}"),
+            (_, "plugin:slow-policy") => by_plugin += 1,
+            (_, "fallback:waited-too-long") => by_wait += 1,
+            (_, by) => panic!("north-gate decided by {by}: {d}"),
+        }
+    }
+    assert!(by_plugin > 0 && by_wait > 0, "plugin {by_plugin}, waited too long {by_wait}:\n{t}");
+    // The bound the site sets (100 ms wait + a 500 ms call), with room for a loaded machine;
+    // an unbounded queue was late by seconds here.
+    assert!(latest <= 100 + 500 + 1000, "a decision was logged {latest} ms after its read");
+}
+
+/// An integration plugin that floods publishes, and a site whose publish limit the
+/// platform bridge's own traffic exceeds: alarms (raise and clear) are still published
+/// by both, the bridge is not failed or quarantined for the host's limit, and what was
+/// refused is counted and reported as a `dropped` record. Replay and service alike.
+#[test]
+fn publish_floods_never_drop_alarms() {
+    let mut inputs = Vec::new();
+    for i in 0..40usize {
+        let door = if i % 2 == 0 { "north-gate" } else { "building-3" };
+        inputs.push((1000 + i as u64 * 50, card(door, &extra_card(i))));
+    }
+    inputs.push((1510, fire(true)));
+    inputs.push((2520, fire(false)));
+    inputs.sort_by_key(|(at, _)| *at);
+    for service in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = site(dir.path(), "resident-policy", "", "publish_per_sec = 5", &bad_integration("flood"));
+        let t = trace(dir.path(), "flood", &inputs);
+        let recs: Vec<serde_json::Value> = if service {
+            run(&cfg, &t);
+            records(dir.path()).into_iter().map(|(_, r)| r).collect()
+        } else {
+            replay_jsonl(&cfg, &t, &[]).0
+        };
+        for p in ["platform-bridge", "bad-integration"] {
+            assert!(alarm_published(&recs, p, true) && alarm_published(&recs, p, false), "service {service}: {p} lost a fire alarm: {recs:#?}");
+            assert!(!recs.iter().any(|r| r["kind"] == "plugin" && r["plugin"] == p && (r["status"] == "failed" || r["status"] == "quarantined")), "service {service}: {p}: {recs:#?}");
+            let dropped = recs.iter().find(|r| r["kind"] == "plugin" && r["plugin"] == p && r["status"] == "dropped");
+            assert!(dropped.is_some_and(|r| r["reason"].as_str().unwrap().contains("publishes refused")), "service {service}: {p}: {recs:#?}");
+        }
+        let decisions = recs.iter().filter(|r| r["kind"] == "decision" && r["by"] == "plugin:resident-policy" && r["outcome"] == "grant").count();
+        assert_eq!(decisions, 40, "service {service}");
+    }
+}
+
+/// Policy attacks in replay: a giant need-factor list, 1,000 deletes of 1 MiB keys, a
+/// trap whose text forges a host line, a flood of logs then a trap, memory exhaustion, a
+/// sleep. North-gate's resident gets in by the fallback, building-3 is decided by its own
+/// plugin, the stranger stays out, the plugin is quarantined, fire releases every door.
+#[test]
+fn policy_attacks_in_replay_are_contained() {
+    for (bad, settings, reason) in [
+        ("giant-need-factor", "", "need-factor lists 1000000 kinds"),
+        ("kv-keyspace", "mode = \"delete-huge\"", "instruction budget exhausted"),
+        ("forge-output", "via = \"trap\"", "trap"),
+        ("log-flood", "then-trap = \"true\"", "trap"),
+        ("memory-hog", "", "memory cap reached"),
+        ("block-on-host", "call = \"sleep\"", "deadline exceeded"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = site(dir.path(), bad, settings, "", "");
+        let (recs, out) = replay_jsonl(&cfg, &root().join("tests/traces/bad-plugin.jsonl"), &[]);
+        let d: Vec<&serde_json::Value> = recs.iter().filter(|r| r["kind"] == "decision").collect();
+        assert_eq!(d.len(), 6, "{bad}: {recs:#?}");
+        assert_eq!((d[0]["outcome"].as_str(), d[0]["by"].as_str()), (Some("grant"), Some("fallback:plugin-failed")), "{bad}: {:?}", d[0]);
+        assert_eq!(d[1]["outcome"], "deny", "{bad}");
+        assert_eq!((d[2]["outcome"].as_str(), d[2]["by"].as_str()), (Some("grant"), Some("plugin:resident-policy")), "{bad}: {:?}", d[2]);
+        assert_eq!((d[4]["outcome"].as_str(), d[4]["by"].as_str()), (Some("deny"), Some("fallback:quarantined")), "{bad}: {:?}", d[4]);
+        let failures: Vec<_> = recs.iter().filter(|r| r["kind"] == "plugin" && r["status"] == "failed").collect();
+        assert!(failures.iter().all(|f| f["plugin"] == bad && f["reason"].as_str().unwrap().contains(reason)), "{bad}: {failures:#?}");
+        assert!(recs.iter().any(|r| r["kind"] == "plugin" && r["status"] == "quarantined"), "{bad}");
+        assert!(recs.iter().filter(|r| r["kind"] == "relay" && r["on"] == true).count() >= 3, "{bad}: fire release");
+        assert!(alarm_published(&recs, "platform-bridge", true), "{bad}");
+        // Nothing a plugin returns is printed or stored in bulk.
+        assert!(out.stdout.len() < 64 * 1024, "{bad}: {} bytes of output", out.stdout.len());
+    }
+}
+
+/// The log rate is the plugin's, not its instance's: a plugin that floods its log and
+/// traps (so every call runs in a fresh instance) gets `limits.log_lines_per_sec` lines
+/// for all its calls in a second together.
+#[test]
+fn the_log_rate_holds_across_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), "log-flood", "then-trap = \"true\"", "failures_before_quarantine = 100", "");
+    let inputs: Vec<(u64, String)> = (0..10usize).map(|i| (1000 + i as u64 * 50, card("north-gate", &extra_card(i)))).collect();
+    let t = trace(dir.path(), "logs", &inputs);
+    let (recs, out) = replay_jsonl(&cfg, &t, &[("GATE_LOG", "info")]);
+    let failed = recs.iter().filter(|r| r["kind"] == "plugin" && r["status"] == "failed").count();
+    assert_eq!(failed, 10, "every call trapped: {recs:#?}");
+    let lines = String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("log-flood line")).count();
+    assert!(lines > 0 && lines <= 20, "{lines} log lines from 10 instances within half a second (limit 20/s)");
+}
+
+/// Replay stays byte-identical under any load: a plugin that spends nearly all its time
+/// in kv host calls is cut by fuel (host calls are charged to it), never by the wall
+/// clock, even while other threads keep both cores busy.
+#[test]
+fn kv_heavy_replay_is_byte_identical_while_the_machine_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), "kv-keyspace", "mode = \"keyspace\"", "", "");
+    let args = ["replay", "--config", cfg.to_str().unwrap(), "--trace", "tests/traces/bad-plugin.jsonl", "--format", "jsonl"];
+    let quiet = gate(&args, &[], 300);
+    assert!(quiet.status.success(), "{}", text(&quiet));
+    let q = String::from_utf8_lossy(&quiet.stdout).to_string();
+    assert!(q.contains("instruction budget exhausted") && !q.contains("deadline exceeded"), "{q}");
+    // Load both cores (and more) for the length of two replays, bounded in time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let loaded: Vec<Output> = (0..2).map(|_| gate(&args, &[], 300)).collect();
+    stop.store(true, Ordering::Relaxed);
+    for b in busy {
+        b.join().unwrap();
+    }
+    for l in loaded {
+        assert!(l.status.success(), "{}", text(&l));
+        assert_eq!(String::from_utf8_lossy(&l.stdout), q, "replay differed under load");
+    }
+}
