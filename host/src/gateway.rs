@@ -468,7 +468,8 @@ impl Gateway {
             // plugin cannot take (no plugin, its queue full) is decided by the fallback now.
             Policy::Worker(w) => match w.decide(req) {
                 Ok(()) => return Ok(()),
-                Err((req, why)) => {
+                Err(back) => {
+                    let (req, why) = *back;
                     let d = fallback_decision(&self.cfg.fallback, &req.door, kind, req.subject.as_ref(), why, Vec::new());
                     (req, d)
                 }

@@ -192,20 +192,20 @@ impl PolicyWorker {
     /// Hands a read to its door's plugin. Gives it back, with the fallback's reason, when
     /// the door has no plugin thread, its queue is full, or the thread is gone: the caller
     /// decides it with the fallback at once.
-    pub fn decide(&mut self, req: AccessRequest) -> Result<(), (AccessRequest, &'static str)> {
-        let Some(name) = req.door.policy.as_deref() else { return Err((req, "no-policy")) };
-        let Some(lane) = self.lanes.get(name) else { return Err((req, "plugin-unavailable")) };
+    pub fn decide(&mut self, req: AccessRequest) -> Result<(), Box<(AccessRequest, &'static str)>> {
+        let Some(name) = req.door.policy.as_deref() else { return Err(Box::new((req, "no-policy"))) };
+        let Some(lane) = self.lanes.get(name) else { return Err(Box::new((req, "plugin-unavailable"))) };
         let count = self.per_door.get(&req.door.id).copied().unwrap_or(0);
         if count >= MAX_WAITING_PER_DOOR {
             tracing::warn!(door = %req.door.id, waiting = count, "too many reads waiting for the door's plugin; the fallback decides this one");
-            return Err((req, "queue-full"));
+            return Err(Box::new((req, "queue-full")));
         }
         let id = self.next_ticket;
         let door = req.door.id.clone();
         let ticket: Ticket = Arc::new(Mutex::new(Some(req)));
         if lane.jobs.send(Job::Decide(id, ticket.clone())).is_err() {
             let req = take_request(&ticket).expect("the request was never handed over");
-            return Err((req, "policy-thread-gone"));
+            return Err(Box::new((req, "policy-thread-gone")));
         }
         self.next_ticket += 1;
         *self.per_door.entry(door.clone()).or_insert(0) += 1;
