@@ -40,6 +40,8 @@ pub struct SiteConfig {
     pub hardware: Option<gate_hw::HardwareConfig>,
     /// Fleet operations over MQTT (`[fleet]`); None = the gateway runs alone.
     pub fleet: Option<FleetConfig>,
+    /// How long the gateway keeps what it keeps (`[retention]`).
+    pub retention: RetentionConfig,
     /// The file this was loaded from.
     pub path: PathBuf,
 }
@@ -140,6 +142,28 @@ pub struct Timing {
     /// How long a multi-factor attempt waits for its next factor.
     pub factor_timeout_ms: u64,
 }
+
+/// `[retention]`: how long access events, alarms and audit entries are kept. Purges run by
+/// themselves in service and are audited. (Unused face templates: `[face]`.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Access events (decisions, door and plugin records), in days: 1..=3650.
+    pub events_days: u64,
+    /// Alarms, in days: 1..=3650.
+    pub alarms_days: u64,
+    /// Audit entries, in days: 180..=36500 (security audit needs at least six months).
+    pub audit_days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { events_days: 180, alarms_days: 365, audit_days: 1095 }
+    }
+}
+
+/// The ranges of `[retention]`'s keys.
+pub const RETENTION_RANGES: [(&str, std::ops::RangeInclusive<u64>); 3] = [("events_days", 1..=3650), ("alarms_days", 1..=3650), ("audit_days", 180..=36500)];
 
 impl Default for Timing {
     fn default() -> Self {
@@ -320,6 +344,8 @@ struct RawSite {
     hardware: Option<Spanned<gate_hw::HardwareConfig>>,
     #[serde(default)]
     fleet: Option<Spanned<FleetConfig>>,
+    #[serde(default)]
+    retention: RetentionConfig,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +460,12 @@ impl SiteConfig {
                 return Err(err(None, format!("key `limits.{key}`: {value} is outside {}..={}", range.start(), range.end())));
             }
         }
+        let r = &raw.retention;
+        for ((key, range), value) in RETENTION_RANGES.iter().zip([r.events_days, r.alarms_days, r.audit_days]) {
+            if !range.contains(&value) {
+                return Err(err(None, format!("key `retention.{key}`: {value} is outside {}..={}", range.start(), range.end())));
+            }
+        }
         if let Some(k) = raw.fallback.credentials.iter().find(|k| k.is_biometric()) {
             return Err(err(None, format!("key `fallback.credentials`: `{k}` is biometric; the fallback honours only non-biometric credentials")));
         }
@@ -543,7 +575,18 @@ impl SiteConfig {
             Some(f) => {
                 let span = f.span();
                 let mut f = f.into_inner();
-                check_fleet(&f, &raw.site).map_err(|m| err(Some(span), format!("[fleet]: {m}")))?;
+                check_fleet(&f, &raw.site).map_err(|m| err(Some(span.clone()), format!("[fleet]: {m}")))?;
+                // The event log's purge must never remove an event the outbox may still publish.
+                let kept_hours = raw.retention.events_days.min(raw.retention.alarms_days).saturating_mul(24);
+                if f.outbox.max_age_hours == 0 || f.outbox.max_age_hours > kept_hours {
+                    return Err(err(
+                        Some(span),
+                        format!(
+                            "[fleet]: key `outbox.max_age_hours` = {} must be between 1 and the event log's retention ({kept_hours} h from `retention.events_days` / `retention.alarms_days`), or unpublished events would be purged",
+                            f.outbox.max_age_hours
+                        ),
+                    ));
+                }
                 if let Some(t) = f.broker.tls.as_mut() {
                     t.ca = base.join(&t.ca);
                     t.client_cert = t.client_cert.as_ref().map(|p| base.join(p));
@@ -570,6 +613,7 @@ impl SiteConfig {
             subjects,
             hardware,
             fleet,
+            retention: raw.retention,
             path: path.to_path_buf(),
         })
     }

@@ -60,7 +60,25 @@ pub struct Gateway {
     face: FaceMatcher,
     /// In service, the matcher's own thread (then `face` is off here).
     face_thread: Option<FaceThread>,
+    /// The audit trail of access-rights changes (service only; replay keeps none), and the
+    /// device key that signs its checkpoints.
+    audit: Option<crate::audit::AuditLog>,
+    audit_key: Option<ed25519_dalek::SigningKey>,
+    /// Retention: when the next purge is due and what the one under way removed so far.
+    purge: Purge,
 }
+
+/// The state of the retention purge, which runs in small batches between inputs.
+#[derive(Default)]
+struct Purge {
+    next_at: Option<i64>,
+    removed: u64,
+}
+
+/// How often retention is enforced (gateway time), and how many rows one batch removes.
+const PURGE_EVERY_MS: i64 = 3_600_000;
+const PURGE_BATCH: u32 = 2_000;
+const DAY_MS: i64 = 86_400_000;
 
 impl Gateway {
     /// Builds a gateway; returns it with any plugin load problems (served by the fallback).
@@ -79,7 +97,34 @@ impl Gateway {
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
         let face = FaceMatcher::open(&cfg.face);
-        Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face, face_thread: None }, problems))
+        Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face, face_thread: None, audit: None, audit_key: None, purge: Purge::default() }, problems))
+    }
+
+    /// From now on, every change of access rights the gateway logs (operator door modes,
+    /// revocations, unit PINs, remote openings) is also appended to this audit trail.
+    /// `key` (the device key) signs a checkpoint of the chain head every hour and at
+    /// [`Gateway::audit_checkpoint`].
+    pub fn set_audit(&mut self, audit: crate::audit::AuditLog, key: Option<ed25519_dalek::SigningKey>) {
+        self.audit = Some(audit);
+        self.audit_key = key;
+    }
+
+    /// Signs the audit chain's head with the device key now (at stop, and hourly from
+    /// housekeeping); None without an audit trail or a key, or if it could not be stored.
+    pub fn audit_checkpoint(&mut self, now: i64) -> Option<crate::audit::Checkpoint> {
+        let (audit, key) = (self.audit.as_mut()?, self.audit_key.as_ref()?);
+        match audit.checkpoint(key, &self.cfg.site.id, &self.cfg.site.gateway, now) {
+            Ok(cp) => Some(cp),
+            Err(e) => {
+                tracing::error!(error = %e, "the audit checkpoint could not be stored");
+                None
+            }
+        }
+    }
+
+    /// The audit trail, when the gateway keeps one.
+    pub fn audit_mut(&mut self) -> Option<&mut crate::audit::AuditLog> {
+        self.audit.as_mut()
     }
 
     /// The face matcher: whether it is on, and why not.
@@ -575,6 +620,7 @@ impl Gateway {
             Some(id) => self.log.append_with_id(at, &record, id)?,
             None => self.log.append(at, &record)?,
         };
+        self.audit_record(at, &id, &record);
         let gate_event = self.gate_event(&id, at, &record);
         out.push((at, record));
         if let Some(ev) = gate_event {
@@ -589,6 +635,84 @@ impl Gateway {
             self.apply_notified(at, published, health, out)?;
         }
         Ok(())
+    }
+
+    /// Retention, enforced by the product: every hour of gateway time (and at the first call)
+    /// removes events and alarms older than `[retention]` in batches of a few thousand rows,
+    /// one batch per call so inputs are never held up for long; when a purge is finished, the
+    /// WAL is checkpointed and truncated (no page image of a purged row stays behind), audit
+    /// entries past their bound go (up to a signed checkpoint), and the purge is audited.
+    /// A purge that fails (a busy or failing disk) is logged and tried again a minute later:
+    /// retention never stops the door.
+    pub fn housekeeping(&mut self, now: i64) {
+        if self.purge.next_at.is_some_and(|t| now < t) {
+            return;
+        }
+        if let Err(e) = self.purge_step(now) {
+            tracing::error!(error = %e, "retention purge failed; trying again in a minute");
+            self.purge.next_at = Some(now.saturating_add(60_000));
+        }
+    }
+
+    fn purge_step(&mut self, now: i64) -> Result<(), GatewayError> {
+        let r = &self.cfg.retention;
+        let bound = |days: u64| now.saturating_sub(i64::try_from(days).unwrap_or(i64::MAX).saturating_mul(DAY_MS));
+        let (events_before, alarms_before, audit_before) = (bound(r.events_days), bound(r.alarms_days), bound(r.audit_days));
+        let n = self.log.purge_batch(events_before, alarms_before, PURGE_BATCH)?;
+        self.purge.removed = self.purge.removed.saturating_add(n);
+        if n == u64::from(PURGE_BATCH) {
+            return Ok(()); // more to do at the next turn
+        }
+        self.purge.next_at = Some(now.saturating_add(PURGE_EVERY_MS));
+        self.audit_checkpoint(now);
+        let removed = std::mem::take(&mut self.purge.removed);
+        let audit_removed = match self.audit.as_mut() {
+            Some(a) => a.purge_before(audit_before).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the audit trail's retention purge failed");
+                0
+            }),
+            None => 0,
+        };
+        if removed == 0 && audit_removed == 0 {
+            return Ok(());
+        }
+        let wal_clean = self.log.checkpoint_truncate()?;
+
+        tracing::info!(events = removed, audit_entries = audit_removed, wal_clean, "retention purge");
+        if let Some(a) = self.audit.as_mut() {
+            let detail = serde_json::json!({"events": removed, "audit_entries": audit_removed, "events_before_ms": events_before, "alarms_before_ms": alarms_before, "audit_before_ms": audit_before, "wal_truncated": wal_clean});
+            if let Err(e) = a.append(now, "host", crate::audit::Action::RetentionPurge, "event-log", detail) {
+                tracing::error!(error = %e, "the audit trail could not record the retention purge");
+            }
+        }
+        if !wal_clean {
+            // A reader held the WAL: try again soon rather than in an hour.
+            self.purge.next_at = Some(now.saturating_add(60_000));
+        }
+        Ok(())
+    }
+
+    /// Appends a logged change of access rights to the audit trail. The event log already
+    /// holds it durably, so an audit write that fails is reported and the door goes on.
+    fn audit_record(&mut self, at: i64, id: &str, record: &Record) {
+        use crate::audit::Action;
+        let Some(audit) = self.audit.as_mut() else { return };
+        let actor = |by: &str| by.strip_prefix("remote:").map(|k| format!("key:{k}")).unwrap_or_else(|| by.to_string());
+        let (actor, action, target, detail) = match record {
+            Record::DoorMode { door, mode, until_ms, by } => (actor(by), Action::DoorMode, format!("door:{door}"), serde_json::json!({"mode": mode, "until_ms": until_ms, "event": id})),
+            Record::Revoked { credential, holder, reason, by } => (actor(by), Action::CredentialRevoked, credential.clone(), serde_json::json!({"holder": holder, "reason": reason, "event": id})),
+            Record::Reinstated { credential, holder, reason, by } => {
+                (actor(by), Action::CredentialReinstated, credential.clone(), serde_json::json!({"holder": holder, "reason": reason, "event": id}))
+            }
+            Record::UnitPin { door, by } => (actor(by), Action::UnitPinRotated, format!("door:{door}"), serde_json::json!({"event": id})),
+            Record::Decision { door, by, outcome, .. } if by.starts_with("remote:") => {
+                (actor(by), Action::RemoteCommand, format!("door:{door}"), serde_json::json!({"command": "open-door", "outcome": outcome, "event": id}))
+            }
+            _ => return,
+        };
+        if let Err(e) = audit.append(at, &actor, action, &target, detail) {
+            tracing::error!(error = %e, event = id, "the audit trail could not be written; the event log holds the change");
+        }
     }
 
     /// Logs the health records and publishes of integration plugins.

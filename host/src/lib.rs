@@ -4,6 +4,7 @@
 //! with the host's fallback) → door controller / outputs → event log and
 //! integrations. Each module below is one step of that flow.
 
+pub mod audit;
 pub mod bench;
 pub mod camera;
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod plugin;
 pub mod policy;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod serve;
 pub mod service;
 pub mod store;

@@ -11,8 +11,10 @@ use gate::trace::Trace;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod audit_cmd;
 mod face_cmd;
 mod fleet_cmd;
+mod report_cmd;
 
 #[derive(Parser)]
 #[command(name = "gate", version, about = "The gate gateway: owns the door, runs each site's sandboxed policy plugins, replays recorded hardware traces.")]
@@ -106,6 +108,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: face_cmd::ConsentCmd,
     },
+    /// The audit trail of face data and access rights: verify its hash chain, show it.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit_cmd::AuditCmd,
+    },
+    /// The month's transparency report for residents and inspectors (HTML in Chinese or English, or JSON).
+    Report(report_cmd::ReportArgs),
+    /// What the gateway holds about one pseudonymous subject (a resident's access request).
+    Subject {
+        #[command(subcommand)]
+        cmd: SubjectCmd,
+    },
     /// Face matcher tools: device keys and re-keying the template store.
     Face {
         #[command(subcommand)]
@@ -169,6 +183,13 @@ enum PluginCmd {
     Deploy(fleet_cmd::DeployArgs),
     /// Order gateways to restore the plugin version they kept (signed, over MQTT).
     Rollback(fleet_cmd::RollbackArgs),
+}
+
+#[derive(Subcommand)]
+enum SubjectCmd {
+    /// Consents, whether a template is held (never the template), credentials by kind (never
+    /// their values), recent access events and audit entries of one subject.
+    Report(report_cmd::SubjectReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -376,6 +397,9 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
         Cmd::Enroll(args) => face_cmd::enroll(args),
         Cmd::Consent { cmd } => face_cmd::consent(cmd),
         Cmd::Face { cmd } => face_cmd::face(cmd),
+        Cmd::Audit { cmd } => audit_cmd::audit(cmd),
+        Cmd::Report(a) => report_cmd::report(a),
+        Cmd::Subject { cmd: SubjectCmd::Report(a) } => report_cmd::subject_report(a),
         Cmd::Plugin { cmd: PluginCmd::Sign(a) } => fleet_cmd::sign(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Plugin { cmd: PluginCmd::Deploy(a) } => fleet_cmd::deploy(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Plugin { cmd: PluginCmd::Rollback(a) } => fleet_cmd::rollback(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),

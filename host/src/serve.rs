@@ -67,6 +67,11 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     let log = EventLog::open(&opts.db, &cfg.site.gateway)?;
     let (site, gateway, doors) = (cfg.site.id.clone(), cfg.site.gateway.clone(), cfg.doors.len());
     let (mut gw, problems) = Gateway::new(cfg, clock.clone(), rt, log).map_err(anyhow::Error::msg)?;
+    // The audit trail beside the event log: every change of access rights from now on, and
+    // the [face] configuration when it differs from the last start's.
+    let mut audit = crate::audit::AuditLog::open(&crate::audit::AuditLog::path_beside(&opts.db))?;
+    crate::audit::note_face_config(&mut audit, start, &format!("{:?}", gw.config().face))?;
+    gw.set_audit(audit, None);
     let mut console = Console::new(out, clock.clone(), opts.format);
     console.note(&format!("site {site}, gateway {gateway}, {doors} doors, event log {}", opts.db.display()))?;
     for p in &problems {

@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS revoked_credentials (
     reference TEXT PRIMARY KEY,
     event_id  TEXT NOT NULL
 );
+-- The highest seq ever used, kept when retention purges the rows that held it, so an
+-- event id is never used twice.
+CREATE TABLE IF NOT EXISTS log_meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS unit_pins (
     door       TEXT PRIMARY KEY,
     pin_sha256 TEXT NOT NULL,
@@ -68,6 +74,8 @@ impl EventLog {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        // Purged rows are overwritten, not just unlinked: retention means the bytes are gone.
+        conn.pragma_update(None, "secure_delete", "ON").map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         Self::init(conn, gateway).map_err(open_err)
     }
@@ -80,7 +88,7 @@ impl EventLog {
 
     fn init(conn: Connection, gateway: &str) -> Result<EventLog, rusqlite::Error> {
         conn.execute_batch(SCHEMA)?;
-        let max: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+        let max: Option<i64> = conn.query_row("SELECT MAX(COALESCE(MAX(seq), 0), COALESCE((SELECT value FROM log_meta WHERE name = 'max_seq'), 0)) FROM events", [], |r| r.get(0))?;
         Ok(EventLog { conn, gateway: gateway.to_string(), next_seq: max.unwrap_or(0) + 1 })
     }
 
@@ -193,6 +201,33 @@ impl EventLog {
     /// Commits a batch started by `begin_batch`.
     pub fn commit_batch(&mut self) -> Result<(), StoreError> {
         Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    /// Deletes at most `limit` records older than their bound (alarms by `alarms_before_ms`,
+    /// everything else by `others_before_ms`), oldest first; returns how many went. Called in
+    /// small batches so a large purge never holds the log for long.
+    pub fn purge_batch(&mut self, others_before_ms: i64, alarms_before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let tx = self.conn.savepoint()?;
+        tx.execute(
+            "INSERT INTO log_meta (name, value) SELECT 'max_seq', MAX(seq) FROM events WHERE true HAVING MAX(seq) IS NOT NULL ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+            [],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE (kind = 'alarm' AND at_ms < ?2) OR (kind <> 'alarm' AND at_ms < ?1) ORDER BY seq LIMIT ?3)",
+            params![others_before_ms, alarms_before_ms, limit],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    /// After a purge: copies the WAL into the database and truncates it, so no old page image
+    /// of a purged row stays in the WAL. False if a reader kept it from finishing (try later).
+    /// Never waits for a reader: the door loop calls it.
+    pub fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let busy = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(busy? == 0)
     }
 
     /// How many records the log holds.

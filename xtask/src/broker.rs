@@ -2,34 +2,16 @@
 //! `mosquitto` and `mosquitto-clients`). It only installs; the tests start and
 //! stop their own broker on a free loopback port.
 
-use anyhow::{bail, Context, Result};
-use std::process::{Command, Stdio};
+use anyhow::Result;
 
-/// Makes sure `mosquitto` is installed: silent when it is already on PATH (or in
-/// /usr/sbin, where Debian puts it), otherwise `apt-get update` once and
-/// `apt-get install -y mosquitto mosquitto-clients`.
+/// Makes sure `mosquitto` is installed (Debian puts it in /usr/sbin).
 pub fn ensure_installed() -> Result<()> {
-    if mosquitto_present() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing the Mosquitto broker for the fleet tests (apt-get)");
-    apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", "--no-install-recommends", "mosquitto", "mosquitto-clients"])?;
-    if !mosquitto_present() {
-        bail!("apt-get installed mosquitto but no `mosquitto` binary was found on PATH or in /usr/sbin");
-    }
-    Ok(())
+    crate::debian::ensure("the Mosquitto broker for the fleet tests", &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"], &["mosquitto", "mosquitto-clients"])
 }
 
-fn mosquitto_present() -> bool {
-    let on_path = Command::new("mosquitto").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    on_path || std::path::Path::new("/usr/sbin/mosquitto").exists()
-}
-
-fn apt(args: &[&str]) -> Result<()> {
-    let status = Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null()).status().context("running apt-get (is this a Debian machine, and are you root?)")?;
-    if !status.success() {
-        bail!("apt-get {} failed with {status}", args.join(" "));
-    }
-    Ok(())
+/// Makes sure headless Chromium and a Chinese font are installed: the transparency report's
+/// test renders the page in a real browser and looks at the screenshot.
+pub fn ensure_browser() -> Result<()> {
+    crate::debian::ensure("Chromium for the report test", &["/usr/bin/chromium"], &["chromium"])?;
+    crate::debian::ensure("a Chinese font for the report test", &["/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"], &["fonts-wqy-microhei"])
 }

@@ -2,6 +2,7 @@
 //! so a newcomer never builds plugins or fetches models by hand.
 
 mod broker;
+mod debian;
 mod models;
 mod plugins;
 
@@ -19,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the wasm target, build every plugin, fetch and verify models, install the test broker.
+    /// Install the wasm target, build every plugin, fetch and verify models, install the test broker and browser.
     Setup,
     /// Build every plugin for wasm32-wasip2 into target/plugins/.
     Plugins,
@@ -79,6 +80,7 @@ fn setup(root: &Path, for_tests: bool) -> Result<()> {
     models::fetch(root)?;
     if for_tests {
         broker::ensure_installed()?;
+        broker::ensure_browser()?;
     }
     Ok(())
 }

@@ -199,7 +199,7 @@ pub fn run(
         let now_ms = now_us.div_euclid(1_000);
         gw.clock().set_ms(now_ms);
 
-        // Door timers, then the work other threads finished, then inputs.
+        // Door timers, then the work other threads finished, then inputs; retention last.
         let recs = gw.advance(now_ms)?;
         deliver(now_ms, None, recs, source, fleet, sink)?;
         let mut recs = gw.poll_faces()?;
@@ -209,6 +209,7 @@ pub fn run(
             let recs = f.poll_commands(gw)?;
             deliver(now_ms, None, recs, source, None, sink)?;
         }
+        gw.housekeeping(now_ms);
         if t_src.is_some_and(|t| t <= now_us) {
             let mut arrivals = Vec::new();
             source.take(now_us, &mut arrivals)?;
