@@ -58,6 +58,7 @@ pub async fn run(events: usize) -> Result<BenchReport, String> {
 
     // Deployment latency, publish -> succeeded (active), with a 256 KiB component.
     let mut op = Operator::connect(&broker.plain(), "bench-operator", Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+    op.set_inventory(gw.inventory());
     let component = [crate::deploy::COMPONENT_HEADER, &vec![7u8; 256 * 1024][..]].concat();
     let target = Target::Gateway { site: "bench".into(), gateway: "plain".into() };
     let mut times = vec![];
