@@ -101,6 +101,7 @@ fn signed_deployment_goes_live_and_bad_bundles_are_refused_with_their_reason() {
     let key = OperatorKey::load(&site.key).unwrap();
     rt.block_on(async {
         let mut op = Operator::connect(&broker.plain(), "test-operator", Duration::from_secs(10)).await.unwrap();
+        op.set_inventory(site.inventory());
         let r = op.command(&key, SITE, GW, CommandAction::OpenDoorOnce { door: "building-3".into() }, Duration::from_secs(20)).await.unwrap();
         assert!(r.ok && r.sender.as_deref() == Some("test-ops"), "{r:?}");
         op.disconnect().await;
@@ -309,9 +310,11 @@ fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_rest
     wait_until("a card granted at building-3 again", Duration::from_secs(20), || decided_at("building-3", expired_at).iter().any(|d| d["outcome"] == "grant" && d["by"] == "plugin:resident-policy"));
 
     // Revoked: r-0003's card (named by its reference, never its number) stops opening doors.
-    let o = gate(&["credential-ref", "--site", SITE, "--card", "10012347"]);
+    let o = gate(&["credential-ref", "--ref-key", site.ref_key().to_str().unwrap(), "--card", "10012347"]);
     let reference = text(&o).trim().to_string();
     assert!(o.status.success() && reference.starts_with("card:") && !reference.contains("10012347"), "{reference}");
+    // Keyed with the site's secret: not the unkeyed hash any broker subscriber can recompute.
+    assert_ne!(reference, gate::credentials::credential_ref(SITE, gate::event::CredentialKind::Card, "10012347"));
     let revoked_at = last_seq();
     let (code, out) = remote(&["revoke", "--reference", &reference, "--reason", "reported lost"]);
     assert_eq!(code, 0, "{out}");
@@ -443,5 +446,105 @@ fn a_junk_flood_on_every_inbound_topic_stops_neither_the_doors_nor_the_link() {
     // And an operator's signed command still gets through once the flood is over.
     let (code, out) = site.gate_with_broker(&["remote", "open-door", "--key", site.key.to_str().unwrap(), "--gateway", &format!("{SITE}/{GW}"), "--door", "north-gate"]);
     assert_eq!(code, 0, "{out}");
+    drop(gw);
+}
+
+/// Publishes `(topic, retained, payload)` as a broker client with no key, in order, and
+/// waits until the broker has taken them all.
+fn publish_raw(port: u16, msgs: &[(&str, bool, Vec<u8>)]) {
+    let mut opts = rumqttc::MqttOptions::new(format!("forger-{}-{}", std::process::id(), msgs.len()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut conn) = rumqttc::Client::new(opts, 100);
+    let acks = Arc::new(Mutex::new(0usize));
+    let a = acks.clone();
+    let driver = std::thread::spawn(move || {
+        for n in conn.iter() {
+            match n {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => *a.lock().unwrap() += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    for (t, retain, p) in msgs {
+        client.publish(*t, rumqttc::QoS::AtLeastOnce, *retain, p.clone()).unwrap();
+    }
+    wait_until("the broker to take the forged messages", Duration::from_secs(20), || *acks.lock().unwrap() >= msgs.len());
+    let _ = client.disconnect();
+    let _ = driver.join();
+}
+
+/// Records every message on `filter` as a `mosquitto_sub -v` line: `topic payload`.
+fn capture(port: u16, filter: &str) -> (Arc<Mutex<Vec<String>>>, Arc<Mutex<bool>>) {
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let subscribed = Arc::new(Mutex::new(false));
+    let mut opts = rumqttc::MqttOptions::new(format!("capture-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 1000);
+    let (l, s, f) = (lines.clone(), subscribed.clone(), filter.to_string());
+    std::thread::spawn(move || {
+        for n in conn.iter() {
+            match n {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(f.clone(), rumqttc::QoS::AtLeastOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => *s.lock().unwrap() = true,
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => l.lock().unwrap().push(format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload))),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    (lines, subscribed)
+}
+
+/// Issue 12, items 2 and 3, through the real binary: a keyless broker client forges the
+/// gateway's status, a status for a gateway that does not exist, and events with future
+/// ids. `gate fleet status` shows the real gateway as unknown (forged) and the other as
+/// unverified; with its status erased it is still listed, and a site-wide revoke still
+/// reaches it and reports it done; `gate fleet verify-events` tells forged events from
+/// the gateway's.
+#[test]
+fn forgeries_are_flagged_and_a_site_revoke_reaches_a_gateway_whose_status_was_erased() {
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 5);
+    let (lines, subscribed) = capture(broker.port, &format!("gate/v1/{SITE}/+/events"));
+    wait_until("the capture to subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap());
+    let events = format!("gate/v1/{SITE}/{GW}/events");
+    let forged_event = |seq: i64| format!(r#"{{"id":"{GW}-{seq:08}","seq":{seq},"at_ms":0,"kind":"decision","body":{{"outcome":"grant"}}}}"#).into_bytes();
+    publish_raw(broker.port, &[(events.as_str(), false, forged_event(900)), (events.as_str(), false, forged_event(901))]);
+    let gw = site.run(&site.card_trace(200, 300));
+    wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes\t")));
+    let table = site.status();
+    assert!(table.lines().any(|l| l.starts_with(&format!("{SITE}\t{GW}\tyes\t")) && l.ends_with("\tgenuine")), "{table}");
+    wait_until("some events captured", Duration::from_secs(30), || lines.lock().unwrap().len() >= 6);
+
+    // verify-events on the capture: the gateway's events genuine, the forged ones flagged.
+    let cap = site.dir.path().join("events.capture");
+    std::fs::write(&cap, lines.lock().unwrap().join("\n")).unwrap();
+    let (code, out) = site.gate_with_broker(&["fleet", "verify-events", "--capture", cap.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("{GW}-00000900: FORGED")) && out.contains(&format!("{GW}-00000901: FORGED")), "{out}");
+    let genuine = out.lines().filter(|l| l.ends_with(": genuine")).count();
+    assert!(genuine >= 4 && out.contains(&format!("{genuine} genuine, 2 not genuine")), "{out}");
+
+    // Forged statuses: the real gateway's (retained over its own) and a ghost's.
+    let status = |g: &str| format!(r#"{{"site":"{SITE}","gateway":"{g}","online":true,"host_version":"9.9.9","plugins":[],"at_ms":0}}"#).into_bytes();
+    let (real, ghost) = (format!("gate/v1/{SITE}/{GW}/status"), format!("gate/v1/{SITE}/gw-ghost/status"));
+    publish_raw(broker.port, &[(real.as_str(), true, status(GW)), (ghost.as_str(), true, status("gw-ghost"))]);
+    let table = site.status();
+    assert!(table.lines().any(|l| l.starts_with(&format!("{SITE}\t{GW}\tunknown\t")) && l.contains("forged")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(&format!("{SITE}\tgw-ghost\tyes")) && l.contains("unverified")), "{table}");
+
+    // Erased: the gateway is still in the site (unknown), and a site-wide revoke reaches it.
+    publish_raw(broker.port, &[(real.as_str(), true, vec![])]);
+    let table = site.status();
+    assert!(table.lines().any(|l| l.starts_with(&format!("{SITE}\t{GW}\tunknown")) && l.contains("missing")), "{table}");
+    let o = gate(&["credential-ref", "--ref-key", site.ref_key().to_str().unwrap(), "--card", "10012347"]);
+    let reference = text(&o).trim().to_string();
+    let (code, out) = site.gate_with_broker(&["remote", "revoke", "--key", site.key.to_str().unwrap(), "--site", SITE, "--reference", &reference, "--reason", "reported lost"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{SITE}/{GW}: done: {reference} of r-0003 revoked")), "{out}");
+    assert!(!out.contains("gw-ghost"), "a gateway that is not enrolled was commanded: {out}");
     drop(gw);
 }

@@ -247,7 +247,7 @@ fn status_watcher(client_id: &str, port: u16) -> Arc<Mutex<Vec<serde_json::Value
                     let _ = client.try_subscribe(format!("gate/v1/{SITE}/{GW}/status"), rumqttc::QoS::AtLeastOnce);
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                    if let Some(Ok(v)) = gate_fleet::signed::body_unverified(&p.payload).map(|b| serde_json::from_str::<serde_json::Value>(&b)) {
                         g.lock().unwrap().push(v);
                     }
                 }

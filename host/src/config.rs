@@ -592,6 +592,7 @@ impl SiteConfig {
                     t.client_cert = t.client_cert.as_ref().map(|p| base.join(p));
                     t.client_key = t.client_key.as_ref().map(|p| base.join(p));
                 }
+                f.ref_key = f.ref_key.as_ref().map(|p| base.join(p));
                 Some(f)
             }
         };
@@ -639,6 +640,10 @@ pub struct FleetConfig {
     /// `[[fleet.trusted_keys]]`: operator keys and what each may do.
     #[serde(default)]
     pub trusted_keys: Vec<gate_fleet::keys::TrustedKeyConfig>,
+    /// The site's credential reference key file (`gate fleet ref-keygen`), relative to this
+    /// file: revoke / reinstate references are keyed with it (HMAC-SHA256).
+    #[serde(default)]
+    pub ref_key: Option<std::path::PathBuf>,
     /// `[fleet.outbox]`: how much unpublished backlog is kept while the broker is away.
     #[serde(default)]
     pub outbox: OutboxRetention,

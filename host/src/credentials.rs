@@ -67,18 +67,92 @@ pub struct Directory {
     revoked: HashSet<String>,
     /// Unit doors' shared PIN hashes, by door.
     unit_pins: HashMap<String, String>,
+    /// The site's reference key (`[fleet] ref_key`): references are keyed with it.
+    ref_key: Option<RefKey>,
 }
 
-/// The pseudonymous name an operator revokes a credential by: `<kind>:` and 24 hex
-/// digits of a site-bound hash. For a PIN the value hashed is its stored sha256, so the
-/// property's platform can name any credential without sending it. It keeps raw
-/// numbers out of commands and logs; a guessable card number stays guessable.
-pub fn credential_ref(site_id: &str, kind: CredentialKind, value: &str) -> String {
-    let value = match kind {
+/// A site's secret for credential references (HMAC-SHA256, 32 bytes). Operators who
+/// name credentials hold it; broker subscribers, who see every reference, do not, so no
+/// card number or PIN can be found from a reference by trying every value.
+#[derive(Clone)]
+pub struct RefKey([u8; 32]);
+
+impl std::fmt::Debug for RefKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefKey(…)")
+    }
+}
+
+/// Format tag of a reference key file.
+pub const REF_KEY_FORMAT: &str = "gate-ref-key/1";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefKeyFile {
+    format: String,
+    secret: String,
+}
+
+impl RefKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<RefKey, String> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| format!("no random source: {e}"))?;
+        Ok(RefKey(k))
+    }
+
+    /// Reads a key file written by [`RefKey::save`]; errors name the file.
+    pub fn load(path: &std::path::Path) -> Result<RefKey, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reference key {}: {e}", path.display()))?;
+        let f: RefKeyFile = serde_json::from_str(&text).map_err(|e| format!("reference key {}: not a {REF_KEY_FORMAT} file: {e}", path.display()))?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(f.secret.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
+        match raw {
+            Some(k) if f.format == REF_KEY_FORMAT => Ok(RefKey(k)),
+            _ => Err(format!("reference key {}: not a {REF_KEY_FORMAT} file with a 32-byte base64 secret", path.display())),
+        }
+    }
+
+    /// Writes the key file (mode 0600); never overwrites one.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), String> {
+        let body = serde_json::to_string(&RefKeyFile { format: REF_KEY_FORMAT.into(), secret: base64::engine::general_purpose::STANDARD.encode(self.0) }).map_err(|e| e.to_string())?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        use std::io::Write;
+        let mut f = opts.open(path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        f.write_all(body.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+}
+
+/// The reference of a credential keyed with the site's reference key: `<kind>:` and 24
+/// hex digits of HMAC-SHA256(key, "gate-credential-ref/2" 0 kind 0 value). For a PIN the
+/// value is its stored sha256, so the property's platform can name any credential
+/// without sending it, and nobody without the key can test guesses against it.
+pub fn keyed_credential_ref(key: &RefKey, kind: CredentialKind, value: &str) -> String {
+    use hmac::Mac;
+    let value = normalised(kind, value);
+    let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("HMAC takes a key of any length");
+    mac.update(format!("gate-credential-ref/2\0{}\0{value}", kind.as_str()).as_bytes());
+    format!("{}:{}", kind.as_str(), &hex::encode(mac.finalize().into_bytes())[..24])
+}
+
+fn normalised(kind: CredentialKind, value: &str) -> String {
+    match kind {
         CredentialKind::Plate => normalise_plate(value),
         CredentialKind::Pin => value.to_ascii_lowercase(),
         _ => value.to_string(),
-    };
+    }
+}
+
+/// The old, unkeyed reference (`gate-credential-ref/1`): a site-bound hash anyone can
+/// recompute, so a PIN or card number is found from it by trying every value. Kept only
+/// for a site with no reference key and to migrate revocations made with it.
+pub fn credential_ref(site_id: &str, kind: CredentialKind, value: &str) -> String {
+    let value = normalised(kind, value);
     let d = Sha256::digest(format!("gate-credential-ref/1\0{site_id}\0{}\0{value}", kind.as_str()).as_bytes());
     format!("{}:{}", kind.as_str(), &hex::encode(d)[..24])
 }
@@ -106,6 +180,9 @@ impl Directory {
     /// Builds the directory from a validated site configuration.
     pub fn from_config(cfg: &SiteConfig) -> Result<Directory, String> {
         let mut d = Directory { site_id: cfg.site.id.clone(), ..Default::default() };
+        if let Some(path) = cfg.fleet.as_ref().and_then(|f| f.ref_key.as_ref()) {
+            d.ref_key = Some(RefKey::load(path).map_err(|e| format!("[fleet] key `ref_key`: {e}"))?);
+        }
         for s in &cfg.subjects {
             d.add(s);
         }
@@ -145,7 +222,41 @@ impl Directory {
             "plate" => (CredentialKind::Plate, &self.plates),
             _ => return None,
         };
-        map.iter().find(|(value, _)| credential_ref(&self.site_id, kind, value) == reference).map(|(_, id)| id.as_str())
+        map.iter().find(|(value, _)| self.reference(kind, value) == reference).map(|(_, id)| id.as_str())
+    }
+
+    /// The reference of a credential at this site: keyed when the site has a reference
+    /// key, else the old unkeyed form.
+    pub fn reference(&self, kind: CredentialKind, value: &str) -> String {
+        match &self.ref_key {
+            Some(k) => keyed_credential_ref(k, kind, value),
+            None => credential_ref(&self.site_id, kind, value),
+        }
+    }
+
+    /// Whether references here are keyed (`[fleet] ref_key` is set).
+    pub fn has_ref_key(&self) -> bool {
+        self.ref_key.is_some()
+    }
+
+    /// Revoked references in the old unkeyed form that name a credential of this
+    /// directory, with their keyed form: (old, new). The gateway can compute both forms
+    /// for its own credentials, so their revocations carry over to the key. Empty
+    /// without a reference key.
+    pub fn legacy_revocations(&self) -> Vec<(String, String)> {
+        if self.ref_key.is_none() || self.revoked.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (kind, map) in [(CredentialKind::Card, &self.cards), (CredentialKind::Pin, &self.pins), (CredentialKind::Nfc, &self.nfc), (CredentialKind::Plate, &self.plates)] {
+            for value in map.keys() {
+                let old = credential_ref(&self.site_id, kind, value);
+                if self.revoked.contains(&old) {
+                    out.push((old, self.reference(kind, value)));
+                }
+            }
+        }
+        out
     }
 
     /// Revokes a reference from now on (also one the directory does not know yet).
@@ -172,10 +283,10 @@ impl Directory {
             return Some(r);
         }
         let r = match input {
-            Input::Card { number, .. } => credential_ref(&self.site_id, CredentialKind::Card, number),
-            Input::Pin { pin, .. } => credential_ref(&self.site_id, CredentialKind::Pin, &pin_hash(&self.site_id, pin)),
-            Input::Nfc { token, .. } => credential_ref(&self.site_id, CredentialKind::Nfc, token),
-            Input::Plate { plate, .. } => credential_ref(&self.site_id, CredentialKind::Plate, plate),
+            Input::Card { number, .. } => self.reference(CredentialKind::Card, number),
+            Input::Pin { pin, .. } => self.reference(CredentialKind::Pin, &pin_hash(&self.site_id, pin)),
+            Input::Nfc { token, .. } => self.reference(CredentialKind::Nfc, token),
+            Input::Plate { plate, .. } => self.reference(CredentialKind::Plate, plate),
             _ => return None,
         };
         self.revoked.contains(&r).then_some(r)
@@ -309,6 +420,47 @@ mod tests {
         // Another site's reference for the same card is a different name.
         assert_ne!(credential_ref("other", CredentialKind::Card, "1001"), card_ref);
         assert!(!is_reference("card:1001") && !is_reference("face:0123456789abcdef01234567") && is_reference("subject:r-1"));
+    }
+
+    #[test]
+    fn a_keyed_pin_reference_cannot_be_matched_by_trying_every_pin_without_the_key() {
+        let mut d = dir_with_key(&SigningKey::from_bytes(&[7; 32]));
+        let key = RefKey::generate().unwrap();
+        d.ref_key = Some(key.clone());
+        let pin_ref = keyed_credential_ref(&key, CredentialKind::Pin, &pin_hash("s", "246810"));
+        assert!(is_reference(&pin_ref));
+        assert_eq!(d.holder_of(&pin_ref), Some("r-1"));
+        // What a broker subscriber can compute without the key never meets the reference:
+        // every 6-digit PIN through the old unkeyed hash, and through a guessed key.
+        let guessed = RefKey([0; 32]);
+        let found = (0..1_000_000u32)
+            .map(|n| pin_hash("s", &format!("{n:06}")))
+            .find(|h| credential_ref("s", CredentialKind::Pin, h) == pin_ref || keyed_credential_ref(&guessed, CredentialKind::Pin, h) == pin_ref);
+        assert_eq!(found, None, "the PIN was found from its reference without the key");
+        // The holder of the key finds it (as the gateway does): the check above can fail.
+        assert_eq!((0..1_000_000u32).map(|n| format!("{n:06}")).find(|p| keyed_credential_ref(&key, CredentialKind::Pin, &pin_hash("s", p)) == pin_ref).as_deref(), Some("246810"));
+        // A card revoked under the old form is found and re-derived.
+        let old = credential_ref("s", CredentialKind::Card, "1001");
+        d.revoke(&old);
+        assert_eq!(d.legacy_revocations(), vec![(old, keyed_credential_ref(&key, CredentialKind::Card, "1001"))]);
+    }
+
+    #[test]
+    fn a_reference_key_file_is_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("site.refkey");
+        let k = RefKey::generate().unwrap();
+        k.save(&p).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(k.save(&p).is_err(), "overwrote a key");
+        let back = RefKey::load(&p).unwrap();
+        assert_eq!(keyed_credential_ref(&back, CredentialKind::Card, "1"), keyed_credential_ref(&k, CredentialKind::Card, "1"));
+        std::fs::write(&p, "{}").unwrap();
+        assert!(RefKey::load(&p).unwrap_err().contains("site.refkey"));
     }
 
     #[test]

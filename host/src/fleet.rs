@@ -142,6 +142,19 @@ pub fn fleet_dir(db: &Path) -> PathBuf {
     db.parent().unwrap_or(Path::new(".")).join("fleet")
 }
 
+/// The gateway's device key in [`fleet_dir`] (made there, mode 0600, on first use; the
+/// directory is 0700). It signs everything the gateway publishes and never leaves it.
+pub fn device_key(db: &Path) -> Result<(gate_fleet::signed::DeviceKey, bool), FleetError> {
+    let dir = fleet_dir(db);
+    std::fs::create_dir_all(&dir).map_err(|e| FleetError::Setup(format!("creating {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    gate_fleet::signed::DeviceKey::load_or_create(&dir.join("device.key")).map_err(|e| FleetError::Setup(e.to_string()))
+}
+
 /// The fleet's own database (jobs, sequences, command log, outbox cursor) in [`fleet_dir`].
 pub fn fleet_db(db: &Path) -> PathBuf {
     fleet_dir(db).join("fleet.sqlite")
@@ -623,6 +636,11 @@ impl Fleet {
         };
         let mut lc = LinkConfig::new(fc.broker.clone(), &site, &gateway);
         lc.clock = clock.clone();
+        let (key, created) = device_key(db)?;
+        if created {
+            tracing::info!(public = %key.public_b64(), "device key created; enrol it with `gate fleet enroll`");
+        }
+        lc.device_key = Arc::new(key);
         lc.plugin_limits = PluginLimits { per_second: cfg.limits.publish_per_sec, burst: cfg.limits.publish_per_sec.saturating_mul(2).max(1), max_payload: cfg.limits.max_payload_bytes };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| FleetError::Setup(format!("starting the network runtime: {e}")))?;
         let (link, handle, mut inbound) = {

@@ -1,11 +1,12 @@
-//! The operator's fleet commands: `gate fleet keygen|status`, `gate plugin sign|deploy|rollback`,
-//! `gate remote …` (signed commands) and `gate credential-ref`.
+//! The operator's fleet commands: `gate fleet keygen|status|enroll|device-key|verify-events`,
+//! `gate plugin sign|deploy|rollback`, `gate remote …` (signed commands) and `gate credential-ref`.
 //! Thin wrappers over `gate_fleet::operator`, printing progress while a job runs.
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use gate_fleet::bundle::{Manifest, SelfTest, World};
 use gate_fleet::commands::{CommandAction, CommandReply, DoorMode, ReplyKey};
+use gate_fleet::inventory::Inventory;
 use gate_fleet::keys::{OperatorKey, Permission};
 use gate_fleet::link::{BrokerConfig, TlsFiles};
 use gate_fleet::messages::{now_ms, JobState, JobStatus};
@@ -40,7 +41,8 @@ pub enum FleetCmd {
         #[arg(long, value_delimiter = ',', default_value = "deploy")]
         may: Vec<String>,
     },
-    /// Which gateway runs which plugin version, online or not, and its last job.
+    /// Which gateway runs which plugin version, online or not, and its last job; every
+    /// enrolled gateway is listed, `unknown` when its status is missing or forged.
     Status {
         #[command(flatten)]
         broker: BrokerArgs,
@@ -48,7 +50,54 @@ pub enum FleetCmd {
         #[arg(long)]
         site: Option<String>,
     },
+    /// Enrol a gateway's device key in the operator's inventory (what site-wide commands
+    /// target and every gateway message is checked against).
+    Enroll {
+        /// The gateway, as `site/gateway`.
+        #[arg(long)]
+        gateway: String,
+        /// Its device key, as `gate fleet device-key` prints it on the gateway.
+        #[arg(long)]
+        public: String,
+        /// The operator's inventory file (created, mode 0600).
+        #[arg(long, default_value = DEFAULT_INVENTORY)]
+        inventory: PathBuf,
+    },
+    /// Make a site's credential reference key (mode 0600): give it to `gate credential-ref
+    /// --ref-key` and to the site's gateways as `[fleet] ref_key`; never to the broker.
+    RefKeygen {
+        /// Where to write it (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// On a gateway: print the public half of its device key (made on first use), for enrolment.
+    DeviceKey {
+        /// The gateway's site configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The event log (default `<state_dir>/events.sqlite`); the key lives in `fleet/` beside it.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Say which events are genuine and which forged: from the broker (for --seconds) or
+    /// from a capture written by `mosquitto_sub -v`.
+    VerifyEvents {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Only this site's events (from the broker).
+        #[arg(long)]
+        site: Option<String>,
+        /// Read `topic payload` lines from this file instead of subscribing.
+        #[arg(long)]
+        capture: Option<PathBuf>,
+        /// How long to listen on the broker, seconds (1-3600).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
+
+/// Where the operator's inventory is kept unless `--inventory` says otherwise.
+pub const DEFAULT_INVENTORY: &str = "gate-inventory.json";
 
 /// How the operator reaches the broker.
 #[derive(Args, Clone)]
@@ -72,6 +121,9 @@ pub struct BrokerArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// The operator's inventory of enrolled gateways (`gate fleet enroll`).
+    #[arg(long, default_value = DEFAULT_INVENTORY)]
+    pub inventory: PathBuf,
 }
 
 impl BrokerArgs {
@@ -85,6 +137,27 @@ impl BrokerArgs {
             keep_alive_secs: 15,
         }
     }
+
+    fn inventory(&self) -> Result<Inventory, Fail> {
+        Inventory::load(&self.inventory).map_err(bad)
+    }
+
+    /// Connects and checks what gateways say against the inventory.
+    async fn connect(&self) -> Result<Operator, Fail> {
+        let inv = self.inventory()?;
+        let mut op = Operator::connect(&self.config(), &client_id(), Duration::from_secs(self.timeout)).await.map_err(broken)?;
+        op.set_inventory(inv);
+        Ok(op)
+    }
+}
+
+/// Prints the gateway messages that were not believed; true if there were any.
+fn print_ignored(op: &mut Operator) -> bool {
+    let ignored = op.take_ignored();
+    for i in &ignored {
+        println!("{}: {} message ignored: {}", i.topic, i.trust.label().to_uppercase(), i.trust.why());
+    }
+    !ignored.is_empty()
 }
 
 /// Where a job goes: `--gateway site/gateway` or `--site site`.
@@ -94,7 +167,7 @@ pub struct TargetArgs {
     /// One gateway, as `site/gateway`.
     #[arg(long)]
     pub gateway: Option<String>,
-    /// Every gateway of a site that has reported a status.
+    /// Every gateway enrolled in this site (`gate fleet enroll`), whether it answers or not.
     #[arg(long)]
     pub site: Option<String>,
 }
@@ -209,7 +282,10 @@ pub fn fleet(cmd: FleetCmd) -> Result<u8, Fail> {
             Ok(0)
         }
         FleetCmd::Status { broker, site } => network()?.block_on(async {
-            let mut op = Operator::connect(&broker.config(), &client_id(), Duration::from_secs(broker.timeout)).await.map_err(broken)?;
+            let mut op = broker.connect().await?;
+            if op.inventory().is_empty() {
+                eprintln!("gate: the inventory {} has no gateway: every status is unverified (enrol them with `gate fleet enroll`)", broker.inventory.display());
+            }
             let rows = op.fleet_status(site.as_deref(), Duration::from_millis(700)).await.map_err(broken)?;
             op.disconnect().await;
             if rows.is_empty() {
@@ -218,7 +294,84 @@ pub fn fleet(cmd: FleetCmd) -> Result<u8, Fail> {
             print!("{}", operator::format_status_table(&rows));
             Ok(0)
         }),
+        FleetCmd::Enroll { gateway, public, inventory } => {
+            let (site, gw) = gateway.split_once('/').ok_or_else(|| bad(anyhow!("--gateway {gateway:?}: expected site/gateway")))?;
+            let mut inv = Inventory::load(&inventory).map_err(bad)?;
+            let before = inv.enroll(site, gw, &public).map_err(|e| bad(anyhow!("--public: {e}")))?;
+            inv.save(&inventory).map_err(broken)?;
+            match before {
+                Some(old) if old != public.trim() => println!("{site}/{gw}: key replaced in {} (was {old})", inventory.display()),
+                Some(_) => println!("{site}/{gw}: already enrolled in {}", inventory.display()),
+                None => println!("{site}/{gw}: enrolled in {}", inventory.display()),
+            }
+            Ok(0)
+        }
+        FleetCmd::DeviceKey { config, db } => {
+            let cfg = gate::config::SiteConfig::load(&config).map_err(bad)?;
+            let db = db.or_else(|| cfg.site.state_dir.as_ref().map(|d| d.join("events.sqlite"))).ok_or_else(|| bad(anyhow!("{}: set `site.state_dir` or pass --db", config.display())))?;
+            let (key, created) = gate::fleet::device_key(&db).map_err(broken)?;
+            if created {
+                eprintln!("gate: device key created in {}", gate::fleet::fleet_dir(&db).display());
+            }
+            println!("gate fleet enroll --gateway {}/{} --public {}", cfg.site.id, cfg.site.gateway, key.public_b64());
+            Ok(0)
+        }
+        FleetCmd::RefKeygen { out } => {
+            let key = gate::credentials::RefKey::generate().map_err(|e| broken(anyhow!(e)))?;
+            key.save(&out).map_err(|e| bad(anyhow!(e)))?;
+            println!("reference key written to {} (mode 0600); set `ref_key` in [fleet] of the site's gateways", out.display());
+            Ok(0)
+        }
+        FleetCmd::VerifyEvents { broker, site, capture, seconds } => verify_events(&broker, site.as_deref(), capture.as_deref(), seconds),
     }
+}
+
+/// `gate fleet verify-events`: one line per event, genuine / forged / unverified, and a
+/// summary; exit 1 when anything was not genuine.
+fn verify_events(broker: &BrokerArgs, site: Option<&str>, capture: Option<&std::path::Path>, seconds: u64) -> Result<u8, Fail> {
+    let inv = broker.inventory()?;
+    let messages: Vec<(String, Vec<u8>)> = match capture {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())).map_err(bad)?;
+            let mut out = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let (topic, payload) = line.split_once(' ').ok_or_else(|| bad(anyhow!("{}:{}: expected `topic payload` (mosquitto_sub -v)", path.display(), n + 1)))?;
+                out.push((topic.to_string(), payload.as_bytes().to_vec()));
+            }
+            out
+        }
+        None => {
+            if !(1..=3600).contains(&seconds) {
+                return Err(bad(anyhow!("--seconds {seconds}: use 1-3600")));
+            }
+            network()?.block_on(async {
+                let mut op = broker.connect().await?;
+                let got = op.listen_events(site, Duration::from_secs(seconds)).await.map_err(broken)?;
+                op.disconnect().await;
+                Ok::<_, Fail>(got)
+            })?
+        }
+    };
+    let (mut genuine, mut other) = (0u64, 0u64);
+    for (topic, payload) in &messages {
+        if gate_fleet::signed::classify(topic).is_none_or(|(_, _, k)| k != gate_fleet::signed::Kind::Event) {
+            continue;
+        }
+        let (trust, body) = inv.open(topic, payload);
+        let id = body.as_deref().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()).and_then(|v| v.get("id").and_then(|i| i.as_str()).map(String::from)).unwrap_or_else(|| "?".into());
+        if trust.is_genuine() {
+            genuine += 1;
+            println!("{topic} {id}: genuine");
+        } else {
+            other += 1;
+            println!("{topic} {id}: {}: {}", trust.label().to_uppercase(), trust.why());
+        }
+    }
+    println!("{genuine} genuine, {other} not genuine");
+    Ok(u8::from(other > 0))
 }
 
 /// Splits a trace file into its trace part and its expected-output part, with every
@@ -290,6 +443,14 @@ pub fn sign(a: SignArgs) -> Result<u8, Fail> {
     Ok(0)
 }
 
+/// An empty site is bad input (exit 2); anything else is the broker's trouble (exit 3).
+fn target_error(e: operator::OperatorError) -> Fail {
+    match e {
+        operator::OperatorError::EmptySite(_) | operator::OperatorError::Topic(_) => bad(e),
+        e => broken(e),
+    }
+}
+
 fn report(results: &[(String, Option<JobStatus>)]) -> u8 {
     let mut code = 0;
     for (gw, s) in results {
@@ -301,7 +462,7 @@ fn report(results: &[(String, Option<JobStatus>)]) -> u8 {
             }
             None => {
                 code = 1;
-                println!("{gw}: no answer yet (the job stays queued on the broker for when it comes online)");
+                println!("{gw}: no answer (the job stays queued on the broker for when it comes online)");
             }
         }
     }
@@ -313,10 +474,11 @@ pub fn deploy(a: DeployArgs) -> Result<u8, Fail> {
     let bundle = operator::read_bundle_file(&a.bundle).map_err(bad)?;
     let target = a.target.target()?;
     network()?.block_on(async {
-        let mut op = Operator::connect(&a.broker.config(), &client_id(), Duration::from_secs(a.broker.timeout)).await.map_err(broken)?;
-        let res = op.deploy(&target, &bundle, Duration::from_secs(a.broker.timeout), &mut |gw, s| eprintln!("  {}", operator::format_progress(gw, s))).await.map_err(broken)?;
+        let mut op = a.broker.connect().await?;
+        let res = op.deploy(&target, &bundle, Duration::from_secs(a.broker.timeout), &mut |gw, s| eprintln!("  {}", operator::format_progress(gw, s))).await.map_err(target_error)?;
+        let forged = print_ignored(&mut op);
         op.disconnect().await;
-        Ok(report(&res))
+        Ok(report(&res).max(u8::from(forged)))
     })
 }
 
@@ -325,11 +487,12 @@ pub fn rollback(a: RollbackArgs) -> Result<u8, Fail> {
     let key = OperatorKey::load(&a.key).map_err(bad)?;
     let target = a.target.target()?;
     network()?.block_on(async {
-        let mut op = Operator::connect(&a.broker.config(), &client_id(), Duration::from_secs(a.broker.timeout)).await.map_err(broken)?;
+        let mut op = a.broker.connect().await?;
         let seq = a.sequence.unwrap_or(now_ms() as u64);
-        let res = op.rollback(&key, &target, &a.plugin, seq, Duration::from_secs(a.broker.timeout), &mut |gw, s| eprintln!("  {}", operator::format_progress(gw, s))).await.map_err(broken)?;
+        let res = op.rollback(&key, &target, &a.plugin, seq, Duration::from_secs(a.broker.timeout), &mut |gw, s| eprintln!("  {}", operator::format_progress(gw, s))).await.map_err(target_error)?;
+        let forged = print_ignored(&mut op);
         op.disconnect().await;
-        Ok(report(&res))
+        Ok(report(&res).max(u8::from(forged)))
     })
 }
 
@@ -464,23 +627,29 @@ pub fn remote(cmd: RemoteCmd) -> Result<u8, Fail> {
     let target = to.target.target()?;
     let timeout = Duration::from_secs(to.broker.timeout.min(300));
     network()?.block_on(async {
-        let mut op = Operator::connect(&to.broker.config(), &client_id(), timeout).await.map_err(broken)?;
+        let mut op = to.broker.connect().await?;
+        // A site is the gateways enrolled in it: one whose status was erased or forged
+        // still gets the command, and is reported as "no answer" if it does not reply.
         let gateways = match &target {
             Target::Gateway { site, gateway } => vec![(site.clone(), gateway.clone())],
-            Target::Site(site) => op.fleet_status(Some(site), Duration::from_millis(700)).await.map_err(broken)?.into_iter().map(|v| (v.site, v.gateway)).collect(),
+            Target::Site(site) => op.inventory().gateways(Some(site)),
         };
         if gateways.is_empty() {
-            return Err(broken(anyhow!("no gateway of that site has reported a status")));
+            return Err(bad(anyhow!("no gateway of that site is enrolled in {} (`gate fleet enroll`)", to.broker.inventory.display())));
         }
+        let results = op.command_many(&key, &gateways, action, timeout).await.map_err(broken)?;
         let mut code = 0;
-        for (site, gw) in gateways {
-            match op.command(&key, &site, &gw, action.clone(), timeout).await {
+        for (site, gw, r) in results {
+            match r {
                 Ok(r) => code = code.max(print_reply(&site, &gw, &r, reply_key.as_ref())),
                 Err(e) => {
                     code = 1;
-                    println!("{site}/{gw}: {e}");
+                    println!("{site}/{gw}: no answer ({e})");
                 }
             }
+        }
+        if print_ignored(&mut op) {
+            code = code.max(1);
         }
         op.disconnect().await;
         Ok(code)
@@ -506,12 +675,13 @@ fn print_reply(site: &str, gw: &str, r: &CommandReply, reply_key: Option<&ReplyK
     0
 }
 
-/// `gate credential-ref`: the reference an operator revokes a credential by.
+/// `gate credential-ref`: the reference an operator revokes a credential by, keyed with
+/// the site's reference key (nobody without it can test a guess against a reference).
 #[derive(Args)]
 pub struct CredentialRefArgs {
-    /// Site id the reference is bound to.
+    /// The site's reference key file (`gate fleet ref-keygen`; the gateway's `[fleet] ref_key`).
     #[arg(long)]
-    pub site: String,
+    pub ref_key: PathBuf,
     #[arg(long, group = "what")]
     pub card: Option<String>,
     #[arg(long, group = "what")]
@@ -533,7 +703,8 @@ pub fn credential_ref(a: CredentialRefArgs) -> Result<u8, Fail> {
         (.., Some(v)) => return Err(bad(anyhow!("--pin-sha256 {v:?}: expected 64 hex digits (`gate pin-hash`)"))),
         _ => return Err(bad(anyhow!("give one of --card, --nfc, --plate or --pin-sha256"))),
     };
-    println!("{}", gate::credentials::credential_ref(&a.site, kind, &value));
+    let key = gate::credentials::RefKey::load(&a.ref_key).map_err(|e| bad(anyhow!(e)))?;
+    println!("{}", gate::credentials::keyed_credential_ref(&key, kind, &value));
     Ok(0)
 }
 

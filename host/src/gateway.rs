@@ -82,11 +82,25 @@ const DAY_MS: i64 = 86_400_000;
 
 impl Gateway {
     /// Builds a gateway; returns it with any plugin load problems (served by the fallback).
-    pub fn new(cfg: SiteConfig, clock: Clock, rt: Runtime, log: EventLog) -> Result<(Gateway, Vec<String>), String> {
+    pub fn new(cfg: SiteConfig, clock: Clock, rt: Runtime, mut log: EventLog) -> Result<(Gateway, Vec<String>), String> {
         let mut dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
         // Revocations and unit PINs set by operator commands outlive restarts.
         for r in log.revoked().map_err(|e| e.to_string())? {
             dir.revoke(&r);
+        }
+        // Revocations made with old unkeyed references move to the keyed form once a
+        // site reference key is configured (the directory can compute both).
+        let legacy = dir.legacy_revocations();
+        for (old, new) in &legacy {
+            log.rename_revoked(old, new).map_err(|e| e.to_string())?;
+            dir.reinstate(old);
+            dir.revoke(new);
+        }
+        if !legacy.is_empty() {
+            tracing::info!(count = legacy.len(), "revocations moved to keyed credential references");
+        }
+        if !dir.has_ref_key() && cfg.fleet.is_some() {
+            tracing::warn!("[fleet] has no `ref_key`: credential references are unkeyed, and a PIN or card number can be found from one by trying every value");
         }
         for (door, hash) in log.unit_pins().map_err(|e| e.to_string())? {
             if cfg.door(&door).is_some_and(|d| d.unit_pin) {

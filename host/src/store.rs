@@ -178,6 +178,13 @@ impl EventLog {
         Ok(out)
     }
 
+    /// Renames a revoked reference (an old unkeyed one re-derived with the site's
+    /// reference key); the revocation's event id is kept.
+    pub fn rename_revoked(&mut self, old: &str, new: &str) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE OR REPLACE revoked_credentials SET reference = ?2 WHERE reference = ?1", params![old, new])?;
+        Ok(())
+    }
+
     /// Every revoked credential reference.
     pub fn revoked(&self) -> Result<Vec<String>, StoreError> {
         let mut st = self.conn.prepare("SELECT reference FROM revoked_credentials")?;

@@ -56,8 +56,11 @@ impl Site {
             .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
             .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
             .replace("\"../target/demo-state\"", &format!("{:?}", dir.path().join("state")));
+        let ref_key = dir.path().join("site.refkey");
+        let o = gate(&["fleet", "ref-keygen", "--out", ref_key.to_str().unwrap()]);
+        assert!(o.status.success(), "fleet ref-keygen failed: {}", text(&o));
         let fleet = format!(
-            "\n[fleet]\nrollback_failures = 3\n\n[fleet.broker]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_secs = {keep_alive}\n\n\
+            "\n[fleet]\nrollback_failures = 3\nref_key = \"site.refkey\"\n\n[fleet.broker]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive_secs = {keep_alive}\n\n\
              [[fleet.trusted_keys]]\nid = \"test-ops\"\npublic = \"{}\"\nmay = [\"deploy\", \"door\", \"credentials\", \"pin\"]\n",
             broker.port,
             key.public_b64()
@@ -65,7 +68,30 @@ impl Site {
         let config = dir.path().join("site.toml");
         std::fs::write(&config, format!("{cfg}{fleet}")).unwrap();
         let db = dir.path().join("state/events.sqlite");
-        Site { config, key: key_path, db, port: broker.port, dir }
+        let site = Site { config, key: key_path, db, port: broker.port, dir };
+        // The operator enrols the gateway's device key, as an installer would.
+        let o = gate(&["fleet", "device-key", "--config", site.config.to_str().unwrap()]);
+        assert!(o.status.success(), "fleet device-key failed: {}", text(&o));
+        let public = String::from_utf8_lossy(&o.stdout).split_whitespace().last().unwrap().to_string();
+        let inv = site.inventory_path();
+        let o = gate(&["fleet", "enroll", "--gateway", &format!("{SITE}/{GW}"), "--public", &public, "--inventory", inv.to_str().unwrap()]);
+        assert!(o.status.success(), "fleet enroll failed: {}", text(&o));
+        site
+    }
+
+    /// The site's credential reference key file.
+    pub fn ref_key(&self) -> PathBuf {
+        self.dir.path().join("site.refkey")
+    }
+
+    /// The operator's inventory file (the gateway enrolled).
+    pub fn inventory_path(&self) -> PathBuf {
+        self.dir.path().join("inventory.json")
+    }
+
+    /// The operator's inventory, for tests that drive `gate_fleet::operator` directly.
+    pub fn inventory(&self) -> gate_fleet::inventory::Inventory {
+        gate_fleet::inventory::Inventory::load(&self.inventory_path()).unwrap()
     }
 
     /// A trace of `n` card reads by residents, one every `every_ms`, alternating doors.
@@ -107,7 +133,7 @@ impl Site {
     }
 
     pub fn broker_args(&self) -> Vec<String> {
-        vec!["--broker-port".into(), self.port.to_string(), "--timeout".into(), "120".into()]
+        vec!["--broker-port".into(), self.port.to_string(), "--timeout".into(), "120".into(), "--inventory".into(), self.inventory_path().to_str().unwrap().into()]
     }
 
     /// `gate plugin sign` of `component` as resident-policy `version` with `extra` flags.
@@ -249,7 +275,8 @@ pub fn consumer(client_id: &str, port: u16) -> (Received, Arc<Mutex<u32>>) {
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => *s.lock().unwrap() += 1,
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic.ends_with("/events") || p.topic.ends_with("/alarms") => {
-                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                    let body = gate_fleet::signed::body_unverified(&p.payload).expect("events travel signed");
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
                     g.lock().unwrap().push((v["seq"].as_i64().unwrap(), v["id"].as_str().unwrap().to_string()));
                 }
                 Ok(_) => {}

@@ -16,6 +16,7 @@ fn main() {
             println!("  publish throughput, plain TCP   : {:>9.0} events/s (stored -> PUBACK)", r.publish_plain_eps);
             println!("  publish throughput, TLS         : {:>9.0} events/s", r.publish_tls_eps);
             println!("  outbox drain after an outage    : {:>9.0} events/s (target >= 5000)", r.drain_after_outage_eps);
+            println!("  signing alone (serialise + seal): {:>9.1} µs/event ({:.0} events/s on one core)", r.seal_us_per_event, 1e6 / r.seal_us_per_event);
             println!("  deployment publish -> active    : p50 {:.1} ms, max {:.1} ms for a {} byte bundle (target <= 500 ms)", r.deploy_ms_p50, r.deploy_ms_max, r.deploy_bundle_bytes);
         }
         Err(e) => {

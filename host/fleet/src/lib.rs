@@ -12,6 +12,7 @@ pub mod bench;
 pub mod bundle;
 pub mod commands;
 pub mod deploy;
+pub mod inventory;
 pub mod keys;
 pub mod limit;
 pub mod link;
@@ -19,6 +20,7 @@ pub mod messages;
 pub mod operator;
 pub mod outbox;
 pub mod schema;
+pub mod signed;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

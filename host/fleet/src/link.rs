@@ -10,6 +10,7 @@
 use crate::limit::{Rate, ShedLog, TokenBucket};
 use crate::messages::{GatewayClock, JobStatus, Status};
 use crate::outbox::{Outbox, OutboxError};
+use crate::signed::{DeviceKey, Kind};
 use crate::topics::{GatewayTopics, TopicError};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
@@ -207,6 +208,9 @@ pub struct LinkConfig {
     /// The gateway's clock: the outbox's age bound and status times are measured on it,
     /// the clock the events were stamped with.
     pub clock: GatewayClock,
+    /// The gateway's device key: every status, will, job progress, reply and event is
+    /// signed with it (a fresh random key unless the host sets its stored one).
+    pub device_key: Arc<DeviceKey>,
 }
 
 impl LinkConfig {
@@ -221,6 +225,7 @@ impl LinkConfig {
             plugin_limits: PluginLimits::default(),
             inbound: InboundLimits::default(),
             clock: GatewayClock::wall(),
+            device_key: Arc::new(DeviceKey::generate()),
         }
     }
 }
@@ -266,11 +271,13 @@ pub struct LinkSnapshot {
     pub inbound_shed: u64,
     /// Times the link failed on its own storage and started over.
     pub restarts: u64,
+    /// Connections the broker ended by offering a message over [`MAX_PACKET_BYTES`].
+    pub oversize: u64,
 }
 
 enum Request {
     JobStatus(JobStatus),
-    Reply { id: String, payload: Vec<u8> },
+    Reply(crate::commands::CommandReply),
     Status(Box<Status>),
     Plugin { topic: String, payload: Vec<u8> },
     Shutdown,
@@ -298,7 +305,7 @@ impl LinkHandle {
     }
     /// Publishes a command reply (kept and sent on reconnect if offline).
     pub fn publish_reply(&self, r: &crate::commands::CommandReply) {
-        let _ = self.tx.send(Request::Reply { id: r.id.clone(), payload: serde_json::to_vec(r).unwrap_or_default() });
+        let _ = self.tx.send(Request::Reply(r.clone()));
     }
     /// Replaces the status: published retained now, and the death message from the next connect.
     pub fn update_status(&self, s: Status) {
@@ -374,6 +381,9 @@ pub struct Link {
     refreshing_will: bool,
     /// Storage failures in a row (reset when the cursor moves again).
     restart_streak: u32,
+    /// Connections in a row lost to an oversized inbound message, and when the last one began.
+    oversize_streak: u32,
+    connected_at: Option<Instant>,
 }
 
 impl Link {
@@ -413,6 +423,8 @@ impl Link {
             pending_replies: BTreeMap::new(),
             refreshing_will: false,
             restart_streak: 0,
+            oversize_streak: 0,
+            connected_at: None,
         };
         Ok((link, handle, in_rx))
     }
@@ -425,7 +437,7 @@ impl Link {
     fn death(&self) -> Vec<u8> {
         let mut d = self.status.clone();
         d.online = false;
-        serde_json::to_vec(&d).unwrap_or_default()
+        self.cfg.device_key.seal_json(Kind::Status, &self.topics.status(), &d)
     }
 
     fn publish(&mut self, tag: Tag, topic: String, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
@@ -446,8 +458,8 @@ impl Link {
         s.online = true;
         s.at_ms = self.cfg.clock.now_ms();
         s.outbox = self.outbox.stats().ok();
-        let payload = serde_json::to_vec(&s).unwrap_or_default();
         let topic = self.topics.status();
+        let payload = self.cfg.device_key.seal_json(Kind::Status, &topic, &s);
         self.publish(Tag::Other, topic, QoS::AtLeastOnce, true, payload);
     }
 
@@ -455,6 +467,7 @@ impl Link {
         self.state = LinkState::Connected;
         self.snap.connected = true;
         self.snap.connects += 1;
+        self.connected_at = Some(Instant::now());
         tracing::info!(broker = %self.cfg.broker.host, port = self.cfg.broker.port, "MQTT link up");
         self.publish_status();
         let _ = self.client.try_subscribe(self.topics.jobs_filter(), QoS::AtLeastOnce);
@@ -480,8 +493,31 @@ impl Link {
             _ => 0,
         };
         let refreshing = std::mem::take(&mut self.refreshing_will);
+        // An inbound message over the packet limit ends the connection (MQTT 3.1.1 cannot
+        // tell the broker the limit); a retained one comes back on every connect. Say so
+        // once per run of them, and wait longer each time instead of flapping.
+        let oversize = matches!(err, rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(_))));
+        let lasted = self.connected_at.take().map(|t| t.elapsed());
+        if oversize && lasted.is_some_and(|d| d > Duration::from_secs(60)) {
+            self.oversize_streak = 0;
+        }
+        let attempt = if oversize {
+            self.snap.oversize += 1;
+            if self.oversize_streak == 0 {
+                tracing::error!(limit = MAX_PACKET_BYTES, "the broker sent a message over the packet limit (a retained job or command?); it is offered again on every connect: clear it on the broker, and set max_packet_size there (host/fleet/broker/mosquitto.conf); reconnecting with a growing back-off");
+            }
+            self.oversize_streak = self.oversize_streak.saturating_add(1);
+            attempt.max(self.oversize_streak)
+        } else {
+            if lasted.is_some() {
+                self.oversize_streak = 0;
+            }
+            attempt
+        };
         if refreshing {
             tracing::info!("MQTT reconnecting so the last will lists the plugins now running");
+        } else if oversize {
+            tracing::debug!(error = %err, "MQTT link down on an oversized message");
         } else if self.snap.connected {
             tracing::warn!(error = %err, "MQTT link down; events queue in the outbox");
         } else {
@@ -502,7 +538,7 @@ impl Link {
 
     fn send_job(&mut self, j: JobStatus) {
         if let Ok(t) = self.topics.job_progress(&j.job_id) {
-            let payload = serde_json::to_vec(&j).unwrap_or_default();
+            let payload = self.cfg.device_key.seal_json(Kind::JobProgress, &t, &j);
             // Only a job a trusted key signed leaves a retained status on the broker; the
             // refusal of anything else is said once, to whoever is listening.
             let retain = j.signer.is_some();
@@ -520,7 +556,7 @@ impl Link {
         }
         for ev in self.outbox.next_batch(room)? {
             let topic = if ev.is_alarm() { self.topics.alarms() } else { self.topics.events() };
-            let payload = serde_json::to_vec(&ev.to_message()).unwrap_or_default();
+            let payload = self.cfg.device_key.seal_json(Kind::Event, &topic, &ev.to_message());
             if !self.publish(Tag::Event(ev.seq), topic, QoS::AtLeastOnce, false, payload) {
                 // Queue full: forget the rest of this batch; it is re-read after a rewind.
                 self.outbox.rewind()?;
@@ -591,12 +627,12 @@ impl Link {
                     self.send_job(j);
                 }
             }
-            Request::Reply { id, payload } => {
-                self.pending_replies.insert(id.clone(), payload.clone());
+            Request::Reply(r) => {
+                let Ok(t) = self.topics.command_reply(&r.id) else { return Ok(true) };
+                let payload = self.cfg.device_key.seal_json(Kind::Reply, &t, &r);
+                self.pending_replies.insert(r.id.clone(), payload.clone());
                 if connected {
-                    if let Ok(t) = self.topics.command_reply(&id) {
-                        self.publish(Tag::Reply(id), t, QoS::AtLeastOnce, false, payload);
-                    }
+                    self.publish(Tag::Reply(r.id), t, QoS::AtLeastOnce, false, payload);
                 }
             }
             Request::Status(s) => {

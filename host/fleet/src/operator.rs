@@ -1,13 +1,20 @@
 //! The operator's side, for the `gate` CLI: sign bundles, deploy to a gateway or a whole
 //! site with progress, roll back, read fleet status from the retained status messages,
 //! and send signed commands — all through the broker.
+//!
+//! Everything a gateway says is checked against the key the operator's [`Inventory`]
+//! holds for it: only genuine progress and replies count as answers; anything else is
+//! set aside in [`Operator::take_ignored`] for the CLI to show as forged or unverified.
+//! A site means the gateways enrolled in it, never whoever has a status on the broker.
 
 use crate::bundle::{sign_bundle, Bundle, BundleError, Manifest};
 use crate::commands::{sign_command, Command, CommandAction, CommandError, CommandReply};
 use crate::deploy::sign_rollback;
+use crate::inventory::Inventory;
 use crate::keys::{KeyError, OperatorKey};
 use crate::link::{mqtt_options, BrokerConfig, LinkError};
 use crate::messages::{now_ms, JobAction, JobRequest, JobState, JobStatus, RollbackOrder, Status};
+use crate::signed::Trust;
 use crate::topics::{self, GatewayTopics, TopicError};
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use std::collections::BTreeMap;
@@ -36,7 +43,7 @@ pub enum OperatorError {
     ConnectTimeout(String),
     #[error("the broker connection failed: {0}")]
     Mqtt(String),
-    #[error("site {0:?} has no gateway with a retained status")]
+    #[error("site {0:?} has no enrolled gateway (enrol them with `gate fleet enroll`)")]
     EmptySite(String),
     #[error("no reply to command {0:?} within the timeout")]
     NoReply(String),
@@ -49,7 +56,7 @@ pub enum Target {
         site: String,
         gateway: String,
     },
-    /// Every gateway of the site that has a retained status (online or not).
+    /// Every gateway enrolled in the site's inventory, whatever the broker says.
     Site(String),
 }
 
@@ -58,7 +65,18 @@ pub enum Target {
 pub struct GatewayView {
     pub site: String,
     pub gateway: String,
-    pub status: Status,
+    /// The status, when one was heard that is genuine (or unverified, for a gateway not
+    /// enrolled). None: unknown — no status, an erased one, or a forged one.
+    pub status: Option<Status>,
+    /// How far the status can be believed; `Forged` / `Unverified` say why.
+    pub trust: Trust,
+}
+
+/// A gateway message the operator did not believe, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ignored {
+    pub topic: String,
+    pub trust: Trust,
 }
 
 /// Reads and signs a component file into a bundle (`gate plugin sign`).
@@ -85,6 +103,8 @@ pub struct Operator {
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Publish>,
     task: tokio::task::JoinHandle<()>,
+    inventory: Inventory,
+    ignored: Vec<Ignored>,
 }
 
 impl Operator {
@@ -118,7 +138,7 @@ impl Operator {
         let deadline = Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, up_rx.recv()).await {
-                Ok(Some(Ok(()))) => return Ok(Self { client, rx, task }),
+                Ok(Some(Ok(()))) => return Ok(Self { client, rx, task, inventory: Inventory::default(), ignored: Vec::new() }),
                 Ok(Some(Err(e))) => tracing::debug!(error = %e, "operator connect attempt failed"),
                 Ok(None) | Err(_) => {
                     task.abort();
@@ -136,39 +156,87 @@ impl Operator {
         self.client.subscribe(filter, QoS::AtLeastOnce).await.map_err(|e| OperatorError::Mqtt(e.to_string()))
     }
 
-    /// Retained status of every gateway (of `site`, or of the whole fleet), collected until
-    /// no new one arrived for `settle`.
+    /// Checks gateway messages against `inventory` from now on (empty: nothing is genuine).
+    pub fn set_inventory(&mut self, inventory: Inventory) {
+        self.inventory = inventory;
+    }
+
+    /// The inventory messages are checked against.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// Gateway messages that arrived where an answer was awaited and were not believed
+    /// (forged, or from a gateway not enrolled); cleared by this call.
+    pub fn take_ignored(&mut self) -> Vec<Ignored> {
+        std::mem::take(&mut self.ignored)
+    }
+
+    /// Checks a message and returns its body when genuine; anything else is set aside.
+    fn genuine(&mut self, p: &Publish) -> Option<String> {
+        let (trust, body) = self.inventory.open(&p.topic, &p.payload);
+        if trust.is_genuine() {
+            return body;
+        }
+        tracing::warn!(topic = %p.topic, trust = trust.label(), why = trust.why(), "gateway message not believed");
+        self.ignored.push(Ignored { topic: p.topic.clone(), trust });
+        None
+    }
+
+    /// Status of every gateway (of `site`, or of the whole fleet): the retained status
+    /// messages collected until no new one arrived for `settle`, checked against the
+    /// inventory, plus a row for every enrolled gateway whose status is missing, erased
+    /// or forged (status None: unknown, never "not in the site").
     pub async fn fleet_status(&mut self, site: Option<&str>, settle: Duration) -> Result<Vec<GatewayView>, OperatorError> {
         let filter = match site {
             Some(s) => topics::site_status_filter(s)?,
             None => topics::fleet_status_filter(),
         };
         self.subscribe(filter.clone()).await?;
-        let mut seen: BTreeMap<(String, String), Status> = BTreeMap::new();
+        let mut seen: BTreeMap<(String, String), (Option<Status>, Trust)> = BTreeMap::new();
         while let Ok(Some(p)) = tokio::time::timeout(settle, self.rx.recv()).await {
-            if let Some((s, g)) = topics::parse_status_topic(&p.topic) {
-                match serde_json::from_slice::<Status>(&p.payload) {
-                    Ok(st) => {
-                        seen.insert((s.to_string(), g.to_string()), st);
-                    }
-                    Err(e) if !p.payload.is_empty() => tracing::warn!(topic = %p.topic, error = %e, "unreadable status message"),
-                    Err(_) => {}
-                }
+            let Some((s, g)) = topics::parse_status_topic(&p.topic) else { continue };
+            let k = (s.to_string(), g.to_string());
+            if p.payload.is_empty() {
+                // An erased retained status: what it said is gone, not the gateway.
+                seen.entry(k).or_insert((None, Trust::Missing("status erased".into())));
+                continue;
             }
+            let (trust, body) = self.inventory.open(&p.topic, &p.payload);
+            let status = match (&trust, body.as_deref().map(serde_json::from_str::<Status>)) {
+                (Trust::Forged(_), _) => None,
+                (_, Some(Ok(st))) if st.site == s && st.gateway == g => Some(st),
+                (_, Some(Ok(_))) => {
+                    seen.insert(k, (None, Trust::Forged("status names another gateway than its topic".into())));
+                    continue;
+                }
+                (_, _) => {
+                    tracing::warn!(topic = %p.topic, "unreadable status message");
+                    None
+                }
+            };
+            // A genuine status is never replaced by one that is not.
+            if seen.get(&k).is_some_and(|(_, t)| t.is_genuine()) && !trust.is_genuine() {
+                continue;
+            }
+            seen.insert(k, (status, trust));
         }
         let _ = self.client.unsubscribe(filter).await;
-        Ok(seen.into_iter().map(|((site, gateway), status)| GatewayView { site, gateway, status }).collect())
+        for k in self.inventory.gateways(site) {
+            seen.entry(k).or_insert((None, Trust::Missing("no status on the broker".into())));
+        }
+        Ok(seen.into_iter().map(|((site, gateway), (status, trust))| GatewayView { site, gateway, status, trust }).collect())
     }
 
-    async fn gateways(&mut self, target: &Target) -> Result<Vec<GatewayTopics>, OperatorError> {
+    fn gateways(&mut self, target: &Target) -> Result<Vec<GatewayTopics>, OperatorError> {
         match target {
             Target::Gateway { site, gateway } => Ok(vec![GatewayTopics::new(site, gateway)?]),
             Target::Site(site) => {
-                let rows = self.fleet_status(Some(site), Duration::from_millis(500)).await?;
-                if rows.is_empty() {
+                let gws = self.inventory.gateways(Some(site));
+                if gws.is_empty() {
                     return Err(OperatorError::EmptySite(site.clone()));
                 }
-                rows.iter().map(|r| GatewayTopics::new(&r.site, &r.gateway).map_err(OperatorError::from)).collect()
+                gws.iter().map(|(s, g)| GatewayTopics::new(s, g).map_err(OperatorError::from)).collect()
             }
         }
     }
@@ -185,7 +253,7 @@ impl Operator {
         timeout: Duration,
         progress: &mut dyn FnMut(&str, &JobStatus),
     ) -> Result<Vec<(String, Option<JobStatus>)>, OperatorError> {
-        let gws = self.gateways(target).await?;
+        let gws = self.gateways(target)?;
         let req = JobRequest { job_id: job_id.into(), action, at_ms: now_ms() };
         let payload = serde_json::to_vec(&req).map_err(|e| OperatorError::Mqtt(e.to_string()))?;
         let mut last: BTreeMap<String, Option<JobStatus>> = BTreeMap::new();
@@ -204,10 +272,13 @@ impl Operator {
         while !done(&last) {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(p)) => {
-                    let Some(gw) = by_topic.get(p.topic.as_str()) else { continue };
-                    if let Ok(s) = serde_json::from_slice::<JobStatus>(&p.payload) {
-                        progress(gw, &s);
-                        last.insert(gw.clone(), Some(s));
+                    let Some(gw) = by_topic.get(p.topic.as_str()).cloned() else { continue };
+                    let Some(body) = self.genuine(&p) else { continue };
+                    if let Ok(s) = serde_json::from_str::<JobStatus>(&body) {
+                        if s.job_id == job_id {
+                            progress(&gw, &s);
+                            last.insert(gw, Some(s));
+                        }
                     }
                 }
                 Ok(None) | Err(_) => break,
@@ -232,7 +303,8 @@ impl Operator {
             if p.topic != topic {
                 continue;
             }
-            if let Ok(s) = serde_json::from_slice::<JobStatus>(&p.payload) {
+            let Some(body) = self.genuine(&p) else { continue };
+            if let Ok(s) = serde_json::from_str::<JobStatus>(&body) {
                 let hit = pred(&s);
                 last = Some(s);
                 if hit {
@@ -267,28 +339,80 @@ impl Operator {
         self.run_job(target, &job, JobAction::Rollback { order }, timeout, progress).await
     }
 
-    /// Sends a signed command and waits for its reply (correlated by the command id).
+    /// Sends a signed command and waits for its genuine reply (correlated by the command id).
     pub async fn command(&mut self, key: &OperatorKey, site: &str, gateway: &str, action: CommandAction, timeout: Duration) -> Result<CommandReply, OperatorError> {
-        let t = GatewayTopics::new(site, gateway)?;
-        let id = new_job_id("cmd");
+        let mut r = self.command_many(key, &[(site.to_string(), gateway.to_string())], action, timeout).await?;
+        r.pop().map(|(_, _, r)| r).unwrap_or_else(|| Err(OperatorError::NoReply(String::new())))
+    }
+
+    /// Sends a signed command to each gateway (its own id each) and waits, all at once,
+    /// until every one has answered with a genuine reply or `timeout` passes. Returns,
+    /// per gateway in order, its reply or [`OperatorError::NoReply`].
+    pub async fn command_many(
+        &mut self,
+        key: &OperatorKey,
+        gateways: &[(String, String)],
+        action: CommandAction,
+        timeout: Duration,
+    ) -> Result<Vec<(String, String, Result<CommandReply, OperatorError>)>, OperatorError> {
         let now = now_ms();
-        let cmd = Command { id: id.clone(), site: site.into(), gateway: gateway.into(), issued_at_ms: now, expires_at_ms: now + timeout.as_millis() as i64, action };
-        let signed = sign_command(key, &cmd)?;
-        let reply_topic = t.command_reply(&id)?;
-        self.subscribe(reply_topic.clone()).await?;
-        self.publish(t.command(&id)?, false, serde_json::to_vec(&signed).unwrap_or_default()).await?;
+        let mut waiting: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        let mut out: Vec<(String, String, Result<CommandReply, OperatorError>)> = Vec::new();
+        for (site, gateway) in gateways {
+            let t = GatewayTopics::new(site, gateway)?;
+            let id = new_job_id("cmd");
+            let cmd = Command { id: id.clone(), site: site.clone(), gateway: gateway.clone(), issued_at_ms: now, expires_at_ms: now + timeout.as_millis() as i64, action: action.clone() };
+            let signed = sign_command(key, &cmd)?;
+            let reply_topic = t.command_reply(&id)?;
+            self.subscribe(reply_topic.clone()).await?;
+            self.publish(t.command(&id)?, false, serde_json::to_vec(&signed).unwrap_or_default()).await?;
+            waiting.insert(reply_topic, (out.len(), id.clone()));
+            out.push((site.clone(), gateway.clone(), Err(OperatorError::NoReply(id))));
+        }
         let deadline = Instant::now() + timeout;
-        loop {
+        let mut answered = 0;
+        while answered < waiting.len() {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(p)) if p.topic == reply_topic => {
-                    if let Ok(r) = serde_json::from_slice::<CommandReply>(&p.payload) {
-                        return Ok(r);
+                Ok(Some(p)) => {
+                    // Every message on a reply topic is checked (and a forged one noted),
+                    // also after the genuine reply has come.
+                    let Some((i, id)) = waiting.get(p.topic.as_str()).cloned() else { continue };
+                    let Some(body) = self.genuine(&p) else { continue };
+                    if let Ok(r) = serde_json::from_str::<CommandReply>(&body) {
+                        if r.id == id && out[i].2.is_err() {
+                            out[i].2 = Ok(r);
+                            answered += 1;
+                        }
                     }
                 }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return Err(OperatorError::NoReply(id)),
+                Ok(None) | Err(_) => break,
             }
         }
+        Ok(out)
+    }
+
+    /// Every event and alarm message (of `site`, or of the fleet) heard for `listen`, as
+    /// received: for `gate fleet verify-events`, which checks each one.
+    pub async fn listen_events(&mut self, site: Option<&str>, listen: Duration) -> Result<Vec<(String, Vec<u8>)>, OperatorError> {
+        let s = match site {
+            Some(s) => {
+                topics::check_level("site", s)?;
+                s
+            }
+            None => "+",
+        };
+        let filters = [format!("{}/{s}/+/events", topics::ROOT), format!("{}/{s}/+/alarms", topics::ROOT)];
+        for f in &filters {
+            self.subscribe(f.clone()).await?;
+        }
+        let deadline = Instant::now() + listen;
+        let mut out = Vec::new();
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            if crate::signed::classify(&p.topic).is_some_and(|(_, _, k)| k == crate::signed::Kind::Event) {
+                out.push((p.topic.clone(), p.payload.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// Disconnects cleanly.
@@ -299,16 +423,25 @@ impl Operator {
     }
 }
 
-/// `gate fleet status` as a table: site, gateway, online, plugins, last job.
+/// `gate fleet status` as a table: site, gateway, online, plugins, last job, and
+/// whether the status is genuine. A gateway with no believable status is `unknown`.
 pub fn format_status_table(rows: &[GatewayView]) -> String {
-    let mut out = String::from("SITE\tGATEWAY\tONLINE\tPLUGINS\tLAST JOB\n");
+    let mut out = String::from("SITE\tGATEWAY\tONLINE\tPLUGINS\tLAST JOB\tSTATUS\n");
     for r in rows {
-        let plugins: Vec<String> = r.status.plugins.iter().map(|p| format!("{}@{}", p.name, p.version)).collect();
-        let job = match &r.status.last_job {
+        let trust = match &r.trust {
+            Trust::Genuine => "genuine".to_string(),
+            t => format!("{}: {}", t.label(), t.why()),
+        };
+        let Some(st) = &r.status else {
+            out.push_str(&format!("{}\t{}\tunknown\t-\t-\t{trust}\n", r.site, r.gateway));
+            continue;
+        };
+        let plugins: Vec<String> = st.plugins.iter().map(|p| format!("{}@{}", p.name, p.version)).collect();
+        let job = match &st.last_job {
             Some(j) => format!("{} {}{}", j.job_id, j.state.as_str(), j.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()),
             None => "-".into(),
         };
-        out.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", r.site, r.gateway, if r.status.online { "yes" } else { "NO" }, if plugins.is_empty() { "-".into() } else { plugins.join(",") }, job));
+        out.push_str(&format!("{}\t{}\t{}\t{}\t{}\t{trust}\n", r.site, r.gateway, if st.online { "yes" } else { "NO" }, if plugins.is_empty() { "-".into() } else { plugins.join(",") }, job));
     }
     out
 }
@@ -358,7 +491,11 @@ mod tests {
             outbox: None,
             at_ms: 0,
         };
-        let t = format_status_table(&[GatewayView { site: "s".into(), gateway: "g".into(), status: st }]);
-        assert!(t.contains("s\tg\tNO\tpolicy@1.2.0\tj1 rejected (old)"), "{t}");
+        let t = format_status_table(&[
+            GatewayView { site: "s".into(), gateway: "g".into(), status: Some(st), trust: Trust::Genuine },
+            GatewayView { site: "s".into(), gateway: "h".into(), status: None, trust: Trust::Missing("status erased".into()) },
+        ]);
+        assert!(t.contains("s\tg\tNO\tpolicy@1.2.0\tj1 rejected (old)\tgenuine"), "{t}");
+        assert!(t.contains("s\th\tunknown\t-\t-\tmissing: status erased"), "{t}");
     }
 }

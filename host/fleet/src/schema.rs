@@ -15,6 +15,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("command.json", schema_for!(crate::commands::SignedCommand)),
         ("command-body.json", schema_for!(crate::commands::Command)),
         ("command-reply.json", schema_for!(crate::commands::CommandReply)),
+        ("signed.json", schema_for!(crate::signed::Envelope)),
     ]
 }
 

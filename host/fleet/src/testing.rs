@@ -19,6 +19,9 @@ pub struct Broker {
     pub tls_port: u16,
     /// Plain listener that requires [`TEST_USER`] / [`TEST_PASSWORD`].
     pub password_port: u16,
+    /// TLS listener as shipped in `host/fleet/broker/`: a client certificate per
+    /// identity, its CN the user name, and the shipped `acl` file ([`Broker::identity`]).
+    pub acl_port: u16,
     /// CA that signed the broker's certificate (and the client certificate).
     pub ca: PathBuf,
     pub client_cert: PathBuf,
@@ -97,13 +100,23 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn generate_certs(dir: &Path) -> Result<(), String> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
-    let e = |e: rcgen::Error| format!("generating test certificates: {e}");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+/// The ACL shipped in `host/fleet/broker/acl`; the `acl` listener loads it as is.
+pub const SHIPPED_ACL: &str = include_str!("../broker/acl");
+
+fn ca_params() -> Result<rcgen::CertificateParams, String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(DnType::CommonName, "gate test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(e)?).map_err(e)?;
+    Ok(ca_params)
+}
+
+fn generate_certs(dir: &Path) -> Result<(), String> {
+    use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair, SanType};
+    let e = |e: rcgen::Error| format!("generating test certificates: {e}");
+    let ca_key = KeyPair::generate().map_err(e)?;
+    write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    let ca = CertifiedIssuer::self_signed(ca_params()?, ca_key).map_err(e)?;
 
     let server_key = KeyPair::generate().map_err(e)?;
     let mut sp = CertificateParams::new(vec!["localhost".to_string()]).map_err(e)?;
@@ -151,12 +164,13 @@ impl Broker {
         if !ok.success() {
             return Err(format!("mosquitto_passwd failed with {ok}"));
         }
-        let mut b = Broker { ca: d.join("ca.pem"), client_cert: d.join("client.pem"), client_key: d.join("client.key"), dir, bin, port: 0, tls_port: 0, password_port: 0, child: None };
+        write(&d.join("acl"), SHIPPED_ACL)?;
+        let mut b = Broker { ca: d.join("ca.pem"), client_cert: d.join("client.pem"), client_key: d.join("client.key"), dir, bin, port: 0, tls_port: 0, password_port: 0, acl_port: 0, child: None };
         // A port found free can still be taken before mosquitto binds it (by a process
         // outside this one): then start over on other ports rather than fail the test.
         let mut last = String::new();
         for _ in 0..5 {
-            (b.port, b.tls_port, b.password_port) = (free_port()?, free_port()?, free_port()?);
+            (b.port, b.tls_port, b.password_port, b.acl_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
             b.write_config()?;
             match b.launch(Duration::from_secs(3)) {
                 Ok(()) => return Ok(b),
@@ -174,7 +188,12 @@ impl Broker {
              max_queued_messages 0\nmax_inflight_messages 0\n\
              listener {port} 127.0.0.1\nallow_anonymous true\n\
              listener {tls_port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n\
-             listener {password_port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n",
+             listener {password_port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n\
+             max_packet_size {max_packet}\n\
+             listener {acl_port} 127.0.0.1\nallow_anonymous false\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\nuse_identity_as_username true\nacl_file {acl}\n",
+            acl_port = self.acl_port,
+            acl = d.join("acl").display(),
+            max_packet = crate::link::MAX_PACKET_BYTES,
             port = self.port,
             tls_port = self.tls_port,
             password_port = self.password_port,
@@ -218,7 +237,7 @@ impl Broker {
                     break;
                 }
                 let up = |p| TcpStream::connect((Ipv4Addr::LOCALHOST, p)).is_ok();
-                if up(self.port) && up(self.tls_port) && up(self.password_port) {
+                if up(self.port) && up(self.tls_port) && up(self.password_port) && up(self.acl_port) {
                     self.child = Some(child);
                     return Ok(());
                 }
@@ -273,6 +292,33 @@ impl Broker {
         BrokerConfig { host: "127.0.0.1".into(), port: self.password_port, tls: None, username: Some(TEST_USER.into()), password: Some(TEST_PASSWORD.into()), keep_alive_secs: 5 }
     }
 
+    /// Connection settings for the `acl` listener with a client certificate whose CN is
+    /// `cn` (issued now by the test CA): the gateway id for a gateway, or a user the
+    /// shipped ACL names (`gate-operator`, `gate-consumer`).
+    pub fn identity(&self, cn: &str) -> Result<BrokerConfig, String> {
+        use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair};
+        let e = |e: rcgen::Error| format!("issuing a test certificate: {e}");
+        let d = self.dir.path();
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(d.join("ca.key")).map_err(|e| e.to_string())?).map_err(e)?;
+        let ca = CertifiedIssuer::self_signed(ca_params()?, ca_key).map_err(e)?;
+        let key = KeyPair::generate().map_err(e)?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &ca).map_err(e)?;
+        let name: String = cn.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let (cert_path, key_path) = (d.join(format!("id-{name}.pem")), d.join(format!("id-{name}.key")));
+        write(&cert_path, &cert.pem())?;
+        write(&key_path, &key.serialize_pem())?;
+        Ok(BrokerConfig {
+            host: "127.0.0.1".into(),
+            port: self.acl_port,
+            tls: Some(TlsFiles { ca: self.ca.clone(), client_cert: Some(cert_path), client_key: Some(key_path) }),
+            username: None,
+            password: None,
+            keep_alive_secs: 5,
+        })
+    }
+
     /// A scratch directory that lives as long as the broker.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -297,6 +343,8 @@ pub struct TestGateway {
     pub agent: std::sync::Arc<std::sync::Mutex<crate::agent::Agent>>,
     pub executed: std::sync::Arc<std::sync::Mutex<Vec<crate::commands::AuthorisedCommand>>>,
     pub operator_key: crate::keys::OperatorKey,
+    /// Base64 of the gateway's device key, as `gate fleet enroll` takes it.
+    pub device_public: String,
     pub db: PathBuf,
     /// The fleet's own database (jobs, command log, outbox cursor).
     pub fleet_db: PathBuf,
@@ -360,6 +408,7 @@ impl TestGateway {
         let mut lc = crate::link::LinkConfig::new(broker, site, gateway);
         lc.backoff = opts.backoff;
         lc.window = opts.window;
+        let device_public = lc.device_key.public_b64();
         let slot = Arc::new(Mutex::new(MemorySlot::default()));
         let status = crate::messages::Status {
             site: site.into(),
@@ -392,7 +441,23 @@ impl TestGateway {
             }
         });
         let next_seq = writer.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)).map_err(|e| e.to_string())?;
-        Ok(TestGateway { site: site.into(), gateway: gateway.into(), handle, slot, agent, executed, operator_key: key, db, fleet_db, writer, next_seq, link_task, agent_task, _dir: dir })
+        Ok(TestGateway {
+            site: site.into(),
+            gateway: gateway.into(),
+            handle,
+            slot,
+            agent,
+            executed,
+            operator_key: key,
+            device_public,
+            db,
+            fleet_db,
+            writer,
+            next_seq,
+            link_task,
+            agent_task,
+            _dir: dir,
+        })
     }
 
     /// Appends `n` decision events to the event log (one transaction) and tells the link.
@@ -412,6 +477,20 @@ impl TestGateway {
         tx.commit().map_err(|e| e.to_string())?;
         self.handle.events_appended();
         Ok(first..=self.next_seq)
+    }
+
+    /// Enrols this gateway's device key in an operator's inventory.
+    pub fn enroll(&self, inventory: &mut crate::inventory::Inventory) {
+        if let Err(e) = inventory.enroll(&self.site, &self.gateway, &self.device_public) {
+            tracing::error!(error = %e, "enrolling a test gateway");
+        }
+    }
+
+    /// An inventory holding just this gateway.
+    pub fn inventory(&self) -> crate::inventory::Inventory {
+        let mut inv = crate::inventory::Inventory::default();
+        self.enroll(&mut inv);
+        inv
     }
 
     /// Publishes the agent's current status (as the host does after start-up).

@@ -14,8 +14,15 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
-async fn operator(cfg: &gate_fleet::link::BrokerConfig) -> Operator {
-    Operator::connect(cfg, &format!("op-{}", rand_id()), T).await.unwrap()
+/// An operator whose inventory holds `gws` (only what they sign is believed).
+async fn operator(cfg: &gate_fleet::link::BrokerConfig, gws: &[&TestGateway]) -> Operator {
+    let mut op = Operator::connect(cfg, &format!("op-{}", rand_id()), T).await.unwrap();
+    let mut inv = gate_fleet::inventory::Inventory::default();
+    for g in gws {
+        g.enroll(&mut inv);
+    }
+    op.set_inventory(inv);
+    op
 }
 
 async fn wait_connected(gw: &TestGateway, connects: u64) {
@@ -36,12 +43,12 @@ async fn tls_birth_and_last_will_mark_a_killed_gateway_offline() {
     let gw = TestGateway::start(broker.tls(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
     wait_connected(&gw, 1).await;
     gw.announce();
-    let mut op = operator(&broker.tls()).await;
+    let mut op = operator(&broker.tls(), &[&gw]).await;
     let mut online = None;
     for _ in 0..50 {
         let rows = op.fleet_status(Some("oak-court"), Duration::from_millis(200)).await.unwrap();
         if let Some(r) = rows.iter().find(|r| r.gateway == "north") {
-            online = Some(r.status.online);
+            online = r.status.as_ref().map(|s| s.online);
             break;
         }
     }
@@ -51,7 +58,7 @@ async fn tls_birth_and_last_will_mark_a_killed_gateway_offline() {
     let mut offline = false;
     for _ in 0..50 {
         let rows = op.fleet_status(Some("oak-court"), Duration::from_millis(200)).await.unwrap();
-        if rows.iter().any(|r| r.gateway == "north" && !r.status.online) {
+        if rows.iter().any(|r| r.gateway == "north" && r.status.as_ref().is_some_and(|s| !s.online)) {
             offline = true;
             break;
         }
@@ -77,7 +84,7 @@ async fn deploy_goes_active_and_bad_bundles_are_rejected_with_visible_reasons() 
     let broker = broker();
     let gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
     wait_connected(&gw, 1).await;
-    let mut op = operator(&broker.plain()).await;
+    let mut op = operator(&broker.plain(), &[&gw]).await;
     let key = &gw.operator_key;
 
     let good = bundle(key, "resident-policy", "1.0.0", 10);
@@ -117,9 +124,11 @@ async fn deploy_goes_active_and_bad_bundles_are_rejected_with_visible_reasons() 
     // Fleet status: which version runs, and the last job with its reason.
     let rows = op.fleet_status(Some("oak-court"), Duration::from_millis(300)).await.unwrap();
     let row = rows.iter().find(|r| r.gateway == "north").expect("gateway in fleet status");
-    assert!(row.status.online);
-    assert_eq!(row.status.plugins[0].version.to_string(), "1.0.0");
-    assert_eq!(row.status.last_job.as_ref().and_then(|j| j.code.as_deref()), Some("downgrade"));
+    assert!(row.trust.is_genuine(), "{row:?}");
+    let status = row.status.as_ref().expect("a genuine status");
+    assert!(status.online);
+    assert_eq!(status.plugins[0].version.to_string(), "1.0.0");
+    assert_eq!(status.last_job.as_ref().and_then(|j| j.code.as_deref()), Some("downgrade"));
     op.disconnect().await;
 }
 
@@ -128,7 +137,7 @@ async fn a_new_version_that_keeps_failing_rolls_back_by_itself_and_says_so() {
     let broker = broker();
     let gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
     wait_connected(&gw, 1).await;
-    let mut op = operator(&broker.plain()).await;
+    let mut op = operator(&broker.plain(), &[&gw]).await;
     let (s1, _) = deploy_one(&mut op, &gw, &bundle(&gw.operator_key, "resident-policy", "1.0.0", 1)).await;
     assert_eq!(s1.state, JobState::Succeeded);
     let (s2, _) = deploy_one(&mut op, &gw, &bundle(&gw.operator_key, "resident-policy", "2.0.0", 2)).await;
@@ -151,7 +160,7 @@ async fn operator_rollback_and_commands_are_authorised_and_answered() {
     let broker = broker();
     let gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
     wait_connected(&gw, 1).await;
-    let mut op = operator(&broker.plain()).await;
+    let mut op = operator(&broker.plain(), &[&gw]).await;
     let target = Target::Gateway { site: "oak-court".into(), gateway: "north".into() };
     deploy_one(&mut op, &gw, &bundle(&gw.operator_key, "resident-policy", "1.0.0", 1)).await;
     deploy_one(&mut op, &gw, &bundle(&gw.operator_key, "resident-policy", "1.1.0", 2)).await;
@@ -268,7 +277,7 @@ async fn plugins_publish_only_under_their_prefix_and_oversized_bundles_are_rejec
     let outs: Vec<String> = rec.got.lock().unwrap().iter().filter(|(t, _)| t.contains("/out/")).map(|(t, _)| t.clone()).collect();
     assert_eq!(outs, vec!["gate/v1/oak-court/north/out/platform-bridge/doors/lobby".to_string()]);
 
-    let mut op = operator(&broker.plain()).await;
+    let mut op = operator(&broker.plain(), &[&gw]).await;
     let big = gate_fleet::bundle::sign_bundle(&gw.operator_key, manifest("resident-policy", "1.0.0", 1), &[gate_fleet::deploy::COMPONENT_HEADER, &[0u8; 100_000][..]].concat()).unwrap();
     let (s, _) = deploy_one(&mut op, &gw, &big).await;
     assert_eq!((s.state, s.code.as_deref()), (JobState::Rejected, Some("too-large")), "{s:?}");
@@ -289,7 +298,7 @@ async fn a_site_deployment_reaches_every_gateway_of_the_site() {
     // Each test gateway trusts only its own key "test-operator" (a different key pair each),
     // so one bundle signed with east's key must go to both elm-park gateways, succeed on east,
     // be rejected on west, and never reach oak-court.
-    let mut op = operator(&broker.plain()).await;
+    let mut op = operator(&broker.plain(), &[&a, &b, &other]).await;
     let rows = op.fleet_status(Some("elm-park"), Duration::from_millis(300)).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.gateway.as_str()).collect::<Vec<_>>(), vec!["east", "west"]);
     let mut progress_lines = vec![];
@@ -328,4 +337,192 @@ async fn a_link_whose_storage_fails_starts_over_and_publishes_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(rec.first_arrivals(), (1..=last).collect::<Vec<_>>(), "events lost or out of order across the restart");
+}
+
+/// A raw MQTT client (no gate key) that publishes `(topic, retain, payload)` in order
+/// and waits until the broker has taken each one (or shut the connection).
+async fn publish_raw(cfg: &gate_fleet::link::BrokerConfig, msgs: Vec<(String, bool, Vec<u8>)>) {
+    let mut opts = gate_fleet::link::mqtt_options(cfg, &format!("raw-{}", rand_id())).unwrap();
+    opts.set_max_packet_size(64 << 20, 64 << 20);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
+    let n = msgs.len();
+    for (t, r, p) in msgs {
+        client.publish(t, rumqttc::QoS::AtLeastOnce, r, p).await.unwrap();
+    }
+    let mut acked = 0;
+    let deadline = Instant::now() + T;
+    while acked < n && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(2), el.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+/// Issue 12, item 5: the shipped ACL, on a TLS listener with a certificate per client.
+/// A gateway's certificate publishes under its own topics only: not another gateway's,
+/// not commands, not jobs; and the real link works within it (birth, events, a job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_acl_keeps_each_gateway_to_its_own_topics() {
+    let broker = broker();
+    let ops = broker.identity("gate-operator").unwrap();
+    let rec = Recorder::start(&ops, "gate/v1/#").await;
+    let north = broker.identity("north").unwrap();
+    let own = "gate/v1/oak-court/north/status".to_string();
+    // Mosquitto ends a connection whose publish the ACL denies: one connection each.
+    for forbidden in ["gate/v1/oak-court/south/status", "gate/v1/oak-court/south/events", "gate/v1/oak-court/north/cmd/c1", "gate/v1/oak-court/north/jobs/j1", "gate/v1/oak-court/north/cmd/c1/reply/x"]
+    {
+        publish_raw(&north, vec![(forbidden.into(), false, b"not allowed".to_vec())]).await;
+    }
+    publish_raw(&north, vec![(own.clone(), false, b"mine".to_vec())]).await;
+    let deadline = Instant::now() + T;
+    while !rec.got.lock().unwrap().iter().any(|(t, _)| *t == own) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got: Vec<String> = rec.got.lock().unwrap().iter().map(|(t, _)| t.clone()).collect();
+    assert_eq!(got, vec![own], "the gateway's certificate published outside its own topics; broker log:\n{}", broker.log());
+
+    // The real gateway under its certificate: birth, events, and a job from an operator.
+    let mut gw = TestGateway::start(north, "oak-court", "north", TestGatewayOptions::default()).unwrap();
+    wait_connected(&gw, 1).await;
+    let last = *gw.append_events(20).unwrap().end();
+    gw.handle.wait_for(T, |s| s.cursor >= last).await.unwrap_or_else(|s| panic!("events not acknowledged under the ACL: {s:?}"));
+    let mut op = operator(&ops, &[&gw]).await;
+    let (s, _) = deploy_one(&mut op, &gw, &bundle(&gw.operator_key, "resident-policy", "1.0.0", 1)).await;
+    assert_eq!(s.state, JobState::Succeeded, "{s:?}");
+    // A consumer reads, and may publish nothing.
+    let consumer = broker.identity("gate-consumer").unwrap();
+    publish_raw(&consumer, vec![("gate/v1/oak-court/north/cmd/c2".into(), false, b"x".to_vec())]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rec.got.lock().unwrap().iter().any(|(t, _)| t.ends_with("cmd/c2")), "a consumer published a command");
+    op.disconnect().await;
+}
+
+/// Issue 12, item 2: a broker client with no key forges a status, progress and replies.
+/// The operator believes none of it: a forged status shows as forged (its gateway's
+/// state unknown), an unknown gateway's as unverified, an erased one as missing; the
+/// genuine reply and progress win over forged ones that arrive first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_status_progress_and_replies_are_flagged_and_never_believed() {
+    use gate_fleet::signed::Trust;
+    let broker = broker();
+    let gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
+    wait_connected(&gw, 1).await;
+    gw.announce();
+    let mut op = operator(&broker.plain(), &[&gw]).await;
+    let row = |rows: &[gate_fleet::operator::GatewayView], g: &str| rows.iter().find(|r| r.gateway == g).cloned();
+    let mut rows = vec![];
+    for _ in 0..50 {
+        rows = op.fleet_status(Some("oak-court"), Duration::from_millis(200)).await.unwrap();
+        if row(&rows, "north").is_some_and(|r| r.trust.is_genuine()) {
+            break;
+        }
+    }
+    assert_eq!(row(&rows, "north").map(|r| r.trust), Some(Trust::Genuine), "{rows:?}");
+
+    // An attacker answers every command and job first, unsigned and signed with its own key.
+    let attacker_key = gate_fleet::signed::DeviceKey::generate();
+    let (client, mut el) = rumqttc::AsyncClient::new(gate_fleet::link::mqtt_options(&broker.plain(), "attacker").unwrap(), 100);
+    client.subscribe("gate/v1/oak-court/#", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let attacker = tokio::spawn(async move {
+        loop {
+            let Ok(ev) = el.poll().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev else { continue };
+            let parts: Vec<&str> = p.topic.split('/').collect();
+            let (topic, body) = match parts.as_slice() {
+                [.., "cmd", id] => (format!("{}/reply", p.topic), format!(r#"{{"id":"{id}","ok":true,"code":"done","detail":"forged","at_ms":0}}"#)),
+                [.., "jobs", id] if !p.payload.is_empty() => {
+                    (format!("{}/progress", p.topic), format!(r#"{{"job_id":"{id}","gateway":"{}","state":"succeeded","reason":"forged","at_ms":0}}"#, parts[3]))
+                }
+                _ => continue,
+            };
+            let _ = client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, body.clone().into_bytes()).await;
+            let kind = if topic.ends_with("/reply") { gate_fleet::signed::Kind::Reply } else { gate_fleet::signed::Kind::JobProgress };
+            let _ = client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, attacker_key.seal(kind, &topic, &body)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // North answers (genuinely) and a gateway nobody enrolled does not: only the forger
+    // answers for it. Waiting for it lets every forged reply arrive and be judged.
+    let gws = [("oak-court".to_string(), "north".to_string()), ("oak-court".to_string(), "ghost".to_string())];
+    let res = op.command_many(&gw.operator_key, &gws, CommandAction::OpenDoorOnce { door: "lobby".into() }, Duration::from_secs(3)).await.unwrap();
+    let north_reply = res[0].2.as_ref().expect("north's genuine reply");
+    assert!(north_reply.ok && north_reply.detail != "forged", "{north_reply:?}");
+    assert!(matches!(res[1].2, Err(gate_fleet::operator::OperatorError::NoReply(_))), "a forged reply was taken for ghost's: {:?}", res[1].2);
+    let ignored = op.take_ignored();
+    assert!(ignored.iter().any(|i| matches!(i.trust, Trust::Forged(_)) && i.topic.contains("/north/cmd/")), "{ignored:?}");
+    assert!(ignored.iter().any(|i| matches!(i.trust, Trust::Unverified(_)) && i.topic.contains("/ghost/cmd/")), "{ignored:?}");
+    // A bundle the gateway refuses is reported refused, whatever the attacker says first.
+    let (s, seen) = deploy_one(&mut op, &gw, &bundle(&OperatorKey::generate("stranger").unwrap(), "resident-policy", "1.0.0", 1)).await;
+    assert_eq!((s.state, s.code.as_deref()), (JobState::Rejected, Some("unknown-key")), "{s:?}");
+    assert!(seen.iter().all(|s| s.reason.as_deref() != Some("forged")), "{seen:?}");
+    attacker.abort();
+
+    // Forged retained statuses: north (enrolled) and a gateway nobody enrolled.
+    let fake = |g: &str| format!(r#"{{"site":"oak-court","gateway":"{g}","online":true,"host_version":"9.9.9","plugins":[],"at_ms":0}}"#).into_bytes();
+    publish_raw(&broker.plain(), vec![("gate/v1/oak-court/north/status".into(), true, fake("north")), ("gate/v1/oak-court/ghost/status".into(), true, fake("ghost"))]).await;
+    let rows = op.fleet_status(Some("oak-court"), Duration::from_millis(300)).await.unwrap();
+    let n = row(&rows, "north").unwrap();
+    assert!(matches!(n.trust, Trust::Forged(_)) && n.status.is_none(), "a forged status was believed: {n:?}");
+    let g = row(&rows, "ghost").unwrap();
+    assert!(matches!(g.trust, Trust::Unverified(_)), "{g:?}");
+    let table = gate_fleet::operator::format_status_table(&rows);
+    assert!(table.contains("oak-court\tnorth\tunknown") && table.contains("forged"), "{table}");
+    // Erased: north is still listed, as unknown.
+    publish_raw(&broker.plain(), vec![("gate/v1/oak-court/north/status".into(), true, vec![])]).await;
+    let rows = op.fleet_status(Some("oak-court"), Duration::from_millis(300)).await.unwrap();
+    let n = row(&rows, "north").expect("an enrolled gateway with no status vanished from the status");
+    assert!(matches!(n.trust, Trust::Missing(_)) && n.status.is_none(), "{n:?}");
+    // A site-wide job still goes to it, and its genuine answer counts.
+    let res = op.deploy(&Target::Site("oak-court".into()), &bundle(&gw.operator_key, "resident-policy", "1.0.0", 2), T, &mut |_, _| {}).await.unwrap();
+    assert_eq!(res.len(), 1, "the job went to gateways not enrolled: {res:?}");
+    assert_eq!(res[0].1.as_ref().map(|s| s.state), Some(JobState::Succeeded), "{res:?}");
+    op.disconnect().await;
+}
+
+/// Issue 12, item 3: every event is signed; a consumer holding the gateway's key tells
+/// its events from forged ones with future ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_verify_against_the_gateways_key_and_forged_ones_do_not() {
+    let broker = broker();
+    let mut gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
+    wait_connected(&gw, 1).await;
+    let rec = Recorder::start(&broker.plain(), "gate/v1/oak-court/north/events").await;
+    let topic = "gate/v1/oak-court/north/events".to_string();
+    let forged = |id: i64| format!(r#"{{"id":"north-ev-{id}","seq":{id},"at_ms":0,"kind":"decision","body":{{"decision":"grant"}}}}"#).into_bytes();
+    publish_raw(&broker.plain(), (1..=5).map(|i| (topic.clone(), false, forged(i))).collect()).await;
+    let last = *gw.append_events(5).unwrap().end();
+    gw.handle.wait_for(T, |s| s.cursor >= last).await.unwrap();
+    let deadline = Instant::now() + T;
+    while rec.got.lock().unwrap().len() < 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inv = gw.inventory();
+    let verdicts: Vec<String> = rec.got.lock().unwrap().iter().map(|(t, p)| inv.open(t, p).0.label().to_string()).collect();
+    assert_eq!(verdicts.iter().filter(|v| *v == "genuine").count(), 5, "{verdicts:?}");
+    assert_eq!(verdicts.iter().filter(|v| *v == "forged").count(), 5, "{verdicts:?}");
+}
+
+/// Issue 12, item 1: one 42 MB retained message on a command topic. The broker's limit
+/// (the shipped `max_packet_size`, which the tests' broker uses) refuses it, so it is
+/// never retained nor offered to the gateway: the link stays up and keeps publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_42_mb_retained_command_is_refused_at_the_broker_and_the_link_stays_up() {
+    let broker = broker();
+    let mut gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
+    wait_connected(&gw, 1).await;
+    let connects = gw.handle.snapshot().connects;
+    publish_raw(&broker.plain(), vec![("gate/v1/oak-court/north/cmd/big".into(), true, vec![b'x'; 42_000_000])]).await;
+    let rec = Recorder::start(&broker.plain(), "gate/v1/oak-court/north/cmd/+").await;
+    let last = *gw.append_events(10).unwrap().end();
+    let s = gw.handle.wait_for(T, |s| s.cursor >= last).await.unwrap_or_else(|s| panic!("the link stopped publishing: {s:?}"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rec.got.lock().unwrap().is_empty(), "the oversized message was retained");
+    assert_eq!((gw.handle.snapshot().connects, s.oversize), (connects, 0), "the link reconnected");
 }

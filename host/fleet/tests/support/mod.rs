@@ -94,7 +94,7 @@ impl Recorder {
     /// Distinct ids received, and the seqs in order of first arrival.
     pub fn first_arrivals(&self) -> Vec<i64> {
         let mut seen = std::collections::HashSet::new();
-        let events: Vec<EventMessage> = self.got.lock().unwrap().iter().filter_map(|(_, p)| serde_json::from_slice(p).ok()).collect();
+        let events: Vec<EventMessage> = self.got.lock().unwrap().iter().filter_map(|(_, p)| gate_fleet::signed::body_unverified(p).and_then(|b| serde_json::from_str(&b).ok())).collect();
         events.into_iter().filter(|m| seen.insert(m.id.clone())).map(|m| m.seq).collect()
     }
 }
