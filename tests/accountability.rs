@@ -66,13 +66,16 @@ fn the_audit_trail_is_kept_verified_and_every_kind_of_tampering_is_named() {
     let audit = site.state("audit.sqlite");
     assert!(audit.is_file(), "the service keeps an audit trail beside its event log");
     assert_eq!(sql::<i64>(&audit, "SELECT COUNT(*) FROM audit WHERE action = 'face-config-changed'"), 1, "the [face] configuration seen at the first start");
+    assert_eq!(sql::<i64>(&audit, "SELECT COUNT(*) FROM audit WHERE action = 'device-key-created'"), 1, "the device key made at the first start");
     site.serve("2026-11-24T07:00:00+08:00");
     assert_eq!(sql::<i64>(&audit, "SELECT COUNT(*) FROM audit WHERE action = 'face-config-changed'"), 1, "an unchanged configuration is not audited again");
     let (code, out) = site.gate(&["report", "--period", "2026-11", "--format", "json", "--out", site.dir.path().join("r.json").to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = site.gate(&["audit", "verify"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("whole: 2 entries"), "{out}");
+    // The [face] configuration, the device key made at the first start, and the report.
+    assert!(out.contains("whole: 3 entries"), "{out}");
+    assert!(out.contains("checkpoints checked: 1; the newest covers 2 entries"), "the running gateway signed its chain's head: {out}");
     let (code, out) = site.gate(&["audit", "show"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("face-config-changed") && out.contains("report-generated"), "{out}");
@@ -88,7 +91,8 @@ fn the_audit_trail_is_kept_verified_and_every_kind_of_tampering_is_named() {
     };
     tamper("edit", "UPDATE audit SET actor = 'local:nobody' WHERE seq = 1", "entry 1: its contents do not match");
     tamper("delete", "DELETE FROM audit WHERE seq = 1", "entry 1 is missing");
-    tamper("insert", "INSERT INTO audit VALUES (3, 0, 'x', 'enrolled', 'r-0001', '{}', '00', '00')", "entry 3: it does not follow entry 2");
+    tamper("insert", "INSERT INTO audit VALUES (4, 0, 'x', 'enrolled', 'r-0001', '{}', '00', '00')", "entry 4: it does not follow entry 3");
+    tamper("cut", "DELETE FROM audit WHERE seq >= 2", "the log ends at entry 1 but a checkpoint signed by the gateway covers 2 entries");
     tamper("reorder", "UPDATE audit SET seq = 9 WHERE seq = 1; UPDATE audit SET seq = 1 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 9;", "entry 1: it does not follow entry 0");
 }
 

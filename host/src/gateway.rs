@@ -64,6 +64,8 @@ pub struct Gateway {
     /// device key that signs its checkpoints.
     audit: Option<crate::audit::AuditLog>,
     audit_key: Option<ed25519_dalek::SigningKey>,
+    /// A checkpoint signed since the service loop last asked (it publishes it).
+    new_checkpoint: Option<crate::audit::Checkpoint>,
     /// Retention: when the next purge is due and what the one under way removed so far.
     purge: Purge,
 }
@@ -111,7 +113,25 @@ impl Gateway {
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
         let face = FaceMatcher::open(&cfg.face);
-        Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face, face_thread: None, audit: None, audit_key: None, purge: Purge::default() }, problems))
+        Ok((
+            Gateway {
+                cfg,
+                clock,
+                dir,
+                policy,
+                doors,
+                log,
+                pending: HashMap::new(),
+                recent: HashMap::new(),
+                face,
+                face_thread: None,
+                audit: None,
+                audit_key: None,
+                new_checkpoint: None,
+                purge: Purge::default(),
+            },
+            problems,
+        ))
     }
 
     /// From now on, every change of access rights the gateway logs (operator door modes,
@@ -123,12 +143,20 @@ impl Gateway {
         self.audit_key = key;
     }
 
+    /// The checkpoint signed since the last call, for the fleet link to publish.
+    pub fn take_new_checkpoint(&mut self) -> Option<crate::audit::Checkpoint> {
+        self.new_checkpoint.take()
+    }
+
     /// Signs the audit chain's head with the device key now (at stop, and hourly from
     /// housekeeping); None without an audit trail or a key, or if it could not be stored.
     pub fn audit_checkpoint(&mut self, now: i64) -> Option<crate::audit::Checkpoint> {
         let (audit, key) = (self.audit.as_mut()?, self.audit_key.as_ref()?);
         match audit.checkpoint(key, &self.cfg.site.id, &self.cfg.site.gateway, now) {
-            Ok(cp) => Some(cp),
+            Ok(cp) => {
+                self.new_checkpoint = Some(cp.clone());
+                Some(cp)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the audit checkpoint could not be stored");
                 None

@@ -71,7 +71,13 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     // the [face] configuration when it differs from the last start's.
     let mut audit = crate::audit::AuditLog::open(&crate::audit::AuditLog::path_beside(&opts.db))?;
     crate::audit::note_face_config(&mut audit, start, &format!("{:?}", gw.config().face))?;
-    gw.set_audit(audit, None);
+    // The device key (made on the first start, never leaving the gateway) signs the audit
+    // chain's checkpoints as it signs what the fleet link publishes.
+    let (device, created) = crate::fleet::device_key(&opts.db).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if created {
+        audit.append(start, "host", crate::audit::Action::DeviceKeyCreated, "device-key", serde_json::json!({"public": device.public_b64()}))?;
+    }
+    gw.set_audit(audit, Some(device.signing_key().clone()));
     let mut console = Console::new(out, clock.clone(), opts.format);
     console.note(&format!("site {site}, gateway {gateway}, {doors} doors, event log {}", opts.db.display()))?;
     for p in &problems {
@@ -180,6 +186,12 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
         }
         ended
     };
+    // A checkpoint at every stop, published so truncating the chain later is detectable.
+    if let Some(cp) = gw.audit_checkpoint(gw.clock().now_ms()) {
+        if let (Some(f), Ok(json)) = (fleet.as_ref(), serde_json::to_string(&cp)) {
+            f.handle().publish_audit_checkpoint(json);
+        }
+    }
     if let Some(f) = fleet {
         let budget = if ended == Ended::SourceDone { Duration::from_secs(3) } else { STOP_PUBLISH };
         f.shutdown(budget);

@@ -280,6 +280,7 @@ enum Request {
     Reply(crate::commands::CommandReply),
     Status(Box<Status>),
     Plugin { topic: String, payload: Vec<u8> },
+    AuditCheckpoint(String),
     Shutdown,
 }
 
@@ -327,6 +328,11 @@ impl LinkHandle {
         }
         let _ = self.tx.send(Request::Plugin { topic: full, payload });
         Ok(())
+    }
+    /// Publishes (retained, QoS 1) the audit trail's newest checkpoint, a JSON document the
+    /// gateway signed itself; the latest one is sent again on reconnect if offline.
+    pub fn publish_audit_checkpoint(&self, checkpoint_json: String) {
+        let _ = self.tx.send(Request::AuditCheckpoint(checkpoint_json));
     }
     /// Publishes an offline status, disconnects and ends [`Link::run`].
     pub fn shutdown(&self) {
@@ -377,6 +383,8 @@ pub struct Link {
     by_pkid: HashMap<u16, Tag>,
     pending_jobs: BTreeMap<String, JobStatus>,
     pending_replies: BTreeMap<String, Vec<u8>>,
+    /// The newest audit checkpoint, published again at every connect (retained).
+    pending_checkpoint: Option<Vec<u8>>,
     /// A clean reconnect is under way so the last will lists the plugins now running.
     refreshing_will: bool,
     /// Storage failures in a row (reset when the cursor moves again).
@@ -421,6 +429,7 @@ impl Link {
             by_pkid: HashMap::new(),
             pending_jobs: BTreeMap::new(),
             pending_replies: BTreeMap::new(),
+            pending_checkpoint: None,
             refreshing_will: false,
             restart_streak: 0,
             oversize_streak: 0,
@@ -481,6 +490,9 @@ impl Link {
             if let Ok(t) = self.topics.command_reply(&id) {
                 self.publish(Tag::Reply(id), t, QoS::AtLeastOnce, false, p);
             }
+        }
+        if let Some(cp) = self.pending_checkpoint.clone() {
+            self.publish(Tag::Other, self.topics.audit_checkpoint(), QoS::AtLeastOnce, true, cp);
         }
         self.outbox.rewind()?;
         self.outbox.enforce_retention(self.cfg.clock.now_ms())?;
@@ -653,6 +665,13 @@ impl Link {
                     self.publish(Tag::Other, topic, QoS::AtMostOnce, false, payload);
                 } else {
                     self.snap.plugin_dropped += 1;
+                }
+            }
+            Request::AuditCheckpoint(body) => {
+                let payload = body.into_bytes();
+                self.pending_checkpoint = Some(payload.clone());
+                if connected {
+                    self.publish(Tag::Other, self.topics.audit_checkpoint(), QoS::AtLeastOnce, true, payload);
                 }
             }
             Request::Shutdown => return Ok(false),

@@ -148,6 +148,12 @@ impl DeviceKey {
         self.0.verifying_key()
     }
 
+    /// The key itself, for the gateway's other signed statements (audit checkpoints, which
+    /// carry their own domain); it never leaves the process.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.0
+    }
+
     /// Wraps `body` (a message's JSON text) for `topic` in a signed envelope: the MQTT payload.
     pub fn seal(&self, kind: Kind, topic: &str, body: &str) -> Vec<u8> {
         let sig = self.0.sign(&signed_bytes(kind, topic, body.as_bytes()));

@@ -85,6 +85,11 @@ impl GatewayTopics {
     pub fn events(&self) -> String {
         format!("{}/events", self.base)
     }
+    /// The newest audit checkpoint (retained): the gateway's signed statement of its audit
+    /// chain's length and head, so cutting the chain on the device is detectable from outside.
+    pub fn audit_checkpoint(&self) -> String {
+        format!("{}/audit/checkpoint", self.base)
+    }
     /// Held-open / forced / fire alarms.
     pub fn alarms(&self) -> String {
         format!("{}/alarms", self.base)

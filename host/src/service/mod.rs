@@ -210,6 +210,11 @@ pub fn run(
             deliver(now_ms, None, recs, source, None, sink)?;
         }
         gw.housekeeping(now_ms);
+        if let Some(cp) = gw.take_new_checkpoint() {
+            if let (Some(f), Ok(json)) = (fleet, serde_json::to_string(&cp)) {
+                f.handle().publish_audit_checkpoint(json);
+            }
+        }
         if t_src.is_some_and(|t| t <= now_us) {
             let mut arrivals = Vec::new();
             source.take(now_us, &mut arrivals)?;
