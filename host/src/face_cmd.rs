@@ -77,7 +77,7 @@ fn now_ms() -> i64 {
 /// Exit code of a store error: the operator's input (key, subject, photos) or the machine.
 fn store_failure(e: StoreError) -> Failure {
     match e {
-        StoreError::Database { .. } | StoreError::File { .. } => runtime(e),
+        StoreError::Database { .. } | StoreError::File { .. } | StoreError::Busy { .. } | StoreError::NotErased { .. } => runtime(e),
         _ => input(e),
     }
 }
@@ -109,7 +109,7 @@ pub fn enroll(a: EnrollArgs) -> Result<u8, Failure> {
     let mut frames = Vec::with_capacity(a.photos.len());
     for p in &a.photos {
         let bytes = std::fs::read(p).with_context(|| format!("photo {}", p.display())).map_err(input)?;
-        frames.push(Frame::decode(&bytes).with_context(|| format!("photo {}", p.display())).map_err(input)?);
+        frames.push((p.display().to_string(), Frame::decode(&bytes).with_context(|| format!("photo {}", p.display())).map_err(input)?));
     }
     let engine = FaceEngine::open(&models, gate::face::match_config(&cfg.face)).map_err(input)?;
     let store = open_store(&cfg)?;
@@ -143,8 +143,11 @@ pub fn consent(cmd: ConsentCmd) -> Result<u8, Failure> {
             gate_face::validate_subject(&subject).map_err(input)?;
             let mut store = open_store(&cfg)?;
             let r = store.withdraw(&subject, now_ms()).map_err(store_failure)?;
-            let template = if r.template_erased { "template erased from the store and its WAL" } else { "no template was stored" };
+            let template = if r.template_erased { "template erased (its bytes verified gone from every file of the store)" } else { "no template was stored" };
             println!("gate: consent withdrawn for {}: {template}; {} consent record(s) marked withdrawn", r.subject, r.consents_withdrawn);
+            if r.pending_finished > 0 {
+                println!("gate: {} erasure(s) left pending by an earlier failure are now finished", r.pending_finished);
+            }
             Ok(0)
         }
     }

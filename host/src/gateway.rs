@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::SiteConfig;
 use crate::credentials::{Directory, Subject};
 use crate::door::DoorController;
-use crate::event::{CredentialKind, Direction, DoorMode, IgnoreReason, Input, Liveness, Outcome, Record};
+use crate::event::{CredentialKind, Direction, DoorMode, FaceBand, IgnoreReason, Input, Liveness, Outcome, Record};
 use crate::face::{FaceMatcher, FaceThread, FrameJob, FrameResult};
 use crate::plugin::bindings::policy::gate::plugin::types as wit;
 use crate::plugin::caps::clock::timestamp;
@@ -78,7 +78,14 @@ impl Gateway {
         let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
-        let face = FaceMatcher::open(&cfg.face);
+        let mut face = FaceMatcher::open(&cfg.face);
+        // Templates follow the directory: orphans (and unused ones) are erased and audited.
+        let known: std::collections::BTreeSet<String> = cfg.subjects.iter().map(|s| s.id.clone()).collect();
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut log = log;
+        for (subject, reason) in face.follow_directory(&known, &cfg.face, wall) {
+            log.append(clock.now_ms(), &Record::FaceErased { subject, reason }).map_err(|e| e.to_string())?;
+        }
         Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face, face_thread: None }, problems))
     }
 
@@ -518,17 +525,18 @@ impl Gateway {
             Input::Pin { pin, door, .. } => (wit::Credential::Pin, owned(self.dir.by_pin(pin).or_else(|| self.dir.by_unit_pin(door, pin)))),
             Input::Nfc { token, .. } => (wit::Credential::Nfc, owned(self.dir.by_nfc(token))),
             Input::Plate { plate, .. } => (wit::Credential::Plate, owned(self.dir.by_plate(plate))),
-            Input::Face { subject, score, liveness, .. } => {
-                let bands = &self.cfg.face;
-                let score = if score.is_finite() { score.clamp(0.0, 1.0) } else { 0.0 };
-                let band = if score >= bands.strong { wit::MatchBand::Strong } else { wit::MatchBand::Weak };
-                let who = subject.as_deref().filter(|_| score >= bands.weak).and_then(|id| self.dir.subject(id)).cloned();
+            Input::Face { subject, band, score, liveness, .. } => {
+                // The matcher reports a band; a hand-written trace may give a score instead,
+                // banded here by the site's thresholds. Plugins get the band only.
+                let band = band.or_else(|| score.and_then(|s| self.cfg.face.band(s)));
+                let who = subject.as_deref().filter(|_| band.is_some()).and_then(|id| self.dir.subject(id)).cloned();
+                let band = if band == Some(FaceBand::Strong) { wit::MatchBand::Strong } else { wit::MatchBand::Weak };
                 let liveness = match liveness {
                     Liveness::Live => wit::Liveness::Live,
                     Liveness::Spoof => wit::Liveness::Spoof,
                     Liveness::Unknown => wit::Liveness::Unknown,
                 };
-                (wit::Credential::Face(wit::FaceMatch { score, band, liveness }), who)
+                (wit::Credential::Face(wit::FaceMatch { band, liveness }), who)
             }
             Input::Qr { code, .. } => {
                 let pass = self.dir.verify_qr(code).map_err(|e| (e.to_string(), "qr-invalid"))?;
