@@ -513,6 +513,7 @@ fn a_resident_removed_from_the_directory_has_the_template_erased_at_start_and_au
     assert_eq!(erased.len(), 1, "{erased:?}");
     assert!(erased[0].contains("r-0003") && erased[0].contains("not in the subject directory"), "{erased:?}");
     // The face is not recognised any more.
-    let face = all.lines().find(|l| l.contains(" face ")).unwrap_or_else(|| panic!("{all}"));
-    assert!(face.contains("face unknown"), "{all}");
+    let face = all.lines().find(|l| l.contains("north-gate") && l.contains(" face ")).unwrap_or_else(|| panic!("{all}"));
+    assert!(face.contains("face unknown") && face.contains("DENY"), "{all}");
+    assert!(all.contains("0 enrolled template(s)"), "{all}");
 }
