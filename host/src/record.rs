@@ -308,7 +308,7 @@ mod tests {
         assert!(line.contains(r#""band":"weak""#), "{line}");
         assert!(!line.contains("score") && !line.contains("0.537"), "{line}");
         // A no-match carries neither a subject nor a band, and still no score.
-        let none = Input::Face { subject: None, band: None, score: Some(0.31), ..face };
+        let none = Input::Face { door: "north-gate".into(), direction: Direction::Entry, subject: None, band: None, score: Some(0.31), liveness: Liveness::Unknown, captured_at: None };
         let line = input_line(2000, &none);
         assert!(!line.contains("score") && !line.contains("0.31") && !line.contains("band"), "{line}");
     }
