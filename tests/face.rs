@@ -502,6 +502,10 @@ fn a_resident_removed_from_the_directory_has_the_template_erased_at_start_and_au
         ),
     )
     .unwrap();
+    // A replay (perhaps against another directory) never erases: the orphan is only not matched.
+    let (recs, replayed) = replay(&cfg, &trace);
+    assert!(non_publish(&recs)[0]["subject"].is_null(), "{replayed}");
+    assert!(template_bytes_remain(&db, &nonce, &ct).is_some(), "a replay erased a template: {replayed}");
     let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "50"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");

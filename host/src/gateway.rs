@@ -75,6 +75,9 @@ impl Gateway {
                 dir.set_unit_pin(&door, &hash);
             }
         }
+        // Only a live gateway erases templates: a replay or simulation (perhaps against another
+        // subject directory) never touches the store; orphans are just not matched there.
+        let erase = rt.mode() == crate::plugin::ExecMode::Live;
         let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
@@ -83,7 +86,8 @@ impl Gateway {
         let known: std::collections::BTreeSet<String> = cfg.subjects.iter().map(|s| s.id.clone()).collect();
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let mut log = log;
-        for (subject, reason) in face.follow_directory(&known, &cfg.face, wall) {
+        let rules = if erase { cfg.face.clone() } else { crate::config::FaceBands { erase_orphans: false, unused_days: 0, ..cfg.face.clone() } };
+        for (subject, reason) in face.follow_directory(&known, &rules, wall) {
             log.append(clock.now_ms(), &Record::FaceErased { subject, reason }).map_err(|e| e.to_string())?;
         }
         Ok((Gateway { cfg, clock, dir, policy, doors, log, pending: HashMap::new(), recent: HashMap::new(), face, face_thread: None }, problems))
