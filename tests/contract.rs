@@ -5,6 +5,8 @@
 //! template or embedding, if any float vector appears (an embedding by any
 //! other name), or if raw bytes appear anywhere but the three places where
 //! they are the plugin's own data (its kv values and its published payloads).
+//! Since gate:plugin@0.2.0 no exact match score either: no name suggesting a
+//! score or similarity and no float anywhere (plugins get the band and liveness).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -31,6 +33,10 @@ const FORBIDDEN: &[&str] = &[
     "card-number",
     "pin-code",
     "pin-value",
+    "score",
+    "similarity",
+    "distance",
+    "cosine",
 ];
 
 /// Where a `list<u8>` is allowed: the plugin's own kv values and published payloads.
@@ -53,6 +59,9 @@ impl Walker<'_> {
     }
 
     fn ty(&mut self, path: &str, ty: &Type) {
+        if matches!(ty, Type::F32 | Type::F64) {
+            self.problems.push(format!("{path}: a float could carry an exact match score"));
+        }
         let Type::Id(id) = ty else { return };
         if !self.seen.insert((*id, path.to_string())) {
             return;
@@ -151,6 +160,8 @@ fn contract() -> Resolve {
 #[test]
 fn contract_offers_plugins_no_biometric_data() {
     let resolve = contract();
+    let pkg = resolve.packages.iter().map(|(_, p)| p.name.to_string()).find(|n| n.starts_with("gate:plugin")).expect("the contract's package");
+    assert_eq!(pkg, "gate:plugin@0.2.0", "the face-match record changed incompatibly in 0.2.0");
     let (problems, functions) = walk(&resolve);
     assert!(functions >= 9, "expected the full contract, walked only {functions} functions");
     assert!(problems.is_empty(), "the plugin contract exposes data it must not:\n{}", problems.join("\n"));
@@ -171,6 +182,9 @@ fn the_check_catches_an_image_field() {
     let (problems, _) = walk(&resolve);
     assert!(problems.iter().any(|p| p.contains("crop")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("raw bytes")), "{problems:?}");
+    // The exact score 0.1.0 still had is caught by name and by type.
+    assert!(problems.iter().any(|p| p.contains("name `score`")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("float could carry")), "{problems:?}");
 }
 
 #[test]

@@ -322,3 +322,202 @@ fn the_camera_thread_turns_frames_into_face_matches_for_the_loop() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(matches!(&got[0], Input::Face { door, direction: Direction::Entry, subject: Some(s), .. } if door == "north-gate" && s == "r-0003"), "{got:?}");
 }
+
+/// The nonce and ciphertext stored for a subject, read as an inspector would.
+fn stored_bytes(db: &Path, subject: &str) -> (Vec<u8>, Vec<u8>) {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    c.query_row("SELECT nonce, ciphertext FROM template WHERE subject = ?1", [subject], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+}
+
+/// Whether any of the template's bytes (the nonce, or any 16-byte piece of the ciphertext)
+/// are in any file of the store: the database, its rollback journal or a WAL.
+fn template_bytes_remain(db: &Path, nonce: &[u8], ct: &[u8]) -> Option<String> {
+    for suffix in ["", "-journal", "-wal"] {
+        let f = PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(bytes) = std::fs::read(&f) else { continue };
+        let has = |n: &[u8]| bytes.windows(n.len()).any(|w| w == n);
+        if has(nonce) || ct.chunks(16).filter(|c| c.len() == 16).any(has) {
+            return Some(f.display().to_string());
+        }
+    }
+    None
+}
+
+#[test]
+fn withdrawal_erases_every_byte_while_a_reader_holds_the_store_and_the_gateway_runs() {
+    use std::io::BufRead;
+    let (dir, cfg) = enrolled_site();
+    let db = dir.path().join("faces.sqlite");
+    let (nonce, ct) = stored_bytes(&db, "r-0003");
+    assert!(template_bytes_remain(&db, &nonce, &ct).is_some(), "the scan must see a stored template");
+
+    // A running gateway that has the store open and matches a frame now and one later.
+    let trace = dir.path().join("live.jsonl");
+    let frame = |at: u32| format!("{{\"at\":{at},\"input\":{{\"kind\":\"camera-frame\",\"door\":\"north-gate\",\"file\":{:?}}}}}\n", photo("obama2.jpg"));
+    std::fs::write(&trace, format!("{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}}\n{}{}", frame(1000), frame(60_000))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
+        .current_dir(root())
+        .args(["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for l in lines.by_ref() {
+        if l.unwrap().contains(" face ") {
+            break;
+        }
+    }
+    // Another connection in a read transaction (a backup, an inspector's sqlite3), which
+    // finishes a moment after the withdrawal started.
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let n: i64 = reader.query_row("SELECT count(*) FROM template", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        reader.execute_batch("COMMIT").unwrap();
+        reader
+    });
+    let out = gate(&["consent", "withdraw", "--config", cfg.to_str().unwrap(), "r-0003"]);
+    let reader = release.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("template erased (its bytes verified gone"), "{}", text(&out));
+    assert_eq!(template_bytes_remain(&db, &nonce, &ct), None, "template bytes survived the withdrawal");
+    drop(reader);
+
+    // The gateway forgot the face at its next frame, and still no bytes came back.
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    let second = rest.iter().find(|l| l.contains(" face ")).unwrap_or_else(|| panic!("{rest:#?}"));
+    assert!(second.contains("face unknown") && second.contains("DENY"), "{rest:#?}");
+    assert_eq!(template_bytes_remain(&db, &nonce, &ct), None);
+    // A retry is harmless.
+    let out = gate(&["consent", "withdraw", "--config", cfg.to_str().unwrap(), "r-0003"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn a_withdrawal_a_reader_blocks_too_long_changes_nothing_and_a_retry_finishes() {
+    let (dir, cfg) = enrolled_site();
+    let db = dir.path().join("faces.sqlite");
+    let (nonce, ct) = stored_bytes(&db, "r-0003");
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader.query_row("SELECT count(*) FROM template", [], |r| r.get(0)).unwrap();
+    // The reader outlasts the withdrawal's busy timeout (10 s): exit 3, nothing changed.
+    let out = gate(&["consent", "withdraw", "--config", cfg.to_str().unwrap(), "r-0003"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("nothing was changed"), "{}", text(&out));
+    let n: i64 = reader.query_row("SELECT count(*) FROM template", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1, "not half-done: the template is still there");
+    drop(reader);
+    let out = gate(&["consent", "withdraw", "--config", cfg.to_str().unwrap(), "r-0003"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("template erased"), "{}", text(&out));
+    assert_eq!(template_bytes_remain(&db, &nonce, &ct), None);
+}
+
+#[test]
+fn a_group_photo_or_the_same_photo_twice_is_refused_naming_the_photo() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), &models());
+    new_key(&dir.path().join("face.key"));
+    // t1.jpg shows six people.
+    let out = enroll(&cfg, "r-0003", &[&photo("t1.jpg"), &photo("obama.jpg")]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains(&format!("{}: ", photo("t1.jpg"))) && said.contains("faces in the photo") && said.contains("no template stored"), "{said}");
+    // The same picture under two names counts once.
+    let copy = dir.path().join("copy.jpg");
+    std::fs::copy(photo("obama.jpg"), &copy).unwrap();
+    let out = enroll(&cfg, "r-0003", &[&photo("obama.jpg"), copy.to_str().unwrap()]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains(&format!("{}: same photo as {}", copy.display(), photo("obama.jpg"))), "{said}");
+}
+
+#[cfg(unix)]
+#[test]
+fn every_state_file_is_owner_only_after_an_enrolment_and_a_recorded_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, cfg) = enrolled_site();
+    let rec = dir.path().join("rec.jsonl");
+    let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", root().join("tests/traces/camera.jsonl").to_str().unwrap(), "--speed", "50", "--record", rec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The recording carries face results as bands, never a score.
+    let recorded = std::fs::read_to_string(&rec).unwrap();
+    assert!(!recorded.contains("score"), "{recorded}");
+    let mut checked = Vec::new();
+    let mut check = |p: &Path| {
+        let meta = std::fs::metadata(p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", p.display());
+        checked.push(p.to_path_buf());
+    };
+    fn walk(p: &Path, f: &mut dyn FnMut(&Path)) {
+        f(p);
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), f);
+            }
+        }
+    }
+    walk(&dir.path().join("state"), &mut check);
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let p = f.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("faces.sqlite") || name.starts_with("rec.") || name.ends_with(".key") {
+            check(&p);
+        }
+    }
+    let names: Vec<String> = checked.iter().map(|p| p.display().to_string()).collect();
+    assert!(names.iter().any(|n| n.ends_with("events.sqlite")) && names.iter().any(|n| n.ends_with("faces.sqlite")) && names.iter().any(|n| n.ends_with("rec.jsonl")), "{names:#?}");
+}
+
+#[test]
+fn a_resident_removed_from_the_directory_has_the_template_erased_at_start_and_audited() {
+    let (dir, cfg) = enrolled_site();
+    let db = dir.path().join("faces.sqlite");
+    let (nonce, ct) = stored_bytes(&db, "r-0003");
+    // r-0003 moves out: the directory no longer lists them.
+    let subjects = std::fs::read_to_string(root().join("configs/demo-subjects.toml")).unwrap();
+    let start = subjects.find("id = \"r-0003\"").unwrap();
+    let block_start = subjects[..start].rfind("[[subject]]").unwrap();
+    let block_end = start + subjects[start..].find("[[subject]]").unwrap();
+    let moved = format!("{}{}", &subjects[..block_start], &subjects[block_end..]);
+    let subjects_file = dir.path().join("subjects.toml");
+    std::fs::write(&subjects_file, moved).unwrap();
+    let body = std::fs::read_to_string(&cfg).unwrap().replace(&format!("{:?}", root().join("configs/demo-subjects.toml")), &format!("{subjects_file:?}"));
+    assert!(body.contains("subjects.toml"), "the site names its subject directory");
+    std::fs::write(&cfg, body).unwrap();
+
+    let trace = dir.path().join("one.jsonl");
+    std::fs::write(
+        &trace,
+        format!(
+            "{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}}\n{{\"at\":1000,\"input\":{{\"kind\":\"camera-frame\",\"door\":\"north-gate\",\"file\":{:?}}}}}\n",
+            photo("obama2.jpg")
+        ),
+    )
+    .unwrap();
+    // A replay (perhaps against another directory) never erases: the orphan is only not matched.
+    let (recs, replayed) = replay(&cfg, &trace);
+    assert!(non_publish(&recs)[0]["subject"].is_null(), "{replayed}");
+    assert!(template_bytes_remain(&db, &nonce, &ct).is_some(), "a replay erased a template: {replayed}");
+    let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "50"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    // Said at start, erased for real, recorded in the event log.
+    assert!(all.contains("face templates of subjects not in the subject directory") && all.contains("face template erased"), "{all}");
+    assert_eq!(template_bytes_remain(&db, &nonce, &ct), None, "the orphan's template bytes are gone");
+    let log = rusqlite::Connection::open_with_flags(dir.path().join("state/events.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let erased: Vec<String> = log.prepare("SELECT body FROM events WHERE kind = 'face-erased'").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(erased.len(), 1, "{erased:?}");
+    assert!(erased[0].contains("r-0003") && erased[0].contains("not in the subject directory"), "{erased:?}");
+    // The face is not recognised any more.
+    let face = all.lines().find(|l| l.contains("north-gate") && l.contains(" face ")).unwrap_or_else(|| panic!("{all}"));
+    assert!(face.contains("face unknown") && face.contains("DENY"), "{all}");
+    assert!(all.contains("0 enrolled template(s)"), "{all}");
+}

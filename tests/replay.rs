@@ -171,7 +171,7 @@ fn plugin_check_reports_world_and_rejects_non_components() {
     let out = gate(&["plugin", "check", plugin("resident-policy").to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("gate:plugin/policy-plugin@0.1.0") && t.contains("gate:plugin/policy@0.1.0"), "{t}");
+    assert!(t.contains("gate:plugin/policy-plugin@0.2.0") && t.contains("gate:plugin/policy@0.2.0"), "{t}");
     let out = gate(&["plugin", "check", plugin("platform-bridge").to_str().unwrap()]);
     assert!(text(&out).contains("integration-plugin"), "{}", text(&out));
 
@@ -373,7 +373,7 @@ fn plugin_check_refuses_the_right_names_with_the_wrong_types() {
     let out = gate(&["plugin", "check", wrong.to_str().unwrap()]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("wrong-types.wasm") && t.contains("gate:plugin/policy@0.1.0#decide") && t.contains("contract's type"), "{t}");
+    assert!(t.contains("wrong-types.wasm") && t.contains("gate:plugin/policy@0.2.0#decide") && t.contains("contract's type"), "{t}");
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = site_with("wrong-types", dir.path());

@@ -185,17 +185,35 @@ pub struct FaceBands {
     pub db: Option<PathBuf>,
     /// Device key file that encrypts the templates, mode 0600 (relative to the config file).
     pub key: Option<PathBuf>,
+    /// Erase, at start, the templates of subjects no longer in the subject directory
+    /// (default true; false only warns about them and stops matching them).
+    pub erase_orphans: bool,
+    /// Erase templates not matched for this many days (0..=3650; 0, the default, keeps a
+    /// template until its consent is withdrawn or its subject leaves the directory).
+    pub unused_days: u32,
 }
 
 impl Default for FaceBands {
     fn default() -> Self {
         // Chosen from SFace scores on real photos (host/face/README.md): genuine
         // pairs 0.74-0.80, impostors mean 0.14, max 0.35 (0.45 in the brief's larger set).
-        FaceBands { strong: 0.60, weak: 0.50, models_dir: None, db: None, key: None }
+        FaceBands { strong: 0.60, weak: 0.50, models_dir: None, db: None, key: None, erase_orphans: true, unused_days: 0 }
     }
 }
 
 impl FaceBands {
+    /// The band of a cosine score by these thresholds; None below `weak` (nobody matched)
+    /// or for a score that is not a number.
+    pub fn band(&self, score: f32) -> Option<crate::event::FaceBand> {
+        use crate::event::FaceBand;
+        match score {
+            s if !s.is_finite() => None,
+            s if s >= self.strong => Some(FaceBand::Strong),
+            s if s >= self.weak => Some(FaceBand::Weak),
+            _ => None,
+        }
+    }
+
     /// Whether the site configures the on-device matcher at all.
     pub fn configured(&self) -> bool {
         self.models_dir.is_some()
@@ -207,6 +225,9 @@ impl FaceBands {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("key `{key}`: {v} is not a cosine score between 0.0 and 1.0"));
             }
+        }
+        if self.unused_days > 3650 {
+            return Err(format!("key `face.unused_days`: {} is out of range 0..=3650 (days; 0 keeps templates until withdrawn)", self.unused_days));
         }
         if self.weak > self.strong {
             return Err(format!("keys `face.weak` ({}) and `face.strong` ({}): weak must not be above strong", self.weak, self.strong));

@@ -67,6 +67,15 @@ pub enum Liveness {
     Unknown,
 }
 
+/// How strong a face match is by the site's `[face]` thresholds (mirrors the WIT `match-band`).
+/// The band, never the exact score, is what leaves the matcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaceBand {
+    Strong,
+    Weak,
+}
+
 /// Roles a subject can have at a site (mirrors the WIT `role`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -118,7 +127,14 @@ pub enum Input {
         direction: Direction,
         /// Pseudonymous subject id of the best match; None when nobody matched.
         subject: Option<String>,
-        score: f32,
+        /// Band of the match (what the matcher reports and recordings carry); None when
+        /// nobody matched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        band: Option<FaceBand>,
+        /// A similarity score, accepted in hand-written traces only and turned into a band
+        /// by the site's thresholds at once. Never written: recordings carry the band.
+        #[serde(default, skip_serializing)]
+        score: Option<f32>,
         #[serde(default)]
         liveness: Liveness,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -378,6 +394,9 @@ pub enum Record {
     },
     /// A unit door's shared PIN was replaced (the PIN itself is never logged).
     UnitPin { door: String, by: String },
+    /// A face template was erased by the gateway's retention rules (the subject left the
+    /// directory, or the template went unused); consent withdrawals are the resident's own.
+    FaceErased { subject: String, reason: String },
 }
 
 /// Plugin health changes the gateway reports.
@@ -407,6 +426,7 @@ impl Record {
             Record::Revoked { .. } => "revoked",
             Record::Reinstated { .. } => "reinstated",
             Record::UnitPin { .. } => "unit-pin",
+            Record::FaceErased { .. } => "face-erased",
         }
     }
 
@@ -420,7 +440,7 @@ impl Record {
             | Record::Ignored { door, .. }
             | Record::DoorMode { door, .. }
             | Record::UnitPin { door, .. } => Some(door),
-            Record::Publish { .. } | Record::Plugin { .. } | Record::Revoked { .. } | Record::Reinstated { .. } => None,
+            Record::Publish { .. } | Record::Plugin { .. } | Record::Revoked { .. } | Record::Reinstated { .. } | Record::FaceErased { .. } => None,
         }
     }
 }
@@ -499,6 +519,7 @@ impl fmt::Display for Record {
                 write!(f, "credential {credential} ({}) reinstated: {reason}  [{by}]", holder.as_deref().unwrap_or("no holder"))
             }
             Record::UnitPin { door, by } => write!(f, "{door:<14} unit PIN replaced  [{by}]"),
+            Record::FaceErased { subject, reason } => write!(f, "face template of {subject} ERASED: {reason}  [host:retention]"),
         }
     }
 }

@@ -1,13 +1,13 @@
 //! The gateway's face matcher: the optional engine, gallery and template store of
 //! `[face]`, opened at start-up. It turns a camera frame into a face-match *result*
-//! (`Input::Face`: subject, score, liveness); frames and templates never leave it.
+//! (`Input::Face`: subject, band, liveness; never a score); frames and templates never leave it.
 //!
 //! When face is not configured, or the models, ONNX Runtime, store or key are missing
 //! or bad, the matcher is off: one warning is logged, camera frames are ignored with a
 //! visible reason, and card, PIN and NFC keep working.
 
 use crate::config::FaceBands;
-use crate::event::{Direction, IgnoreReason, Input, Liveness};
+use crate::event::{Direction, FaceBand, IgnoreReason, Input, Liveness};
 use gate_face::{FaceEngine, Frame, Gallery, MatchConfig, ModelError, Outcome, StoreError, TemplateStore};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -86,7 +86,7 @@ pub enum FaceSetupError {
 /// What a camera frame gave the gateway.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FrameResult {
-    /// A match result (or a no-match with the best score) for the access pipeline.
+    /// A match result (subject and band, or a no-match) for the access pipeline.
     Credential(Input),
     /// Nothing to decide on; the reason goes into an `ignored` record.
     Ignored(IgnoreReason),
@@ -162,6 +162,10 @@ impl FaceMatcher {
         let store = TemplateStore::open(db, key)?;
         let gallery = store.load_gallery()?;
         let watch = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok();
+        if let Some(w) = &watch {
+            // An erasure in another process holds the write lock for a moment; wait it out.
+            let _ = w.busy_timeout(gate_face::BUSY_TIMEOUT);
+        }
         let version = watch.as_ref().and_then(data_version).unwrap_or(0);
         Ok(Ready { engine, gallery, store, watch, version })
     }
@@ -179,6 +183,68 @@ impl FaceMatcher {
     /// Templates in the gallery (0 when off).
     pub fn enrolled(&self) -> usize {
         self.state.as_ref().map_or(0, |r| r.gallery.len())
+    }
+
+    /// Makes the templates follow the subject directory, at start: a template whose subject
+    /// is not in `known` (an orphan) is erased when `[face] erase_orphans` is on (the
+    /// default), and with `[face] unused_days` a template not matched for that long is
+    /// erased too. Says so in the log; returns (subject, reason) of each erasure for the
+    /// event log. With `erase_orphans` off an orphan is kept on disk but never matched.
+    pub fn follow_directory(&mut self, known: &std::collections::BTreeSet<String>, bands: &FaceBands, now_ms: i64) -> Vec<(String, String)> {
+        let Ok(ready) = &mut self.state else { return Vec::new() };
+        let enrolled = match ready.store.enrolled() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list face templates to check them against the directory");
+                return Vec::new();
+            }
+        };
+        let orphans: Vec<String> = enrolled.iter().filter(|s| !known.contains(*s)).cloned().collect();
+        let mut todo: Vec<(String, String)> = Vec::new();
+        if !orphans.is_empty() {
+            tracing::warn!(orphans = orphans.len(), subjects = %orphans.join(","), erase = bands.erase_orphans, "face templates of subjects not in the subject directory");
+            if bands.erase_orphans {
+                todo.extend(orphans.iter().map(|s| (s.clone(), "subject not in the subject directory".to_string())));
+            }
+        }
+        if bands.unused_days > 0 {
+            let before = now_ms.saturating_sub(i64::from(bands.unused_days).saturating_mul(86_400_000));
+            match ready.store.unused_since(before) {
+                Ok(unused) => {
+                    for s in unused {
+                        if !todo.iter().any(|(t, _)| *t == s) {
+                            todo.push((s, format!("not matched for {} days ([face] unused_days)", bands.unused_days)));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot find unused face templates"),
+            }
+        }
+        let mut erased = Vec::new();
+        for (subject, reason) in todo {
+            match ready.store.purge(&subject, now_ms, &reason) {
+                Ok(true) => {
+                    tracing::warn!(subject = %subject, reason = %reason, audit = "face-erased", "face template erased");
+                    erased.push((subject, reason));
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(subject = %subject, error = %e, "face template could not be erased yet; the next start tries again"),
+            }
+        }
+        // Orphans kept on disk (erase_orphans off) are still never matched.
+        match ready.store.load_gallery() {
+            Ok(mut g) => {
+                for o in &orphans {
+                    g.remove(o);
+                }
+                ready.gallery = g;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "face template store no longer loads; face recognition is OFF");
+                self.state = Err(e.to_string());
+            }
+        }
+        erased
     }
 
     /// Reloads the gallery when another process changed the store (enrolment, withdrawal).
@@ -234,16 +300,32 @@ impl FaceMatcher {
                 return FrameResult::Ignored(IgnoreReason::BadFrame);
             }
         };
-        let face = |subject: Option<String>, score: f32, liveness: Liveness| FrameResult::Credential(Input::Face { door: door.to_string(), direction, subject, score, liveness, captured_at });
+        let face = |subject: Option<String>, band: Option<FaceBand>, liveness: Liveness| {
+            FrameResult::Credential(Input::Face { door: door.to_string(), direction, subject, band, score: None, liveness, captured_at })
+        };
         match outcome {
-            Outcome::Match(m) => face(Some(m.subject), m.score, liveness(m.liveness)),
-            Outcome::NoMatch { best_score } => face(None, best_score, Liveness::Unknown),
+            Outcome::Match(m) => {
+                // For `[face] unused_days`: the wall time of the match (not replay time).
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+                if let Err(e) = ready.store.mark_matched(&m.subject, now) {
+                    tracing::debug!(error = %e, "could not note the time of a face match");
+                }
+                face(Some(m.subject), Some(band(m.band)), liveness(m.liveness))
+            }
+            Outcome::NoMatch => face(None, None, Liveness::Unknown),
             Outcome::NoFace => FrameResult::Ignored(IgnoreReason::NoFace),
             Outcome::Unusable(why) => {
                 tracing::info!(door, why = %why, "face seen but not usable");
                 FrameResult::Ignored(IgnoreReason::FaceUnusable)
             }
         }
+    }
+}
+
+fn band(b: gate_face::MatchBand) -> FaceBand {
+    match b {
+        gate_face::MatchBand::Strong => FaceBand::Strong,
+        gate_face::MatchBand::Weak => FaceBand::Weak,
     }
 }
 

@@ -77,7 +77,7 @@ fn now_ms() -> i64 {
 /// Exit code of a store error: the operator's input (key, subject, photos) or the machine.
 fn store_failure(e: StoreError) -> Failure {
     match e {
-        StoreError::Database { .. } | StoreError::File { .. } => runtime(e),
+        StoreError::Database { .. } | StoreError::File { .. } | StoreError::Busy { .. } | StoreError::NotErased { .. } => runtime(e),
         _ => input(e),
     }
 }
@@ -87,6 +87,19 @@ fn face_paths(cfg: &SiteConfig) -> Result<(PathBuf, PathBuf, PathBuf), Failure> 
     gate::face::paths(&cfg.face)
         .map(|(m, d, k)| (m.to_path_buf(), d.to_path_buf(), k.to_path_buf()))
         .map_err(|_| input(anyhow!("{}: [face] needs `models_dir`, `db` and `key` for this command", cfg.path.display())))
+}
+
+/// Appends to the site's audit trail (`<state_dir>/audit.sqlite`) as the local operator. A site
+/// without a state dir keeps no trail: said once, on stderr.
+fn audit(cfg: &SiteConfig, action: gate::audit::Action, subject: &str, detail: serde_json::Value) -> Result<(), Failure> {
+    let Some(dir) = cfg.site.state_dir.as_ref() else {
+        eprintln!("gate: warning: `site.state_dir` is not set, so this action is not in an audit trail");
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())).map_err(runtime)?;
+    let mut log = gate::audit::AuditLog::open(&dir.join("audit.sqlite")).map_err(runtime)?;
+    log.append(now_ms(), &gate::audit::local_actor(), action, subject, detail).map_err(runtime)?;
+    Ok(())
 }
 
 fn open_store(cfg: &SiteConfig) -> Result<TemplateStore, Failure> {
@@ -109,7 +122,7 @@ pub fn enroll(a: EnrollArgs) -> Result<u8, Failure> {
     let mut frames = Vec::with_capacity(a.photos.len());
     for p in &a.photos {
         let bytes = std::fs::read(p).with_context(|| format!("photo {}", p.display())).map_err(input)?;
-        frames.push(Frame::decode(&bytes).with_context(|| format!("photo {}", p.display())).map_err(input)?);
+        frames.push((p.display().to_string(), Frame::decode(&bytes).with_context(|| format!("photo {}", p.display())).map_err(input)?));
     }
     let engine = FaceEngine::open(&models, gate::face::match_config(&cfg.face)).map_err(input)?;
     let store = open_store(&cfg)?;
@@ -117,6 +130,7 @@ pub fn enroll(a: EnrollArgs) -> Result<u8, Failure> {
     let consent = Consent { subject: a.subject.clone(), purpose: a.purpose.clone(), notice_version: a.notice_version.clone(), capture: a.capture.clone(), given_at_ms: now_ms() };
     let id = store.record_consent(&consent).map_err(store_failure)?;
     println!("gate: consent #{id} recorded for {}: purpose \"{}\", notice {}, captured: {}", a.subject, a.purpose, a.notice_version, a.capture);
+    audit(&cfg, gate::audit::Action::ConsentGiven, &a.subject, serde_json::json!({"consent": id, "purpose": a.purpose, "notice_version": a.notice_version, "capture": a.capture}))?;
     let policy = EnrollPolicy { min_samples: a.min_samples, ..EnrollPolicy::default() };
     let report = match store.enroll(&engine, &a.subject, &frames, &policy, now_ms()) {
         Ok(r) => r,
@@ -126,6 +140,7 @@ pub fn enroll(a: EnrollArgs) -> Result<u8, Failure> {
         }
     };
     println!("gate: enrolled {} from {} of {} photos", report.subject, report.samples_used, a.photos.len());
+    audit(&cfg, gate::audit::Action::Enrolled, &a.subject, serde_json::json!({"consent": id, "photos": a.photos.len(), "samples_used": report.samples_used}))?;
     for (i, why) in &report.rejected {
         let name = a.photos.get(*i).map_or_else(|| format!("#{i}"), |p| p.display().to_string());
         println!("gate:   not used: {name}: {why}");
@@ -143,8 +158,15 @@ pub fn consent(cmd: ConsentCmd) -> Result<u8, Failure> {
             gate_face::validate_subject(&subject).map_err(input)?;
             let mut store = open_store(&cfg)?;
             let r = store.withdraw(&subject, now_ms()).map_err(store_failure)?;
-            let template = if r.template_erased { "template erased from the store and its WAL" } else { "no template was stored" };
+            let template = if r.template_erased { "template erased (its bytes verified gone from every file of the store)" } else { "no template was stored" };
             println!("gate: consent withdrawn for {}: {template}; {} consent record(s) marked withdrawn", r.subject, r.consents_withdrawn);
+            if r.pending_finished > 0 {
+                println!("gate: {} erasure(s) left pending by an earlier failure are now finished", r.pending_finished);
+            }
+            audit(&cfg, gate::audit::Action::ConsentWithdrawn, &subject, serde_json::json!({"consents": r.consents_withdrawn}))?;
+            if r.template_erased {
+                audit(&cfg, gate::audit::Action::TemplateErased, &subject, serde_json::json!({"why": "withdrawal", "verified_gone": true}))?;
+            }
             Ok(0)
         }
     }
@@ -159,6 +181,7 @@ pub fn face(cmd: FaceCmd) -> Result<u8, Failure> {
             let n = store.rekey(&new_key).map_err(store_failure)?;
             let id = DeviceKey::load(&new_key).map(|k| k.id()).unwrap_or_default();
             println!("gate: re-encrypted {n} template(s) under {} (key id {id})", new_key.display());
+            audit(&cfg, gate::audit::Action::TemplatesRekeyed, "face", serde_json::json!({"templates": n, "key_id": id}))?;
             println!("gate: now set `key` under [face] in {} to this file; the old key no longer opens the store", config.display());
             Ok(0)
         }

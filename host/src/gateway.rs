@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::SiteConfig;
 use crate::credentials::{Directory, Subject};
 use crate::door::DoorController;
-use crate::event::{CredentialKind, Direction, DoorMode, IgnoreReason, Input, Liveness, Outcome, Record};
+use crate::event::{CredentialKind, Direction, DoorMode, FaceBand, IgnoreReason, Input, Liveness, Outcome, Record};
 use crate::face::{FaceMatcher, FaceThread, FrameJob, FrameResult};
 use crate::plugin::bindings::policy::gate::plugin::types as wit;
 use crate::plugin::caps::clock::timestamp;
@@ -66,6 +66,8 @@ pub struct Gateway {
     audit_key: Option<ed25519_dalek::SigningKey>,
     /// A checkpoint signed since the service loop last asked (it publishes it).
     new_checkpoint: Option<crate::audit::Checkpoint>,
+    /// Templates erased at start (event id, subject, why), audited once the trail is set.
+    erased_at_start: Vec<(String, String, String)>,
     /// Retention: when the next purge is due and what the one under way removed so far.
     purge: Purge,
 }
@@ -109,10 +111,23 @@ impl Gateway {
                 dir.set_unit_pin(&door, &hash);
             }
         }
+        // Only a live gateway erases templates: a replay or simulation (perhaps against another
+        // subject directory) never touches the store; orphans are just not matched there.
+        let erase = rt.mode() == crate::plugin::ExecMode::Live;
         let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
-        let face = FaceMatcher::open(&cfg.face);
+        let mut face = FaceMatcher::open(&cfg.face);
+        // Templates follow the directory: orphans (and unused ones) are erased and audited.
+        let known: std::collections::BTreeSet<String> = cfg.subjects.iter().map(|s| s.id.clone()).collect();
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut log = log;
+        let rules = if erase { cfg.face.clone() } else { crate::config::FaceBands { erase_orphans: false, unused_days: 0, ..cfg.face.clone() } };
+        let mut erased_at_start = Vec::new();
+        for (subject, reason) in face.follow_directory(&known, &rules, wall) {
+            let id = log.append(clock.now_ms(), &Record::FaceErased { subject: subject.clone(), reason: reason.clone() }).map_err(|e| e.to_string())?;
+            erased_at_start.push((id, subject, reason));
+        }
         Ok((
             Gateway {
                 cfg,
@@ -129,6 +144,7 @@ impl Gateway {
                 audit_key: None,
                 new_checkpoint: None,
                 purge: Purge::default(),
+                erased_at_start,
             },
             problems,
         ))
@@ -138,9 +154,17 @@ impl Gateway {
     /// revocations, unit PINs, remote openings) is also appended to this audit trail.
     /// `key` (the device key) signs a checkpoint of the chain head every hour and at
     /// [`Gateway::audit_checkpoint`].
+    /// Templates the start erased (orphans, unused) are audited here, once the trail is open.
     pub fn set_audit(&mut self, audit: crate::audit::AuditLog, key: Option<ed25519_dalek::SigningKey>) {
         self.audit = Some(audit);
         self.audit_key = key;
+        let now = self.clock.now_ms();
+        for (id, subject, reason) in std::mem::take(&mut self.erased_at_start) {
+            let detail = serde_json::json!({"why": reason, "event": id});
+            if let Some(Err(e)) = self.audit.as_mut().map(|a| a.append(now, "host", crate::audit::Action::TemplateErased, &subject, detail)) {
+                tracing::error!(error = %e, "the audit trail could not record a template erased at start");
+            }
+        }
     }
 
     /// The checkpoint signed since the last call, for the fleet link to publish.
@@ -623,17 +647,18 @@ impl Gateway {
             Input::Pin { pin, door, .. } => (wit::Credential::Pin, owned(self.dir.by_pin(pin).or_else(|| self.dir.by_unit_pin(door, pin)))),
             Input::Nfc { token, .. } => (wit::Credential::Nfc, owned(self.dir.by_nfc(token))),
             Input::Plate { plate, .. } => (wit::Credential::Plate, owned(self.dir.by_plate(plate))),
-            Input::Face { subject, score, liveness, .. } => {
-                let bands = &self.cfg.face;
-                let score = if score.is_finite() { score.clamp(0.0, 1.0) } else { 0.0 };
-                let band = if score >= bands.strong { wit::MatchBand::Strong } else { wit::MatchBand::Weak };
-                let who = subject.as_deref().filter(|_| score >= bands.weak).and_then(|id| self.dir.subject(id)).cloned();
+            Input::Face { subject, band, score, liveness, .. } => {
+                // The matcher reports a band; a hand-written trace may give a score instead,
+                // banded here by the site's thresholds. Plugins get the band only.
+                let band = band.or_else(|| score.and_then(|s| self.cfg.face.band(s)));
+                let who = subject.as_deref().filter(|_| band.is_some()).and_then(|id| self.dir.subject(id)).cloned();
+                let band = if band == Some(FaceBand::Strong) { wit::MatchBand::Strong } else { wit::MatchBand::Weak };
                 let liveness = match liveness {
                     Liveness::Live => wit::Liveness::Live,
                     Liveness::Spoof => wit::Liveness::Spoof,
                     Liveness::Unknown => wit::Liveness::Unknown,
                 };
-                (wit::Credential::Face(wit::FaceMatch { score, band, liveness }), who)
+                (wit::Credential::Face(wit::FaceMatch { band, liveness }), who)
             }
             Input::Qr { code, .. } => {
                 let pass = self.dir.verify_qr(code).map_err(|e| (e.to_string(), "qr-invalid"))?;

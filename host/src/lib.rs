@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod door;
 pub mod event;
 pub mod face;
+pub mod files;
 pub mod fleet;
 pub mod gateway;
 pub mod hardware;

@@ -237,6 +237,8 @@ fn runtime<E: Into<anyhow::Error>>(e: E) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // Before anything is created: state files 0600, folders 0700 (files.rs).
+    gate::files::private_by_default();
     let cli = Cli::parse();
     let filter = cli.log.clone().or_else(|| std::env::var("GATE_LOG").ok()).unwrap_or_else(|| "warn".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -415,11 +417,12 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
             let r = gate::plugin::check::check(&rt, &file, &limits).map_err(input)?;
             println!("{}: ok", file.display());
             println!(
-                "  world:   gate:plugin/{}@0.1.0",
+                "  world:   gate:plugin/{}@{}",
                 match r.world {
                     gate::config::World::Policy => "policy-plugin",
                     gate::config::World::Integration => "integration-plugin",
-                }
+                },
+                gate::plugin::CONTRACT_VERSION
             );
             println!("  size:    {} bytes", r.size);
             println!("  sha256:  {}", r.sha256);

@@ -286,3 +286,30 @@ struct OutSubject {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     plates: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::event::{Direction, FaceBand, Input, Liveness};
+    use crate::trace::input_line;
+
+    #[test]
+    fn a_face_result_is_recorded_with_its_band_and_never_a_score() {
+        // Even a face input that came in with a score (a hand-written trace) leaves as a band.
+        let face = Input::Face {
+            door: "north-gate".into(),
+            direction: Direction::Entry,
+            subject: Some("r-0003".into()),
+            band: Some(FaceBand::Weak),
+            score: Some(0.5371),
+            liveness: Liveness::Unknown,
+            captured_at: None,
+        };
+        let line = input_line(1000, &face);
+        assert!(line.contains(r#""band":"weak""#), "{line}");
+        assert!(!line.contains("score") && !line.contains("0.537"), "{line}");
+        // A no-match carries neither a subject nor a band, and still no score.
+        let none = Input::Face { door: "north-gate".into(), direction: Direction::Entry, subject: None, band: None, score: Some(0.31), liveness: Liveness::Unknown, captured_at: None };
+        let line = input_line(2000, &none);
+        assert!(!line.contains("score") && !line.contains("0.31") && !line.contains("band"), "{line}");
+    }
+}

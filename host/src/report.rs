@@ -100,6 +100,10 @@ pub struct Retention {
     pub alarms_days: u64,
     /// Audit entries, in days.
     pub audit_days: u64,
+    /// Face templates not matched for this many days are erased; 0 = never by age.
+    pub face_unused_days: u64,
+    /// Templates of subjects no longer in the directory are erased at start.
+    pub face_erase_orphans: bool,
     /// Events older than the bound that are still in the log (should be 0 in service).
     pub events_past_bound: u64,
 }
@@ -268,7 +272,7 @@ pub fn gather(src: &Sources, period: &str, now_ms: i64) -> Result<Report, Report
         entries_by_credential: entries,
         denied_by_credential: denied,
         face,
-        retention: Retention { events_days: r.events_days, alarms_days: r.alarms_days, audit_days: r.audit_days, events_past_bound },
+        retention: Retention { events_days: r.events_days, alarms_days: r.alarms_days, audit_days: r.audit_days, face_unused_days: u64::from(cfg.face.unused_days), face_erase_orphans: cfg.face.erase_orphans, events_past_bound },
         audit,
         plugins,
         biometric_statement: vec![
@@ -317,6 +321,10 @@ struct Words {
     days: &'static str,
     never: &'static str,
     past_bound: &'static str,
+    unused: &'static str,
+    orphans: &'static str,
+    yes: &'static str,
+    no: &'static str,
     audit: &'static str,
     whole: &'static str,
     broken: &'static str,
@@ -356,6 +364,10 @@ const ZH: Words = Words {
     days: "天",
     never: "不按时间删除",
     past_bound: "超过保存期限仍在的记录",
+    unused: "长期未使用的人脸模板自动删除",
+    orphans: "已迁出住户的人脸模板自动删除",
+    yes: "是",
+    no: "否",
     audit: "审计日志",
     whole: "哈希链完整，未被篡改",
     broken: "审计日志校验失败",
@@ -395,6 +407,10 @@ const EN: Words = Words {
     days: "days",
     never: "not erased by age",
     past_bound: "Records still held past their bound",
+    unused: "Face templates unused this long are erased",
+    orphans: "Templates of people no longer in the directory are erased",
+    yes: "yes",
+    no: "no",
     audit: "Audit trail",
     whole: "Hash chain whole: not tampered with",
     broken: "Audit trail check FAILED",
@@ -527,6 +543,8 @@ pub fn html(r: &Report, lang: Lang, offset_minutes: i32) -> String {
     b.push_str(&kv(w.events, days(r.retention.events_days)));
     b.push_str(&kv(w.alarms, days(r.retention.alarms_days)));
     b.push_str(&kv(w.audit_entries, days(r.retention.audit_days)));
+    b.push_str(&kv(w.unused, days(r.retention.face_unused_days)));
+    b.push_str(&kv(w.orphans, esc(if r.retention.face_erase_orphans { w.yes } else { w.no })));
     b.push_str(&kv(w.past_bound, r.retention.events_past_bound.to_string()));
     b.push_str("</table>\n");
     b.push_str(&format!("<h2>{}</h2><table id=\"audit\">", esc(w.audit)));
@@ -617,7 +635,7 @@ mod tests {
             entries_by_credential: [("card".to_string(), 5), ("face".to_string(), 2)].into(),
             denied_by_credential: BTreeMap::new(),
             face: FaceData { configured: true, subjects_held: 1, consents_given: 1, consents_withdrawn: 0, erased: BTreeMap::new(), filing_threshold: FILING_THRESHOLD, filing_warning: false },
-            retention: Retention { events_days: 90, alarms_days: 365, audit_days: 1095, events_past_bound: 0 },
+            retention: Retention { events_days: 90, alarms_days: 365, audit_days: 1095, face_unused_days: 0, face_erase_orphans: true, events_past_bound: 0 },
             audit: AuditStatus { entries: 0, whole: true, problem: None, last_checkpoint: None, actions: BTreeMap::new() },
             plugins: PluginIncidents { failures: 0, quarantines: 0, fallback_decisions: 0 },
             biometric_statement: vec![],

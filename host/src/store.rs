@@ -73,6 +73,12 @@ impl EventLog {
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        // A log an older gate created world-readable is made owner-only (new ones are, by umask).
+        for f in [path.to_path_buf(), crate::files::sibling(path, "-wal"), crate::files::sibling(path, "-shm")] {
+            if let Err(e) = crate::files::restrict(&f) {
+                tracing::warn!(file = %f.display(), error = %e, "cannot make the event log owner-only");
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         // Purged rows are overwritten, not just unlinked: retention means the bytes are gone.
         conn.pragma_update(None, "secure_delete", "ON").map_err(open_err)?;

@@ -136,7 +136,7 @@ fn download(source: &Source, cache: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Reads one member out of a wheel (zip) or an sdist (tar.gz).
+/// Reads one member out of a wheel (zip), an sdist (tar.gz) or an npm tarball (tgz).
 fn extract(archive: &Path, member: &str) -> Result<Vec<u8>> {
     let file = fs::File::open(archive)?;
     let name = archive.to_string_lossy();
@@ -147,7 +147,8 @@ fn extract(archive: &Path, member: &str) -> Result<Vec<u8>> {
         entry.read_to_end(&mut out)?;
         return Ok(out);
     }
-    if name.ends_with(".tar.gz") {
+    // npm tarballs are `.tgz`: a gzipped tar like an sdist.
+    if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
         for entry in tar.entries()? {
             let mut entry = entry?;

@@ -67,14 +67,13 @@ pub enum Liveness {
     Unknown,
 }
 
-/// A face match: the only thing that leaves the matcher. No image, crop or template.
+/// A face match: the only thing that leaves the matcher. No image, crop, template or
+/// score: the exact similarity stays here (scores are what a hill-climbing attacker needs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaceMatch {
     /// Pseudonymous subject id of the best gallery match.
     pub subject: String,
-    /// Cosine similarity of that match, clamped to 0.0 ..= 1.0.
-    pub score: f32,
-    /// Band of the score by the configured thresholds.
+    /// Band of the similarity by the configured thresholds.
     pub band: MatchBand,
     /// Presentation-attack verdict; always `Unknown` on this build (no PAD model).
     pub liveness: Liveness,
@@ -87,11 +86,9 @@ pub enum Outcome {
     NoFace,
     /// A face was seen but not used, and why.
     Unusable(Rejection),
-    /// A usable face that matches nobody above the weak threshold (best score given).
-    NoMatch {
-        /// Best cosine in the gallery (0.0 for an empty gallery).
-        best_score: f32,
-    },
+    /// A usable face that matches nobody above the weak threshold. How close it came is
+    /// not said: a non-match's score never leaves the matcher.
+    NoMatch,
     /// A match at the strong or weak band.
     Match(FaceMatch),
 }
@@ -115,6 +112,8 @@ pub struct StageTimings {
 pub(crate) struct Sample {
     pub embedding: Embedding,
     pub sharpness: f32,
+    /// Smaller side, in pixels, of every face detected in the frame (the used one included).
+    pub face_sides: Vec<f32>,
 }
 
 /// The on-device face matcher. Sessions are behind mutexes because ONNX Runtime runs need
@@ -187,10 +186,9 @@ impl FaceEngine {
         let outcome = match best {
             Some((subject, score)) if score >= self.config.weak => {
                 let band = if score >= self.config.strong { MatchBand::Strong } else { MatchBand::Weak };
-                Outcome::Match(FaceMatch { subject, score: score.clamp(0.0, 1.0), band, liveness: Liveness::Unknown })
+                Outcome::Match(FaceMatch { subject, band, liveness: Liveness::Unknown })
             }
-            Some((_, score)) => Outcome::NoMatch { best_score: score.clamp(0.0, 1.0) },
-            None => Outcome::NoMatch { best_score: 0.0 },
+            Some(_) | None => Outcome::NoMatch,
         };
         t.total = start.elapsed();
         Ok((outcome, t))
@@ -226,7 +224,8 @@ impl FaceEngine {
         let t2 = Instant::now();
         let embedding = self.embed(aligned)?;
         t.embed = t2.elapsed();
-        Ok(Ok(Sample { embedding, sharpness }))
+        let face_sides = dets.iter().map(|d| d.bbox[2].min(d.bbox[3])).collect();
+        Ok(Ok(Sample { embedding, sharpness, face_sides }))
     }
 
     /// Embeds every face of at least `min_side` pixels in a frame (accuracy measurements).
@@ -304,6 +303,6 @@ pub(crate) fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::NoFace => "no face detected".into(),
         Outcome::Unusable(r) => r.to_string(),
-        Outcome::NoMatch { .. } | Outcome::Match(_) => "face used".into(),
+        Outcome::NoMatch | Outcome::Match(_) => "face used".into(),
     }
 }

@@ -59,6 +59,10 @@ pub enum StoreError {
     NotEnoughSamples { subject: String, accepted: usize, needed: usize, reasons: String },
     #[error("enrolment of {subject:?} failed: the samples do not show one person (lowest agreement {score:.2})")]
     InconsistentSamples { subject: String, score: f32 },
+    #[error("template store {path}: another connection held it for longer than {waited_ms} ms (a backup, an inspector's sqlite3?); nothing was changed, run the command again when it is closed")]
+    Busy { path: PathBuf, waited_ms: u64 },
+    #[error("template store {path}: the template of {subject:?} is deleted but its bytes are still in {file}; the erasure is recorded as pending and the next withdrawal, purge or start of the store finishes it")]
+    NotErased { path: PathBuf, subject: String, file: PathBuf },
     #[error(transparent)]
     Face(#[from] FaceError),
 }

@@ -107,6 +107,10 @@ const RERANK: usize = 8;
 pub struct Gallery {
     #[zeroize(skip)]
     subjects: Vec<String>,
+    /// The site's secret rotation the templates are stored under; probes are rotated by it
+    /// before the search (None: plain vectors, as in benchmarks).
+    #[zeroize(skip)]
+    rotation: Option<std::sync::Arc<crate::transform::Rotation>>,
     vectors: Vec<f32>,
     coarse: Vec<i8>,
 }
@@ -142,7 +146,12 @@ impl Gallery {
     /// An empty gallery with room for `n` templates, so loading never reallocates (a
     /// reallocation would leave an unwiped copy of the templates in freed memory).
     pub(crate) fn with_capacity(n: usize) -> Gallery {
-        Gallery { subjects: Vec::with_capacity(n), vectors: Vec::with_capacity(n * DIM), coarse: Vec::with_capacity(n * DIM) }
+        Gallery { subjects: Vec::with_capacity(n), vectors: Vec::with_capacity(n * DIM), coarse: Vec::with_capacity(n * DIM), rotation: None }
+    }
+
+    /// Sets the rotation the templates were stored under (see `transform`).
+    pub(crate) fn set_rotation(&mut self, r: std::sync::Arc<crate::transform::Rotation>) {
+        self.rotation = Some(r);
     }
 
     pub(crate) fn push(&mut self, subject: String, e: &Embedding) {
@@ -177,6 +186,8 @@ impl Gallery {
         if n == 0 {
             return None;
         }
+        let rotated = self.rotation.as_ref().map(|r| r.apply(probe));
+        let probe = rotated.as_ref().unwrap_or(probe);
         let mut q = Vec::with_capacity(DIM);
         quantise(&probe.0, &mut q);
         // Keep the RERANK best int8 scores of a range, as (score, index), best first.
@@ -221,7 +232,7 @@ impl Gallery {
     /// speed and memory (not faces; nothing biometric).
     #[doc(hidden)]
     pub fn synthetic(n: usize, seed: u64) -> Gallery {
-        let mut g = Gallery { subjects: Vec::with_capacity(n), vectors: Vec::with_capacity(n * DIM), coarse: Vec::with_capacity(n * DIM) };
+        let mut g = Gallery::with_capacity(n);
         let mut state = seed | 1;
         let mut raw = [0.0f32; DIM];
         for i in 0..n {

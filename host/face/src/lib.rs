@@ -15,6 +15,7 @@ mod gallery;
 mod key;
 mod manifest;
 mod store;
+mod transform;
 
 #[cfg(test)]
 mod accuracy_tests;
@@ -26,7 +27,7 @@ pub use frame::Frame;
 pub use gallery::Gallery;
 pub use key::DeviceKey;
 pub use manifest::{verify as verify_models, ModelFiles};
-pub use store::{validate_subject, Consent, ConsentRecord, EnrollPolicy, EnrollReport, TemplateStore, WithdrawReport};
+pub use store::{validate_subject, Consent, ConsentRecord, EnrollPolicy, EnrollReport, TemplateStore, WithdrawReport, BUSY_TIMEOUT};
 
 #[cfg(test)]
 mod thread_tests {

@@ -28,6 +28,9 @@ pub struct ModelFiles {
     pub recogniser: PathBuf,
     /// The ONNX Runtime shared library.
     pub runtime: PathBuf,
+    /// The presentation-attack (liveness) model, when the manifest lists it and it is in
+    /// place; without it every verdict is `Liveness::Unknown`.
+    pub liveness: Option<PathBuf>,
 }
 
 /// Reads the manifest in `models_dir`, checks each model and the runtime library by sha256,
@@ -40,7 +43,20 @@ pub fn verify(models_dir: &Path) -> Result<ModelFiles, ModelError> {
     let pick = |role: &'static str| -> Result<&Entry, ModelError> {
         manifest.file.iter().find(|e| e.role == role && e.arch.as_deref().is_none_or(|a| a == arch)).ok_or(ModelError::ManifestIncomplete { path: path.clone(), role, arch })
     };
-    let files = ModelFiles { detector: check(models_dir, pick("detector")?)?, recogniser: check(models_dir, pick("recogniser")?)?, runtime: check(models_dir, pick("runtime")?)? };
+    // Liveness is optional: not listed, or listed but not fetched, gives `unknown`; a file
+    // that is there but not the pinned one is refused like any other model.
+    let liveness = match manifest.file.iter().find(|e| e.role == "liveness") {
+        None => None,
+        Some(e) => match check(models_dir, e) {
+            Ok(p) => Some(p),
+            Err(ModelError::Missing { path }) => {
+                tracing::warn!(path = %path.display(), "liveness model missing (run `cargo xtask models`); liveness is `unknown`");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let files = ModelFiles { detector: check(models_dir, pick("detector")?)?, recogniser: check(models_dir, pick("recogniser")?)?, runtime: check(models_dir, pick("runtime")?)?, liveness };
     // A model the manifest does not name may be a swapped or left-over file: refuse it loudly.
     if let Ok(dir) = std::fs::read_dir(models_dir) {
         for entry in dir.flatten() {

@@ -3,15 +3,15 @@
 use super::bindings::policy::gate::plugin::types::{AccessEvent, Decision, GateEvent};
 use super::bindings::{integration::IntegrationPluginPre, policy::PolicyPluginPre};
 use super::runtime::State;
-use super::{PluginError, Runtime};
+use super::{PluginError, Runtime, CONTRACT_VERSION};
 use crate::config::World;
 use std::path::Path;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::InstancePre;
+use wasmtime::component::{Component, InstancePre};
 
 /// The interface each world exports and the function in it.
-const POLICY_EXPORT: (&str, &str) = ("gate:plugin/policy@0.1.0", "decide");
-const HANDLER_EXPORT: (&str, &str) = ("gate:plugin/handler@0.1.0", "on-event");
+const POLICY_EXPORT: (&str, &str) = ("gate:plugin/policy@0.2.0", "decide");
+const HANDLER_EXPORT: (&str, &str) = ("gate:plugin/handler@0.2.0", "on-event");
 
 /// Proves a linked component exports its world's function with exactly the
 /// contract's types. The generated `*Pre::new` only finds exports by name (types
@@ -38,6 +38,20 @@ pub fn typecheck_exports(pre: &InstancePre<State>, world: World) -> wasmtime::Re
     checked.map_err(|e| e.context(format!("export `{iface}#{name}` does not have the contract's type")))
 }
 
+/// Refuses a component that names another version of the contract in its imports or
+/// exports (one built with an older SDK), saying which, before linking would fail with a
+/// less helpful "import not found".
+pub fn check_version(component: &Component) -> wasmtime::Result<()> {
+    let ty = component.component_type();
+    let engine = component.engine();
+    let names: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).chain(ty.exports(engine).map(|(n, _)| n.to_string())).collect();
+    let other = names.iter().filter_map(|n| n.strip_prefix("gate:plugin/")).filter_map(|n| n.split_once('@')).map(|(_, v)| v).find(|v| *v != CONTRACT_VERSION);
+    match other {
+        Some(v) => wasmtime::bail!("built against gate:plugin@{v}, but this host serves gate:plugin@{CONTRACT_VERSION}; rebuild it with this release's plugin SDK (plugins/sdk)"),
+        None => Ok(()),
+    }
+}
+
 /// What `gate plugin check` prints.
 #[derive(Debug)]
 pub struct CheckReport {
@@ -52,6 +66,7 @@ pub struct CheckReport {
 /// `limits` are the site's (or the defaults): size and compile budget apply.
 pub fn check(rt: &Runtime, path: &Path, limits: &crate::config::Limits) -> Result<CheckReport, PluginError> {
     let loaded = rt.load(path, limits)?;
+    check_version(&loaded.component).map_err(|e| PluginError::Invalid { path: path.to_path_buf(), reason: format!("{e:#}") })?;
     let ty = loaded.component.component_type();
     let imports: Vec<String> = ty.imports(rt.engine()).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(rt.engine()).map(|(n, _)| n.to_string()).collect();
@@ -63,7 +78,7 @@ pub fn check(rt: &Runtime, path: &Path, limits: &crate::config::Limits) -> Resul
             Err(integration_err) => {
                 return Err(PluginError::Invalid {
                     path: path.to_path_buf(),
-                    reason: format!("fits neither world of gate:plugin@0.1.0.\n  as policy-plugin: {policy_err:#}\n  as integration-plugin: {integration_err:#}"),
+                    reason: format!("fits neither world of gate:plugin@{CONTRACT_VERSION}.\n  as policy-plugin: {policy_err:#}\n  as integration-plugin: {integration_err:#}"),
                 })
             }
         },

@@ -14,6 +14,10 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use runtime::{ExecMode, Loaded, Runtime};
+
+/// The version of the plugin contract this host serves (`package gate:plugin@…` in
+/// `wit/gate-plugin.wit`); components built against another version are refused by name.
+pub const CONTRACT_VERSION: &str = "0.2.0";
 pub use slot::{Effects, Slot};
 
 /// Loading or linking a plugin failed; the gateway reports it and serves the
@@ -30,7 +34,7 @@ pub enum PluginError {
     TooLarge { path: PathBuf, size: u64, max: u64 },
     #[error("compiling component {} took longer than `limits.compile_ms` = {ms} ms", path.display())]
     CompileBudget { path: PathBuf, ms: u64 },
-    #[error("plugin `{plugin}` does not fit the {world:?} world of gate:plugin@0.1.0: {reason}")]
+    #[error("plugin `{plugin}` does not fit the {world:?} world of gate:plugin@{CONTRACT_VERSION}: {reason}")]
     Contract { plugin: String, world: World, reason: String },
 }
 

@@ -73,6 +73,7 @@ impl Slot {
     /// Prepares a plugin for calls: type-checks it against its world and links it.
     pub fn new(rt: &Runtime, cfg: &PluginConfig, loaded: &Loaded, limits: &Limits, clock: Clock, kv: BTreeMap<String, Vec<u8>>) -> Result<Slot, PluginError> {
         let wrong = |e: wasmtime::Error| PluginError::Contract { plugin: cfg.name.clone(), world: cfg.world, reason: format!("{e:#}") };
+        super::check::check_version(&loaded.component).map_err(wrong)?;
         let pre = match cfg.world {
             World::Policy => {
                 let ip = rt.policy_linker.instantiate_pre(&loaded.component).map_err(wrong)?;

@@ -145,7 +145,7 @@ mod tests {
     }
 
     fn face(band: MatchBand, liveness: Liveness) -> Credential {
-        Credential::Face(FaceMatch { score: 0.7, band, liveness })
+        Credential::Face(FaceMatch { band, liveness })
     }
 
     fn run(e: &AccessEvent) -> Decision {

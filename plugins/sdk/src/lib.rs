@@ -1,4 +1,4 @@
-//! SDK for gate plugins: the generated bindings of `gate:plugin@0.1.0` (both worlds) plus
+//! SDK for gate plugins: the generated bindings of `gate:plugin@0.2.0` (both worlds) plus
 //! small pure helpers (schedules, typed settings, a typed kv wrapper, logging shorthands).
 //!
 //! A policy plugin implements [`Policy`] and calls [`export_policy!`]; an integration plugin
@@ -46,7 +46,7 @@ pub use wit_bindgen::rt as __rt;
 pub mod policy {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "gate:plugin/policy-plugin@0.1.0",
+        world: "gate:plugin/policy-plugin@0.2.0",
         runtime_path: "gate_plugin_sdk::__rt",
         pub_export_macro: true,
         export_macro_name: "export_policy",
@@ -60,18 +60,18 @@ pub mod policy {
 pub mod integration {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "gate:plugin/integration-plugin@0.1.0",
+        world: "gate:plugin/integration-plugin@0.2.0",
         runtime_path: "gate_plugin_sdk::__rt",
         pub_export_macro: true,
         export_macro_name: "export_integration",
         default_bindings_module: "gate_plugin_sdk::integration",
         additional_derives: [PartialEq],
         with: {
-            "gate:plugin/types@0.1.0": crate::policy::gate::plugin::types,
-            "gate:plugin/log@0.1.0": crate::policy::gate::plugin::log,
-            "gate:plugin/clock@0.1.0": crate::policy::gate::plugin::clock,
-            "gate:plugin/kv@0.1.0": crate::policy::gate::plugin::kv,
-            "gate:plugin/config@0.1.0": crate::policy::gate::plugin::config,
+            "gate:plugin/types@0.2.0": crate::policy::gate::plugin::types,
+            "gate:plugin/log@0.2.0": crate::policy::gate::plugin::log,
+            "gate:plugin/clock@0.2.0": crate::policy::gate::plugin::clock,
+            "gate:plugin/kv@0.2.0": crate::policy::gate::plugin::kv,
+            "gate:plugin/config@0.2.0": crate::policy::gate::plugin::config,
         },
     });
 }

@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn credential_kinds_match_the_wit_spelling() {
-        let face = Credential::Face(FaceMatch { score: 0.8, band: MatchBand::Strong, liveness: Liveness::Live });
+        let face = Credential::Face(FaceMatch { band: MatchBand::Strong, liveness: Liveness::Live });
         assert_eq!(face.kind().as_str(), "face");
         let qr = Credential::Qr(VisitorPass { host_subject: "r1".into(), valid_until_ms: 0 });
         assert_eq!(qr.kind(), CredentialKind::Qr);

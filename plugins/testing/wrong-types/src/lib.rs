@@ -1,4 +1,4 @@
-//! wrong-types: exports `gate:plugin/policy@0.1.0#decide` by the contract's name but as
+//! wrong-types: exports `gate:plugin/policy@0.2.0#decide` by the contract's name but as
 //! `decide(u32) -> u32`. `gate plugin check` and the gateway's start must refuse it as not
 //! fitting the contract rather than call it.
 
