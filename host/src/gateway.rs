@@ -65,6 +65,12 @@ pub struct Gateway {
 impl Gateway {
     /// Builds a gateway; returns it with any plugin load problems (served by the fallback).
     pub fn new(cfg: SiteConfig, clock: Clock, rt: Runtime, log: EventLog) -> Result<(Gateway, Vec<String>), String> {
+        Self::new_deferring(cfg, clock, rt, log, &Default::default())
+    }
+
+    /// Like [`Gateway::new`], with the plugins in `deferred` left to be compiled off the
+    /// door's path and swapped in later (see `serve.rs`); the fallback serves until then.
+    pub fn new_deferring(cfg: SiteConfig, clock: Clock, rt: Runtime, log: EventLog, deferred: &std::collections::BTreeSet<String>) -> Result<(Gateway, Vec<String>), String> {
         let mut dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
         // Revocations and unit PINs set by operator commands outlive restarts.
         for r in log.revoked().map_err(|e| e.to_string())? {
@@ -75,7 +81,7 @@ impl Gateway {
                 dir.set_unit_pin(&door, &hash);
             }
         }
-        let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
+        let (policy, problems) = PolicyEngine::new_deferring(rt, &cfg, &clock, &log, deferred);
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
         let face = FaceMatcher::open(&cfg.face);
@@ -583,7 +589,7 @@ impl Gateway {
             for (plugin, fx) in published {
                 self.log.kv_apply(&plugin, &fx.kv_changes)?;
                 for (topic, payload) in fx.published {
-                    let payload = serde_json::from_slice(&payload).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()));
+                    let payload = crate::event::Payload::from_plugin(payload);
                     let r = Record::Publish { plugin: plugin.clone(), topic, payload };
                     self.log.append(at, &r)?;
                     out.push((at, r));

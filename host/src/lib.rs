@@ -5,6 +5,7 @@
 //! integrations. Each module below is one step of that flow.
 
 pub mod bench;
+pub mod bench_service;
 pub mod camera;
 pub mod clock;
 pub mod config;

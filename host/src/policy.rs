@@ -40,6 +40,8 @@ pub type KvChanges = BTreeMap<String, Option<Vec<u8>>>;
 struct Managed {
     slot: Option<Slot>,
     load_error: Option<String>,
+    /// Being compiled off the door's path; the fallback serves until it is swapped in.
+    compiling: bool,
     failures: u32,
     quarantined_until: Option<i64>,
 }
@@ -56,9 +58,20 @@ impl PolicyEngine {
     /// Loads every configured plugin. One that fails to load is reported and its
     /// doors are served by the fallback: a broken plugin never keeps the gate shut.
     pub fn new(rt: Runtime, cfg: &SiteConfig, clock: &Clock, log: &EventLog) -> (PolicyEngine, Vec<String>) {
+        Self::new_deferring(rt, cfg, clock, log, &Default::default())
+    }
+
+    /// Like [`PolicyEngine::new`], but the plugins named in `deferred` are not loaded: they
+    /// are being compiled elsewhere and swapped in when ready ([`PolicyEngine::swap`]);
+    /// until then the fallback serves their doors (`fallback:plugin-compiling`).
+    pub fn new_deferring(rt: Runtime, cfg: &SiteConfig, clock: &Clock, log: &EventLog, deferred: &std::collections::BTreeSet<String>) -> (PolicyEngine, Vec<String>) {
         let mut plugins = BTreeMap::new();
         let mut problems = Vec::new();
         for (name, pc) in &cfg.plugins {
+            if deferred.contains(name) {
+                plugins.insert(name.clone(), Managed { slot: None, load_error: None, compiling: true, failures: 0, quarantined_until: None });
+                continue;
+            }
             let kv = log.kv_load(name).unwrap_or_default();
             let slot = rt.load(&pc.path, &cfg.limits).and_then(|loaded| Slot::new(&rt, pc, &loaded, &cfg.limits, clock.clone(), kv));
             let (slot, load_error) = match slot {
@@ -69,7 +82,7 @@ impl PolicyEngine {
                     (None, Some(e.to_string()))
                 }
             };
-            plugins.insert(name.clone(), Managed { slot, load_error, failures: 0, quarantined_until: None });
+            plugins.insert(name.clone(), Managed { slot, load_error, compiling: false, failures: 0, quarantined_until: None });
         }
         (PolicyEngine { rt, plugins, fallback: cfg.fallback.clone(), limits: cfg.limits.clone() }, problems)
     }
@@ -95,7 +108,8 @@ impl PolicyEngine {
             m.quarantined_until = None;
         }
         let Some(slot) = m.slot.as_mut() else {
-            return self.fallback(door, kind, subject, "plugin-unavailable", health);
+            let why = if m.compiling { "plugin-compiling" } else { "plugin-unavailable" };
+            return self.fallback(door, kind, subject, why, health);
         };
         let result = slot.decide(&self.rt, event).and_then(|(d, fx)| validate(door, d).map(|v| (v, fx)));
         match result {
@@ -179,8 +193,17 @@ impl PolicyEngine {
         m.failures = 0;
         m.quarantined_until = None;
         m.load_error = None;
+        m.compiling = false;
         tracing::info!(plugin = %name, sha256 = %slot.sha256, "plugin swapped in");
         Ok(m.slot.replace(slot))
+    }
+
+    /// Marks a deferred plugin as not coming (its compile failed): the fallback keeps its doors.
+    pub fn compile_failed(&mut self, name: &str, error: &str) {
+        if let Some(m) = self.plugins.get_mut(name) {
+            m.compiling = false;
+            m.load_error = Some(error.to_string());
+        }
     }
 
     /// Plugins that failed to load, with why (for `gate run`'s start-up report).

@@ -30,6 +30,8 @@ enum Job {
     Notify(wit::GateEvent, i64),
     /// Swap a plugin between two jobs; the replaced one (or why not) goes back on the channel.
     Swap(String, Box<Slot>, Sender<Result<Option<Slot>, String>>),
+    /// A plugin compiled off the door's path could not be loaded: the fallback keeps its doors.
+    CompileFailed(String, String),
 }
 
 /// Swaps plugins on the policy thread from another thread (the fleet agent). The swap
@@ -51,6 +53,11 @@ impl PluginControl {
         let (tx, rx) = mpsc::channel();
         self.jobs.send(Job::Swap(name.to_string(), Box::new(slot), tx)).map_err(|_| "the policy thread has stopped".to_string())?;
         rx.recv_timeout(timeout).map_err(|_| format!("the policy thread did not take the swap within {timeout:?}"))?
+    }
+
+    /// Tells the policy thread that plugin `name`, being compiled at start-up, will not come.
+    pub fn compile_failed(&self, name: &str, error: &str) {
+        let _ = self.jobs.send(Job::CompileFailed(name.to_string(), error.to_string()));
     }
 }
 
@@ -92,6 +99,10 @@ impl PolicyWorker {
                     }
                     Job::Swap(name, slot, reply) => {
                         let _ = reply.send(engine.swap(&name, *slot));
+                        continue;
+                    }
+                    Job::CompileFailed(name, error) => {
+                        engine.compile_failed(&name, &error);
                         continue;
                     }
                 };
