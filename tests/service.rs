@@ -305,11 +305,12 @@ fn kill_9_at_random_points_never_loses_repeats_or_corrupts_and_the_gateway_serve
     drop(last);
 }
 
-/// Card reads from the first instant: `n` reads cycling through residents' cards at two
-/// doors, one every `every_ms` from 0 (each card at its door every 4 reads).
+/// Card reads from the first moment the wires allow (a Wiegand frame takes 75 ms): `n` reads
+/// cycling through residents' cards at two doors, one every `every_ms` from 100 ms (each card
+/// at its door every 4 reads).
 fn reads_from_zero(n: usize, every_ms: u64) -> Vec<(u64, Input)> {
     let reads = [("north-gate", "10012345"), ("building-3", "10012347"), ("north-gate", "10012346"), ("building-3", "10012345")];
-    (0..n).map(|i| (i as u64 * every_ms, card(reads[i % reads.len()].0, reads[i % reads.len()].1))).collect()
+    (0..n).map(|i| (100 + i as u64 * every_ms, card(reads[i % reads.len()].0, reads[i % reads.len()].1))).collect()
 }
 
 #[test]
@@ -318,8 +319,11 @@ fn with_no_plugin_cache_the_fallback_serves_the_first_card_and_the_plugin_takes_
     let site = Site::new(&broker, "resident-policy", 5);
     let cache = site.dir.path().join("state/plugin-cache");
     assert!(!cache.exists(), "the site starts with no precompiled plugins");
-    // Reads on the wires from the first instant, each card at its door every 2.4 s (beyond the repeat window).
-    let gw = serve(&site, &pin_trace(&site, "cold", &reads_from_zero(200, 600)), "cold", &[]);
+    // A card at the garage lane (no wired reader: it reaches the gateway at once, at 0 ms),
+    // then reads on the wires, each card at its door every 2.4 s (beyond the repeat window).
+    let mut reads = vec![(0, card("garage-vehicle", "10012345"))];
+    reads.extend(reads_from_zero(200, 600));
+    let gw = serve(&site, &pin_trace(&site, "cold", &reads), "cold", &[]);
     wait_until("a decision by the compiled plugin", Duration::from_secs(90), || site.decisions().iter().any(|(_, by)| by == "plugin:resident-policy"));
     let decisions = site.records("decision");
     let first = &decisions[0].1;

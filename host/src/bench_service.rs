@@ -153,6 +153,10 @@ impl Run {
         });
         std::thread::spawn(move || {
             for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                // A failing run says why here; the bench shows it.
+                if l.contains("error") || l.contains("ERROR") {
+                    eprintln!("gate run: {l}");
+                }
                 if tx2.send(Line::Err(Instant::now(), l)).is_err() {
                     break;
                 }
@@ -163,7 +167,10 @@ impl Run {
 
     /// The next line, waiting at most `timeout`.
     fn next(&self, timeout: Duration) -> Result<Line> {
-        self.lines.recv_timeout(timeout).map_err(|_| anyhow!("gate run said nothing for {timeout:?}"))
+        self.lines.recv_timeout(timeout).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => anyhow!("gate run said nothing for {timeout:?}"),
+            mpsc::RecvTimeoutError::Disconnected => anyhow!("gate run ended before the measurement was done"),
+        })
     }
 
     /// VmRSS and VmHWM of the process, in MiB.
@@ -216,7 +223,8 @@ pub fn cold_start(cfg: &SiteConfig, exe: &Path, work: &Scratch, door: &str) -> R
     let policy = cfg.door(door).and_then(|d| d.policy.clone()).unwrap_or_default();
     let reads = resident_reads(cfg, door);
     // A resident's card at the bench door at once, then a read every 600 ms (beyond the repeat window).
-    let inputs: Vec<(u64, Input)> = (0..50).map(|i| (i as u64 * 600, card(&reads[i % reads.len()].0, &reads[i % reads.len()].1))).collect();
+    // (The first read's Wiegand frame takes 75 ms on the wires: it starts at 100 ms.)
+    let inputs: Vec<(u64, Input)> = (0..50).map(|i| (100 + i as u64 * 600, card(&reads[i % reads.len()].0, &reads[i % reads.len()].1))).collect();
     // On the wires of [hardware] (simulated pins): the service of a door, as on a gate.
     let hw = cfg.hardware.as_ref().ok_or_else(|| anyhow!("{}: cold start runs on simulated pins and needs [hardware]", cfg.path.display()))?;
     let inputs = crate::hardware::twin(hw, &inputs)?;
