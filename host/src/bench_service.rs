@@ -52,7 +52,9 @@ impl Drop for Scratch {
 fn config_for(cfg: &SiteConfig, state_dir: &Path, face: Option<(&Path, &Path, &Path)>) -> Result<String> {
     let text = std::fs::read_to_string(&cfg.path).with_context(|| format!("reading {}", cfg.path.display()))?;
     let mut doc: toml::Table = text.parse().with_context(|| format!("parsing {}", cfg.path.display()))?;
-    let base = cfg.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    // Absolute: the rewritten file lives elsewhere, and relative paths follow the file.
+    let dir = cfg.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = std::fs::canonicalize(dir).with_context(|| format!("finding {}", dir.display()))?;
     let abs = |v: &mut toml::Value| {
         if let Some(p) = v.as_str() {
             *v = toml::Value::String(base.join(p).display().to_string());
