@@ -304,3 +304,43 @@ fn kill_9_at_random_points_never_loses_repeats_or_corrupts_and_the_gateway_serve
     eprintln!("decisions per run before its kill: {decided_per_run:?}");
     drop(last);
 }
+
+/// Card reads from the first moment the wires allow (a Wiegand frame takes 75 ms): `n` reads
+/// cycling through residents' cards at two doors, one every `every_ms` from 100 ms (each card
+/// at its door every 4 reads).
+fn reads_from_zero(n: usize, every_ms: u64) -> Vec<(u64, Input)> {
+    let reads = [("north-gate", "10012345"), ("building-3", "10012347"), ("north-gate", "10012346"), ("building-3", "10012345")];
+    (0..n).map(|i| (100 + i as u64 * every_ms, card(reads[i % reads.len()].0, reads[i % reads.len()].1))).collect()
+}
+
+#[test]
+fn with_no_plugin_cache_the_fallback_serves_the_first_card_and_the_plugin_takes_over_once_compiled() {
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 5);
+    let cache = site.dir.path().join("state/plugin-cache");
+    assert!(!cache.exists(), "the site starts with no precompiled plugins");
+    // A card at the garage lane (no wired reader: it reaches the gateway at once, at 0 ms),
+    // then reads on the wires, each card at its door every 2.4 s (beyond the repeat window).
+    let mut reads = vec![(0, card("garage-vehicle", "10012345"))];
+    reads.extend(reads_from_zero(200, 600));
+    let gw = serve(&site, &pin_trace(&site, "cold", &reads), "cold", &[]);
+    wait_until("a decision by the compiled plugin", Duration::from_secs(90), || site.decisions().iter().any(|(_, by)| by == "plugin:resident-policy"));
+    let decisions = site.records("decision");
+    let first = &decisions[0].1;
+    assert_eq!((first["outcome"].as_str(), first["by"].as_str()), (Some("grant"), Some("fallback:plugin-compiling")), "the first card is served while the plugin compiles: {first}");
+    // Once the plugin is swapped in, it decides every read after; before, the fallback did.
+    let took_over = decisions.iter().position(|(_, d)| d["by"] == "plugin:resident-policy").unwrap();
+    assert!(decisions[..took_over].iter().all(|(_, d)| d["by"] == "fallback:plugin-compiling" && d["outcome"] == "grant"), "{decisions:?}");
+    assert!(decisions[took_over..].iter().all(|(_, d)| d["by"] == "plugin:resident-policy"), "{decisions:?}");
+    assert!(gw.output().contains("compiling platform-bridge, resident-policy in the background"), "{}", gw.output());
+    wait_until("both plugins compiled into the cache", Duration::from_secs(90), || std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) >= 2);
+    drop(gw);
+
+    // The compile left its precompiled copies: the next start serves the first card by the plugin.
+    let before = site.records("decision").last().map_or(0, |(s, _)| *s);
+    let gw = serve(&site, &pin_trace(&site, "warm", &reads_from_zero(4, 600)), "warm", &[]);
+    wait_until("the first read after the restart", Duration::from_secs(30), || site.records("decision").iter().any(|(s, _)| *s > before));
+    let first = site.records("decision").into_iter().find(|(s, _)| *s > before).unwrap().1;
+    assert_eq!(first["by"], "plugin:resident-policy", "{first}");
+    assert!(!gw.output().contains("in the background"), "{}", gw.output());
+}

@@ -359,7 +359,7 @@ pub enum Record {
     /// An alarm was raised or cleared.
     Alarm { door: String, alarm: AlarmKind, active: bool },
     /// An integration plugin published a message (topic includes its prefix).
-    Publish { plugin: String, topic: String, payload: serde_json::Value },
+    Publish { plugin: String, topic: String, payload: Payload },
     /// An input was not acted on.
     Ignored { door: String, credential: Option<CredentialKind>, reason: IgnoreReason },
     /// A plugin failed, was quarantined, or came back.
@@ -397,6 +397,191 @@ pub enum Record {
     /// A face template was erased by the gateway's retention rules (the subject left the
     /// directory, or the template went unused); consent withdrawals are the resident's own.
     FaceErased { subject: String, reason: String },
+}
+
+/// An integration plugin's message as it published it: compact JSON text, checked once
+/// and kept as text (never parsed into a tree and written out again), so its key order is
+/// the plugin's. A payload that is not JSON is kept as a JSON string of its (lossy UTF-8) text.
+#[derive(Clone)]
+pub struct Payload(Box<serde_json::value::RawValue>);
+
+impl Payload {
+    /// Takes the bytes a plugin published: valid JSON stays as it is (whitespace outside
+    /// strings removed), anything else becomes a JSON string.
+    pub fn from_plugin(bytes: Vec<u8>) -> Payload {
+        let bytes = if bytes.iter().any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) { minify(&bytes) } else { bytes };
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+                Ok(raw) => Payload(raw.to_owned()),
+                Err(_) => Payload::text(text),
+            },
+            Err(_) => Payload::text(&String::from_utf8_lossy(&bytes)),
+        }
+    }
+
+    /// A payload that is a JSON string.
+    fn text(s: &str) -> Payload {
+        // Serialising a str to JSON cannot fail.
+        Payload(serde_json::value::to_raw_value(s).unwrap_or_default())
+    }
+
+    /// The payload as compact JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The bytes to publish: a JSON string's own text (what the plugin sent when it was
+    /// not JSON), otherwise the JSON.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self.0.get().starts_with('"') {
+            true => serde_json::from_str::<String>(self.0.get()).map(String::into_bytes).unwrap_or_else(|_| self.0.get().as_bytes().to_vec()),
+            false => self.0.get().as_bytes().to_vec(),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.json())
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    /// Reads any JSON value (a trace's expected publish) and keeps it as compact text in
+    /// the order it was written: a record is an internally tagged enum, which hands its
+    /// fields over as buffered values, so the text is written back from them in order.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = String::new();
+        d.deserialize_any(Compact(&mut out))?;
+        serde_json::value::RawValue::from_string(out).map(Payload).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Writes the JSON value it visits as compact text, keeping the order of object keys.
+struct Compact<'a>(&'a mut String);
+
+impl Compact<'_> {
+    fn put<T: Serialize + ?Sized>(&mut self, v: &T) {
+        // Strings, numbers and booleans always serialise.
+        if let Ok(s) = serde_json::to_string(v) {
+            self.0.push_str(&s);
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Compact<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, v: bool) -> Result<(), E> {
+        self.put(&v);
+        Ok(())
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, v: i64) -> Result<(), E> {
+        self.put(&v);
+        Ok(())
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, v: u64) -> Result<(), E> {
+        self.put(&v);
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<(), E> {
+        if !v.is_finite() {
+            return Err(E::custom("a JSON number must be finite"));
+        }
+        self.put(&v);
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.put(v);
+        Ok(())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.0.push_str("null");
+        Ok(())
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.push('[');
+        let mut first = true;
+        loop {
+            let mark = self.0.len();
+            if !first {
+                self.0.push(',');
+            }
+            if seq.next_element_seed(Compact(self.0))?.is_none() {
+                self.0.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        self.0.push(']');
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.push('{');
+        let mut first = true;
+        while let Some(key) = map.next_key::<String>()? {
+            if !first {
+                self.0.push(',');
+            }
+            first = false;
+            Compact(self.0).put(&key);
+            self.0.push(':');
+            map.next_value_seed(Compact(self.0))?;
+        }
+        self.0.push('}');
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Compact<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Drops the whitespace outside JSON strings (inside them it is escaped, never raw).
+fn minify(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let (mut in_str, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_str = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// Plugin health changes the gateway reports.
@@ -481,7 +666,7 @@ impl fmt::Display for Record {
             }
             Record::Publish { plugin, topic, payload } => {
                 // JSON escapes newlines but not U+2028/2029 or bidi controls: shown, the payload is escaped too.
-                write!(f, "publish [{plugin}] {topic} {}", crate::plugin::text::sanitize(&payload.to_string(), 4096))
+                write!(f, "publish [{plugin}] {topic} {}", crate::plugin::text::sanitize(payload.json(), 4096))
             }
             Record::Ignored { door, credential, reason } => {
                 let c = credential.map(|c| c.as_str()).unwrap_or("-");
@@ -521,5 +706,38 @@ impl fmt::Display for Record {
             Record::UnitPin { door, by } => write!(f, "{door:<14} unit PIN replaced  [{by}]"),
             Record::FaceErased { subject, reason } => write!(f, "face template of {subject} ERASED: {reason}  [host:retention]"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Payload, Record};
+
+    #[test]
+    fn a_plugins_json_is_kept_as_it_wrote_it_in_its_key_order() {
+        let p = Payload::from_plugin(br#"{"type":"access","eventId":"gw-1","n":[1, 2.5, null, true], "s":"a \"b\" { }"}"#.to_vec());
+        assert_eq!(p.json(), r#"{"type":"access","eventId":"gw-1","n":[1,2.5,null,true],"s":"a \"b\" { }"}"#, "whitespace outside strings goes, order and strings stay");
+        assert_eq!(p.to_bytes(), p.json().as_bytes());
+        let r = Record::Publish { plugin: "p".into(), topic: "t".into(), payload: p.clone() };
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.ends_with(r#""payload":{"type":"access","eventId":"gw-1","n":[1,2.5,null,true],"s":"a \"b\" { }"}}"#), "{line}");
+        // Read back (a trace's expected output), the payload keeps its order and compares equal.
+        let back: Record = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, r);
+        let spaced: Record = serde_json::from_str(r#"{"kind":"publish","plugin":"p","topic":"t","payload":{ "z" : 1, "a" : {"y":[ ],"b":{}} }}"#).unwrap();
+        let Record::Publish { payload, .. } = spaced else { panic!("not a publish") };
+        assert_eq!(payload.json(), r#"{"z":1,"a":{"y":[],"b":{}}}"#);
+    }
+
+    #[test]
+    fn a_payload_that_is_not_json_becomes_a_json_string_and_is_published_as_sent() {
+        for raw in [&b"plain text"[..], b"{\"open\":", b"\xff\xfe bytes", b""] {
+            let p = Payload::from_plugin(raw.to_vec());
+            assert!(p.json().starts_with('"'), "{:?} -> {}", raw, p.json());
+            assert_eq!(p.to_bytes(), String::from_utf8_lossy(raw).as_bytes());
+        }
+        // A JSON string stays a string; control characters stay escaped.
+        let p = Payload::from_plugin(br#""line\nbreak""#.to_vec());
+        assert_eq!(p.json(), r#""line\nbreak""#);
     }
 }

@@ -737,10 +737,7 @@ impl Fleet {
                         continue;
                     };
                     let rel = topic.strip_prefix(prefix.trim_end_matches('/')).map(|t| t.trim_start_matches('/')).unwrap_or(topic);
-                    let bytes = match payload {
-                        serde_json::Value::String(s) => s.clone().into_bytes(),
-                        v => serde_json::to_vec(v).unwrap_or_default(),
-                    };
+                    let bytes = payload.to_bytes();
                     if let Err(e) = self.handle.plugin_publish(prefix, rel, bytes) {
                         tracing::warn!(plugin = %plugin, topic = %topic, error = %e, "plugin message not published");
                     }

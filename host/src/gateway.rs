@@ -86,7 +86,13 @@ const DAY_MS: i64 = 86_400_000;
 
 impl Gateway {
     /// Builds a gateway; returns it with any plugin load problems (served by the fallback).
-    pub fn new(cfg: SiteConfig, clock: Clock, rt: Runtime, mut log: EventLog) -> Result<(Gateway, Vec<String>), String> {
+    pub fn new(cfg: SiteConfig, clock: Clock, rt: Runtime, log: EventLog) -> Result<(Gateway, Vec<String>), String> {
+        Self::new_deferring(cfg, clock, rt, log, &Default::default())
+    }
+
+    /// Like [`Gateway::new`], with the plugins in `deferred` left to be compiled off the
+    /// door's path and swapped in later (see `serve.rs`); the fallback serves until then.
+    pub fn new_deferring(cfg: SiteConfig, clock: Clock, rt: Runtime, mut log: EventLog, deferred: &std::collections::BTreeSet<String>) -> Result<(Gateway, Vec<String>), String> {
         let mut dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
         // Revocations and unit PINs set by operator commands outlive restarts.
         for r in log.revoked().map_err(|e| e.to_string())? {
@@ -114,14 +120,13 @@ impl Gateway {
         // Only a live gateway erases templates: a replay or simulation (perhaps against another
         // subject directory) never touches the store; orphans are just not matched there.
         let erase = rt.mode() == crate::plugin::ExecMode::Live;
-        let (policy, problems) = PolicyEngine::new(rt, &cfg, &clock, &log);
+        let (policy, problems) = PolicyEngine::new_deferring(rt, &cfg, &clock, &log, deferred);
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
         let mut face = FaceMatcher::open(&cfg.face);
         // Templates follow the directory: orphans (and unused ones) are erased and audited.
         let known: std::collections::BTreeSet<String> = cfg.subjects.iter().map(|s| s.id.clone()).collect();
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let mut log = log;
         let rules = if erase { cfg.face.clone() } else { crate::config::FaceBands { erase_orphans: false, unused_days: 0, ..cfg.face.clone() } };
         let mut erased_at_start = Vec::new();
         for (subject, reason) in face.follow_directory(&known, &rules, wall) {
@@ -792,7 +797,7 @@ impl Gateway {
             for (plugin, fx) in published {
                 self.log.kv_apply(&plugin, &fx.kv_changes)?;
                 for (topic, payload) in fx.published {
-                    let payload = serde_json::from_slice(&payload).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()));
+                    let payload = crate::event::Payload::from_plugin(payload);
                     let r = Record::Publish { plugin: plugin.clone(), topic, payload };
                     self.log.append(at, &r)?;
                     out.push((at, r));

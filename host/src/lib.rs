@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_service;
 pub mod camera;
 pub mod clock;
 pub mod config;

@@ -165,6 +165,10 @@ enum Cmd {
         /// Also time camera frame -> decision with this photo of an enrolled subject ([face] must be set up).
         #[arg(long)]
         face_frame: Option<PathBuf>,
+        /// Run only these benchmarks (comma-separated): plugin, gateway, replay, face, swaps,
+        /// service, cold-start, memory. Default: all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -460,9 +464,9 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
             }
             Ok(0)
         }
-        Cmd::Bench { config, iterations, face_frame } => {
+        Cmd::Bench { config, iterations, face_frame, only } => {
             let cfg = load_config(&config)?;
-            let report = gate::bench::run(cfg, iterations, face_frame.as_deref()).map_err(runtime)?;
+            let report = gate::bench::run(cfg, iterations, face_frame.as_deref(), &only).map_err(runtime)?;
             println!("{report}");
             Ok(0)
         }

@@ -45,6 +45,8 @@ pub struct PluginUnit {
     world: World,
     slot: Option<Slot>,
     load_error: Option<String>,
+    /// Being compiled off the door's path; the fallback serves until it is swapped in.
+    compiling: bool,
     failures: u32,
     quarantined_until: Option<i64>,
 }
@@ -73,7 +75,8 @@ impl PluginUnit {
             self.quarantined_until = None;
         }
         let Some(slot) = self.slot.as_mut() else {
-            return fallback_decision(fb, door, kind, subject, "plugin-unavailable", health);
+            let why = if self.compiling { "plugin-compiling" } else { "plugin-unavailable" };
+            return fallback_decision(fb, door, kind, subject, why, health);
         };
         let result = slot.decide(rt, event).and_then(|(d, fx)| validate(door, d).map(|v| (v, fx)));
         match result {
@@ -150,8 +153,15 @@ impl PluginUnit {
         self.failures = 0;
         self.quarantined_until = None;
         self.load_error = None;
+        self.compiling = false;
         tracing::info!(plugin = %self.name, sha256 = %slot.sha256, "plugin swapped in");
         Ok(self.slot.replace(slot))
+    }
+
+    /// This plugin, deferred at start, will not come (its compile failed): the fallback keeps its doors.
+    pub fn compile_failed(&mut self, error: &str) {
+        self.compiling = false;
+        self.load_error = Some(error.to_string());
     }
 
     /// Direct access to the slot (benchmarks).
@@ -208,9 +218,20 @@ impl PolicyEngine {
     /// Loads every configured plugin. One that fails to load is reported and its
     /// doors are served by the fallback: a broken plugin never keeps the gate shut.
     pub fn new(rt: Runtime, cfg: &SiteConfig, clock: &Clock, log: &EventLog) -> (PolicyEngine, Vec<String>) {
+        Self::new_deferring(rt, cfg, clock, log, &Default::default())
+    }
+
+    /// Like [`PolicyEngine::new`], but the plugins named in `deferred` are not loaded: they
+    /// are being compiled elsewhere and swapped in when ready ([`PolicyEngine::swap`]);
+    /// until then the fallback serves their doors (`fallback:plugin-compiling`).
+    pub fn new_deferring(rt: Runtime, cfg: &SiteConfig, clock: &Clock, log: &EventLog, deferred: &std::collections::BTreeSet<String>) -> (PolicyEngine, Vec<String>) {
         let mut plugins = BTreeMap::new();
         let mut problems = Vec::new();
         for (name, pc) in &cfg.plugins {
+            if deferred.contains(name) {
+                plugins.insert(name.clone(), PluginUnit { name: name.clone(), world: pc.world, slot: None, load_error: None, compiling: true, failures: 0, quarantined_until: None });
+                continue;
+            }
             let kv = log.kv_load(name).unwrap_or_default();
             let slot = rt.load(&pc.path, &cfg.limits).and_then(|loaded| Slot::new(&rt, pc, &loaded, &cfg.limits, clock.clone(), kv));
             let (slot, load_error) = match slot {
@@ -221,7 +242,7 @@ impl PolicyEngine {
                     (None, Some(e.to_string()))
                 }
             };
-            plugins.insert(name.clone(), PluginUnit { name: name.clone(), world: pc.world, slot, load_error, failures: 0, quarantined_until: None });
+            plugins.insert(name.clone(), PluginUnit { name: name.clone(), world: pc.world, slot, load_error, compiling: false, failures: 0, quarantined_until: None });
         }
         (PolicyEngine { rt, plugins, drops: BTreeMap::new(), fallback: cfg.fallback.clone(), limits: cfg.limits.clone() }, problems)
     }
@@ -283,6 +304,13 @@ impl PolicyEngine {
             return Err(format!("plugin `{name}` is not configured at this site"));
         };
         unit.swap(slot)
+    }
+
+    /// Marks a deferred plugin as not coming (its compile failed): the fallback keeps its doors.
+    pub fn compile_failed(&mut self, name: &str, error: &str) {
+        if let Some(unit) = self.plugins.get_mut(name) {
+            unit.compile_failed(error);
+        }
     }
 
     /// Plugins that failed to load, with why (for `gate run`'s start-up report).

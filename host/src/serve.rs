@@ -8,7 +8,7 @@
 use crate::clock::{parse_offset, Clock};
 use crate::config::SiteConfig;
 use crate::gateway::Gateway;
-use crate::plugin::{ExecMode, Runtime};
+use crate::plugin::{ExecMode, Runtime, Slot};
 use crate::record::{RecordTo, Recorder};
 use crate::service::console::{Console, Format, Summary};
 use crate::service::systemd::{handle_signals, Notifier, Watchdog};
@@ -16,6 +16,7 @@ use crate::service::{self, Bell, Control, Ended, Options, Pace, PinTrace, Source
 use crate::store::EventLog;
 use crate::trace::Trace;
 use anyhow::Context;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,9 +65,20 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     };
     let clock = Clock::new(start, offset);
     let rt = Runtime::new(ExecMode::Live, opts.cache_dir.clone())?;
+    // Serving a door (the hardware, or simulated pins), a plugin with no precompiled entry in
+    // the cache (first start, new engine, cache lost) is compiled on a helper thread once the
+    // doors are served: card and PIN never wait for a compile; the fallback serves its doors
+    // until it is swapped in. An event-level trace (the demo) is a recording played against
+    // the clock from its first instant: its plugins are compiled first, so what it shows does
+    // not depend on how fast this machine compiles.
+    let serves_doors = match &opts.inputs {
+        Inputs::Hardware => true,
+        Inputs::Trace(t) => t.has_pins(),
+    };
+    let deferred: BTreeSet<String> = if serves_doors { cfg.plugins.iter().filter(|(_, pc)| !rt.is_cached(&pc.path)).map(|(n, _)| n.clone()).collect() } else { BTreeSet::new() };
     let log = EventLog::open(&opts.db, &cfg.site.gateway)?;
     let (site, gateway, doors) = (cfg.site.id.clone(), cfg.site.gateway.clone(), cfg.doors.len());
-    let (mut gw, problems) = Gateway::new(cfg, clock.clone(), rt, log).map_err(anyhow::Error::msg)?;
+    let (mut gw, problems) = Gateway::new_deferring(cfg, clock.clone(), rt, log, &deferred).map_err(anyhow::Error::msg)?;
     // The audit trail beside the event log: every change of access rights from now on, and
     // the [face] configuration when it differs from the last start's.
     let mut audit = crate::audit::AuditLog::open(&crate::audit::AuditLog::path_beside(&opts.db))?;
@@ -99,6 +111,11 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     // Plugins and the face matcher run on their own threads: the door never waits for them.
     gw.spawn_policy_worker(bell.clone())?;
     gw.spawn_face_thread(bell.clone())?;
+    if !deferred.is_empty() {
+        let names = deferred.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+        console.note(&format!("compiling {names} in the background (no precompiled copy in the plugin cache); the fallback policy serves their doors until then"))?;
+        compile_in_background(&gw, &deferred, &clock)?;
+    }
 
     let hw_cfg = gw.config().hardware.clone();
     let mut source: Box<dyn Source> = match &opts.inputs {
@@ -209,6 +226,43 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     summary.restart = restart.load(std::sync::atomic::Ordering::SeqCst);
     Ok(summary)
 }
+
+/// Compiles and links the `deferred` plugins on a helper thread, then swaps each into the
+/// policy thread (the path fleet deployments take), or tells it the plugin will not come.
+fn compile_in_background(gw: &Gateway, deferred: &BTreeSet<String>, clock: &Clock) -> anyhow::Result<()> {
+    let control = gw.plugin_control().context("the policy thread is not running")?;
+    let mut work = Vec::new();
+    for name in deferred {
+        if let Some(pc) = gw.config().plugins.get(name) {
+            work.push((pc.clone(), gw.log().kv_load(name)?));
+        }
+    }
+    // Policy plugins first: they decide doors; integrations only hear about them.
+    work.sort_by_key(|(pc, _)| pc.world != crate::config::World::Policy);
+    let (limits, clock) = (gw.config().limits.clone(), clock.clone());
+    std::thread::Builder::new()
+        .name("gate-plugin-load".into())
+        .spawn(move || {
+            for (pc, kv) in work {
+                let t = std::time::Instant::now();
+                let rt = control.runtime();
+                let slot = rt.load(&pc.path, &limits).and_then(|loaded| Slot::new(rt, &pc, &loaded, &limits, clock.clone(), kv)).map_err(|e| e.to_string());
+                let swapped = slot.and_then(|s| control.swap(&pc.name, s, SWAP_WAIT).map(|_| ()));
+                match swapped {
+                    Ok(()) => tracing::info!(plugin = %pc.name, ms = t.elapsed().as_millis() as u64, "plugin compiled in the background and in service"),
+                    Err(e) => {
+                        tracing::error!(plugin = %pc.name, error = %e, "plugin not loaded; its doors stay with the fallback policy");
+                        control.compile_failed(&pc.name, &e);
+                    }
+                }
+            }
+        })
+        .context("starting the plugin compile thread")?;
+    Ok(())
+}
+
+/// Longest a background-compiled plugin waits for the policy thread to take it.
+const SWAP_WAIT: Duration = Duration::from_secs(30);
 
 fn describe(t: &Trace) -> String {
     t.header.description.clone().unwrap_or_else(|| t.header.site.clone())

@@ -65,6 +65,8 @@ pub struct EventLog {
     conn: Connection,
     gateway: String,
     next_seq: i64,
+    /// The JSON of the record being appended, reused from one append to the next.
+    body: Vec<u8>,
 }
 
 impl EventLog {
@@ -95,7 +97,7 @@ impl EventLog {
     fn init(conn: Connection, gateway: &str) -> Result<EventLog, rusqlite::Error> {
         conn.execute_batch(SCHEMA)?;
         let max: Option<i64> = conn.query_row("SELECT MAX(COALESCE(MAX(seq), 0), COALESCE((SELECT value FROM log_meta WHERE name = 'max_seq'), 0)) FROM events", [], |r| r.get(0))?;
-        Ok(EventLog { conn, gateway: gateway.to_string(), next_seq: max.unwrap_or(0) + 1 })
+        Ok(EventLog { conn, gateway: gateway.to_string(), next_seq: max.unwrap_or(0) + 1, body: Vec::with_capacity(512) })
     }
 
     /// The id the next appended record will get; handed to plugins before the decision.
@@ -122,12 +124,27 @@ impl EventLog {
     /// Records that change lasting access state (door modes, revocations) update their
     /// state table in the same transaction, so a restart finds what the log says.
     pub fn append_with_id(&mut self, at_ms: i64, record: &Record, id: String) -> Result<String, StoreError> {
-        let body = serde_json::to_string(record)?;
+        let mut buf = std::mem::take(&mut self.body);
+        buf.clear();
+        let written = serde_json::to_writer(&mut buf, record);
+        let result = written.map_err(StoreError::from).and_then(|()| {
+            // serde_json writes UTF-8 only.
+            let body = std::str::from_utf8(&buf).map_err(|e| StoreError::Encode(serde::ser::Error::custom(e)))?;
+            self.insert_with_state(at_ms, record, &id, body)
+        });
+        self.body = buf;
+        result?;
+        self.next_seq += 1;
+        Ok(id)
+    }
+
+    /// Writes the row, and the lasting access state the record changes, in one transaction.
+    fn insert_with_state(&mut self, at_ms: i64, record: &Record, id: &str, body: &str) -> Result<(), StoreError> {
         let seq = self.next_seq;
         match record {
             Record::DoorMode { door, mode, until_ms, .. } => {
                 let tx = self.conn.savepoint()?;
-                insert_event(&tx, seq, &id, at_ms, record, &body)?;
+                insert_event(&tx, seq, id, at_ms, record, body)?;
                 match (mode, until_ms) {
                     (DoorMode::Normal, _) | (_, None) => tx.execute("DELETE FROM door_modes WHERE door = ?1", [door])?,
                     (m, Some(u)) => tx.execute(
@@ -139,20 +156,19 @@ impl EventLog {
             }
             Record::Revoked { credential, .. } => {
                 let tx = self.conn.savepoint()?;
-                insert_event(&tx, seq, &id, at_ms, record, &body)?;
+                insert_event(&tx, seq, id, at_ms, record, body)?;
                 tx.execute("INSERT OR REPLACE INTO revoked_credentials (reference, event_id) VALUES (?1, ?2)", params![credential, id])?;
                 tx.commit()?;
             }
             Record::Reinstated { credential, .. } => {
                 let tx = self.conn.savepoint()?;
-                insert_event(&tx, seq, &id, at_ms, record, &body)?;
+                insert_event(&tx, seq, id, at_ms, record, body)?;
                 tx.execute("DELETE FROM revoked_credentials WHERE reference = ?1", [credential])?;
                 tx.commit()?;
             }
-            _ => insert_event(&self.conn, seq, &id, at_ms, record, &body)?,
+            _ => insert_event(&self.conn, seq, id, at_ms, record, body)?,
         }
-        self.next_seq += 1;
-        Ok(id)
+        Ok(())
     }
 
     /// Stores a unit door's new PIN hash together with its (PIN-free) record.

@@ -60,6 +60,8 @@ enum Job {
     Notify(Arc<wit::GateEvent>, i64, Instant),
     /// Swap the plugin between two jobs; the replaced one (or why not) goes back on the channel.
     Swap(Box<Slot>, Sender<Result<Option<Slot>, String>>),
+    /// The plugin, compiled off the door's path at start, could not be loaded: the fallback keeps its doors.
+    CompileFailed(String),
 }
 
 /// What a plugin's thread sends back.
@@ -91,6 +93,13 @@ impl PluginControl {
         let (tx, rx) = mpsc::channel();
         lane.send(Job::Swap(Box::new(slot), tx)).map_err(|_| format!("the thread of plugin `{name}` has stopped"))?;
         rx.recv_timeout(timeout).map_err(|_| format!("the thread of plugin `{name}` did not take the swap within {timeout:?}"))?
+    }
+
+    /// Tells plugin `name`'s thread that the plugin, being compiled at start-up, will not come.
+    pub fn compile_failed(&self, name: &str, error: &str) {
+        if let Some(lane) = self.lanes.get(name) {
+            let _ = lane.send(Job::CompileFailed(error.to_string()));
+        }
     }
 }
 
@@ -388,6 +397,10 @@ impl LaneCtx {
                 }
                 Job::Swap(slot, reply) => {
                     let _ = reply.send(self.unit.swap(*slot));
+                    continue;
+                }
+                Job::CompileFailed(error) => {
+                    self.unit.compile_failed(&error);
                     continue;
                 }
             };

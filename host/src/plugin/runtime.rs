@@ -271,6 +271,13 @@ impl Runtime {
         rx.recv_timeout(Duration::from_millis(budget_ms)).map_err(|_| PluginError::CompileBudget { path: path.to_path_buf(), ms: budget_ms })
     }
 
+    /// Whether the component at `path` has a precompiled entry in the cache (a start can
+    /// load it at once instead of compiling).
+    pub fn is_cached(&self, path: &Path) -> bool {
+        let Ok(bytes) = std::fs::read(path) else { return false };
+        self.cache_path(&hex::encode(Sha256::digest(&bytes))).is_some_and(|p| p.is_file())
+    }
+
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
         let dir = self.cache_dir.as_ref()?;
         let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -29,6 +29,16 @@ impl Host for LogCap {
             self.dropped += 1;
             return;
         }
+        let wanted = match level {
+            Level::Debug => tracing::enabled!(target: "gate::plugin_log", tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(target: "gate::plugin_log", tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(target: "gate::plugin_log", tracing::Level::WARN),
+            Level::Error => tracing::enabled!(target: "gate::plugin_log", tracing::Level::ERROR),
+        };
+        // A line nobody reads is not cleaned or formatted (it still counts against the budget).
+        if !wanted {
+            return;
+        }
         let msg = crate::plugin::text::sanitize(&message, MAX_MESSAGE);
         let plugin = self.plugin.as_str();
         match level {
