@@ -5,10 +5,13 @@
 //! integrations. Each module below is one step of that flow.
 
 pub mod bench;
+pub mod bench_directory;
+pub mod bounds;
 pub mod camera;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod directory;
 pub mod door;
 pub mod event;
 pub mod face;
