@@ -11,6 +11,7 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher as _;
 use thiserror::Error;
 
 /// A subject as plugins see it.
@@ -60,7 +61,9 @@ const QR_PREFIX: &str = "GATEQR1";
 pub struct Directory {
     site_id: String,
     subjects: Vec<Subject>,
-    by_id: HashMap<Box<str>, u32>,
+    /// Positions in `subjects`, found by the id's hash (the id itself is stored once).
+    by_id: hashbrown::HashTable<u32>,
+    hasher: std::collections::hash_map::RandomState,
     cards: HashMap<Box<str>, u32>,
     pins: HashMap<[u8; 32], u32>,
     nfc: HashMap<Box<str>, u32>,
@@ -157,7 +160,8 @@ impl Directory {
     /// Room for `n` more subjects (each with about one card and one PIN).
     pub fn reserve(&mut self, n: usize) {
         self.subjects.reserve(n);
-        self.by_id.reserve(n);
+        let (subjects, hasher) = (&self.subjects, &self.hasher);
+        self.by_id.reserve(n, |i| hasher.hash_one(subjects[*i as usize].id.as_str()));
         self.cards.reserve(n);
         self.pins.reserve(n);
     }
@@ -185,12 +189,13 @@ impl Directory {
 
     /// Adds a subject without credentials; returns its position for [`Directory::add_credential`].
     pub fn add_subject(&mut self, id: &str, role: Role, groups: Vec<String>) -> Result<u32, DirectoryError> {
-        if id.is_empty() || self.by_id.contains_key(id) {
+        if id.is_empty() || self.position(id).is_some() {
             return Err(DirectoryError::Id(id.to_string()));
         }
         let idx = u32::try_from(self.subjects.len()).map_err(|_| DirectoryError::Full)?;
-        self.by_id.insert(id.into(), idx);
         self.subjects.push(Subject { id: id.to_string(), role, groups });
+        let (subjects, hasher) = (&self.subjects, &self.hasher);
+        self.by_id.insert_unique(hasher.hash_one(id), idx, |i| hasher.hash_one(subjects[*i as usize].id.as_str()));
         Ok(idx)
     }
 
@@ -240,7 +245,7 @@ impl Directory {
 
     /// The position of a subject, for [`Directory::add_credential`].
     pub fn position(&self, id: &str) -> Option<u32> {
-        self.by_id.get(id).copied()
+        self.by_id.find(self.hasher.hash_one(id), |i| self.subjects[*i as usize].id == id).copied()
     }
 
     fn at(&self, idx: u32) -> Option<&Subject> {
@@ -300,7 +305,7 @@ impl Directory {
     pub fn set_unit_pin(&mut self, door: &str, pin_sha256: &str) {
         self.unit_pins.insert(door.to_string(), pin_sha256.to_ascii_lowercase());
         let id = unit_subject_id(door);
-        if !self.by_id.contains_key(id.as_str()) {
+        if self.position(&id).is_none() {
             // A unit subject is not a directory entry; a full directory leaves the unit PIN unresolved.
             let _ = self.add_subject(&id, Role::Resident, vec!["unit-pin".into()]);
         }
@@ -320,7 +325,7 @@ impl Directory {
 
     /// The subject with this pseudonymous id.
     pub fn subject(&self, id: &str) -> Option<&Subject> {
-        self.by_id.get(id).and_then(|i| self.at(*i))
+        self.position(id).and_then(|i| self.at(i))
     }
 
     /// The holder of a card number.
