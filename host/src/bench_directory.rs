@@ -20,11 +20,11 @@ fn subject(i: usize) -> SubjectEntry {
     SubjectEntry {
         id: format!("r-{i:07}"),
         role: Role::Resident,
-        groups: if i % 10 == 0 { vec!["staff-car-park".into()] } else { Vec::new() },
+        groups: if i.is_multiple_of(10) { vec!["staff-car-park".into()] } else { Vec::new() },
         cards: vec![format!("{}", 10_000_000 + i)],
         pin_sha256: vec![pin_hash(SITE, &format!("{:08}", i))],
         nfc: Vec::new(),
-        plates: if i % 4 == 0 { vec![format!("浙A {i:07}")] } else { Vec::new() },
+        plates: if i.is_multiple_of(4) { vec![format!("浙A {i:07}")] } else { Vec::new() },
     }
 }
 

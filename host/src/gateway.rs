@@ -394,7 +394,7 @@ impl Gateway {
             return Ok(());
         }
         // One-shot: stale reads and repeats never reach the policy, so never open twice.
-        if captured_at.is_some_and(|c| now.saturating_sub(i64::try_from(c).unwrap_or(i64::MAX)) > i64::try_from(self.cfg.timing.max_input_age_ms).unwrap_or(i64::MAX)) {
+        if captured_at.is_some_and(|c| now.saturating_sub(c) > i64::try_from(self.cfg.timing.max_input_age_ms).unwrap_or(i64::MAX)) {
             let r = Record::Ignored { door: door_id, credential: Some(kind), reason: IgnoreReason::Stale };
             return self.emit(now, r, out);
         }
