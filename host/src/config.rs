@@ -421,12 +421,82 @@ struct RawSubjects {
     subjects: Vec<Spanned<SubjectEntry>>,
 }
 
+/// Largest site configuration file read.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Largest subject directory file read (large sites import into the state dir instead).
+pub const MAX_SUBJECTS_BYTES: u64 = 512 << 20;
+
+/// Reads a text file the gateway was given, refusing what is not a regular file (a FIFO
+/// or `/dev/zero` would block or never end), anything above `max` bytes, and invalid
+/// UTF-8 (naming the line and byte). Every loader of outside text reads through this.
+pub fn read_input(path: &Path, max: u64, what: &str) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |line: Option<usize>, message: String| ConfigError { file: path.to_path_buf(), line, message };
+    let meta = std::fs::metadata(path).map_err(|e| fail(None, format!("cannot read {what}: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail(None, format!("cannot read {what}: not a regular file")));
+    }
+    // O_NONBLOCK: should the path be swapped for a FIFO after the check, opening it does not wait for a writer.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(0o4000).open(path).map_err(|e| fail(None, format!("cannot read {what}: {e}")))?;
+    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(fail(None, format!("cannot read {what}: not a regular file")));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(max)).unwrap_or(0));
+    f.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| fail(None, format!("cannot read {what}: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(fail(None, format!("{what} is larger than {max} bytes")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let bad = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..bad];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let col = before.iter().rposition(|b| *b == b'\n').map_or(bad, |nl| bad - nl - 1) + 1;
+        fail(Some(line), format!("{what} is not valid UTF-8: byte {col} of this line (byte offset {bad} in the file)"))
+    })
+}
+
+/// Byte offsets of a text's line starts, built once, so a span's line is a binary search
+/// (counting newlines from the start for every span made large directories quadratic).
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    /// Indexes `text` in one pass.
+    pub fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    /// The 1-based line holding byte `offset`.
+    pub fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&s| s <= offset).max(1)
+    }
+}
+
+/// The line of one offset (a single error); use [`LineIndex`] for many.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 fn parse_err(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
-    ConfigError { file: file.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)), message: e.message().trim().to_string() }
+    let mut message = e.message().trim().to_string();
+    // Type and duplicate-key errors do not name their key: name the key of the line.
+    if let Some(span) = e.span().filter(|_| !message.contains('`')) {
+        let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let line = text[start..].lines().next().unwrap_or("");
+        if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim().trim_start_matches('{').trim();
+            if !key.is_empty() && !key.starts_with('[') && !key.starts_with('#') && key.len() <= 80 {
+                message = format!("key `{key}`: {message}");
+            }
+        } else if let Some(header) = line.trim().strip_prefix('[') {
+            message = format!("table `[{}`: {message}", header.trim_end());
+        }
+    }
+    ConfigError { file: file.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)), message }
 }
 
 impl SiteConfig {
@@ -449,15 +519,31 @@ impl SiteConfig {
     }
 
     pub fn load(path: &Path) -> Result<SiteConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError { file: path.to_path_buf(), line: None, message: format!("cannot read: {e}") })?;
+        let text = read_input(path, MAX_CONFIG_BYTES, "site configuration")?;
         Self::from_str(&text, path)
     }
 
     /// Parses and validates configuration text; `path` locates errors and relative paths.
     pub fn from_str(text: &str, path: &Path) -> Result<SiteConfig, ConfigError> {
+        let doc = toml::de::DeTable::parse(text).map_err(|e| parse_err(path, text, e))?;
+        let lines = LineIndex::new(text);
+        // Every number against its stated range, with its key and line, before any is used.
+        crate::bounds::check_config(doc.get_ref(), &lines).map_err(|b| ConfigError { file: path.to_path_buf(), line: Some(b.line), message: b.message })?;
         let raw: RawSite = toml::from_str(text).map_err(|e| parse_err(path, text, e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError { file: path.to_path_buf(), line: span.map(|s| line_of(text, s.start)), message };
+        let span_of = |keys: &[&str]| -> Option<std::ops::Range<usize>> {
+            let mut t = doc.get_ref();
+            let mut span = None;
+            for k in keys {
+                let v = t.get(*k)?;
+                span = Some(v.span());
+                if let toml::de::DeValue::Table(inner) = v.get_ref() {
+                    t = inner;
+                }
+            }
+            span
+        };
+        let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError { file: path.to_path_buf(), line: span.map(|s| lines.line(s.start)), message };
 
         crate::clock::parse_offset(&raw.site.utc_offset).map_err(|m| err(None, format!("key `site.utc_offset`: {m}")))?;
         if raw.site.id.is_empty() || raw.site.gateway.is_empty() {
@@ -488,7 +574,13 @@ impl SiteConfig {
             }
         }
         if let Some(k) = raw.fallback.credentials.iter().find(|k| k.is_biometric()) {
-            return Err(err(None, format!("key `fallback.credentials`: `{k}` is biometric; the fallback honours only non-biometric credentials")));
+            return Err(err(span_of(&["fallback", "credentials"]), format!("key `fallback.credentials`: `{k}` is biometric; the fallback honours only non-biometric credentials")));
+        }
+        if !raw.fallback.roles.contains(&Role::Resident) {
+            return Err(err(span_of(&["fallback", "roles"]), "key `fallback.roles`: must include \"resident\": when a plugin fails, residents must still get in with a card, PIN or phone".into()));
+        }
+        for k in &raw.qr.issuer_keys {
+            crate::credentials::parse_issuer_key(k).map_err(|m| err(span_of(&["qr", "issuer_keys"]), m))?;
         }
 
         let mut plugins = BTreeMap::new();
@@ -560,8 +652,10 @@ impl SiteConfig {
             if d.unit_pin && !creds.contains(&CredentialKind::Pin) {
                 return Err(err(Some(cred_span), format!("door `{}` has `unit_pin = true` but does not accept \"pin\"", d.id)));
             }
-            if d.open_ms == 0 || d.open_ms > d.max_open_ms {
-                return Err(err(Some(span), format!("door `{}`: `open_ms` must be between 1 and `max_open_ms` ({})", d.id, d.max_open_ms)));
+            for (key, v) in [("open_ms", d.open_ms), ("exit_open_ms", d.exit_open_ms)] {
+                if v == 0 || v > d.max_open_ms {
+                    return Err(err(Some(span.clone()), format!("door `{}` key `{key}`: {v} must be between 1 and the door's `max_open_ms` ({})", d.id, d.max_open_ms)));
+                }
             }
             doors.push(Door {
                 id: d.id,
@@ -578,13 +672,38 @@ impl SiteConfig {
         if doors.is_empty() {
             return Err(err(None, "no [[door]] defined".into()));
         }
+        // A policy's opening times (settings named `…open-ms` / `…open_ms`) against the
+        // doors it serves: a grant past a door's `max_open_ms` is a plugin failure, and
+        // three of them quarantine the site's own policy.
+        for d in &doors {
+            let Some(pc) = d.policy.as_ref().and_then(|p| plugins.get(p)) else { continue };
+            for (k, v) in pc.settings.iter().filter(|(k, _)| k.ends_with("open-ms") || k.ends_with("open_ms")) {
+                let Ok(ms) = v.trim().parse::<u64>() else { continue };
+                if ms > u64::from(d.max_open_ms) {
+                    return Err(err(
+                        span_of(&["plugins", &pc.name, "config"]),
+                        format!("key `plugins.{}.config.{k}`: {ms} ms is above the `max_open_ms` ({}) of door `{}`, which the plugin serves", pc.name, d.max_open_ms, d.id),
+                    ));
+                }
+            }
+        }
 
         let hardware = match raw.hardware {
             None => None,
             Some(h) => {
                 let span = h.span();
                 let h = h.into_inner();
-                check_hardware(&h, &doors).map_err(|m| err(Some(span), format!("[hardware]: {m}")))?;
+                check_hardware(&h, &doors).map_err(|m| {
+                    // Point at the offending entry: the first one holding a value the message names.
+                    let named: Vec<&str> = m.split('`').skip(1).step_by(2).collect();
+                    let entry = doc.get_ref().get("hardware").and_then(|v| v.get_ref().as_table()).and_then(|hw| {
+                        hw.values()
+                            .filter_map(|v| v.get_ref().as_array())
+                            .flat_map(|a| a.iter())
+                            .find(|e| e.get_ref().as_table().is_some_and(|t| t.values().any(|v| v.get_ref().as_str().is_some_and(|x| named.contains(&x)))))
+                    });
+                    err(Some(entry.map_or(span, |e| e.span())), format!("[hardware]: {m}"))
+                })?;
                 Some(h)
             }
         };
@@ -750,29 +869,49 @@ fn check_hardware(h: &gate_hw::HardwareConfig, doors: &[Door]) -> Result<(), Str
     Ok(())
 }
 
-/// Loads a subject directory file; duplicate ids or credentials are refused.
+/// Loads a subject directory file; duplicate ids or credential values (cards, PIN
+/// hashes, NFC tokens, plates as normalised) are refused naming both subjects and lines.
+/// Linear in the file's size.
 pub fn load_subjects(path: &Path) -> Result<Vec<SubjectEntry>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError { file: path.to_path_buf(), line: None, message: format!("cannot read subject directory: {e}") })?;
-    let raw: RawSubjects = toml::from_str(&text).map_err(|e| parse_err(path, &text, e))?;
-    let mut seen_ids = std::collections::HashSet::new();
-    let mut seen_creds = std::collections::HashMap::new();
-    let mut out = Vec::new();
+    let text = read_input(path, MAX_SUBJECTS_BYTES, "subject directory")?;
+    subjects_from_str(&text, path)
+}
+
+/// Parses and checks subject directory text; `path` locates errors.
+pub fn subjects_from_str(text: &str, path: &Path) -> Result<Vec<SubjectEntry>, ConfigError> {
+    let raw: RawSubjects = toml::from_str(text).map_err(|e| parse_err(path, text, e))?;
+    let lines = LineIndex::new(text);
+    let mut seen_ids: std::collections::HashMap<String, usize> = std::collections::HashMap::with_capacity(raw.subjects.len());
+    let mut seen_creds: std::collections::HashMap<(&'static str, String), (String, usize)> = std::collections::HashMap::with_capacity(raw.subjects.len() * 2);
+    let mut out = Vec::with_capacity(raw.subjects.len());
     for s in raw.subjects {
-        let line = line_of(&text, s.span().start);
+        let line = lines.line(s.span().start);
         let s = s.into_inner();
         let fail = |message: String| ConfigError { file: path.to_path_buf(), line: Some(line), message };
-        if s.id.is_empty() || !seen_ids.insert(s.id.clone()) {
-            return Err(fail(format!("subject id `{}` is empty or defined twice", s.id)));
+        if s.id.is_empty() {
+            return Err(fail("subject key `id` must not be empty".into()));
         }
-        let creds = s.cards.iter().map(|c| ("card", c)).chain(s.nfc.iter().map(|c| ("nfc", c))).chain(s.plates.iter().map(|c| ("plate", c)));
-        for (kind, value) in creds {
-            if let Some(other) = seen_creds.insert((kind, value.clone()), s.id.clone()) {
-                return Err(fail(format!("subject `{}`: the same {kind} is already held by subject `{other}`", s.id)));
-            }
+        if let Some(first) = seen_ids.insert(s.id.clone(), line) {
+            return Err(fail(format!("subject id `{}` is defined twice (first at line {first})", s.id)));
         }
         for h in &s.pin_sha256 {
-            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if crate::credentials::pin_hash_bytes(h).is_none() {
                 return Err(fail(format!("subject `{}` key `pin_sha256`: expected 64 hex digits (see `gate pin-hash`)", s.id)));
+            }
+        }
+        let creds = s
+            .cards
+            .iter()
+            .map(|c| ("card", c.clone()))
+            .chain(s.pin_sha256.iter().map(|c| ("PIN hash", c.to_ascii_lowercase())))
+            .chain(s.nfc.iter().map(|c| ("NFC token", c.clone())))
+            .chain(s.plates.iter().map(|c| ("plate", crate::credentials::normalise_plate(c))));
+        for (kind, value) in creds {
+            if value.is_empty() {
+                return Err(fail(format!("subject `{}`: an empty {kind}", s.id)));
+            }
+            if let Some((other, at)) = seen_creds.insert((kind, value), (s.id.clone(), line)) {
+                return Err(fail(format!("subject `{}`: the same {kind} is already held by subject `{other}` (line {at}); every credential names one holder", s.id)));
             }
         }
         out.push(s);
@@ -834,7 +973,7 @@ credentials = ["face", "card"]
         assert_eq!(c.hardware.map(|h| h.relays.len()), Some(1));
 
         let e = SiteConfig::from_str(&format!("{BASE}{}", hw.replace("\"north\"", "\"south\"")), Path::new("c.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("c.toml:10: [hardware]: key `relays.door`: no [[door]] `south`"), "{e}");
+        assert!(e.to_string().starts_with("c.toml:12: [hardware]: key `relays.door`: no [[door]] `south`"), "{e}");
 
         let e = SiteConfig::from_str(&format!("{BASE}{}", hw.replace("line = 17", "line = 17\nactive_hi = true")), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("active_hi") && e.line.is_some(), "{e}");
@@ -846,6 +985,7 @@ credentials = ["face", "card"]
         let contact = "[[hardware.inputs]]\nname = \"n-contact\"\nkind = \"door-contact\"\nline = 5\n";
         let e = SiteConfig::from_str(&format!("{BASE}{hw}{contact}"), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("input `n-contact` key `door`"), "{e}");
+        assert_eq!(e.line, Some(15), "the error points at the offending entry, not at [hardware]: {e}");
     }
 
     #[test]
@@ -898,5 +1038,95 @@ credentials = ["face", "card"]
         let text = BASE.replace(r#"["face", "card"]"#, r#"["face", "qr"]"#);
         let e = SiteConfig::from_str(&text, Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("fallback"), "{e}");
+    }
+
+    fn subject_file(pins: [&str; 2], plates: [&str; 2]) -> String {
+        format!(
+            "[[subject]]\nid = \"r-1\"\nrole = \"resident\"\ncards = [\"1001\"]\npin_sha256 = [\"{}\"]\nplates = [\"{}\"]\n\n[[subject]]\nid = \"r-2\"\nrole = \"resident\"\ncards = [\"1002\"]\npin_sha256 = [\"{}\"]\nplates = [\"{}\"]\n",
+            crate::credentials::pin_hash("s", pins[0]),
+            plates[0],
+            crate::credentials::pin_hash("s", pins[1]),
+            plates[1]
+        )
+    }
+
+    #[test]
+    fn two_subjects_with_the_same_pin_hash_are_refused_naming_both_and_the_line() {
+        assert_eq!(subjects_from_str(&subject_file(["111111", "222222"], ["A1", "A2"]), Path::new("s.toml")).unwrap().len(), 2);
+        let e = subjects_from_str(&subject_file(["111111", "111111"], ["A1", "A2"]), Path::new("s.toml")).unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.to_string().contains("subject `r-2`: the same PIN hash is already held by subject `r-1` (line 1)"), "{e}");
+        // Upper-case hex is the same hash.
+        let upper = subject_file(["111111", "222222"], ["A1", "A2"]).replace(&crate::credentials::pin_hash("s", "222222"), &crate::credentials::pin_hash("s", "111111").to_ascii_uppercase());
+        assert!(subjects_from_str(&upper, Path::new("s.toml")).unwrap_err().to_string().contains("same PIN hash"));
+        // Plates are compared as the reader normalises them.
+        let e = subjects_from_str(&subject_file(["111111", "222222"], ["浙A 123", "浙a-123"]), Path::new("s.toml")).unwrap_err();
+        assert!(e.to_string().contains("the same plate is already held by subject `r-1`"), "{e}");
+    }
+
+    #[test]
+    fn line_index_agrees_with_counting_newlines() {
+        let text = "a\nbb\n\nccc\n";
+        let idx = LineIndex::new(text);
+        for off in 0..=text.len() + 2 {
+            assert_eq!(idx.line(off), line_of(text, off), "offset {off}");
+        }
+    }
+
+    #[test]
+    fn inputs_that_are_not_regular_files_or_not_utf8_are_refused_saying_where() {
+        let e = read_input(Path::new("/dev/zero"), 1024, "site configuration").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let e = read_input(&fifo, 1024, "trace").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let bad = tmp.path().join("bad.toml");
+        std::fs::write(&bad, b"[site]\nid = \"s\xff\"\n").unwrap();
+        let e = SiteConfig::load(&bad).unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.to_string().contains("not valid UTF-8: byte 8 of this line"), "{e}");
+        std::fs::write(&bad, vec![b'#'; 2048]).unwrap();
+        assert!(read_input(&bad, 1024, "trace").unwrap_err().to_string().contains("larger than 1024 bytes"));
+    }
+
+    #[test]
+    fn a_policy_opening_time_above_a_door_maximum_is_refused_at_start() {
+        let plugin = "\n[plugins.rp]\npath = \"rp.wasm\"\nworld = \"policy\"\nconfig = { default-open-ms = 5000, long-open-ms = 12000 }\n";
+        let door = "policy = \"rp\"\nmax_open_ms = 10000\n";
+        let e = SiteConfig::from_str(&format!("{BASE}{door}{plugin}"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:15: key `plugins.rp.config.long-open-ms`: 12000 ms is above the `max_open_ms` (10000) of door `north`"), "{e}");
+        SiteConfig::from_str(&format!("{BASE}{}{plugin}", door.replace("10000", "12000")), Path::new("c.toml")).expect("within the door's maximum");
+    }
+
+    #[test]
+    fn type_and_duplicate_key_errors_name_their_key() {
+        let e = SiteConfig::from_str(&format!("{BASE}fire_release = \"yes\"\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:9: key `fire_release`:"), "{e}");
+        let e = SiteConfig::from_str(&format!("{BASE}id = \"south\"\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:9: key `id`:") && e.to_string().contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn reproducers_past_their_bounds_are_refused_naming_key_and_line() {
+        let cases: &[(&str, &str, usize)] = &[
+            ("\n[timing]\nfactor_timeout_ms = 9223372036854775807\n", "timing.factor_timeout_ms", 11),
+            ("held_open_ms = 9223372036854775807\n", "door.held_open_ms", 9),
+            ("\n[limits]\nmemory_mb = 17592186044416\n", "limits.memory_mb", 11),
+            ("\n[limits]\nfailures_before_quarantine = 0\n", "limits.failures_before_quarantine", 11),
+            ("exit_open_ms = 0\n", "door.exit_open_ms", 9),
+            ("\n[fallback]\nopen_ms = 0\n", "fallback.open_ms", 11),
+        ];
+        for (extra, key, line) in cases {
+            let e = SiteConfig::from_str(&format!("{BASE}{extra}"), Path::new("c.toml")).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("c.toml:{line}: key `{key}`:")), "{extra}: {e}");
+        }
+        let e = SiteConfig::from_str(&format!("{BASE}\n[fallback]\nroles = []\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:11: key `fallback.roles`: must include \"resident\""), "{e}");
+        let e = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{}\"]\n", "00".repeat(32)), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:11: key `qr.issuer_keys`") && e.to_string().contains("weak"), "{e}");
+        let e = SiteConfig::from_str(&format!("{BASE}max_open_ms = 3000\nopen_ms = 2000\nexit_open_ms = 4000\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("door `north` key `exit_open_ms`: 4000 must be between 1 and the door's `max_open_ms` (3000)"), "{e}");
     }
 }

@@ -11,6 +11,7 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher as _;
 use thiserror::Error;
 
 /// A subject as plugins see it.
@@ -53,22 +54,50 @@ pub struct PassPayload {
 
 const QR_PREFIX: &str = "GATEQR1";
 
-/// Who holds which credential, indexed for O(1) lookups.
+/// Who holds which credential, indexed for O(1) lookups. Compact so a fleet-sized
+/// directory (1,000,000 subjects) fits in a gateway's memory: each subject is stored
+/// once and every credential index maps to its position; PIN hashes are kept as bytes.
 #[derive(Debug, Default)]
 pub struct Directory {
     site_id: String,
-    by_id: HashMap<String, Subject>,
-    cards: HashMap<String, String>,
-    pins: HashMap<String, String>,
-    nfc: HashMap<String, String>,
-    plates: HashMap<String, String>,
+    subjects: Vec<Subject>,
+    /// Positions in `subjects`, found by the id's hash (the id itself is stored once).
+    by_id: hashbrown::HashTable<u32>,
+    hasher: std::collections::hash_map::RandomState,
+    cards: HashMap<Box<str>, u32>,
+    pins: HashMap<[u8; 32], u32>,
+    nfc: HashMap<Box<str>, u32>,
+    plates: HashMap<Box<str>, u32>,
     qr_keys: Vec<VerifyingKey>,
     /// Revoked credential references (`<kind>:<hash>` or `subject:<id>`).
     revoked: HashSet<String>,
     /// Unit doors' shared PIN hashes, by door.
     unit_pins: HashMap<String, String>,
-    /// The site's reference key (`[fleet] ref_key`): references are keyed with it.
+    /// The site's reference key (`[fleet] ref_key`): references are keyed when set.
     ref_key: Option<RefKey>,
+}
+
+/// Why a subject could not join the directory.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DirectoryError {
+    #[error("subject id `{0}` is empty or defined twice")]
+    Id(String),
+    #[error("subject `{subject}`: the same {kind} is already held by subject `{other}`")]
+    Duplicate { subject: String, kind: &'static str, other: String },
+    #[error("subject `{0}` key `pin_sha256`: expected 64 hex digits (see `gate pin-hash`)")]
+    PinHash(String),
+    #[error("subject `{subject}` key `{key}`: {why}")]
+    Value { subject: String, key: &'static str, why: &'static str },
+    #[error("the directory is full (at most {} subjects)", u32::MAX)]
+    Full,
+}
+
+/// A PIN hash's bytes from its 64-hex-digit stored form.
+pub fn pin_hash_bytes(hex_hash: &str) -> Option<[u8; 32]> {
+    if hex_hash.len() != 64 {
+        return None;
+    }
+    hex::decode(hex_hash).ok().and_then(|b| b.try_into().ok())
 }
 
 /// A site's secret for credential references (HMAC-SHA256, 32 bytes). Operators who
@@ -177,52 +206,147 @@ pub fn pin_hash(site_id: &str, pin: &str) -> String {
 }
 
 impl Directory {
-    /// Builds the directory from a validated site configuration.
-    pub fn from_config(cfg: &SiteConfig) -> Result<Directory, String> {
-        let mut d = Directory { site_id: cfg.site.id.clone(), ..Default::default() };
+    /// An empty directory for a site (its PIN hashes and references are bound to the site id).
+    pub fn new(site_id: &str) -> Directory {
+        Directory { site_id: site_id.to_string(), ..Default::default() }
+    }
+
+    /// An empty directory for this site, with its reference key (`[fleet] ref_key`) if any.
+    pub fn empty_for(cfg: &SiteConfig) -> Result<Directory, String> {
+        let mut d = Directory::new(&cfg.site.id);
         if let Some(path) = cfg.fleet.as_ref().and_then(|f| f.ref_key.as_ref()) {
             d.ref_key = Some(RefKey::load(path).map_err(|e| format!("[fleet] key `ref_key`: {e}"))?);
-        }
-        for s in &cfg.subjects {
-            d.add(s);
-        }
-        for k in &cfg.qr.issuer_keys {
-            let bytes: [u8; 32] = hex::decode(k).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| format!("key `qr.issuer_keys`: `{k}` is not 32 bytes of hex"))?;
-            let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("key `qr.issuer_keys`: `{k}`: {e}"))?;
-            d.qr_keys.push(key);
         }
         Ok(d)
     }
 
-    fn add(&mut self, s: &SubjectEntry) {
-        let subject = Subject { id: s.id.clone(), role: s.role, groups: s.groups.clone() };
-        for c in &s.cards {
-            self.cards.insert(c.clone(), s.id.clone());
+    /// Builds the directory from a validated site configuration.
+    pub fn from_config(cfg: &SiteConfig) -> Result<Directory, String> {
+        let mut d = Directory::empty_for(cfg)?;
+        d.reserve(cfg.subjects.len());
+        for s in &cfg.subjects {
+            d.add(s).map_err(|e| e.to_string())?;
         }
-        for p in &s.pin_sha256 {
-            self.pins.insert(p.to_ascii_lowercase(), s.id.clone());
+        d.set_qr_keys(&cfg.qr.issuer_keys)?;
+        Ok(d)
+    }
+
+    /// Trusts these hex Ed25519 issuer keys for visitor passes.
+    pub fn set_qr_keys(&mut self, keys: &[String]) -> Result<(), String> {
+        for k in keys {
+            let key = parse_issuer_key(k)?;
+            self.qr_keys.push(key);
         }
-        for n in &s.nfc {
-            self.nfc.insert(n.clone(), s.id.clone());
+        Ok(())
+    }
+
+    /// Room for `n` more subjects (each with about one card and one PIN).
+    pub fn reserve(&mut self, n: usize) {
+        self.subjects.reserve(n);
+        let (subjects, hasher) = (&self.subjects, &self.hasher);
+        self.by_id.reserve(n, |i| hasher.hash_one(subjects[*i as usize].id.as_str()));
+        self.cards.reserve(n);
+        self.pins.reserve(n);
+    }
+
+    /// Number of subjects (unit-door subjects included).
+    pub fn len(&self) -> usize {
+        self.subjects.len()
+    }
+
+    /// Whether no subject is known.
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+
+    /// Adds a subject and its credentials; refuses a duplicate id or a credential value
+    /// (card, PIN hash, NFC token, plate) another subject already holds.
+    pub fn add(&mut self, s: &SubjectEntry) -> Result<(), DirectoryError> {
+        let idx = self.add_subject(&s.id, s.role, s.groups.clone())?;
+        let creds = s.cards.iter().map(|c| (CredentialKind::Card, c)).chain(s.pin_sha256.iter().map(|c| (CredentialKind::Pin, c)));
+        for (kind, value) in creds.chain(s.nfc.iter().map(|c| (CredentialKind::Nfc, c))).chain(s.plates.iter().map(|c| (CredentialKind::Plate, c))) {
+            self.add_credential(idx, kind, value)?;
         }
-        for p in &s.plates {
-            self.plates.insert(normalise_plate(p), s.id.clone());
+        Ok(())
+    }
+
+    /// Adds a subject without credentials; returns its position for [`Directory::add_credential`].
+    pub fn add_subject(&mut self, id: &str, role: Role, groups: Vec<String>) -> Result<u32, DirectoryError> {
+        if id.is_empty() || self.position(id).is_some() {
+            return Err(DirectoryError::Id(id.to_string()));
         }
-        self.by_id.insert(s.id.clone(), subject);
+        let idx = u32::try_from(self.subjects.len()).map_err(|_| DirectoryError::Full)?;
+        self.subjects.push(Subject { id: id.to_string(), role, groups });
+        let (subjects, hasher) = (&self.subjects, &self.hasher);
+        self.by_id.insert_unique(hasher.hash_one(id), idx, |i| hasher.hash_one(subjects[*i as usize].id.as_str()));
+        Ok(idx)
+    }
+
+    /// Gives the subject at `idx` a credential (`value` as stored: a PIN by its hash);
+    /// refuses a value another subject holds.
+    pub fn add_credential(&mut self, idx: u32, kind: CredentialKind, value: &str) -> Result<(), DirectoryError> {
+        let subject = || self.subjects.get(idx as usize).map(|s| s.id.clone()).unwrap_or_default();
+        let previous = match kind {
+            CredentialKind::Pin => {
+                let key = pin_hash_bytes(value).ok_or_else(|| DirectoryError::PinHash(subject()))?;
+                match self.pins.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(idx);
+                        None
+                    }
+                }
+            }
+            CredentialKind::Card | CredentialKind::Nfc | CredentialKind::Plate => {
+                let (key, map): (Box<str>, _) = match kind {
+                    CredentialKind::Card => (value.into(), &mut self.cards),
+                    CredentialKind::Nfc => (value.into(), &mut self.nfc),
+                    _ => (normalise_plate(value).into(), &mut self.plates),
+                };
+                if key.is_empty() {
+                    return Err(DirectoryError::Value { subject: subject(), key: kind_key(kind), why: "must not be empty" });
+                }
+                match map.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(idx);
+                        None
+                    }
+                }
+            }
+            _ => return Err(DirectoryError::Value { subject: subject(), key: "credentials", why: "only cards, PIN hashes, NFC tokens and plates are held by subjects" }),
+        };
+        match previous {
+            Some(other) if other != idx => {
+                let other = self.subjects.get(other as usize).map(|s| s.id.clone()).unwrap_or_default();
+                Err(DirectoryError::Duplicate { subject: subject(), kind: kind.as_str(), other })
+            }
+            Some(_) => Err(DirectoryError::Duplicate { subject: subject(), kind: kind.as_str(), other: subject() }),
+            None => Ok(()),
+        }
+    }
+
+    /// The position of a subject, for [`Directory::add_credential`].
+    pub fn position(&self, id: &str) -> Option<u32> {
+        self.by_id.find(self.hasher.hash_one(id), |i| self.subjects[*i as usize].id == id).copied()
+    }
+
+    fn at(&self, idx: u32) -> Option<&Subject> {
+        self.subjects.get(idx as usize)
     }
 
     /// The holder of a credential reference (or the subject a `subject:` reference names).
     /// Searched on demand: only operator commands ask, so nothing is kept for it.
     pub fn holder_of(&self, reference: &str) -> Option<&str> {
-        let (kind, map) = match reference.split_once(':')?.0 {
-            "subject" => return self.by_id.get(&reference["subject:".len()..]).map(|s| s.id.as_str()),
-            "card" => (CredentialKind::Card, &self.cards),
-            "pin" => (CredentialKind::Pin, &self.pins),
-            "nfc" => (CredentialKind::Nfc, &self.nfc),
-            "plate" => (CredentialKind::Plate, &self.plates),
+        let found = match reference.split_once(':')?.0 {
+            "subject" => return self.subject(&reference["subject:".len()..]).map(|s| s.id.as_str()),
+            "card" => self.cards.iter().find(|(v, _)| self.reference(CredentialKind::Card, v) == reference).map(|(_, i)| *i),
+            "pin" => self.pins.iter().find(|(h, _)| self.reference(CredentialKind::Pin, &hex::encode(h)) == reference).map(|(_, i)| *i),
+            "nfc" => self.nfc.iter().find(|(v, _)| self.reference(CredentialKind::Nfc, v) == reference).map(|(_, i)| *i),
+            "plate" => self.plates.iter().find(|(v, _)| self.reference(CredentialKind::Plate, v) == reference).map(|(_, i)| *i),
             _ => return None,
         };
-        map.iter().find(|(value, _)| self.reference(kind, value) == reference).map(|(_, id)| id.as_str())
+        self.at(found?).map(|s| s.id.as_str())
     }
 
     /// The reference of a credential at this site: keyed when the site has a reference
@@ -247,13 +371,18 @@ impl Directory {
         if self.ref_key.is_none() || self.revoked.is_empty() {
             return Vec::new();
         }
+        let values = self
+            .cards
+            .keys()
+            .map(|v| (CredentialKind::Card, v.to_string()))
+            .chain(self.pins.keys().map(|h| (CredentialKind::Pin, hex::encode(h))))
+            .chain(self.nfc.keys().map(|v| (CredentialKind::Nfc, v.to_string())))
+            .chain(self.plates.keys().map(|v| (CredentialKind::Plate, v.to_string())));
         let mut out = Vec::new();
-        for (kind, map) in [(CredentialKind::Card, &self.cards), (CredentialKind::Pin, &self.pins), (CredentialKind::Nfc, &self.nfc), (CredentialKind::Plate, &self.plates)] {
-            for value in map.keys() {
-                let old = credential_ref(&self.site_id, kind, value);
-                if self.revoked.contains(&old) {
-                    out.push((old, self.reference(kind, value)));
-                }
+        for (kind, value) in values {
+            let old = credential_ref(&self.site_id, kind, &value);
+            if self.revoked.contains(&old) {
+                out.push((old, self.reference(kind, &value)));
             }
         }
         out
@@ -297,39 +426,48 @@ impl Directory {
     pub fn set_unit_pin(&mut self, door: &str, pin_sha256: &str) {
         self.unit_pins.insert(door.to_string(), pin_sha256.to_ascii_lowercase());
         let id = unit_subject_id(door);
-        self.by_id.insert(id.clone(), Subject { id, role: Role::Resident, groups: vec!["unit-pin".into()] });
+        if self.position(&id).is_none() {
+            // A unit subject is not a directory entry; a full directory leaves the unit PIN unresolved.
+            let _ = self.add_subject(&id, Role::Resident, vec!["unit-pin".into()]);
+        }
     }
 
     /// The unit subject if `pin` is the shared PIN of unit door `door`.
     pub fn by_unit_pin(&self, door: &str, pin: &str) -> Option<&Subject> {
         let want = self.unit_pins.get(door)?;
-        (*want == pin_hash(&self.site_id, pin)).then(|| self.by_id.get(&unit_subject_id(door))).flatten()
+        (*want == pin_hash(&self.site_id, pin)).then(|| self.subject(&unit_subject_id(door))).flatten()
     }
 
     /// Whether a PIN hash is already someone's PIN or a unit door's (a new unit PIN must not be).
     pub fn pin_hash_in_use(&self, pin_sha256: &str) -> bool {
-        self.pins.contains_key(pin_sha256) || self.unit_pins.values().any(|h| h == pin_sha256)
+        let lower = pin_sha256.to_ascii_lowercase();
+        pin_hash_bytes(&lower).is_some_and(|k| self.pins.contains_key(&k)) || self.unit_pins.values().any(|h| *h == lower)
     }
 
     /// The subject with this pseudonymous id.
     pub fn subject(&self, id: &str) -> Option<&Subject> {
-        self.by_id.get(id)
+        self.position(id).and_then(|i| self.at(i))
     }
 
+    /// The holder of a card number.
     pub fn by_card(&self, number: &str) -> Option<&Subject> {
-        self.cards.get(number).and_then(|id| self.subject(id))
+        self.cards.get(number).and_then(|i| self.at(*i))
     }
 
+    /// The holder of a PIN (looked up by its site-bound hash).
     pub fn by_pin(&self, pin: &str) -> Option<&Subject> {
-        self.pins.get(&pin_hash(&self.site_id, pin)).and_then(|id| self.subject(id))
+        let key: [u8; 32] = Sha256::digest(format!("{}:{pin}", self.site_id).as_bytes()).into();
+        self.pins.get(&key).and_then(|i| self.at(*i))
     }
 
+    /// The holder of an NFC token.
     pub fn by_nfc(&self, token: &str) -> Option<&Subject> {
-        self.nfc.get(token).and_then(|id| self.subject(id))
+        self.nfc.get(token).and_then(|i| self.at(*i))
     }
 
+    /// The holder of a plate (spaces, dashes and case ignored).
     pub fn by_plate(&self, plate: &str) -> Option<&Subject> {
-        self.plates.get(&normalise_plate(plate)).and_then(|id| self.subject(id))
+        self.plates.get(normalise_plate(plate).as_str()).and_then(|i| self.at(*i))
     }
 
     /// Verifies a visitor QR pass against the trusted issuer keys.
@@ -362,7 +500,29 @@ pub fn sign_pass(key: &ed25519_dalek::SigningKey, payload: &PassPayload) -> Stri
     format!("{QR_PREFIX}.{}.{}", b64.encode(&json), b64.encode(sig.to_bytes()))
 }
 
-fn normalise_plate(p: &str) -> String {
+/// The directory key of a credential kind, for error messages.
+fn kind_key(kind: CredentialKind) -> &'static str {
+    match kind {
+        CredentialKind::Card => "cards",
+        CredentialKind::Pin => "pin_sha256",
+        CredentialKind::Nfc => "nfc",
+        _ => "plates",
+    }
+}
+
+/// A trusted visitor-pass issuer key from its hex form; refuses malformed and weak keys
+/// (all-zero or small-order points, which verify signatures made with no secret at all).
+pub fn parse_issuer_key(k: &str) -> Result<VerifyingKey, String> {
+    let bytes: [u8; 32] = hex::decode(k).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| format!("key `qr.issuer_keys`: `{k}` is not 32 bytes of hex"))?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("key `qr.issuer_keys`: `{k}`: {e}"))?;
+    if key.is_weak() {
+        return Err(format!("key `qr.issuer_keys`: `{k}` is a weak key (a small-order point: signatures made with no secret would verify)"));
+    }
+    Ok(key)
+}
+
+/// A plate as the directory indexes it: no spaces, dashes or middle dots; upper case.
+pub fn normalise_plate(p: &str) -> String {
     p.chars().filter(|c| !c.is_whitespace() && *c != '-' && *c != '·').flat_map(char::to_uppercase).collect()
 }
 
@@ -372,7 +532,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     fn dir_with_key(key: &SigningKey) -> Directory {
-        let mut d = Directory { site_id: "s".into(), ..Default::default() };
+        let mut d = Directory::new("s");
         d.qr_keys.push(key.verifying_key());
         d.add(&SubjectEntry {
             id: "r-1".into(),
@@ -382,7 +542,8 @@ mod tests {
             pin_sha256: vec![pin_hash("s", "246810")],
             nfc: vec![],
             plates: vec!["浙A 12345".into()],
-        });
+        })
+        .expect("a valid subject");
         d
     }
 
@@ -420,6 +581,74 @@ mod tests {
         // Another site's reference for the same card is a different name.
         assert_ne!(credential_ref("other", CredentialKind::Card, "1001"), card_ref);
         assert!(!is_reference("card:1001") && !is_reference("face:0123456789abcdef01234567") && is_reference("subject:r-1"));
+    }
+
+    #[test]
+    fn a_unit_pin_opens_only_its_own_door_and_is_never_a_personal_pin() {
+        let mut d = dir_with_key(&SigningKey::from_bytes(&[7; 32]));
+        assert!(d.by_unit_pin("b3", "424242").is_none());
+        d.set_unit_pin("b3", &pin_hash("s", "424242"));
+        let s = d.by_unit_pin("b3", "424242").expect("unit subject");
+        assert_eq!((s.id.as_str(), s.role), ("unit:b3", Role::Resident));
+        assert!(d.by_unit_pin("north", "424242").is_none());
+        assert!(d.by_pin("424242").is_none());
+        assert!(d.pin_hash_in_use(&pin_hash("s", "424242")) && d.pin_hash_in_use(&pin_hash("s", "246810")));
+        d.set_unit_pin("b3", &pin_hash("s", "515151"));
+        assert!(d.by_unit_pin("b3", "424242").is_none(), "the old unit PIN stops at once");
+    }
+
+    #[test]
+    fn qr_pass_verifies_only_with_trusted_key_and_intact_payload() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let d = dir_with_key(&key);
+        let p = PassPayload { visitor: "v-1".into(), host: "r-1".into(), valid_until_ms: 1000 };
+        let code = sign_pass(&key, &p);
+        let ok = d.verify_qr(&code).expect("valid pass");
+        assert_eq!(ok.host_subject, "r-1");
+        assert_eq!(ok.visitor.role, Role::Visitor);
+
+        let foreign = sign_pass(&SigningKey::from_bytes(&[9; 32]), &p);
+        assert_eq!(d.verify_qr(&foreign), Err(QrError::Signature));
+
+        let mut parts: Vec<String> = code.split('.').map(String::from).collect();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let forged = PassPayload { valid_until_ms: i64::MAX, ..p };
+        parts[1] = b64.encode(serde_json::to_vec(&forged).unwrap());
+        assert_eq!(d.verify_qr(&parts.join(".")), Err(QrError::Signature));
+        assert_eq!(d.verify_qr("hello"), Err(QrError::Format));
+    }
+
+    #[test]
+    fn a_credential_value_held_twice_is_refused_naming_both_holders() {
+        let mut d = dir_with_key(&SigningKey::from_bytes(&[7; 32]));
+        let other = |pin: &str, plate: &str| SubjectEntry {
+            id: "r-2".into(),
+            role: Role::Resident,
+            groups: vec![],
+            cards: vec!["2002".into()],
+            pin_sha256: vec![pin_hash("s", pin)],
+            nfc: vec![],
+            plates: vec![plate.into()],
+        };
+        let e = d.add(&other("246810", "沪B 1")).unwrap_err();
+        assert_eq!(e, DirectoryError::Duplicate { subject: "r-2".into(), kind: "pin", other: "r-1".into() });
+        let mut d = dir_with_key(&SigningKey::from_bytes(&[7; 32]));
+        let e = d.add(&other("135790", "浙a-12345")).unwrap_err();
+        assert_eq!(e, DirectoryError::Duplicate { subject: "r-2".into(), kind: "plate", other: "r-1".into() });
+        let mut d = dir_with_key(&SigningKey::from_bytes(&[7; 32]));
+        d.add(&other("135790", "沪B 1")).expect("distinct credentials");
+        assert_eq!(d.by_pin("135790").map(|s| s.id.as_str()), Some("r-2"));
+        assert_eq!(d.by_pin("246810").map(|s| s.id.as_str()), Some("r-1"), "r-1's PIN still names r-1");
+    }
+
+    #[test]
+    fn weak_and_malformed_issuer_keys_are_refused() {
+        assert!(parse_issuer_key(&"00".repeat(32)).unwrap_err().contains("weak"));
+        // The identity point (small order) verifies a forged signature with no secret at all.
+        let identity = format!("01{}", "00".repeat(31));
+        assert!(parse_issuer_key(&identity).unwrap_err().contains("weak"));
+        assert!(parse_issuer_key("abcd").unwrap_err().contains("not 32 bytes"));
+        assert!(parse_issuer_key(&hex::encode(SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes())).is_ok());
     }
 
     #[test]
@@ -463,38 +692,4 @@ mod tests {
         assert!(RefKey::load(&p).unwrap_err().contains("site.refkey"));
     }
 
-    #[test]
-    fn a_unit_pin_opens_only_its_own_door_and_is_never_a_personal_pin() {
-        let mut d = dir_with_key(&SigningKey::from_bytes(&[7; 32]));
-        assert!(d.by_unit_pin("b3", "424242").is_none());
-        d.set_unit_pin("b3", &pin_hash("s", "424242"));
-        let s = d.by_unit_pin("b3", "424242").expect("unit subject");
-        assert_eq!((s.id.as_str(), s.role), ("unit:b3", Role::Resident));
-        assert!(d.by_unit_pin("north", "424242").is_none());
-        assert!(d.by_pin("424242").is_none());
-        assert!(d.pin_hash_in_use(&pin_hash("s", "424242")) && d.pin_hash_in_use(&pin_hash("s", "246810")));
-        d.set_unit_pin("b3", &pin_hash("s", "515151"));
-        assert!(d.by_unit_pin("b3", "424242").is_none(), "the old unit PIN stops at once");
-    }
-
-    #[test]
-    fn qr_pass_verifies_only_with_trusted_key_and_intact_payload() {
-        let key = SigningKey::from_bytes(&[7; 32]);
-        let d = dir_with_key(&key);
-        let p = PassPayload { visitor: "v-1".into(), host: "r-1".into(), valid_until_ms: 1000 };
-        let code = sign_pass(&key, &p);
-        let ok = d.verify_qr(&code).expect("valid pass");
-        assert_eq!(ok.host_subject, "r-1");
-        assert_eq!(ok.visitor.role, Role::Visitor);
-
-        let foreign = sign_pass(&SigningKey::from_bytes(&[9; 32]), &p);
-        assert_eq!(d.verify_qr(&foreign), Err(QrError::Signature));
-
-        let mut parts: Vec<String> = code.split('.').map(String::from).collect();
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let forged = PassPayload { valid_until_ms: i64::MAX, ..p };
-        parts[1] = b64.encode(serde_json::to_vec(&forged).unwrap());
-        assert_eq!(d.verify_qr(&parts.join(".")), Err(QrError::Signature));
-        assert_eq!(d.verify_qr("hello"), Err(QrError::Format));
-    }
 }

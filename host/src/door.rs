@@ -37,6 +37,12 @@ impl DoorState {
         (fire && self.cfg.fire_release) || self.mode == DoorMode::HeldOpen
     }
 
+    /// When an open door raises its held-open alarm, if it can: never while an operator
+    /// holds it open or fire release holds it (nobody is to blame for an open door then).
+    fn held_deadline(&self, fire: bool) -> Option<i64> {
+        (self.open && !self.held_alarm && !self.held_released(fire)).then(|| self.opened_at.saturating_add(i64::try_from(self.cfg.held_open_ms).unwrap_or(i64::MAX)))
+    }
+
     fn relock(&mut self, now: i64, out: &mut Timed) {
         self.relay_on = false;
         self.unlock_until = None;
@@ -149,7 +155,7 @@ impl DoorController {
         let mut out = Vec::new();
         if let Some(d) = self.door(id) {
             let ms = open_ms.min(d.cfg.max_open_ms);
-            let until = now + i64::from(ms);
+            let until = now.saturating_add(i64::from(ms));
             d.unlock_until = Some(d.unlock_until.map_or(until, |u| u.max(until)));
             d.used = false;
             if !d.relay_on {
@@ -181,7 +187,7 @@ impl DoorController {
         d.open = open;
         if open {
             d.opened_at = now;
-            let authorised = d.relay_on || (fire && d.cfg.fire_release) || now - d.relocked_at < RELOCK_GRACE_MS;
+            let authorised = d.relay_on || (fire && d.cfg.fire_release) || now.saturating_sub(d.relocked_at) < RELOCK_GRACE_MS;
             if authorised {
                 d.used = true;
             } else if !d.forced_alarm {
@@ -214,6 +220,10 @@ impl DoorController {
         self.fire = active;
         out.push((now, Record::Alarm { door: SITE.to_string(), alarm: AlarmKind::Fire, active }));
         for d in self.doors.iter_mut().filter(|d| d.cfg.fire_release) {
+            if !active && d.open {
+                // Held-open time counts from the end of the fire release, not from before it.
+                d.opened_at = now;
+            }
             if active && !d.relay_on {
                 d.relay_on = true;
                 out.push((now, Record::Relay { door: d.cfg.id.clone(), on: true }));
@@ -244,7 +254,7 @@ impl DoorController {
             .iter()
             .flat_map(|d| {
                 let relock = d.unlock_until.filter(|_| d.relay_on && !d.held_released(self.fire));
-                let held = (d.open && !d.held_alarm && d.mode != DoorMode::HeldOpen).then(|| d.opened_at + d.cfg.held_open_ms as i64);
+                let held = d.held_deadline(self.fire);
                 relock.into_iter().chain(held).chain(d.mode_until)
             })
             .min()
@@ -267,7 +277,7 @@ impl DoorController {
                 if d.relay_on && d.unlock_until == Some(t) && !d.held_released(fire) {
                     d.relock(t, &mut out);
                 }
-                if d.open && !d.held_alarm && d.mode != DoorMode::HeldOpen && d.opened_at + d.cfg.held_open_ms as i64 == t {
+                if d.held_deadline(fire) == Some(t) {
                     d.held_alarm = true;
                     out.push((t, Record::Alarm { door: d.cfg.id.clone(), alarm: AlarmKind::HeldOpen, active: true }));
                 }
@@ -405,5 +415,31 @@ mod tests {
         assert!(c.set_mode("a", 21_000, DoorMode::Locked, 60_000).is_empty(), "fire release is never overridden");
         assert!(c.relay_on("a"));
         assert_eq!(c.advance(60_000), vec![(60_000, mode_rec("a"))]);
+    }
+
+    #[test]
+    fn no_held_open_alarm_while_fire_release_holds_the_door_and_the_count_restarts_after() {
+        let mut c = DoorController::new(&[door("a")]);
+        c.fire(0, true);
+        assert!(c.contact("a", 1000, true).is_empty());
+        assert!(c.advance(600_000).iter().all(|(_, r)| !matches!(r, Record::Alarm { alarm: AlarmKind::HeldOpen, .. })), "the fire holds the door open");
+        let out = c.fire(700_000, false);
+        assert!(out.contains(&(700_000, relay("a", false))));
+        // Still open after the fire: held-open counts from the end of the release.
+        assert!(c.advance(729_999).is_empty());
+        assert_eq!(c.advance(800_000), vec![(730_000, Record::Alarm { door: "a".into(), alarm: AlarmKind::HeldOpen, active: true })]);
+    }
+
+    #[test]
+    fn timers_at_the_end_of_time_saturate_instead_of_wrapping() {
+        let mut d = door("a");
+        d.held_open_ms = u64::MAX;
+        let mut c = DoorController::new(&[d]);
+        let late = i64::MAX - 10;
+        assert_eq!(c.grant("a", late, 5000), vec![(late, relay("a", true))]);
+        assert!(c.contact("a", late, true).is_empty(), "an authorised opening, not forced");
+        // Neither the relock nor the held-open alarm fires before its time (no wrap to the past).
+        assert!(c.advance(late).is_empty());
+        assert_eq!(c.next_deadline(), Some(i64::MAX));
     }
 }

@@ -112,7 +112,8 @@ pub fn enroll(a: EnrollArgs) -> Result<u8, Failure> {
     let cfg = load_config(&a.config)?;
     let (models, _, _) = face_paths(&cfg)?;
     gate_face::validate_subject(&a.subject).map_err(input)?;
-    if !cfg.subjects.iter().any(|s| s.id == a.subject) {
+    let directory = gate::directory::load_for(&cfg).map_err(|e| input(anyhow!("{}: {e}", a.config.display())))?;
+    if directory.subject(&a.subject).is_none() {
         return Err(input(anyhow!("subject `{}` is not in the subject directory of {}; add it there first (the gate matches faces to pseudonymous subject ids)", a.subject, a.config.display())));
     }
     if a.min_samples < 2 {

@@ -93,7 +93,7 @@ impl Gateway {
     /// Like [`Gateway::new`], with the plugins in `deferred` left to be compiled off the
     /// door's path and swapped in later (see `serve.rs`); the fallback serves until then.
     pub fn new_deferring(cfg: SiteConfig, clock: Clock, rt: Runtime, mut log: EventLog, deferred: &std::collections::BTreeSet<String>) -> Result<(Gateway, Vec<String>), String> {
-        let mut dir = Directory::from_config(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
+        let mut dir = crate::directory::load_for(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
         // Revocations and unit PINs set by operator commands outlive restarts.
         for r in log.revoked().map_err(|e| e.to_string())? {
             dir.revoke(&r);
@@ -303,7 +303,7 @@ impl Gateway {
             return Ok(Err(format!("a {} mode needs a duration between 1 ms and {} h", mode.as_str(), MAX_MODE_MS / 3_600_000)));
         }
         let mut out = self.advance(now)?;
-        let until = (mode != DoorMode::Normal).then(|| now + for_ms as i64);
+        let until = (mode != DoorMode::Normal).then(|| now.saturating_add(i64::try_from(for_ms).unwrap_or(i64::MAX)));
         self.emit(now, Record::DoorMode { door: door.to_string(), mode, until_ms: until, by: format!("remote:{sender}") }, &mut out)?;
         for (t, r) in self.doors.set_mode(door, now, mode, until.unwrap_or(now)) {
             self.emit(t, r, &mut out)?;
@@ -519,16 +519,16 @@ impl Gateway {
             return Ok(());
         }
         // One-shot: stale reads and repeats never reach the policy, so never open twice.
-        if captured_at.is_some_and(|c| now - c > self.cfg.timing.max_input_age_ms as i64) {
+        if captured_at.is_some_and(|c| now.saturating_sub(c) > i64::try_from(self.cfg.timing.max_input_age_ms).unwrap_or(i64::MAX)) {
             let r = Record::Ignored { door: door_id, credential: Some(kind), reason: IgnoreReason::Stale };
             return self.emit(now, r, out);
         }
         let fp = (door_id.clone(), fingerprint(input));
-        if self.recent.get(&fp).is_some_and(|t| now - t < self.cfg.timing.repeat_window_ms as i64) {
+        if self.recent.get(&fp).is_some_and(|t| now.saturating_sub(*t) < i64::try_from(self.cfg.timing.repeat_window_ms).unwrap_or(i64::MAX)) {
             let r = Record::Ignored { door: door_id, credential: Some(kind), reason: IgnoreReason::Duplicate };
             return self.emit(now, r, out);
         }
-        self.recent.retain(|_, t| now - *t < self.cfg.timing.repeat_window_ms as i64);
+        self.recent.retain(|_, t| now.saturating_sub(*t) < i64::try_from(self.cfg.timing.repeat_window_ms).unwrap_or(i64::MAX));
         self.recent.insert(fp, now);
 
         let Some(door) = self.cfg.door(&door_id).cloned() else { return Ok(()) };
@@ -623,7 +623,7 @@ impl Gateway {
         if let Verdict::NeedFactor { .. } = decided.verdict {
             let mut prior = event.prior.clone();
             prior.push(wit::PriorFactor { kind: to_wit_kind(kind), subject_id: subject_id.clone(), unix_ms: now });
-            self.pending.insert(door.id.clone(), Pending { prior, expires_at: now + self.cfg.timing.factor_timeout_ms as i64 });
+            self.pending.insert(door.id.clone(), Pending { prior, expires_at: now.saturating_add(i64::try_from(self.cfg.timing.factor_timeout_ms).unwrap_or(i64::MAX)) });
         } else {
             self.pending.remove(&door.id);
         }

@@ -6,11 +6,14 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_directory;
 pub mod bench_service;
+pub mod bounds;
 pub mod camera;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod directory;
 pub mod door;
 pub mod event;
 pub mod face;

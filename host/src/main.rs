@@ -155,10 +155,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: QrCmd,
     },
+    /// The subject directory in the state dir (large sites): import a TOML directory file.
+    Directory {
+        #[command(subcommand)]
+        cmd: DirectoryCmd,
+    },
     /// Measure decision latency, instance cost and replay throughput with the real plugins.
     Bench {
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "directory")]
+        config: Option<PathBuf>,
+        /// Instead: time importing and loading a generated subject directory of N subjects (repeatable).
+        #[arg(long, value_name = "N")]
+        directory: Vec<usize>,
         /// Decisions to time.
         #[arg(long, default_value_t = 20_000)]
         iterations: usize,
@@ -169,6 +177,23 @@ enum Cmd {
         /// service, cold-start, memory. Default: all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCmd {
+    /// Replace the directory in `<state_dir>/directory.sqlite` by a TOML subject file (checked
+    /// first; all or nothing). The gateway loads it at start when `site.subjects` is not set.
+    Import {
+        #[arg(long)]
+        config: PathBuf,
+        /// The subject file ([[subject]] entries, as `site.subjects` takes).
+        file: PathBuf,
+    },
+    /// Print the stored directory's version, subject count and source digest.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -464,7 +489,45 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
             }
             Ok(0)
         }
-        Cmd::Bench { config, iterations, face_frame, only } => {
+        Cmd::Directory { cmd } => {
+            let (config, file) = match &cmd {
+                DirectoryCmd::Import { config, file } => (config, Some(file)),
+                DirectoryCmd::Show { config } => (config, None),
+            };
+            let cfg = load_config(config)?;
+            let state = cfg.site.state_dir.clone().ok_or_else(|| input(anyhow::anyhow!("{}: set `site.state_dir`: the directory is kept there", config.display())))?;
+            let path = gate::directory::db_path(&state);
+            match file {
+                Some(file) => {
+                    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display())).map_err(input)?;
+                    let text = String::from_utf8(bytes).map_err(|e| input(anyhow::anyhow!("{}: not UTF-8 text ({e})", file.display())))?;
+                    let entries = gate::config::subjects_from_str(&text, file).map_err(input)?;
+                    let mut db = gate::directory::DirectoryDb::open(&path).map_err(runtime)?;
+                    let s = db.import(entries, &gate::directory::source_digest(text.as_bytes())).map_err(input)?;
+                    println!("gate: imported {} subjects with {} credentials into {} (version {})", s.subjects, s.credentials, path.display(), s.version);
+                    if cfg.site.subjects.is_some() {
+                        println!("gate: note: {} sets `site.subjects`, which the gateway serves instead; remove it to serve the imported directory", config.display());
+                    }
+                }
+                None => {
+                    let db = gate::directory::DirectoryDb::open_existing(&path).map_err(runtime)?.ok_or_else(|| input(anyhow::anyhow!("{}: no directory imported yet", path.display())))?;
+                    println!(
+                        "{}: version {}, {} subjects, source sha256 {}",
+                        path.display(),
+                        db.version().map_err(runtime)?,
+                        db.count().map_err(runtime)?,
+                        db.source_digest().map_err(runtime)?.unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Bench { directory, .. } if !directory.is_empty() => {
+            println!("{}", gate::bench_directory::run(&directory).map_err(runtime)?);
+            Ok(0)
+        }
+        Cmd::Bench { config, iterations, face_frame, only, .. } => {
+            let config = config.ok_or_else(|| input(anyhow::anyhow!("--config is required")))?;
             let cfg = load_config(&config)?;
             let report = gate::bench::run(cfg, iterations, face_frame.as_deref(), &only).map_err(runtime)?;
             println!("{report}");

@@ -92,6 +92,9 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     gw.set_audit(audit, Some(device.signing_key().clone()));
     let mut console = Console::new(out, clock.clone(), opts.format);
     console.note(&format!("site {site}, gateway {gateway}, {doors} doors, event log {}", opts.db.display()))?;
+    if let Some(aside) = gw.log().recovered_from() {
+        console.note(&format!("WARNING the event log failed its integrity check: it was moved aside to {} and a new log started", aside.display()))?;
+    }
     for p in &problems {
         console.note(&format!("WARNING {p} (its doors are served by the fallback policy)"))?;
     }

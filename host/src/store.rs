@@ -19,6 +19,8 @@ pub enum StoreError {
     Write(#[from] rusqlite::Error),
     #[error("event log record could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("event log {path}: {what}")]
+    Io { path: String, what: String },
 }
 
 const SCHEMA: &str = "
@@ -58,21 +60,106 @@ CREATE TABLE IF NOT EXISTS unit_pins (
     pin_sha256 TEXT NOT NULL,
     event_id   TEXT NOT NULL
 );
+-- The boot counter: one more at every open, before any id is handed out.
+CREATE TABLE IF NOT EXISTS log_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 ";
 
 /// The gateway's event log.
 pub struct EventLog {
     conn: Connection,
-    gateway: String,
+    /// `<gateway>-<boot>` for a file-backed log (ids can never repeat across restarts,
+    /// even when a crash lost rows); `<gateway>` for an in-memory (replay) log.
+    prefix: String,
     next_seq: i64,
     /// The JSON of the record being appended, reused from one append to the next.
     body: Vec<u8>,
+    /// Where a damaged log was moved aside when this one was started in its place.
+    recovered: Option<std::path::PathBuf>,
+}
+
+/// The boot counter kept beside the database (`<db>.boot`), written and synced before
+/// the database is used, so rows lost with a damaged WAL cannot bring an old boot back.
+fn next_boot(path: &Path, in_db: i64) -> Result<i64, StoreError> {
+    use std::io::Write as _;
+    let side = path.with_extension("sqlite.boot");
+    let io = |what: String| StoreError::Io { path: side.display().to_string(), what };
+    let on_disk: i64 = match std::fs::read_to_string(&side) {
+        Ok(t) => t.trim().parse().map_err(|_| io("the boot counter is not a number; move it aside only together with the event log".into()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(format!("reading the boot counter: {e}"))),
+    };
+    let boot = on_disk.max(in_db).checked_add(1).ok_or_else(|| io("the boot counter is exhausted".into()))?;
+    let tmp = side.with_extension("boot.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(format!("{boot}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &side)?;
+        if let Some(dir) = side.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| io(format!("writing the boot counter: {e}")))?;
+    Ok(boot)
+}
+
+/// Whether the database at `path` passes SQLite's `quick_check`; the first problem if not.
+fn damage(path: &Path) -> Option<String> {
+    let check = || -> Result<Option<String>, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        let first: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        Ok((first != "ok").then_some(first))
+    };
+    match check() {
+        Ok(d) => d,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Moves a damaged log (and its WAL and shared-memory files) aside as
+/// `<name>.damaged-<unix seconds>`; returns the new name of the database.
+fn move_aside(path: &Path) -> Result<std::path::PathBuf, StoreError> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut n = 0u32;
+    let aside = loop {
+        let suffix = if n == 0 { format!("damaged-{secs}") } else { format!("damaged-{secs}-{n}") };
+        let name = format!("{}.{suffix}", path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+        let candidate = path.with_file_name(name);
+        if !candidate.exists() {
+            break candidate;
+        }
+        n = n.saturating_add(1);
+    };
+    for ext in ["", "-wal", "-shm"] {
+        let from = std::path::PathBuf::from(format!("{}{ext}", path.display()));
+        let to = std::path::PathBuf::from(format!("{}{ext}", aside.display()));
+        if from.exists() {
+            std::fs::rename(&from, &to).map_err(|e| StoreError::Io { path: from.display().to_string(), what: format!("moving the damaged log aside to {}: {e}", to.display()) })?;
+        }
+    }
+    Ok(aside)
 }
 
 impl EventLog {
-    /// Opens (or creates) the log at `path` in WAL mode with full sync.
+    /// Opens (or creates) the log at `path` in WAL mode with full sync. A log that fails
+    /// SQLite's `quick_check` is never appended to: it is moved aside as
+    /// `<file>.damaged-<unix seconds>` (with its WAL) and a new log is started in its
+    /// place ([`EventLog::recovered_from`] says where the old one went).
     pub fn open(path: &Path, gateway: &str) -> Result<EventLog, StoreError> {
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let mut recovered = None;
+        if path.exists() {
+            if let Some(problem) = damage(path) {
+                let aside = move_aside(path)?;
+                tracing::error!(log = %path.display(), moved_to = %aside.display(), %problem, "the event log failed its integrity check; it was moved aside and a new log started");
+                recovered = Some(aside);
+            }
+        }
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         // A log an older gate created world-readable is made owner-only (new ones are, by umask).
@@ -85,7 +172,18 @@ impl EventLog {
         // Purged rows are overwritten, not just unlinked: retention means the bytes are gone.
         conn.pragma_update(None, "secure_delete", "ON").map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
-        Self::init(conn, gateway).map_err(open_err)
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let in_db: i64 = conn.query_row("SELECT COALESCE(MAX(value), 0) FROM log_meta WHERE key = 'boot'", [], |r| r.get(0)).map_err(open_err)?;
+        let boot = next_boot(path, in_db)?;
+        conn.execute("INSERT INTO log_meta (key, value) VALUES ('boot', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [boot]).map_err(open_err)?;
+        let mut log = Self::init(conn, &format!("{gateway}-{boot}")).map_err(open_err)?;
+        log.recovered = recovered;
+        Ok(log)
+    }
+
+    /// Where a damaged log was moved aside when this one was opened, if it was.
+    pub fn recovered_from(&self) -> Option<&Path> {
+        self.recovered.as_deref()
     }
 
     /// An in-memory log, for replay and tests.
@@ -94,15 +192,15 @@ impl EventLog {
         Self::init(conn, gateway).map_err(|source| StoreError::Open { path: ":memory:".into(), source })
     }
 
-    fn init(conn: Connection, gateway: &str) -> Result<EventLog, rusqlite::Error> {
+    fn init(conn: Connection, prefix: &str) -> Result<EventLog, rusqlite::Error> {
         conn.execute_batch(SCHEMA)?;
         let max: Option<i64> = conn.query_row("SELECT MAX(COALESCE(MAX(seq), 0), COALESCE((SELECT value FROM log_meta WHERE name = 'max_seq'), 0)) FROM events", [], |r| r.get(0))?;
-        Ok(EventLog { conn, gateway: gateway.to_string(), next_seq: max.unwrap_or(0) + 1, body: Vec::with_capacity(512) })
+        Ok(EventLog { conn, prefix: prefix.to_string(), next_seq: max.unwrap_or(0).saturating_add(1), body: Vec::with_capacity(512), recovered: None })
     }
 
     /// The id the next appended record will get; handed to plugins before the decision.
     pub fn next_id(&self) -> String {
-        format!("{}-{}", self.gateway, self.next_seq)
+        format!("{}-{}", self.prefix, self.next_seq)
     }
 
     /// Reserves a unique id for a record appended later (an access event is
@@ -320,19 +418,20 @@ mod tests {
         let path = dir.path().join("events.sqlite");
         let rec = Record::Alarm { door: "d".into(), alarm: AlarmKind::Fire, active: true };
         let mut log = EventLog::open(&path, "gw").unwrap();
-        assert_eq!(log.append(1, &rec).unwrap(), "gw-1");
-        assert_eq!(log.append(2, &rec).unwrap(), "gw-2");
+        assert_eq!(log.append(1, &rec).unwrap(), "gw-1-1");
+        assert_eq!(log.append(2, &rec).unwrap(), "gw-1-2");
         drop(log);
         let mut log = EventLog::open(&path, "gw").unwrap();
-        assert_eq!(log.next_id(), "gw-3");
-        assert_eq!(log.append(3, &rec).unwrap(), "gw-3");
+        assert_eq!(log.next_id(), "gw-2-3", "each open is a new boot");
+        assert_eq!(log.append(3, &rec).unwrap(), "gw-2-3");
         assert_eq!(log.count().unwrap(), 3);
         // A reserved id is never reused, even by rows appended before it is written.
         let reserved = log.reserve_id();
-        assert_eq!(reserved, "gw-4");
-        assert_eq!(log.append(4, &rec).unwrap(), "gw-5");
-        assert_eq!(log.append_with_id(5, &rec, reserved).unwrap(), "gw-4");
-        assert!(log.get("gw-2").unwrap().unwrap().contains("fire"));
+        assert_eq!(reserved, "gw-2-4");
+        assert_eq!(log.append(4, &rec).unwrap(), "gw-2-5");
+        assert_eq!(log.append_with_id(5, &rec, reserved).unwrap(), "gw-2-4");
+        assert!(log.get("gw-1-2").unwrap().unwrap().contains("fire"));
+        assert!(log.recovered_from().is_none());
     }
 
     #[test]
@@ -372,5 +471,72 @@ mod tests {
         let body = log.get(&id).unwrap().unwrap();
         assert!(body.contains("unit-pin") && !body.contains("ab12"), "the PIN hash stays out of the event: {body}");
         assert_eq!(log.count().unwrap(), 7);
+    }
+
+    /// Every id in a log file.
+    fn ids(path: &Path) -> Vec<String> {
+        let conn = Connection::open(path).unwrap();
+        let mut st = conn.prepare("SELECT id FROM events").unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn a_crash_that_loses_wal_rows_never_brings_an_id_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.sqlite");
+        let rec = Record::Alarm { door: "d".into(), alarm: AlarmKind::Fire, active: true };
+        let mut log = EventLog::open(&path, "gw").unwrap();
+        log.append(1, &rec).unwrap();
+        log.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        // The state a kill -9 leaves: the database and a WAL with the later rows...
+        let handed_out: Vec<String> = (2..=6).map(|t| log.append(t, &rec).unwrap()).collect();
+        let crash = dir.path().join("crash");
+        std::fs::create_dir(&crash).unwrap();
+        let copy = crash.join("events.sqlite");
+        for ext in ["", "-wal"] {
+            std::fs::copy(format!("{}{ext}", path.display()), format!("{}{ext}", copy.display())).unwrap();
+        }
+        std::fs::copy(path.with_extension("sqlite.boot"), copy.with_extension("sqlite.boot")).unwrap();
+        drop(log);
+        // ...whose WAL was damaged (a torn write): SQLite drops the frames past it.
+        let wal = format!("{}-wal", copy.display());
+        let mut bytes = std::fs::read(&wal).unwrap();
+        let n = bytes.len();
+        for b in &mut bytes[40..n.min(200)] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&wal, bytes).unwrap();
+        let mut log = EventLog::open(&copy, "gw").unwrap();
+        let after: Vec<String> = (0..10).map(|t| log.append(100 + t, &rec).unwrap()).collect();
+        drop(log);
+        for id in &after {
+            assert!(!handed_out.contains(id), "{id} was already given to an event before the crash");
+        }
+        assert!(ids(&copy).len() < 6 + 10, "the damaged WAL lost rows (else this test shows nothing)");
+    }
+
+    #[test]
+    fn a_damaged_log_is_moved_aside_and_a_new_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.sqlite");
+        let rec = Record::Alarm { door: "d".into(), alarm: AlarmKind::Fire, active: true };
+        let mut log = EventLog::open(&path, "gw").unwrap();
+        let before: Vec<String> = (0..200).map(|t| log.append(t, &rec).unwrap()).collect();
+        log.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        for b in &mut bytes[4096..n.min(4096 * 3)] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let mut log = EventLog::open(&path, "gw").unwrap();
+        let aside = log.recovered_from().expect("recovered").to_path_buf();
+        assert!(aside.file_name().unwrap().to_string_lossy().starts_with("events.sqlite.damaged-"), "{}", aside.display());
+        assert!(aside.exists(), "the damaged log is kept for inspection");
+        assert_eq!(log.count().unwrap(), 0, "a new log");
+        let id = log.append(1, &rec).unwrap();
+        assert!(!before.contains(&id), "{id} repeats an id of the damaged log");
+        assert_eq!(id, "gw-2-1");
     }
 }

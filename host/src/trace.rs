@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Largest trace file read.
+pub const MAX_TRACE_BYTES: u64 = 1 << 30;
+
 /// The trace format version this host reads and writes.
 pub const VERSION: u32 = 1;
 
@@ -65,7 +68,7 @@ pub struct Trace {
 impl Trace {
     /// Reads and validates a trace file.
     pub fn load(path: &Path) -> Result<Trace, TraceError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TraceError { file: path.to_path_buf(), line: 0, message: format!("cannot read trace: {e}") })?;
+        let text = crate::config::read_input(path, MAX_TRACE_BYTES, "trace").map_err(|e| TraceError { file: path.to_path_buf(), line: e.line.unwrap_or(0), message: e.message })?;
         Self::parse(&text, path)
     }
 
@@ -91,6 +94,7 @@ impl Trace {
                 continue;
             }
             let line: Line = serde_json::from_str(l).map_err(|e| err(n, format!("not a trace line: {e}")))?;
+            crate::bounds::check_trace_at(line.at).map_err(|m| err(n, m))?;
             match (line.input, line.expect) {
                 (Some(mut i), None) => {
                     if let Input::CameraFrame { file, .. } = &mut i {
@@ -99,6 +103,14 @@ impl Trace {
                         if !file.is_file() {
                             return Err(err(n, format!("key `file`: camera frame {} does not exist (test photos come with `cargo xtask setup`)", file.display())));
                         }
+                    }
+                    if let Input::Face { score, .. } = &i {
+                        if !crate::bounds::FACE_SCORE.contains(score) {
+                            return Err(err(n, format!("key `score`: {score} is outside its range; a face match score is a cosine similarity from 0 to 1")));
+                        }
+                    }
+                    if let Some(c) = i.captured_at().filter(|c| *c > crate::bounds::TRACE_AT_MAX_MS) {
+                        return Err(err(n, format!("key `captured_at`: {c} ms is outside its range; expected 0 to {}", crate::bounds::TRACE_AT_MAX_MS)));
                     }
                     if let Input::Line { at_us, .. } = &i {
                         if at_us / 1000 != line.at {
@@ -174,5 +186,19 @@ mod tests {
 
         let bad_version = HEAD.replace("\"gate_trace\":1", "\"gate_trace\":7");
         assert!(Trace::parse(&bad_version, Path::new("t")).unwrap_err().to_string().contains("version 7"));
+    }
+
+    #[test]
+    fn numbers_past_their_bounds_are_refused_with_the_line() {
+        let e = Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":18446744073709551615,"input":{"kind":"fire-alarm","active":true}}"#), Path::new("t.jsonl")).unwrap_err();
+        assert!(e.to_string().starts_with("t.jsonl:2: key `at`: 18446744073709551615 ms is outside its range"), "{e}");
+        let e =
+            Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":18446744073709551,"input":{"kind":"line","line":"n.d0","level":false,"at_us":18446744073709551615}}"#), Path::new("t.jsonl")).unwrap_err();
+        assert!(e.to_string().starts_with("t.jsonl:2: key `at`"), "{e}");
+        let e = Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":5,"input":{"kind":"face","door":"d","subject":"r-1","score":1.7}}"#), Path::new("t.jsonl")).unwrap_err();
+        assert!(e.to_string().starts_with("t.jsonl:2: key `score`: 1.7 is outside its range"), "{e}");
+        let e = Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":5,"input":{"kind":"card","door":"d","number":"1","captured_at":18446744073709551615}}"#), Path::new("t.jsonl")).unwrap_err();
+        assert!(e.to_string().starts_with("t.jsonl:2: key `captured_at`"), "{e}");
+        Trace::parse(&format!("{HEAD}\n{}\n", r#"{"at":5,"input":{"kind":"face","door":"d","subject":"r-1","score":0.7}}"#), Path::new("t.jsonl")).expect("in range");
     }
 }

@@ -1,0 +1,330 @@
+//! The subject directory in the gateway's SQLite: `<state_dir>/directory.sqlite`.
+//!
+//! A community of 100,000 residents (or a fleet's 1,000,000 subjects) is too large to
+//! re-parse from TOML at every start. The directory is imported once (`gate directory
+//! import`, or from `site.subjects` whenever that file changes) into two tables whose
+//! UNIQUE constraints refuse a credential value held twice, and loaded at start in one
+//! linear pass straight into the compact in-memory [`Directory`].
+
+use crate::config::SubjectEntry;
+use crate::credentials::{normalise_plate, Directory, DirectoryError};
+use crate::event::{CredentialKind, Role};
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A failure of the directory database.
+#[derive(Debug, Error)]
+pub enum DirectoryDbError {
+    #[error("subject directory {path}: {source}")]
+    Sql { path: String, source: rusqlite::Error },
+    #[error("subject directory {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("subject directory {path}: {source}")]
+    Entry { path: String, source: DirectoryError },
+    #[error("subject directory {path}: row {what} is not valid: {why}")]
+    Row { path: String, what: String, why: String },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subjects (
+    id     TEXT PRIMARY KEY,
+    role   TEXT NOT NULL,
+    groups TEXT NOT NULL DEFAULT '[]'
+) WITHOUT ROWID;
+-- One holder per credential value: cards and NFC tokens as read, plates normalised,
+-- PINs only as their site-bound sha256 (lower-case hex).
+CREATE TABLE IF NOT EXISTS credentials (
+    kind    TEXT NOT NULL CHECK (kind IN ('card', 'pin', 'nfc', 'plate')),
+    value   TEXT NOT NULL CHECK (length(value) > 0),
+    subject TEXT NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS credentials_by_subject ON credentials(subject);
+CREATE TABLE IF NOT EXISTS directory_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub subjects: usize,
+    pub credentials: usize,
+    /// The directory's version after the import (each import adds one).
+    pub version: u64,
+}
+
+/// The gateway's directory database.
+pub struct DirectoryDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Where a site keeps its directory database.
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("directory.sqlite")
+}
+
+/// The directory a gateway serves: the TOML file of `site.subjects` when the config
+/// names one (small sites, tests), otherwise `<state_dir>/directory.sqlite` when it exists
+/// (filled by `gate directory import`), otherwise an empty one. Visitor-pass keys come
+/// from the config either way.
+pub fn load_for(cfg: &crate::config::SiteConfig) -> Result<Directory, String> {
+    let db = match (&cfg.site.subjects, &cfg.site.state_dir) {
+        (None, Some(state)) => DirectoryDb::open_existing(&db_path(state)).map_err(|e| e.to_string())?,
+        _ => None,
+    };
+    let Some(db) = db else { return Directory::from_config(cfg) };
+    let mut d = Directory::empty_for(cfg)?;
+    let n = db.load_into(&mut d).map_err(|e| e.to_string())?;
+    tracing::info!(subjects = n, version = db.version().unwrap_or(0), "subject directory loaded from the state dir");
+    d.set_qr_keys(&cfg.qr.issuer_keys)?;
+    Ok(d)
+}
+
+/// The sha256 (hex) of a directory source file's bytes, recorded with each import.
+pub fn source_digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn role_str(r: Role) -> &'static str {
+    match r {
+        Role::Resident => "resident",
+        Role::Staff => "staff",
+        Role::Visitor => "visitor",
+        Role::Guard => "guard",
+        Role::Contractor => "contractor",
+    }
+}
+
+fn role_of(s: &str) -> Option<Role> {
+    Some(match s {
+        "resident" => Role::Resident,
+        "staff" => Role::Staff,
+        "visitor" => Role::Visitor,
+        "guard" => Role::Guard,
+        "contractor" => Role::Contractor,
+        _ => return None,
+    })
+}
+
+/// Creates `path`'s folder (0700) and the file itself (0600) if they do not exist.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    Ok(())
+}
+
+impl DirectoryDb {
+    /// Opens (or creates, 0600 in a 0700 folder) the directory database at `path`.
+    pub fn open(path: &Path) -> Result<DirectoryDb, DirectoryDbError> {
+        create_private(path).map_err(|source| DirectoryDbError::Io { path: path.display().to_string(), source })?;
+        let sql = |source| DirectoryDbError::Sql { path: path.display().to_string(), source };
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        Ok(DirectoryDb { conn, path: path.to_path_buf() })
+    }
+
+    /// Opens the database only if it exists (a site that never imported one has none).
+    pub fn open_existing(path: &Path) -> Result<Option<DirectoryDb>, DirectoryDbError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::open(path).map(Some)
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> DirectoryDbError + '_ {
+        move |source| DirectoryDbError::Sql { path: self.path.display().to_string(), source }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, DirectoryDbError> {
+        self.conn.query_row("SELECT value FROM directory_meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(self.sql())
+    }
+
+    /// The directory's version: 0 before the first import, one more after each.
+    pub fn version(&self) -> Result<u64, DirectoryDbError> {
+        Ok(self.meta("version")?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// The sha256 of the source file last imported, if any.
+    pub fn source_digest(&self) -> Result<Option<String>, DirectoryDbError> {
+        self.meta("source_sha256")
+    }
+
+    /// How many subjects are stored.
+    pub fn count(&self) -> Result<u64, DirectoryDbError> {
+        self.conn.query_row("SELECT COUNT(*) FROM subjects", [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64).map_err(self.sql())
+    }
+
+    /// Replaces the whole directory by `entries` in one transaction (all or nothing), and
+    /// records `digest` as the source it came from. A credential value held by two
+    /// subjects is refused (UNIQUE) and nothing changes.
+    pub fn import<I: IntoIterator<Item = SubjectEntry>>(&mut self, entries: I, digest: &str) -> Result<ImportSummary, DirectoryDbError> {
+        let path = self.path.display().to_string();
+        let sql = |source| DirectoryDbError::Sql { path: path.clone(), source };
+        // A large import touches every page of both tables: keep them in memory (64 MiB).
+        self.conn.pragma_update(None, "cache_size", -65_536).map_err(sql)?;
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute("DELETE FROM credentials", []).map_err(sql)?;
+        tx.execute("DELETE FROM subjects", []).map_err(sql)?;
+        let (mut subjects, mut credentials) = (0usize, 0usize);
+        {
+            let mut add_subject = tx.prepare("INSERT INTO subjects (id, role, groups) VALUES (?1, ?2, ?3)").map_err(sql)?;
+            let mut add_cred = tx.prepare("INSERT INTO credentials (kind, value, subject) VALUES (?1, ?2, ?3)").map_err(sql)?;
+            let mut holder = tx.prepare("SELECT subject FROM credentials WHERE kind = ?1 AND value = ?2").map_err(sql)?;
+            for s in entries {
+                let groups = serde_json::to_string(&s.groups).unwrap_or_else(|_| "[]".into());
+                if s.id.is_empty() {
+                    return Err(DirectoryDbError::Entry { path: path.clone(), source: DirectoryError::Id(s.id) });
+                }
+                add_subject.execute(params![s.id, role_str(s.role), groups]).map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                        DirectoryDbError::Entry { path: path.clone(), source: DirectoryError::Id(s.id.clone()) }
+                    }
+                    e => sql(e),
+                })?;
+                subjects += 1;
+                let creds = s
+                    .cards
+                    .iter()
+                    .map(|c| (CredentialKind::Card, c.clone()))
+                    .chain(s.pin_sha256.iter().map(|p| (CredentialKind::Pin, p.to_ascii_lowercase())))
+                    .chain(s.nfc.iter().map(|n| (CredentialKind::Nfc, n.clone())))
+                    .chain(s.plates.iter().map(|p| (CredentialKind::Plate, normalise_plate(p))));
+                for (kind, value) in creds {
+                    if kind == CredentialKind::Pin && crate::credentials::pin_hash_bytes(&value).is_none() {
+                        return Err(DirectoryDbError::Entry { path: path.clone(), source: DirectoryError::PinHash(s.id.clone()) });
+                    }
+                    if let Err(e) = add_cred.execute(params![kind.as_str(), value, s.id]) {
+                        return Err(match e {
+                            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                                let other: Option<String> = holder.query_row(params![kind.as_str(), value], |r| r.get(0)).optional().map_err(sql)?;
+                                match other {
+                                    Some(other) => DirectoryDbError::Entry { path: path.clone(), source: DirectoryError::Duplicate { subject: s.id.clone(), kind: kind.as_str(), other } },
+                                    None => DirectoryDbError::Entry { path: path.clone(), source: DirectoryError::Value { subject: s.id.clone(), key: "credentials", why: "an empty value" } },
+                                }
+                            }
+                            e => sql(e),
+                        });
+                    }
+                    credentials += 1;
+                }
+            }
+        }
+        let version: u64 = tx
+            .query_row("SELECT value FROM directory_meta WHERE key = 'version'", [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(sql)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0u64)
+            .saturating_add(1);
+        tx.execute("INSERT OR REPLACE INTO directory_meta (key, value) VALUES ('version', ?1), ('source_sha256', ?2)", params![version.to_string(), digest]).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(ImportSummary { subjects, credentials, version })
+    }
+
+    /// Loads every subject and credential into `dir` in one linear pass.
+    pub fn load_into(&self, dir: &mut Directory) -> Result<usize, DirectoryDbError> {
+        let path = self.path.display().to_string();
+        let sql = |source| DirectoryDbError::Sql { path: path.clone(), source };
+        let n = usize::try_from(self.count()?).unwrap_or(usize::MAX);
+        dir.reserve(n);
+        // Subjects first, then each credential finds its holder by one hash lookup.
+        let mut st = self.conn.prepare("SELECT id, role, groups FROM subjects").map_err(sql)?;
+        let mut rows = st.query([]).map_err(sql)?;
+        let mut loaded = 0usize;
+        while let Some(r) = rows.next().map_err(sql)? {
+            let id: String = r.get(0).map_err(sql)?;
+            let role: String = r.get(1).map_err(sql)?;
+            let groups: String = r.get(2).map_err(sql)?;
+            let role = role_of(&role).ok_or_else(|| DirectoryDbError::Row { path: path.clone(), what: format!("subject `{id}`"), why: format!("unknown role `{role}`") })?;
+            let groups: Vec<String> = if groups == "[]" {
+                Vec::new()
+            } else {
+                serde_json::from_str(&groups).map_err(|e| DirectoryDbError::Row { path: path.clone(), what: format!("subject `{id}`"), why: format!("groups: {e}") })?
+            };
+            dir.add_subject(&id, role, groups).map_err(|source| DirectoryDbError::Entry { path: path.clone(), source })?;
+            loaded += 1;
+        }
+        drop(rows);
+        let mut st = self.conn.prepare("SELECT kind, value, subject FROM credentials").map_err(sql)?;
+        let mut rows = st.query([]).map_err(sql)?;
+        while let Some(r) = rows.next().map_err(sql)? {
+            let kind = r.get_ref(0).map_err(sql)?.as_str().map_err(|e| sql(e.into()))?;
+            let kind = match kind {
+                "card" => CredentialKind::Card,
+                "pin" => CredentialKind::Pin,
+                "nfc" => CredentialKind::Nfc,
+                "plate" => CredentialKind::Plate,
+                other => return Err(DirectoryDbError::Row { path: path.clone(), what: "credential".into(), why: format!("unknown kind `{other}`") }),
+            };
+            let value = r.get_ref(1).map_err(sql)?.as_str().map_err(|e| sql(e.into()))?;
+            let subject = r.get_ref(2).map_err(sql)?.as_str().map_err(|e| sql(e.into()))?;
+            let idx = dir.position(subject).ok_or_else(|| DirectoryDbError::Row { path: path.clone(), what: format!("{} credential", kind.as_str()), why: format!("no subject `{subject}`") })?;
+            dir.add_credential(idx, kind, value).map_err(|source| DirectoryDbError::Entry { path: path.clone(), source })?;
+        }
+        Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::pin_hash;
+
+    fn entry(id: &str, card: &str, pin: &str) -> SubjectEntry {
+        SubjectEntry {
+            id: id.into(),
+            role: Role::Resident,
+            groups: vec!["b-3".into()],
+            cards: vec![card.into()],
+            pin_sha256: vec![pin_hash("s", pin)],
+            nfc: vec![],
+            plates: vec!["浙A 1234".replace("1234", id)],
+        }
+    }
+
+    #[test]
+    fn an_imported_directory_loads_back_and_resolves_every_kind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = db_path(&tmp.path().join("state"));
+        let mut db = DirectoryDb::open(&path).unwrap();
+        let s = db.import(vec![entry("r-1", "1001", "111111"), entry("r-2", "1002", "222222")], "abc").unwrap();
+        assert_eq!((s.subjects, s.credentials, s.version), (2, 6, 1));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        drop(db);
+        let db = DirectoryDb::open_existing(&path).unwrap().expect("exists");
+        assert_eq!((db.version().unwrap(), db.source_digest().unwrap().as_deref()), (1, Some("abc")));
+        let mut d = Directory::new("s");
+        assert_eq!(db.load_into(&mut d).unwrap(), 2);
+        assert_eq!(d.by_card("1002").map(|s| s.id.as_str()), Some("r-2"));
+        assert_eq!(d.by_pin("111111").map(|s| s.id.as_str()), Some("r-1"));
+        assert_eq!(d.by_plate("浙a r-2").map(|s| s.id.as_str()), Some("r-2"));
+        assert_eq!(d.subject("r-1").map(|s| s.groups.clone()), Some(vec!["b-3".to_string()]));
+    }
+
+    #[test]
+    fn a_pin_hash_held_twice_is_refused_and_nothing_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut db = DirectoryDb::open(&db_path(tmp.path())).unwrap();
+        db.import(vec![entry("r-1", "1001", "111111")], "one").unwrap();
+        let e = db.import(vec![entry("r-1", "1001", "111111"), entry("r-2", "1002", "111111")], "two").unwrap_err();
+        assert!(e.to_string().contains("subject `r-2`: the same pin is already held by subject `r-1`"), "{e}");
+        let e = db.import(vec![entry("r-1", "1001", "111111"), entry("r-2", "1001", "222222")], "three").unwrap_err();
+        assert!(e.to_string().contains("the same card is already held by subject `r-1`"), "{e}");
+        assert_eq!((db.count().unwrap(), db.version().unwrap(), db.source_digest().unwrap().as_deref()), (1, 1, Some("one")), "a refused import changes nothing");
+        assert!(db.import(vec![entry("r-1", "1001", "111111"), entry("r-1", "1002", "222222")], "four").unwrap_err().to_string().contains("defined twice"));
+    }
+}
