@@ -108,7 +108,10 @@ impl Findings {
 pub fn config(cmd: ConfigCmd) -> Result<u8, anyhow::Error> {
     match cmd {
         ConfigCmd::Check { file } => {
-            let f = check(&file)?;
+            let mut f = check(&file)?;
+            // In the order of the file: problems without a line first.
+            let prefix = format!("{}:", file.display());
+            f.problems.sort_by_key(|p| p.strip_prefix(&prefix).and_then(|rest| rest.split(':').next()).and_then(|n| n.parse::<usize>().ok()));
             for n in &f.notes {
                 println!("{n}");
             }

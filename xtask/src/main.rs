@@ -78,7 +78,7 @@ fn main() -> Result<()> {
             }
             let binary = deb::build_binary(&root, target.as_deref())?;
             let out_dir = root.join("target/debian");
-            let inputs = deb::Inputs { root: &root, binary: &binary, plugins_dir: &root.join("target/plugins"), arch: deb::debian_arch(target.as_deref())?, out_dir: &out_dir };
+            let inputs = deb::Inputs { root: &root, binary: &binary, plugins_dir: &root.join("target/plugins"), arch: deb::debian_arch(target.as_deref())?, out_dir: &out_dir, fast: false };
             let deb = deb::assemble(&inputs)?;
             println!("{}", deb.display());
             Ok(())
