@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod audit_cmd;
+mod config_cmd;
 mod face_cmd;
 mod fleet_cmd;
 mod report_cmd;
@@ -65,6 +66,11 @@ enum Cmd {
         /// With --record: keep raw card numbers (PINs are always pseudonymised).
         #[arg(long, requires = "record")]
         keep_raw_cards: bool,
+    },
+    /// Configuration tools: `gate config check FILE` before a gateway uses a file.
+    Config {
+        #[command(subcommand)]
+        cmd: config_cmd::ConfigCmd,
     },
     /// Replay a trace in virtual time; with expected outputs, diff and fail on any difference.
     Replay {
@@ -425,6 +431,7 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
             println!("gate: replay with: gate replay --config {} --subjects {} --trace {}", config.display(), s.subjects.display(), s.path.display());
             Ok(0)
         }
+        Cmd::Config { cmd } => config_cmd::config(cmd).map_err(runtime),
         Cmd::Enroll(args) => face_cmd::enroll(args),
         Cmd::Consent { cmd } => face_cmd::consent(cmd),
         Cmd::Face { cmd } => face_cmd::face(cmd),

@@ -2,6 +2,7 @@
 //! so a newcomer never builds plugins or fetches models by hand.
 
 mod broker;
+mod deb;
 mod debian;
 mod models;
 mod plugins;
@@ -40,6 +41,12 @@ enum Cmd {
     },
     /// Set up, then run the benchmarks reported in the README.
     Bench,
+    /// Build the release binary and the plugins, then the Debian package target/debian/gate_<version>_<arch>.deb.
+    Deb {
+        /// Rust target triple to build for, e.g. aarch64-unknown-linux-gnu (default: this machine).
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -63,6 +70,19 @@ fn main() -> Result<()> {
             cmd.current_dir(&root).args(["test", "--release", "--workspace"]);
             cmd.args(args);
             run(&mut cmd)
+        }
+        Cmd::Deb { target } => {
+            plugins::ensure_wasm_target()?;
+            plugins::build_all(&root)?;
+            if let Some(t) = &target {
+                ensure_target(t)?;
+            }
+            let binary = deb::build_binary(&root, target.as_deref())?;
+            let out_dir = root.join("target/debian");
+            let inputs = deb::Inputs { root: &root, binary: &binary, plugins_dir: &root.join("target/plugins"), arch: deb::debian_arch(target.as_deref())?, out_dir: &out_dir, fast: false };
+            let deb = deb::assemble(&inputs)?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Cmd::Bench => {
             setup(&root, false)?;
