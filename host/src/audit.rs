@@ -224,7 +224,8 @@ impl AuditLog {
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
         let open_err = |source| AuditError::Open { path: path.display().to_string(), source };
         let conn = Connection::open(path).map_err(open_err)?;
-        make_private(path);
+        // Private like every state file (the process umask makes it so; this tightens an old one).
+        let _ = crate::files::restrict(path);
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
@@ -390,15 +391,6 @@ fn verify_chain(entries: &[Entry], checkpoints: &[Checkpoint], device: Option<&V
         }
     }
     Ok(Verified { entries: entries.len() as i64, head: heads.last().cloned().unwrap_or_else(|| hex::encode(prev)), checkpoints: checkpoints.len(), last_checkpoint: newest.cloned() })
-}
-
-/// Audit files are private to the gateway's user, like every state file.
-fn make_private(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    }
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {

@@ -691,5 +691,4 @@ mod tests {
         std::fs::write(&p, "{}").unwrap();
         assert!(RefKey::load(&p).unwrap_err().contains("site.refkey"));
     }
-
 }

@@ -409,13 +409,16 @@ impl Payload {
     /// Takes the bytes a plugin published: valid JSON stays as it is (whitespace outside
     /// strings removed), anything else becomes a JSON string.
     pub fn from_plugin(bytes: Vec<u8>) -> Payload {
-        let bytes = if bytes.iter().any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) { minify(&bytes) } else { bytes };
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => match serde_json::from_str::<&serde_json::value::RawValue>(text) {
-                Ok(raw) => Payload(raw.to_owned()),
-                Err(_) => Payload::text(text),
-            },
-            Err(_) => Payload::text(&String::from_utf8_lossy(&bytes)),
+        let Ok(text) = std::str::from_utf8(&bytes) else { return Payload::text(&String::from_utf8_lossy(&bytes)) };
+        // Only what is JSON as sent is compacted: text that is not stays exactly as it was.
+        let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(text) else { return Payload::text(text) };
+        if !bytes.iter().any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            return Payload(raw.to_owned());
+        }
+        let compact = minify(&bytes);
+        match std::str::from_utf8(&compact).ok().and_then(|t| serde_json::from_str::<&serde_json::value::RawValue>(t).ok()) {
+            Some(raw) => Payload(raw.to_owned()),
+            None => Payload::text(text),
         }
     }
 

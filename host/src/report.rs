@@ -272,7 +272,14 @@ pub fn gather(src: &Sources, period: &str, now_ms: i64) -> Result<Report, Report
         entries_by_credential: entries,
         denied_by_credential: denied,
         face,
-        retention: Retention { events_days: r.events_days, alarms_days: r.alarms_days, audit_days: r.audit_days, face_unused_days: u64::from(cfg.face.unused_days), face_erase_orphans: cfg.face.erase_orphans, events_past_bound },
+        retention: Retention {
+            events_days: r.events_days,
+            alarms_days: r.alarms_days,
+            audit_days: r.audit_days,
+            face_unused_days: u64::from(cfg.face.unused_days),
+            face_erase_orphans: cfg.face.erase_orphans,
+            events_past_bound,
+        },
         audit,
         plugins,
         biometric_statement: vec![

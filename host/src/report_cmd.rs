@@ -23,7 +23,7 @@ pub struct ReportArgs {
     /// A page to print or post, or JSON (schema: host/schema/report.json).
     #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
     format: ReportFormat,
-    /// Where to write it (mode 0644: it is meant to be published).
+    /// Where to write it (a page meant to be printed or posted: it holds counts only).
     #[arg(long)]
     out: PathBuf,
     /// Event log (default: <state_dir>/events.sqlite).

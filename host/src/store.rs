@@ -49,18 +49,13 @@ CREATE TABLE IF NOT EXISTS revoked_credentials (
     reference TEXT PRIMARY KEY,
     event_id  TEXT NOT NULL
 );
--- The highest seq ever used, kept when retention purges the rows that held it, so an
--- event id is never used twice.
-CREATE TABLE IF NOT EXISTS log_meta (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS unit_pins (
     door       TEXT PRIMARY KEY,
     pin_sha256 TEXT NOT NULL,
     event_id   TEXT NOT NULL
 );
--- The boot counter: one more at every open, before any id is handed out.
+-- Counters of the log: `boot`, one more at every open before any id is handed out; and
+-- `max_seq`, the highest seq ever used, kept when retention purges the rows that held it.
 CREATE TABLE IF NOT EXISTS log_meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -194,7 +189,7 @@ impl EventLog {
 
     fn init(conn: Connection, prefix: &str) -> Result<EventLog, rusqlite::Error> {
         conn.execute_batch(SCHEMA)?;
-        let max: Option<i64> = conn.query_row("SELECT MAX(COALESCE(MAX(seq), 0), COALESCE((SELECT value FROM log_meta WHERE name = 'max_seq'), 0)) FROM events", [], |r| r.get(0))?;
+        let max: Option<i64> = conn.query_row("SELECT MAX(COALESCE(MAX(seq), 0), COALESCE((SELECT value FROM log_meta WHERE key = 'max_seq'), 0)) FROM events", [], |r| r.get(0))?;
         Ok(EventLog { conn, prefix: prefix.to_string(), next_seq: max.unwrap_or(0).saturating_add(1), body: Vec::with_capacity(512), recovered: None })
     }
 
@@ -336,7 +331,7 @@ impl EventLog {
     pub fn purge_batch(&mut self, others_before_ms: i64, alarms_before_ms: i64, limit: u32) -> Result<u64, StoreError> {
         let tx = self.conn.savepoint()?;
         tx.execute(
-            "INSERT INTO log_meta (name, value) SELECT 'max_seq', MAX(seq) FROM events WHERE true HAVING MAX(seq) IS NOT NULL ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+            "INSERT INTO log_meta (key, value) SELECT 'max_seq', MAX(seq) FROM events WHERE true HAVING MAX(seq) IS NOT NULL ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
             [],
         )?;
         let n = tx.execute(

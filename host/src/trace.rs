@@ -104,7 +104,7 @@ impl Trace {
                             return Err(err(n, format!("key `file`: camera frame {} does not exist (test photos come with `cargo xtask setup`)", file.display())));
                         }
                     }
-                    if let Input::Face { score, .. } = &i {
+                    if let Input::Face { score: Some(score), .. } = &i {
                         if !crate::bounds::FACE_SCORE.contains(score) {
                             return Err(err(n, format!("key `score`: {score} is outside its range; a face match score is a cosine similarity from 0 to 1")));
                         }

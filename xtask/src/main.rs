@@ -27,7 +27,7 @@ enum Cmd {
     Plugins,
     /// Fetch and verify the face models and ONNX Runtime into models/.
     Models,
-    /// Set up, then run the demo gateway serving a recorded morning through the real plugins.
+    /// Set up, then run the demo gateway serving a recorded morning through the real plugins, and write the month's report.
     Demo {
         /// Extra arguments passed to `gate run`.
         #[arg(trailing_var_arg = true)]
@@ -61,7 +61,14 @@ fn main() -> Result<()> {
             let mut cmd = cargo();
             cmd.current_dir(&root).args(["run", "--release", "--quiet", "-p", "gate", "--", "run", "--config", "configs/demo-site.toml", "--trace", "tests/traces/morning.jsonl"]);
             cmd.args(args);
-            run(&mut cmd)
+            run(&mut cmd)?;
+            // The demo ends as a property's month does: with the transparency report for residents.
+            let out = root.join("target/demo-state/report-2026-11.html");
+            let mut report = cargo();
+            report.current_dir(&root).args(["run", "--release", "--quiet", "-p", "gate", "--", "report", "--config", "configs/demo-site.toml", "--period", "2026-11", "--out"]).arg(&out);
+            run(&mut report)?;
+            eprintln!("xtask: the month's transparency report (Chinese; `gate report --lang en` for English) is {}", out.display());
+            Ok(())
         }
         Cmd::Test { args } => {
             setup(&root, true)?;
