@@ -200,7 +200,14 @@ pub fn pseudonymise_trace(text: &str, cfg: &SiteConfig) -> Result<String, String
                 continue;
             }
         };
-        if let Some(raw) = v.get("input").cloned() {
+        // Only inputs carry credentials; every other line (header, expected outputs) travels
+        // exactly as written, so expected payloads keep the key order the plugin publishes in.
+        let Some(raw) = v.get("input").cloned() else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        {
             let mut input: Input = serde_json::from_value(raw).map_err(|e| format!("line {}: {e}", n + 1))?;
             let mut refer = |kind: &str, value: &mut String, holder: Option<&crate::credentials::Subject>| {
                 let next = unknown.len() + 1;
@@ -214,7 +221,12 @@ pub fn pseudonymise_trace(text: &str, cfg: &SiteConfig) -> Result<String, String
                 Input::Pin { pin, .. } => refer("pin", pin, dir.by_pin(pin)),
                 Input::Nfc { token, .. } => refer("nfc", token, dir.by_nfc(token)),
                 Input::Plate { plate, .. } => refer("plate", plate, dir.by_plate(plate)),
-                _ => {}
+                // Nothing to hide: the line travels as written (a face input keeps its score).
+                _ => {
+                    out.push_str(line);
+                    out.push('\n');
+                    continue;
+                }
             }
             v["input"] = serde_json::to_value(&input).map_err(|e| e.to_string())?;
         }

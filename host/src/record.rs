@@ -127,6 +127,8 @@ pub struct Recorder {
     pseudo: Pseudonymiser,
     keep_raw_cards: bool,
     dir: Directory,
+    /// The site's face bands: a face input that came with a score is recorded as its band.
+    bands: crate::config::FaceBands,
     seen: BTreeMap<String, Seen>,
     summary: Summary,
 }
@@ -135,7 +137,7 @@ impl Recorder {
     /// Starts the recording file with its header; pseudonyms are keyed afresh for this recording.
     pub fn create(to: &RecordTo, cfg: &SiteConfig, start: &str, start_ms: i64, description: String) -> Result<Self, RecordError> {
         let path = &to.out;
-        let dir = Directory::from_config(cfg).map_err(RecordError::Setup)?;
+        let dir = crate::directory::load_for(cfg).map_err(RecordError::Setup)?;
         let pseudo = Pseudonymiser::random().map_err(|e| RecordError::Setup(e.to_string()))?;
         let header = Header { gate_trace: VERSION, site: cfg.site.id.clone(), start: start.to_string(), description: Some(description) };
         let io = |source| RecordError::Io { path: path.to_path_buf(), source };
@@ -151,6 +153,7 @@ impl Recorder {
             pseudo,
             keep_raw_cards: to.keep_raw_cards,
             dir,
+            bands: cfg.face.clone(),
             seen: BTreeMap::new(),
             summary: Summary::default(),
         })
@@ -186,6 +189,12 @@ impl Recorder {
                     self.seen.entry(s.id.clone()).or_default().pins.insert(label.clone());
                 }
                 Input::Pin { door: door.clone(), direction: *direction, pin: label, captured_at: *captured_at }
+            }
+            // A hand-written trace may give a score: the recording carries the band the
+            // gateway turned it into (the same thresholds), never the score.
+            Input::Face { door, direction, subject, band, score, liveness, captured_at } => {
+                let band = band.or_else(|| score.and_then(|s| self.bands.band(s)));
+                Input::Face { door: door.clone(), direction: *direction, subject: subject.clone().filter(|_| band.is_some()), band, score: None, liveness: *liveness, captured_at: *captured_at }
             }
             other => other.clone(),
         })

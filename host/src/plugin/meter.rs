@@ -34,14 +34,17 @@ fn charge(store: &mut StoreContextMut<'_, State>, bytes: usize) -> wasmtime::Res
     store.set_fuel(left - cost)
 }
 
-const KV: &str = "gate:plugin/kv@0.1.0";
-const LOG: &str = "gate:plugin/log@0.1.0";
+/// The interfaces it shadows, at the contract version this host serves (a stale version
+/// here would shadow nothing and leave host calls unmetered).
+fn interface(name: &str) -> String {
+    format!("gate:plugin/{name}@{}", super::CONTRACT_VERSION)
+}
 
 /// Replaces the `kv` and `log` imports with fuel-charging versions (deterministic engines
 /// only: live engines have no fuel, and their calls are bounded by the wall-clock deadline).
 pub fn link_metered(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let mut kv = linker.instance(KV)?;
+    let mut kv = linker.instance(&interface("kv"))?;
     kv.func_wrap("get", |mut store: StoreContextMut<'_, State>, (key,): (String,)| {
         let n = key.len();
         let v = store.data_mut().kv.get(key);
@@ -64,7 +67,7 @@ pub fn link_metered(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         charge(&mut store, n + keys.iter().map(String::len).sum::<usize>())?;
         Ok((keys,))
     })?;
-    let mut log = linker.instance(LOG)?;
+    let mut log = linker.instance(&interface("log"))?;
     log.func_wrap("log", |mut store: StoreContextMut<'_, State>, (level, message): (Level, String)| {
         charge(&mut store, message.len())?;
         store.data_mut().log.log(level, message);
