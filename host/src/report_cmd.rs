@@ -129,7 +129,7 @@ pub fn subject_report(a: SubjectReportArgs) -> Result<u8, Failure> {
                     shown(&c.consent.capture)
                 );
             }
-            let has = store.enrolled().map_err(runtime)?.iter().any(|s| *s == a.subject);
+            let has = store.enrolled().map_err(runtime)?.contains(&a.subject);
             println!("  template held: {} (encrypted on this device; the template itself is never shown or exported)", if has { "yes" } else { "no" });
         }
         _ => println!("  face recognition is not set up on this gateway: nothing held"),
