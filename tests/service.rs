@@ -24,6 +24,24 @@ fn hang_building_3(site: &Site) {
     std::fs::write(&site.config, cfg).unwrap();
 }
 
+/// Turns the site's camera on: `[face]` with the fetched models, a device key, and r-0003
+/// enrolled from two photos (real models: `cargo xtask setup` fetches them).
+fn enrol_r0003(site: &Site) {
+    let models = root().join("models");
+    let cfg = std::fs::read_to_string(&site.config).unwrap();
+    assert!(cfg.contains("[face]\n"), "the demo site's [face] section changed");
+    let face = format!("[face]\nmodels_dir = {:?}\ndb = \"faces.sqlite\"\nkey = \"face.key\"\n", models);
+    std::fs::write(&site.config, cfg.replacen("[face]\n", &face, 1)).unwrap();
+    let key = site.dir.path().join("face.key");
+    let o = gate(&["face", "key", "new", key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let photo = |n: &str| models.join("testdata").join(n).to_string_lossy().into_owned();
+    let cfg = site.config.to_str().unwrap();
+    let (a, b) = (photo("obama.jpg"), photo("obama3.jpg"));
+    let o = gate(&["enroll", "--config", cfg, "--subject", "r-0003", "--purpose", "entry at the community gates", "--notice-version", "2026-11", "--capture", "signed at the property office", &a, &b]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
 fn card(door: &str, number: &str) -> Input {
     Input::Card { door: door.into(), direction: Direction::Entry, number: number.into(), captured_at: None }
 }
@@ -80,12 +98,18 @@ fn the_service_serves_pins_plugins_and_the_fleet_at_once_and_exit_and_fire_never
     let broker = broker();
     let site = Site::new(&broker, "resident-policy", 5);
     hang_building_3(&site);
+    enrol_r0003(&site);
+    let frame = root().join("models/testdata/obama2.jpg");
     let inputs = vec![
         (3_000, card("building-3", "10012347")),
         (3_001, Input::ExitButton { door: "north-gate".into() }),
         (3_002, Input::FireAlarm { active: true }),
+        // The camera at the north gate sees r-0003; the exit button and fire inputs above act
+        // 6-7 ms after it (their 30 ms debounce), while the frame is still being matched.
+        (3_025, Input::CameraFrame { door: "north-gate".into(), direction: Direction::Entry, file: frame, captured_at: None }),
         (6_000, Input::FireAlarm { active: false }),
-        (8_000, card("north-gate", "10012345")),
+        // r-0003 completes the face with a card (a second factor: liveness is unknown).
+        (8_000, card("north-gate", "10012347")),
         (30_000, card("north-gate", "10012346")),
     ];
     let pins = pin_trace(&site, "at-once", &inputs);
@@ -109,9 +133,16 @@ fn the_service_serves_pins_plugins_and_the_fleet_at_once_and_exit_and_fire_never
         assert!(site.records("relay").iter().any(|(s, r)| *s >= fire && r["door"] == door && r["on"] == true), "fire released {door}");
     }
 
+    // The frame was matched on the face thread (tens of ms) while the exit button and the
+    // fire input were already acted on.
+    wait_until("the camera frame decided", Duration::from_secs(30), || seq_of(&site, "decision", |d| d["credential"] == "face").is_some());
+    let face = site.records("decision").into_iter().find(|(_, d)| d["credential"] == "face").unwrap();
+    assert_eq!((face.1["subject"].as_str(), face.1["by"].as_str()), (Some("r-0003"), Some("plugin:resident-policy")), "the camera matched r-0003 and its plugin decided: {}", face.1);
+    assert!(exit < face.0 && fire < face.0, "exit ({exit}) and fire ({fire}) waited for the face matcher ({})", face.0);
+
     // A resident's card at the north gate is decided by its own plugin.
-    wait_until("the north-gate card", Duration::from_secs(30), || seq_of(&site, "decision", |d| d["door"] == "north-gate").is_some());
-    let north = site.records("decision").into_iter().find(|(_, d)| d["door"] == "north-gate").unwrap().1;
+    wait_until("the north-gate card", Duration::from_secs(30), || seq_of(&site, "decision", |d| d["door"] == "north-gate" && d["credential"] == "card").is_some());
+    let north = site.records("decision").into_iter().find(|(_, d)| d["door"] == "north-gate" && d["credential"] == "card").unwrap().1;
     assert_eq!((north["outcome"].as_str(), north["by"].as_str()), (Some("grant"), Some("plugin:resident-policy")), "{north}");
 
     // A deployment lands and a remote command acts while the doors are served.
@@ -127,8 +158,8 @@ fn the_service_serves_pins_plugins_and_the_fleet_at_once_and_exit_and_fire_never
     assert!(site.status().contains("1.1.0"), "{}", site.status());
 
     // The last read, after the deployment, is decided by the deployed version.
-    wait_until("the read after the deployment", Duration::from_secs(60), || site.records("decision").iter().filter(|(_, d)| d["door"] == "north-gate").count() >= 2);
-    let last = site.records("decision").into_iter().rfind(|(_, d)| d["door"] == "north-gate").unwrap().1;
+    wait_until("the read after the deployment", Duration::from_secs(60), || site.records("decision").iter().filter(|(_, d)| d["door"] == "north-gate" && d["credential"] == "card").count() >= 2);
+    let last = site.records("decision").into_iter().rfind(|(_, d)| d["door"] == "north-gate" && d["credential"] == "card").unwrap().1;
     assert_eq!(last["by"], "plugin:resident-policy", "{last}");
     drop(gw);
 }
