@@ -167,6 +167,17 @@ fn aad(subject: &str) -> Vec<u8> {
     v
 }
 
+/// A stored template as it sits in the database: (subject, nonce, ciphertext).
+type Sealed = (String, Vec<u8>, Vec<u8>);
+
+/// Every stored template, read inside the transaction that re-seals them (the transform
+/// migration and re-keying).
+fn sealed_templates(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<Sealed>> {
+    let mut stmt = tx.prepare("SELECT subject, nonce, ciphertext FROM template")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
 impl TemplateStore {
     /// Opens (or creates) the store at `db_path` under the device key at `key_path`.
     /// Refuses a key other than the one the store's templates were written under.
@@ -240,11 +251,7 @@ impl TemplateStore {
         let path = self.path.clone();
         let db = |source| StoreError::Database { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = {
-            let mut stmt = tx.prepare("SELECT subject, nonce, ciphertext FROM template").map_err(db)?;
-            let it = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db)?;
-            it.collect::<Result<_, _>>().map_err(db)?
-        };
+        let rows = sealed_templates(&tx).map_err(db)?;
         for (subject, nonce, ct) in &rows {
             let plain = Self::open_sealed(&self.key, subject, nonce, ct)?;
             let (nonce, ct) = Self::seal_with(&self.key, subject, &self.rotation.apply(&plain))?;
@@ -580,11 +587,7 @@ impl TemplateStore {
         let path = self.path.clone();
         let db = |source| StoreError::Database { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = {
-            let mut stmt = tx.prepare("SELECT subject, nonce, ciphertext FROM template").map_err(db)?;
-            let it = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db)?;
-            it.collect::<Result<_, _>>().map_err(db)?
-        };
+        let rows = sealed_templates(&tx).map_err(db)?;
         for (subject, nonce, ct) in &rows {
             // Undo the old site's rotation, apply the new one: the references are renewed
             // (unlinkable to the old ones) without re-enrolment.
