@@ -232,7 +232,8 @@ fn systemd_hears_ready_once_the_doors_are_served_and_the_watchdog_stops_when_the
 fn sigterm_during_traffic_stops_within_the_budget_with_relays_safe_nothing_lost_and_offline_published() {
     let broker = broker();
     let site = Site::new(&broker, "resident-policy", 5);
-    let (got, _) = consumer("service-sigterm", broker.port);
+    let (got, subscribed) = consumer("service-sigterm", broker.port);
+    wait_until("the consumer to subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap() >= 1);
     let status = status_watcher("service-sigterm-status", broker.port);
     let inputs: Vec<(u64, Input)> = (0..400).map(|i| (1_000 + i * 50, card(["north-gate", "building-3"][i as usize % 2], ["10012345", "10012347"][i as usize % 2]))).collect();
     let pins = pin_trace(&site, "sigterm", &inputs);
@@ -257,10 +258,7 @@ fn sigterm_during_traffic_stops_within_the_budget_with_relays_safe_nothing_lost_
     // What did not reach the broker before the stop goes out after the next start.
     let logged: Vec<String> = site.event_ids().into_iter().map(|(_, id)| id).collect();
     let again = serve(&site, &pin_trace(&site, "after", &[]), "after", &[]);
-    wait_until("every logged event published by id", Duration::from_secs(60), || {
-        let ids: std::collections::BTreeSet<String> = got.lock().unwrap().iter().map(|(_, id)| id.clone()).collect();
-        logged.iter().all(|id| ids.contains(id))
-    });
+    wait_all_published(&site, &got, &logged, Duration::from_secs(60), || again.output());
     drop(again);
 }
 
@@ -294,7 +292,8 @@ fn status_watcher(client_id: &str, port: u16) -> Arc<Mutex<Vec<serde_json::Value
 fn kill_9_at_random_points_never_loses_repeats_or_corrupts_and_the_gateway_serves_again_each_time() {
     let broker = broker();
     let site = Site::new(&broker, "resident-policy", 5);
-    let (got, _) = consumer("service-kill9", broker.port);
+    let (got, subscribed) = consumer("service-kill9", broker.port);
+    wait_until("the consumer to subscribe", Duration::from_secs(10), || *subscribed.lock().unwrap() >= 1);
     // Four residents' reads in turn, each repeating after 2.4 s (beyond the repeat window).
     let reads = [("north-gate", "10012345"), ("building-3", "10012347"), ("north-gate", "10012346"), ("building-3", "10012345")];
     let inputs: Vec<(u64, Input)> = (0..2_000).map(|i| (500 + i * 600, card(reads[i as usize % 4].0, reads[i as usize % 4].1))).collect();
@@ -328,10 +327,7 @@ fn kill_9_at_random_points_never_loses_repeats_or_corrupts_and_the_gateway_serve
     // One more start: every event logged in any run reaches the consumer, by id, once.
     let logged: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
     let last = serve(&site, &pin_trace(&site, "last", &[]), "last", &[]);
-    wait_until("every logged event published", Duration::from_secs(120), || {
-        let seen: std::collections::BTreeSet<String> = got.lock().unwrap().iter().map(|(_, id)| id.clone()).collect();
-        logged.iter().all(|id| seen.contains(id))
-    });
+    wait_all_published(&site, &got, &logged, Duration::from_secs(120), || last.output());
     eprintln!("decisions per run before its kill: {decided_per_run:?}");
     drop(last);
 }

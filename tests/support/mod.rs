@@ -253,6 +253,35 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Waits until every id in `logged` has reached the consumer `got`; on timeout, says which
+/// ids are missing, where the outbox cursor stands and what the gateway printed.
+pub fn wait_all_published(site: &Site, got: &Received, logged: &[String], timeout: Duration, gateway_output: impl Fn() -> String) {
+    let missing = || {
+        let seen: std::collections::BTreeSet<String> = got.lock().unwrap().iter().map(|(_, id)| id.clone()).collect();
+        logged.iter().filter(|id| !seen.contains(*id)).cloned().collect::<Vec<_>>()
+    };
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if missing().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fleet = site.db.with_file_name("fleet/fleet.sqlite");
+    let cursor: Option<i64> = rusqlite::Connection::open_with_flags(&fleet, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .ok()
+        .and_then(|c| c.query_row("SELECT cursor FROM outbox_state", [], |r| r.get(0)).ok());
+    let missing = missing();
+    let seqs: Vec<i64> = site.event_ids().into_iter().filter(|(_, id)| missing.contains(id)).map(|(s, _)| s).collect();
+    panic!(
+        "timed out after {timeout:?}: {} of {} logged events never reached the consumer (seqs {seqs:?}, ids {missing:?}); the consumer got {} messages; outbox cursor {cursor:?}\ngateway output:\n{}",
+        missing.len(),
+        logged.len(),
+        got.lock().unwrap().len(),
+        gateway_output()
+    );
+}
+
 pub fn line_for<'a>(out: &'a str, gw: &str) -> &'a str {
     out.lines().rev().find(|l| l.starts_with(&format!("{gw}: "))).unwrap_or_else(|| panic!("no result line for {gw} in:\n{out}"))
 }
@@ -265,6 +294,9 @@ pub fn consumer(client_id: &str, port: u16) -> (Received, Arc<Mutex<u32>>) {
     let subscribed = Arc::new(Mutex::new(0u32));
     let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
+    // A persistent session: if this client's link drops under load, the broker keeps the
+    // QoS 1 messages for it, as it would for a real operator's consumer.
+    opts.set_clean_session(false);
     let (client, mut conn) = rumqttc::Client::new(opts, 1000);
     let (g, s) = (got.clone(), subscribed.clone());
     std::thread::spawn(move || {
