@@ -197,3 +197,123 @@ fn a_subject_report_tells_what_is_held_and_never_a_credential_value() {
     let (code, out) = site.gate(&["subject", "report", "nobody-9"]);
     assert_eq!(code, 2, "{out}");
 }
+
+/// Enrols `subject` on `site`'s gateway from `photos` (models/testdata), turning its camera
+/// on with the fetched models and a face key of its own (each gateway keeps its own).
+fn enrol(site: &support::Site, subject: &str, photos: &[&str]) {
+    let models = root().join("models");
+    let cfg = std::fs::read_to_string(&site.config).unwrap();
+    if !cfg.contains("face.key") {
+        assert!(cfg.contains("[face]\n"), "the demo site's [face] section changed");
+        std::fs::write(&site.config, cfg.replacen("[face]\n", &format!("[face]\nmodels_dir = {models:?}\ndb = \"faces.sqlite\"\nkey = \"face.key\"\n"), 1)).unwrap();
+        let o = gate(&["face", "key", "new", site.dir.path().join("face.key").to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let photos: Vec<String> = photos.iter().map(|p| models.join("testdata").join(p).to_string_lossy().into_owned()).collect();
+    let mut args = vec!["enroll", "--config", site.config.to_str().unwrap(), "--subject", subject, "--purpose", "entry at the community gates", "--notice-version", "2026-11"];
+    args.extend(["--capture", "signed at the property office"]);
+    args.extend(photos.iter().map(String::as_str));
+    let o = gate(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+/// Issue 15 item 3 (monthly publication and the site report) and item 1 (the checkpoint read
+/// off the broker): two gateways of one site serve across midnight at the end of November;
+/// each publishes its signed November report when the month ends, `gate fleet report` counts
+/// a resident enrolled on both once, a forged report is refused by name, and an audit trail
+/// cut after its published checkpoint is caught with that checkpoint.
+#[test]
+fn gateways_publish_their_month_and_the_site_report_counts_each_person_once() {
+    use support::{card_reads, publish_raw, retained, wait_until, Site, SITE};
+    use std::time::Duration;
+    let broker = support::broker();
+    let north = Site::new(&broker, "resident-policy", 5);
+    let south = Site::new(&broker, "resident-policy", 5);
+    // The south gateway: its own id, the site's reference key, enrolled by the operator.
+    let cfg = std::fs::read_to_string(&south.config).unwrap();
+    assert!(cfg.contains("gateway = \"gw-north-1\""));
+    std::fs::write(&south.config, cfg.replace("gateway = \"gw-north-1\"", "gateway = \"gw-south-1\"")).unwrap();
+    std::fs::copy(north.ref_key(), south.ref_key()).unwrap();
+    let o = gate(&["fleet", "device-key", "--config", south.config.to_str().unwrap()]);
+    let public = String::from_utf8_lossy(&o.stdout).split_whitespace().last().unwrap().to_string();
+    let o = gate(&["fleet", "enroll", "--gateway", &format!("{SITE}/gw-south-1"), "--public", &public, "--inventory", north.inventory_path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    // r-0003 holds a template on both gateways (the test photos hold only one person
+    // photographed more than once, and enrolment needs two agreeing photos).
+    enrol(&north, "r-0003", &["obama.jpg", "obama3.jpg"]);
+    enrol(&south, "r-0003", &["obama2.jpg", "obama3.jpg"]);
+
+    // Card reads from 23:59:58 to 00:00:03 on the last night of November, site time.
+    let start = "2026-11-30T23:59:57+08:00";
+    let gws: Vec<support::Running> = [&north, &south].iter().map(|s| s.run(&s.trace_from(start, "midnight", 6, 1000, &card_reads()))).collect();
+    let nov_end = gate::report::month_bounds("2026-12", 480).unwrap().0;
+    let site_report = |extra: &[&str]| {
+        let mut args = vec!["fleet", "report", "--site", SITE, "--period", "2026-11"];
+        args.extend(extra);
+        north.gate_with_broker(&args)
+    };
+    let mut last = (0, String::new());
+    wait_until("both gateways' November reports", Duration::from_secs(60), || {
+        last = site_report(&["--json"]);
+        last.0 == 0
+    });
+    let (_, out) = last;
+    let json: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["gateways"], serde_json::json!(["gw-north-1", "gw-south-1"]), "{out}");
+    assert_eq!((json["face_subjects"].as_u64(), json["templates_held"].as_u64(), json["face_subjects_distinct"].as_bool()), (Some(1), Some(2), Some(true)), "{out}");
+    // Entries by card equal the two event logs' November card grants, counted directly.
+    let direct: i64 = [&north, &south]
+        .iter()
+        .map(|s| {
+            let c = rusqlite::Connection::open(&s.db).unwrap();
+            c.query_row("SELECT COUNT(*) FROM events WHERE kind='decision' AND json_extract(body,'$.outcome')='grant' AND json_extract(body,'$.credential')='card' AND json_extract(body,'$.direction')='entry' AND at_ms < ?1", [nov_end], |r| r.get::<_, i64>(0)).unwrap()
+        })
+        .sum();
+    assert!(direct >= 2, "reads before midnight were granted");
+    assert_eq!(json["entries_by_credential"]["card"].as_i64(), Some(direct), "{out}");
+    // Each gateway audited the publication.
+    for s in [&north, &south] {
+        let n: i64 = sql(&s.dir.path().join("state/audit.sqlite"), "SELECT COUNT(*) FROM audit WHERE action='report-generated' AND target='period:2026-11' AND detail LIKE '%\"published\":\"mqtt\"%'");
+        assert_eq!(n, 1);
+    }
+    // The table an operator reads.
+    let (code, table) = site_report(&[]);
+    assert_eq!(code, 0, "{table}");
+    assert!(table.contains("people with face data: 1 (2 templates on 2 gateway(s))"), "{table}");
+
+    // A broker client without the south gateway's key replaces its retained report: refused by name.
+    let topic = format!("gate/v1/{SITE}/gw-south-1/report/2026-11");
+    let fake = gate_fleet::signed::DeviceKey::generate().seal(gate_fleet::signed::Kind::Report, &topic, &out[out.find('{').unwrap()..]);
+    publish_raw(north.port, &[(topic.as_str(), true, fake)]);
+    let (code, table) = site_report(&[]);
+    assert_eq!(code, 1, "{table}");
+    assert!(table.contains("gw-south-1: NO REPORT COMBINED (forged"), "{table}");
+    assert!(table.contains("people with face data: 1 (1 templates on 1 gateway(s))"), "{table}");
+
+    // The north gateway stops (a checkpoint is signed and published at every stop); the
+    // checkpoint read off the broker holds its audit trail: cutting the tail is caught.
+    let mut gws = gws;
+    let mut n = gws.remove(0);
+    assert!(std::process::Command::new("kill").args(["-TERM", &n.child.id().to_string()]).status().unwrap().success());
+    wait_until("the north gateway to stop", Duration::from_secs(30), || n.child.try_wait().unwrap().is_some());
+    let audit = north.dir.path().join("state/audit.sqlite");
+    let head: i64 = sql(&audit, "SELECT MAX(seq) FROM audit");
+    let cp_topic = format!("gate/v1/{SITE}/gw-north-1/audit/checkpoint");
+    let mut cp = None;
+    wait_until("the stop's checkpoint on the broker", Duration::from_secs(20), || {
+        cp = retained(north.port, &cp_topic, Duration::from_secs(2)).filter(|p| serde_json::from_slice::<serde_json::Value>(p).is_ok_and(|v| v["seq"].as_i64() == Some(head)));
+        cp.is_some()
+    });
+    let cp_file = north.dir.path().join("checkpoint-from-broker.json");
+    std::fs::write(&cp_file, cp.unwrap()).unwrap();
+    let verify = || gate(&["audit", "verify", "--db", audit.to_str().unwrap(), "--checkpoint", cp_file.to_str().unwrap()]);
+    let o = verify();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let c = rusqlite::Connection::open(&audit).unwrap();
+    c.execute("DELETE FROM audit WHERE seq = ?1", [head]).unwrap();
+    c.execute("DELETE FROM audit_checkpoints WHERE seq >= ?1", [head]).unwrap();
+    drop(c);
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(&format!("the log ends at entry {} but a checkpoint signed by the gateway covers {head} entries", head - 1)), "{}", text(&o));
+}

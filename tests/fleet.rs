@@ -36,6 +36,8 @@ fn signed_deployment_goes_live_and_bad_bundles_are_refused_with_their_reason() {
     let swapped_at = site.decisions().last().map_or(0, |d| d.0);
     wait_until("a decision by the deployed plugin", Duration::from_secs(20), || site.decisions().iter().any(|(s, by)| *s > swapped_at && by == "plugin:resident-policy"));
     assert!(site.status().contains("resident-policy@1.0.0"), "{}", site.status());
+    // The deployment is in the audit trail, by the key that signed it (issue 15).
+    wait_until("the deployment in the audit trail", Duration::from_secs(10), || audited(&site, "plugin-deployed") == [("key:test-ops".to_string(), "plugin:resident-policy".to_string())]);
 
     // Tampered component, tampered manifest, unsigned, unknown key, replayed, downgrade.
     let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
@@ -139,6 +141,9 @@ fn a_new_version_that_keeps_failing_in_service_is_rolled_back_by_the_gateway() {
     wait_until("the gateway to roll back by itself", Duration::from_secs(60), || site.status().contains("rolled-back"));
     let status = site.status();
     assert!(status.contains("resident-policy@0.0.0") && status.contains("rolled back to 0.0.0"), "{status}");
+    // Deployed by the operator's key, rolled back by the gateway itself: both audited.
+    wait_until("the deployment in the audit trail", Duration::from_secs(10), || audited(&site, "plugin-deployed") == [("key:test-ops".to_string(), "plugin:resident-policy".to_string())]);
+    wait_until("the rollback in the audit trail", Duration::from_secs(10), || audited(&site, "plugin-rolled-back") == [("host".to_string(), "plugin:resident-policy".to_string())]);
     // Meanwhile the host's fallback let the PIN users in; afterwards the old version decides again.
     let during: Vec<_> = site.decisions().into_iter().filter(|(s, _)| *s > swapped_at).collect();
     assert!(during.iter().any(|(_, by)| by == "fallback:plugin-failed"), "{during:?}");
@@ -449,29 +454,11 @@ fn a_junk_flood_on_every_inbound_topic_stops_neither_the_doors_nor_the_link() {
     drop(gw);
 }
 
-/// Publishes `(topic, retained, payload)` as a broker client with no key, in order, and
-/// waits until the broker has taken them all.
-fn publish_raw(port: u16, msgs: &[(&str, bool, Vec<u8>)]) {
-    let mut opts = rumqttc::MqttOptions::new(format!("forger-{}-{}", std::process::id(), msgs.len()), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut conn) = rumqttc::Client::new(opts, 100);
-    let acks = Arc::new(Mutex::new(0usize));
-    let a = acks.clone();
-    let driver = std::thread::spawn(move || {
-        for n in conn.iter() {
-            match n {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => *a.lock().unwrap() += 1,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    for (t, retain, p) in msgs {
-        client.publish(*t, rumqttc::QoS::AtLeastOnce, *retain, p.clone()).unwrap();
-    }
-    wait_until("the broker to take the forged messages", Duration::from_secs(20), || *acks.lock().unwrap() >= msgs.len());
-    let _ = client.disconnect();
-    let _ = driver.join();
+/// The audit trail's entries of `action` as (actor, target), oldest first.
+fn audited(site: &Site, action: &str) -> Vec<(String, String)> {
+    let c = rusqlite::Connection::open_with_flags(site.db.with_file_name("audit.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut st = c.prepare("SELECT actor, target FROM audit WHERE action = ?1 ORDER BY seq").unwrap();
+    st.query_map([action], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
 }
 
 /// Records every message on `filter` as a `mosquitto_sub -v` line: `topic payload`.

@@ -130,6 +130,14 @@ impl RefKey {
         Ok(RefKey(k))
     }
 
+    /// The site's key (`[fleet] ref_key`), if it names one; errors name the key and file.
+    pub fn for_site(cfg: &SiteConfig) -> Result<Option<RefKey>, String> {
+        match cfg.fleet.as_ref().and_then(|f| f.ref_key.as_ref()) {
+            Some(path) => RefKey::load(path).map(Some).map_err(|e| format!("[fleet] key `ref_key`: {e}")),
+            None => Ok(None),
+        }
+    }
+
     /// Reads a key file written by [`RefKey::save`]; errors name the file.
     pub fn load(path: &std::path::Path) -> Result<RefKey, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("reference key {}: {e}", path.display()))?;
@@ -167,6 +175,16 @@ pub fn keyed_credential_ref(key: &RefKey, kind: CredentialKind, value: &str) -> 
     let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("HMAC takes a key of any length");
     mac.update(format!("gate-credential-ref/2\0{}\0{value}", kind.as_str()).as_bytes());
     format!("{}:{}", kind.as_str(), &hex::encode(mac.finalize().into_bytes())[..24])
+}
+
+/// A subject's reference keyed with the site's reference key: `subject:` and 24 hex digits
+/// of HMAC-SHA256(key, "gate-subject-ref/1" 0 id). Every gateway of a site derives the same
+/// one, so reports can count distinct people across gateways without naming them.
+pub fn keyed_subject_ref(key: &RefKey, subject_id: &str) -> String {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("HMAC takes a key of any length");
+    mac.update(format!("gate-subject-ref/1\0{subject_id}").as_bytes());
+    format!("subject:{}", &hex::encode(mac.finalize().into_bytes())[..24])
 }
 
 fn normalised(kind: CredentialKind, value: &str) -> String {
@@ -214,9 +232,7 @@ impl Directory {
     /// An empty directory for this site, with its reference key (`[fleet] ref_key`) if any.
     pub fn empty_for(cfg: &SiteConfig) -> Result<Directory, String> {
         let mut d = Directory::new(&cfg.site.id);
-        if let Some(path) = cfg.fleet.as_ref().and_then(|f| f.ref_key.as_ref()) {
-            d.ref_key = Some(RefKey::load(path).map_err(|e| format!("[fleet] key `ref_key`: {e}"))?);
-        }
+        d.ref_key = RefKey::for_site(cfg)?;
         Ok(d)
     }
 

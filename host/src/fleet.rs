@@ -592,6 +592,7 @@ pub struct Fleet {
     prefixes: BTreeMap<String, String>,
     db: PathBuf,
     link_done: Receiver<()>,
+    reports: Option<crate::report_publish::MonthlyReports>,
 }
 
 impl Fleet {
@@ -690,7 +691,16 @@ impl Fleet {
             })
             .map_err(|e| FleetError::Setup(format!("starting the link thread: {e}")))?;
         let (cmd_tx, commands) = mpsc::channel();
-        let mut agent = Agent::new(&site, &gateway, host_version, deployer, handle.clone(), &interrupted, clock);
+        let mut agent = Agent::new(&site, &gateway, host_version, deployer, handle.clone(), &interrupted, clock.clone());
+        // Deployments and rollbacks change what decides the doors: the agent writes them to
+        // the audit trail itself (its appends are transactions, safe beside the gateway's).
+        let mut audit = match crate::audit::AuditLog::open(&crate::audit::AuditLog::path_beside(db)) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::error!(error = %e, "the fleet agent cannot open the audit trail; deployments will not be audited");
+                None
+            }
+        };
         let mut slot = slot;
         let mut exec = Commands { tx: cmd_tx, bell };
         handle.update_status(agent.status(&slot));
@@ -707,13 +717,20 @@ impl Fleet {
                 };
                 let res = match msg {
                     AgentMsg::Inbound(m) => {
-                        let r = agent.handle(m, &mut slot, &mut exec).map(|_| ());
+                        let r = agent.handle(m, &mut slot, &mut exec);
                         w_agent.fetch_sub(1, Ordering::AcqRel);
-                        r
+                        r.map(|ended| {
+                            if let (Some(s), Some(a)) = (ended, audit.as_mut()) {
+                                audit_job(a, clock.now_ms(), &s);
+                            }
+                        })
                     }
                     AgentMsg::PluginFailed(p) => agent.report_plugin_failure(&mut slot, &p).map(|rolled| {
                         if let Some(s) = rolled {
                             tracing::warn!(plugin = %p, job = %s.job_id, reason = s.reason.as_deref().unwrap_or(""), "plugin rolled back by itself");
+                            if let Some(a) = audit.as_mut() {
+                                audit_job(a, clock.now_ms(), &s);
+                            }
                         }
                     }),
                 };
@@ -724,7 +741,14 @@ impl Fleet {
             .map_err(|e| FleetError::Setup(format!("starting the agent thread: {e}")))?;
         let prefixes = cfg.plugins.iter().filter_map(|(n, p)| p.prefix.clone().map(|x| (n.clone(), x))).collect();
         tracing::info!(site = %site, gateway = %gateway, broker = %format!("{}:{}", fc.broker.host, fc.broker.port), "fleet link started");
-        Ok(Fleet { handle, to_agent, commands, prefixes, db: db.to_path_buf(), link_done })
+        let reports = match crate::report_publish::MonthlyReports::start(cfg.clone(), db, handle.clone()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the monthly report thread; reports will not be published");
+                None
+            }
+        };
+        Ok(Fleet { handle, to_agent, commands, prefixes, db: db.to_path_buf(), link_done, reports })
     }
 
     /// The link's counters.
@@ -759,6 +783,14 @@ impl Fleet {
         }
     }
 
+    /// Publishes the last complete month's transparency report when one falls due (at start,
+    /// then at each month's end on the gateway's clock). Never blocks: gathered elsewhere.
+    pub fn monthly_report(&self, now_ms: i64) {
+        if let Some(r) = &self.reports {
+            r.tick(now_ms);
+        }
+    }
+
     /// Carries out the authorised commands waiting for the gateway loop.
     pub fn poll_commands(&self, gw: &mut Gateway) -> Result<Vec<Timed>, GatewayError> {
         let mut out = Vec::new();
@@ -788,6 +820,29 @@ impl Fleet {
         // The offline status goes out on the way down; never wait past the caller's budget.
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(300));
         let _ = self.link_done.recv_timeout(left);
+    }
+}
+
+/// Writes a job that changed the plugins (a deployment, an ordered or automatic rollback)
+/// to the audit trail, naming the key that signed it or `host` for an automatic rollback.
+/// Jobs refused or failed changed nothing and are on the job status topic already.
+fn audit_job(audit: &mut crate::audit::AuditLog, now: i64, s: &gate_fleet::messages::JobStatus) {
+    use crate::audit::Action;
+    use gate_fleet::messages::JobState;
+    let action = match (s.state, s.code.as_deref()) {
+        (JobState::Succeeded, Some("rolled-back")) | (JobState::RolledBack, _) => Action::PluginRolledBack,
+        (JobState::Succeeded, _) => Action::PluginDeployed,
+        _ => return,
+    };
+    let actor = match (s.state, &s.signer) {
+        (JobState::RolledBack, _) => "host".to_string(),
+        (_, Some(k)) => format!("key:{k}"),
+        (_, None) => "unknown".to_string(),
+    };
+    let target = format!("plugin:{}", s.plugin.as_deref().unwrap_or("?"));
+    let detail = serde_json::json!({"job": s.job_id, "version": s.version.as_ref().map(|v| v.to_string()), "code": s.code, "reason": s.reason});
+    if let Err(e) = audit.append(now, &actor, action, &target, detail) {
+        tracing::error!(error = %e, job = %s.job_id, "the audit trail could not record a plugin change");
     }
 }
 

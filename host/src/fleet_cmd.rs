@@ -50,6 +50,22 @@ pub enum FleetCmd {
         #[arg(long)]
         site: Option<String>,
     },
+    /// A site's transparency report for one month, combined from the signed reports its
+    /// gateways publish: people with face data counted once across gateways (by keyed
+    /// references), entries by credential, and a warning well before the filing threshold.
+    /// Exits 1 when an enrolled gateway's report is missing or forged (the numbers are partial).
+    Report {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[arg(long)]
+        site: String,
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Enrol a gateway's device key in the operator's inventory (what site-wide commands
     /// target and every gateway message is checked against).
     Enroll {
@@ -294,6 +310,32 @@ pub fn fleet(cmd: FleetCmd) -> Result<u8, Fail> {
             print!("{}", operator::format_status_table(&rows));
             Ok(0)
         }),
+        FleetCmd::Report { broker, site, period, json } => {
+            gate::report::month_bounds(&period, 0).map_err(bad)?;
+            network()?.block_on(async {
+                let mut op = broker.connect().await?;
+                let rows = op.site_reports(&site, &period, Duration::from_millis(700)).await.map_err(broken)?;
+                op.disconnect().await;
+                let mut reports = Vec::new();
+                let mut missing = Vec::new();
+                for r in rows {
+                    let parsed = r.body.as_deref().map(serde_json::from_str::<gate::report::Report>);
+                    match (r.trust.is_genuine(), parsed) {
+                        (true, Some(Ok(rep))) if rep.site == r.site && rep.gateway == r.gateway && rep.period == period => reports.push(rep),
+                        (true, Some(Ok(_))) => missing.push((r.gateway, "the report names another gateway or month than its topic".into())),
+                        (true, Some(Err(e))) => missing.push((r.gateway, format!("the report is not gate-report/1 JSON: {e}"))),
+                        (_, _) => missing.push((r.gateway, format!("{}: {}", r.trust.label(), r.trust.why()))),
+                    }
+                }
+                let s = gate::report::combine(&site, &period, &reports, missing);
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s).map_err(broken)?);
+                } else {
+                    print!("{}", format_site_report(&s));
+                }
+                Ok(u8::from(!s.missing.is_empty() || s.gateways.is_empty()))
+            })
+        }
         FleetCmd::Enroll { gateway, public, inventory } => {
             let (site, gw) = gateway.split_once('/').ok_or_else(|| bad(anyhow!("--gateway {gateway:?}: expected site/gateway")))?;
             let mut inv = Inventory::load(&inventory).map_err(bad)?;
@@ -449,6 +491,26 @@ fn target_error(e: operator::OperatorError) -> Fail {
         operator::OperatorError::EmptySite(_) | operator::OperatorError::Topic(_) => bad(e),
         e => broken(e),
     }
+}
+
+/// The site report as the operator reads it.
+fn format_site_report(s: &gate::report::SiteReport) -> String {
+    let mut o = format!("site {} · {} · {} gateway(s) reported\n", s.site, s.period, s.gateways.len());
+    for (gw, why) in &s.missing {
+        o.push_str(&format!("  {gw}: NO REPORT COMBINED ({why}); the numbers below are partial\n"));
+    }
+    let bound = if s.face_subjects_distinct { "" } else { " (upper bound: a gateway sent no subject references; set [fleet] ref_key)" };
+    o.push_str(&format!("people with face data: {}{bound} ({} templates on {} gateway(s))\n", s.face_subjects, s.templates_held, s.gateways.len()));
+    o.push_str(&format!("filing threshold: {} / {}{}\n", s.face_subjects, s.filing_threshold, if s.filing_warning { " · WARNING: near the threshold, prepare to file" } else { "" }));
+    let list = |m: &std::collections::BTreeMap<String, u64>| if m.is_empty() { "none".to_string() } else { m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ") };
+    o.push_str(&format!("entries by credential: {}\n", list(&s.entries_by_credential)));
+    o.push_str(&format!("denied by credential: {}\n", list(&s.denied_by_credential)));
+    o.push_str(&format!("consents given {}, withdrawn {}; templates erased: {}\n", s.consents_given, s.consents_withdrawn, list(&s.erased)));
+    o.push_str(&format!("plugin failures {}, fallback decisions {}\n", s.plugin_failures, s.fallback_decisions));
+    if !s.audit_broken.is_empty() {
+        o.push_str(&format!("WARNING audit trail does not verify on: {}\n", s.audit_broken.join(", ")));
+    }
+    o
 }
 
 fn report(results: &[(String, Option<JobStatus>)]) -> u8 {

@@ -26,6 +26,7 @@ pub mod policy;
 pub mod record;
 pub mod replay;
 pub mod report;
+pub mod report_publish;
 pub mod serve;
 pub mod service;
 pub mod store;

@@ -88,6 +88,12 @@ pub struct FaceData {
     /// The legal filing threshold, and whether this gateway alone is near it.
     pub filing_threshold: u64,
     pub filing_warning: bool,
+    /// The subjects with a template, each as `subject:` and 24 hex digits of an HMAC under
+    /// the site's reference key (`[fleet] ref_key`): the same person gives the same reference
+    /// on every gateway of the site, so `gate fleet report` counts people, not templates,
+    /// while nobody without the key learns who. Empty without a reference key.
+    #[serde(default)]
+    pub subject_refs: Vec<String>,
 }
 
 /// How long the gateway keeps what it keeps.
@@ -157,6 +163,8 @@ pub struct Sources<'a> {
     pub cfg: &'a SiteConfig,
     pub event_log: &'a Path,
     pub audit: &'a Path,
+    /// The site's reference key, for the subject references a site report counts with.
+    pub ref_key: Option<&'a crate::credentials::RefKey>,
 }
 
 fn db_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(rusqlite::Error) -> ReportError + 'a {
@@ -218,15 +226,28 @@ pub fn gather(src: &Sources, period: &str, now_ms: i64) -> Result<Report, Report
     }
 
     // Face data: consents and templates, counted without reading a template.
-    let mut face =
-        FaceData { configured: cfg.face.configured(), subjects_held: 0, consents_given: 0, consents_withdrawn: 0, erased: BTreeMap::new(), filing_threshold: FILING_THRESHOLD, filing_warning: false };
+    let mut face = FaceData {
+        configured: cfg.face.configured(),
+        subjects_held: 0,
+        consents_given: 0,
+        consents_withdrawn: 0,
+        erased: BTreeMap::new(),
+        filing_threshold: FILING_THRESHOLD,
+        filing_warning: false,
+        subject_refs: Vec::new(),
+    };
     let mut with_face = 0;
-    let residents: Vec<&str> = cfg.subjects.iter().filter(|s| s.role == crate::event::Role::Resident).map(|s| s.id.as_str()).collect();
+    let residents = resident_ids(cfg)?;
+    let residents: Vec<&str> = residents.iter().map(String::as_str).collect();
     if let Some(db) = cfg.face.db.as_deref().filter(|p| p.is_file()) {
         let conn = open_ro("template store", db)?;
         let e = db_err("template store", db);
         let held: Vec<String> = conn.prepare("SELECT subject FROM template").and_then(|mut st| st.query_map([], |r| r.get(0))?.collect()).map_err(&e)?;
         face.subjects_held = held.len() as u64;
+        if let Some(key) = src.ref_key {
+            face.subject_refs = held.iter().map(|s| crate::credentials::keyed_subject_ref(key, s)).collect();
+            face.subject_refs.sort();
+        }
         let held: std::collections::HashSet<&str> = held.iter().map(String::as_str).collect();
         with_face = residents.iter().filter(|r| held.contains(**r)).count() as u64;
         face.consents_given = conn.query_row("SELECT COUNT(*) FROM consent WHERE given_at_ms >= ?1 AND given_at_ms < ?2", [from_ms, to_ms], |r| r.get::<_, i64>(0)).map_err(&e)?.max(0) as u64;
@@ -284,11 +305,28 @@ pub fn gather(src: &Sources, period: &str, now_ms: i64) -> Result<Report, Report
         plugins,
         biometric_statement: vec![
             "plugin-contract: the plugin interface carries match results (pseudonymous id, score band, liveness), never images or templates; a test walks the contract and fails on any".into(),
-            "outbound-schemas: every MQTT message the gateway sends has a published schema with no field for face, image, template, PIN or card data; a test walks them".into(),
+            "outbound-schemas: every MQTT message the gateway sends has a published schema with no field for face, image, template, PIN or card data; a test walks them (this report, also published monthly, carries counts and keyed subject references only)".into(),
             "templates-encrypted-on-device: templates are stored encrypted under a device key kept outside the database and are never exported by any command".into(),
             "this-report: counts and pseudonymous ids only".into(),
         ],
     })
+}
+
+/// The residents' ids: from the site's subjects file, or from the directory database a
+/// large site imported (`gate directory import`), read without loading its credentials.
+fn resident_ids(cfg: &SiteConfig) -> Result<Vec<String>, ReportError> {
+    let from_db = match (&cfg.site.subjects, &cfg.site.state_dir) {
+        (None, Some(state)) => Some(crate::directory::db_path(state)).filter(|p| p.is_file()),
+        _ => None,
+    };
+    let Some(db) = from_db else {
+        return Ok(cfg.subjects.iter().filter(|s| s.role == crate::event::Role::Resident).map(|s| s.id.clone()).collect());
+    };
+    let conn = open_ro("subject directory", &db)?;
+    let e = db_err("subject directory", &db);
+    let mut st = conn.prepare("SELECT id FROM subjects WHERE role = 'resident'").map_err(&e)?;
+    let ids = st.query_map([], |r| r.get(0)).map_err(&e)?.collect::<Result<Vec<String>, _>>().map_err(&e)?;
+    Ok(ids)
 }
 
 fn days_ms(days: u64) -> i64 {
@@ -571,6 +609,88 @@ pub fn html(r: &Report, lang: Lang, offset_minutes: i32) -> String {
     b
 }
 
+/// A site's month, combined from its gateways' published reports (`gate fleet report`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SiteReport {
+    pub site: String,
+    pub period: String,
+    /// Gateways whose genuine report was combined.
+    pub gateways: Vec<String>,
+    /// Enrolled gateways with no report, or one that is forged, and why: the numbers
+    /// below then cover only part of the site.
+    pub missing: Vec<(String, String)>,
+    /// Distinct people with a template anywhere on the site, counted by their keyed
+    /// subject references (the same person on two gateways counts once).
+    pub face_subjects: u64,
+    /// False when a gateway sent no references (no `[fleet] ref_key`): `face_subjects` is
+    /// then the sum over gateways, an upper bound.
+    pub face_subjects_distinct: bool,
+    /// Templates held, summed over gateways.
+    pub templates_held: u64,
+    pub filing_threshold: u64,
+    /// True from [`FILING_WARNING`] people on, well before the threshold.
+    pub filing_warning: bool,
+    pub entries_by_credential: BTreeMap<String, u64>,
+    pub denied_by_credential: BTreeMap<String, u64>,
+    pub consents_given: u64,
+    pub consents_withdrawn: u64,
+    pub erased: BTreeMap<String, u64>,
+    pub plugin_failures: u64,
+    pub fallback_decisions: u64,
+    /// Gateways whose audit trail did not verify when they made their report.
+    pub audit_broken: Vec<String>,
+}
+
+/// Combines the reports of one site's gateways for one month.
+pub fn combine(site: &str, period: &str, reports: &[Report], missing: Vec<(String, String)>) -> SiteReport {
+    let mut s = SiteReport {
+        site: site.into(),
+        period: period.into(),
+        gateways: reports.iter().map(|r| r.gateway.clone()).collect(),
+        missing,
+        face_subjects: 0,
+        face_subjects_distinct: true,
+        templates_held: 0,
+        filing_threshold: FILING_THRESHOLD,
+        filing_warning: false,
+        entries_by_credential: BTreeMap::new(),
+        denied_by_credential: BTreeMap::new(),
+        consents_given: 0,
+        consents_withdrawn: 0,
+        erased: BTreeMap::new(),
+        plugin_failures: 0,
+        fallback_decisions: 0,
+        audit_broken: Vec::new(),
+    };
+    let add = |into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>| {
+        for (k, v) in from {
+            let e = into.entry(k.clone()).or_insert(0);
+            *e = e.saturating_add(*v);
+        }
+    };
+    let mut people = std::collections::BTreeSet::new();
+    for r in reports {
+        s.templates_held = s.templates_held.saturating_add(r.face.subjects_held);
+        if r.face.subject_refs.len() as u64 != r.face.subjects_held {
+            s.face_subjects_distinct = false;
+        }
+        people.extend(r.face.subject_refs.iter().cloned());
+        add(&mut s.entries_by_credential, &r.entries_by_credential);
+        add(&mut s.denied_by_credential, &r.denied_by_credential);
+        add(&mut s.erased, &r.face.erased);
+        s.consents_given = s.consents_given.saturating_add(r.face.consents_given);
+        s.consents_withdrawn = s.consents_withdrawn.saturating_add(r.face.consents_withdrawn);
+        s.plugin_failures = s.plugin_failures.saturating_add(r.plugins.failures);
+        s.fallback_decisions = s.fallback_decisions.saturating_add(r.plugins.fallback_decisions);
+        if !r.audit.whole {
+            s.audit_broken.push(r.gateway.clone());
+        }
+    }
+    s.face_subjects = if s.face_subjects_distinct { people.len() as u64 } else { s.templates_held };
+    s.filing_warning = s.face_subjects >= FILING_WARNING;
+    s
+}
+
 /// The JSON Schema of [`Report`], as published in `host/schema/report.json`.
 pub fn schema() -> String {
     serde_json::to_string_pretty(&schemars::schema_for!(Report)).unwrap_or_default() + "\n"
@@ -629,11 +749,35 @@ mod tests {
     }
 
     #[test]
-    fn html_escapes_what_it_shows_and_has_no_scripts() {
-        let r = Report {
+    fn a_site_counts_each_person_once_across_gateways_and_warns_well_before_the_threshold() {
+        let key = crate::credentials::RefKey::generate().unwrap();
+        let refs = |ids: &[&str]| ids.iter().map(|i| crate::credentials::keyed_subject_ref(&key, i)).collect::<Vec<_>>();
+        let mut a = sample("gw-a");
+        a.face.subjects_held = 2;
+        a.face.subject_refs = refs(&["r-0001", "r-0003"]);
+        let mut b = sample("gw-b");
+        b.face.subjects_held = 1;
+        b.face.subject_refs = refs(&["r-0003"]);
+        let s = combine("site", "2026-11", &[a.clone(), b.clone()], vec![]);
+        assert_eq!((s.face_subjects, s.templates_held, s.face_subjects_distinct), (2, 3, true));
+        assert_eq!(s.entries_by_credential["card"], 10);
+        assert!(!s.filing_warning);
+        // A gateway without references: the sum, said to be an upper bound.
+        b.face.subject_refs.clear();
+        let s = combine("site", "2026-11", &[a.clone(), b], vec![]);
+        assert_eq!((s.face_subjects, s.face_subjects_distinct), (3, false));
+        // Many people: the warning comes at FILING_WARNING, before the threshold.
+        let mut big = sample("gw-c");
+        big.face.subjects_held = FILING_WARNING;
+        big.face.subject_refs = (0..FILING_WARNING).map(|i| format!("subject:{i:024x}")).collect();
+        assert!(combine("site", "2026-11", &[big], vec![]).filing_warning);
+    }
+
+    fn sample(gw: &str) -> Report {
+        Report {
             format: "gate-report/1".into(),
-            site: "<script>alert(1)</script>".into(),
-            gateway: "gw".into(),
+            site: "site".into(),
+            gateway: gw.into(),
             period: "2026-11".into(),
             from_ms: 0,
             to_ms: 1,
@@ -641,12 +785,28 @@ mod tests {
             residents: Residents { total: 3, with_face: 1, without_face: 2 },
             entries_by_credential: [("card".to_string(), 5), ("face".to_string(), 2)].into(),
             denied_by_credential: BTreeMap::new(),
-            face: FaceData { configured: true, subjects_held: 1, consents_given: 1, consents_withdrawn: 0, erased: BTreeMap::new(), filing_threshold: FILING_THRESHOLD, filing_warning: false },
+            face: FaceData {
+                configured: true,
+                subjects_held: 0,
+                consents_given: 1,
+                consents_withdrawn: 0,
+                erased: BTreeMap::new(),
+                filing_threshold: FILING_THRESHOLD,
+                filing_warning: false,
+                subject_refs: vec![],
+            },
             retention: Retention { events_days: 90, alarms_days: 365, audit_days: 1095, face_unused_days: 0, face_erase_orphans: true, events_past_bound: 0 },
             audit: AuditStatus { entries: 0, whole: true, problem: None, last_checkpoint: None, actions: BTreeMap::new() },
             plugins: PluginIncidents { failures: 0, quarantines: 0, fallback_decisions: 0 },
             biometric_statement: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn html_escapes_what_it_shows_and_has_no_scripts() {
+        let mut r = sample("gw");
+        r.site = "<script>alert(1)</script>".into();
+        r.face.subjects_held = 1;
         for lang in [Lang::Zh, Lang::En] {
             let page = html(&r, lang, 480);
             assert!(!page.contains("<script"), "{page}");

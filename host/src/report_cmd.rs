@@ -72,7 +72,8 @@ pub fn report(a: ReportArgs) -> Result<u8, Failure> {
     let events = event_log(&a.config, &cfg, a.db)?;
     let audit = audit_path(&a.config, &cfg)?;
     let now = now_ms();
-    let r = gate::report::gather(&Sources { cfg: &cfg, event_log: &events, audit: &audit }, &a.period, now).map_err(|e| match e {
+    let ref_key = gate::credentials::RefKey::for_site(&cfg).map_err(|e| input(anyhow!("{}: {e}", a.config.display())))?;
+    let r = gate::report::gather(&Sources { cfg: &cfg, event_log: &events, audit: &audit, ref_key: ref_key.as_ref() }, &a.period, now).map_err(|e| match e {
         gate::report::ReportError::Period(_) => input(e),
         other => runtime(other),
     })?;

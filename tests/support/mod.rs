@@ -318,3 +318,48 @@ pub fn consumer(client_id: &str, port: u16) -> (Received, Arc<Mutex<u32>>) {
     });
     (got, subscribed)
 }
+
+/// Publishes `(topic, retained, payload)` as a broker client with no key, in order, and
+/// waits until the broker has taken them all.
+pub fn publish_raw(port: u16, msgs: &[(&str, bool, Vec<u8>)]) {
+    let mut opts = rumqttc::MqttOptions::new(format!("forger-{}-{}", std::process::id(), msgs.len()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut conn) = rumqttc::Client::new(opts, 100);
+    let acks = Arc::new(Mutex::new(0usize));
+    let a = acks.clone();
+    let driver = std::thread::spawn(move || {
+        for n in conn.iter() {
+            match n {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => *a.lock().unwrap() += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    for (t, retain, p) in msgs {
+        client.publish(*t, rumqttc::QoS::AtLeastOnce, *retain, p.clone()).unwrap();
+    }
+    wait_until("the broker to take the forged messages", Duration::from_secs(20), || *acks.lock().unwrap() >= msgs.len());
+    let _ = client.disconnect();
+    let _ = driver.join();
+}
+
+/// The retained message on `topic` (waits up to `timeout` for the broker to hand it over).
+pub fn retained(port: u16, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
+    let mut opts = rumqttc::MqttOptions::new(format!("retained-{}-{}", std::process::id(), topic.len()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut conn) = rumqttc::Client::new(opts, 100);
+    client.subscribe(topic, rumqttc::QoS::AtLeastOnce).unwrap();
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        match conn.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) if p.topic == topic => {
+                let _ = client.disconnect();
+                return Some(p.payload.to_vec());
+            }
+            _ => {}
+        }
+    }
+    let _ = client.disconnect();
+    None
+}

@@ -76,22 +76,27 @@ impl Agent {
         &mut self.deployer
     }
 
-    /// Handles one inbound message.
-    pub fn handle(&mut self, msg: Inbound, slot: &mut dyn PluginSlot, exec: &mut dyn CommandExecutor) -> Result<(), StoreError> {
+    /// Handles one inbound message. Returns the end status of a job run now for the first
+    /// time (not of a repeated job id or a command), so the host can audit what changed.
+    pub fn handle(&mut self, msg: Inbound, slot: &mut dyn PluginSlot, exec: &mut dyn CommandExecutor) -> Result<Option<JobStatus>, StoreError> {
         match msg {
             Inbound::Job { job_id, payload } => {
                 let link = self.link.clone();
                 let clock = self.clock.clone();
                 let before = self.deployer.job(&job_id)?;
                 let end = self.deployer.run_job(slot, &payload, &job_id, &|| clock.now_ms(), &mut |s| link.publish_job_status(s))?;
+                tracing::debug!(job = %end.job_id, state = end.state.as_str(), "job handled");
                 if before.is_none() {
                     self.link.update_status(self.status(slot));
+                    return Ok(Some(end));
                 }
-                tracing::debug!(job = %end.job_id, state = end.state.as_str(), "job handled");
+                Ok(None)
             }
-            Inbound::Command { id, payload } => self.command(&id, &payload, exec)?,
+            Inbound::Command { id, payload } => {
+                self.command(&id, &payload, exec)?;
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     fn command(&mut self, id: &str, payload: &[u8], exec: &mut dyn CommandExecutor) -> Result<(), StoreError> {

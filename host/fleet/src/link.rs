@@ -281,6 +281,7 @@ enum Request {
     Status(Box<Status>),
     Plugin { topic: String, payload: Vec<u8> },
     AuditCheckpoint(String),
+    Report { period: String, body: String },
     Shutdown,
 }
 
@@ -334,6 +335,11 @@ impl LinkHandle {
     pub fn publish_audit_checkpoint(&self, checkpoint_json: String) {
         let _ = self.tx.send(Request::AuditCheckpoint(checkpoint_json));
     }
+    /// Publishes (retained, QoS 1, signed with the device key) the transparency report of
+    /// the month `period` (`YYYY-MM`); the latest one is sent again on reconnect if offline.
+    pub fn publish_report(&self, period: &str, report_json: String) {
+        let _ = self.tx.send(Request::Report { period: period.to_string(), body: report_json });
+    }
     /// Publishes an offline status, disconnects and ends [`Link::run`].
     pub fn shutdown(&self) {
         let _ = self.tx.send(Request::Shutdown);
@@ -385,6 +391,8 @@ pub struct Link {
     pending_replies: BTreeMap<String, Vec<u8>>,
     /// The newest audit checkpoint, published again at every connect (retained).
     pending_checkpoint: Option<Vec<u8>>,
+    /// The newest monthly report (topic, sealed payload), published again at every connect.
+    pending_report: Option<(String, Vec<u8>)>,
     /// A clean reconnect is under way so the last will lists the plugins now running.
     refreshing_will: bool,
     /// Storage failures in a row (reset when the cursor moves again).
@@ -430,6 +438,7 @@ impl Link {
             pending_jobs: BTreeMap::new(),
             pending_replies: BTreeMap::new(),
             pending_checkpoint: None,
+            pending_report: None,
             refreshing_will: false,
             restart_streak: 0,
             oversize_streak: 0,
@@ -493,6 +502,9 @@ impl Link {
         }
         if let Some(cp) = self.pending_checkpoint.clone() {
             self.publish(Tag::Other, self.topics.audit_checkpoint(), QoS::AtLeastOnce, true, cp);
+        }
+        if let Some((topic, payload)) = self.pending_report.clone() {
+            self.publish(Tag::Other, topic, QoS::AtLeastOnce, true, payload);
         }
         self.outbox.rewind()?;
         self.outbox.enforce_retention(self.cfg.clock.now_ms())?;
@@ -674,6 +686,16 @@ impl Link {
                     self.publish(Tag::Other, self.topics.audit_checkpoint(), QoS::AtLeastOnce, true, payload);
                 }
             }
+            Request::Report { period, body } => match self.topics.report(&period) {
+                Ok(topic) => {
+                    let payload = self.cfg.device_key.seal(Kind::Report, &topic, &body);
+                    self.pending_report = Some((topic.clone(), payload.clone()));
+                    if connected {
+                        self.publish(Tag::Other, topic, QoS::AtLeastOnce, true, payload);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "report not published"),
+            },
             Request::Shutdown => return Ok(false),
         }
         Ok(true)

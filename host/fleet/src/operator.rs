@@ -72,6 +72,18 @@ pub struct GatewayView {
     pub trust: Trust,
 }
 
+/// One gateway's report of a month, as heard on the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportView {
+    pub site: String,
+    pub gateway: String,
+    /// The report's JSON text when genuine (or unverified, for a gateway not enrolled);
+    /// None when missing or forged.
+    pub body: Option<String>,
+    /// How far it can be believed; `Forged` / `Missing` say why.
+    pub trust: Trust,
+}
+
 /// A gateway message the operator did not believe, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ignored {
@@ -226,6 +238,33 @@ impl Operator {
             seen.entry(k).or_insert((None, Trust::Missing("no status on the broker".into())));
         }
         Ok(seen.into_iter().map(|((site, gateway), (status, trust))| GatewayView { site, gateway, status, trust }).collect())
+    }
+
+    /// Every gateway's retained report of `period` at `site`, collected until no new one
+    /// arrived for `settle` and checked against the inventory, plus a row for each enrolled
+    /// gateway of the site whose report is missing or forged (body None).
+    pub async fn site_reports(&mut self, site: &str, period: &str, settle: Duration) -> Result<Vec<ReportView>, OperatorError> {
+        let filter = topics::site_report_filter(site, period)?;
+        self.subscribe(filter.clone()).await?;
+        let mut seen: BTreeMap<(String, String), (Option<String>, Trust)> = BTreeMap::new();
+        while let Ok(Some(p)) = tokio::time::timeout(settle, self.rx.recv()).await {
+            let Some((s, g, per)) = topics::parse_report_topic(&p.topic) else { continue };
+            if s != site || per != period || p.payload.is_empty() {
+                continue;
+            }
+            let k = (s.to_string(), g.to_string());
+            let (trust, body) = self.inventory.open(&p.topic, &p.payload);
+            if seen.get(&k).is_some_and(|(_, t)| t.is_genuine()) && !trust.is_genuine() {
+                continue;
+            }
+            let body = if matches!(trust, Trust::Forged(_)) { None } else { body };
+            seen.insert(k, (body, trust));
+        }
+        let _ = self.client.unsubscribe(filter).await;
+        for k in self.inventory.gateways(Some(site)) {
+            seen.entry(k).or_insert((None, Trust::Missing(format!("no report for {period} on the broker"))));
+        }
+        Ok(seen.into_iter().map(|((site, gateway), (body, trust))| ReportView { site, gateway, body, trust }).collect())
     }
 
     fn gateways(&mut self, target: &Target) -> Result<Vec<GatewayTopics>, OperatorError> {

@@ -34,6 +34,8 @@ pub enum Kind {
     Reply,
     /// `events` and `alarms`.
     Event,
+    /// `report/{YYYY-MM}`: the month's transparency report.
+    Report,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::JobProgress => "gate-job-progress/1",
             Kind::Reply => "gate-reply/1",
             Kind::Event => "gate-event/1",
+            Kind::Report => "gate-report/1",
         }
     }
 }
@@ -57,6 +60,7 @@ pub fn classify(topic: &str) -> Option<(&str, &str, Kind)> {
         ["events"] | ["alarms"] => Kind::Event,
         ["jobs", _, "progress"] => Kind::JobProgress,
         ["cmd", _, "reply"] => Kind::Reply,
+        ["report", _] => Kind::Report,
         _ => return None,
     };
     Some((parts[0], parts[1], kind))

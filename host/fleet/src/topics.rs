@@ -34,6 +34,8 @@ pub enum TopicError {
     TooLong { what: &'static str, value: String, max: usize },
     #[error("{what} {value:?} climbs out of its prefix ('.' or '..' level)")]
     Climbs { what: &'static str, value: String },
+    #[error("period {value:?} is not a month as YYYY-MM")]
+    BadPeriod { value: String },
     #[error("topic {0:?} is not under {ROOT}/{{site}}/{{gateway}}/ or has an unknown suffix")]
     Unknown(String),
 }
@@ -89,6 +91,12 @@ impl GatewayTopics {
     /// chain's length and head, so cutting the chain on the device is detectable from outside.
     pub fn audit_checkpoint(&self) -> String {
         format!("{}/audit/checkpoint", self.base)
+    }
+    /// The gateway's transparency report for one month `YYYY-MM` (retained, signed), which
+    /// `gate fleet report --site` combines across a site's gateways.
+    pub fn report(&self, period: &str) -> Result<String, TopicError> {
+        check_period(period)?;
+        Ok(format!("{}/report/{period}", self.base))
     }
     /// Held-open / forced / fire alarms.
     pub fn alarms(&self) -> String {
@@ -150,6 +158,32 @@ pub enum Inbound<'t> {
 pub fn site_status_filter(site: &str) -> Result<String, TopicError> {
     check_level("site", site)?;
     Ok(format!("{ROOT}/{site}/+/status"))
+}
+
+/// A month as a topic level: `YYYY-MM`.
+fn check_period(period: &str) -> Result<(), TopicError> {
+    let b = period.as_bytes();
+    let ok = b.len() == 7 && b[4] == b'-' && b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) && matches!(&period[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
+    if ok {
+        Ok(())
+    } else {
+        Err(TopicError::BadPeriod { value: period.chars().take(32).collect() })
+    }
+}
+
+/// Site-wide filter for every gateway's report of `period` (`gate/v1/{site}/+/report/{period}`).
+pub fn site_report_filter(site: &str, period: &str) -> Result<String, TopicError> {
+    check_level("site", site)?;
+    check_period(period)?;
+    Ok(format!("{ROOT}/{site}/+/report/{period}"))
+}
+
+/// Splits `gate/v1/{site}/{gateway}/report/{period}` into its site, gateway and period.
+pub fn parse_report_topic(topic: &str) -> Option<(&str, &str, &str)> {
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
+    let mut it = rest.split('/');
+    let (site, gw, what, period) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    (what == "report" && it.next().is_none()).then_some((site, gw, period))
 }
 
 /// Fleet-wide filter for every gateway's retained status (`gate/v1/+/+/status`).

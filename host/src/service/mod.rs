@@ -215,6 +215,9 @@ pub fn run(
                 f.handle().publish_audit_checkpoint(json);
             }
         }
+        if let Some(f) = fleet {
+            f.monthly_report(now_ms);
+        }
         if t_src.is_some_and(|t| t <= now_us) {
             let mut arrivals = Vec::new();
             source.take(now_us, &mut arrivals)?;
