@@ -535,3 +535,119 @@ fn forgeries_are_flagged_and_a_site_revoke_reaches_a_gateway_whose_status_was_er
     assert!(!out.contains("gw-ghost"), "a gateway that is not enrolled was commanded: {out}");
     drop(gw);
 }
+
+/// Issue 13 item 2: the property platform (simulated here with the operator library and a
+/// key holding the `directory` permission) syncs the directory of a gateway that has no
+/// subjects file, over the real broker: a snapshot in two pages, then a change that adds
+/// a resident, issues a card, changes a PIN and removes someone. The gateway decides by
+/// each at once and across a restart; an old or out-of-order version is refused; a raw
+/// card number is refused (only keyed references cross the broker); status, event log and
+/// audit trail say what changed.
+#[test]
+fn the_platform_syncs_the_directory_and_the_gateway_decides_by_it_at_once_and_after_a_restart() {
+    use gate::credentials::{keyed_credential_ref, pin_hash, RefKey};
+    use gate::event::CredentialKind;
+    use gate_fleet::commands::{DirectoryChange, DirectorySubject};
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 5);
+    // No subjects file: the directory lives in the state dir and comes from the platform.
+    let cfg = std::fs::read_to_string(&site.config).unwrap();
+    let subjects_line = cfg.lines().find(|l| l.starts_with("subjects = ")).expect("the demo names its subjects file").to_string();
+    let cfg = cfg.replace(&format!("{subjects_line}\n"), "").replace(r#"may = ["deploy", "door", "credentials", "pin"]"#, r#"may = ["deploy", "door", "credentials", "pin", "directory"]"#);
+    std::fs::write(&site.config, cfg).unwrap();
+    let key = OperatorKey::load(&site.key).unwrap();
+    let refkey = RefKey::load(&site.ref_key()).unwrap();
+    let card = |n: &str| keyed_credential_ref(&refkey, CredentialKind::Card, n);
+    let pin = |p: &str| keyed_credential_ref(&refkey, CredentialKind::Pin, &pin_hash(SITE, p));
+    let resident = |id: &str, creds: Vec<String>| DirectorySubject { id: id.into(), role: "resident".into(), groups: vec!["building-3".into()], credentials: creds };
+    // Reads at building-3 every 250 ms: cards A, B, C, then PINs 1111 and 2222, over and over.
+    let reads: Vec<String> = [r#"{"kind":"card","door":"building-3","number":"30000001"}"#, r#"{"kind":"card","door":"building-3","number":"30000002"}"#, r#"{"kind":"card","door":"building-3","number":"30000003"}"#]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["111111", "222222"].iter().map(|p| format!(r#"{{"kind":"pin","door":"building-3","pin":"{p}"}}"#)))
+        .collect();
+    let trace = site.trace("dir-sync", 2_000, 250, &reads);
+    let gw = site.run(&trace);
+    wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
+    // (seq, credential, subject, outcome) of every decision.
+    let decided = || -> Vec<(i64, String, Option<String>, String)> {
+        site.records("decision").into_iter().map(|(s, d)| (s, d["credential"].as_str().unwrap_or("").to_string(), d["subject"].as_str().map(String::from), d["outcome"].as_str().unwrap_or("").to_string())).collect()
+    };
+    let granted_after = |seq: i64, subject: &str, credential: &str| decided().iter().any(|(s, c, who, o)| *s > seq && c == credential && who.as_deref() == Some(subject) && o == "grant");
+    let last_seq = || site.records("decision").last().map_or(0, |(s, _)| *s);
+    wait_until("reads decided with nobody in the directory", Duration::from_secs(20), || decided().len() >= 5);
+    assert!(decided().iter().all(|(_, _, _, o)| o == "deny"), "{:?}", decided());
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let send = |action: CommandAction| {
+        rt.block_on(async {
+            let mut op = Operator::connect(&broker.plain(), &format!("platform-{}", std::process::id()), Duration::from_secs(10)).await.unwrap();
+            op.set_inventory(site.inventory());
+            let r = op.command(&key, SITE, GW, action, Duration::from_secs(20)).await.unwrap();
+            op.disconnect().await;
+            r
+        })
+    };
+    // A raw card number never travels: refused.
+    let r = send(CommandAction::DirectorySnapshot { version: 1, page: 1, pages: 1, subjects: vec![resident("r-9001", vec!["30000001".into()])] });
+    assert!(!r.ok && r.detail.contains("is not a keyed reference"), "{r:?}");
+    // A snapshot in two pages: r-9001 (card A, PIN 111111) and r-9003 (card C).
+    let before = last_seq();
+    let r = send(CommandAction::DirectorySnapshot { version: 1, page: 1, pages: 2, subjects: vec![resident("r-9001", vec![card("30000001"), pin("111111")])] });
+    assert!(r.ok, "{r:?}");
+    let r = send(CommandAction::DirectorySnapshot { version: 1, page: 2, pages: 2, subjects: vec![resident("r-9003", vec![card("30000003")])] });
+    assert!(r.ok && r.detail.contains("directory at version 1: 1 added"), "{r:?}");
+    wait_until("r-9001's card and PIN and r-9003's card granted", Duration::from_secs(20), || {
+        granted_after(before, "r-9001", "card") && granted_after(before, "r-9001", "pin") && granted_after(before, "r-9003", "card")
+    });
+
+    // Version 2: r-9002 moves in with card B, r-9001's PIN changes, r-9003 moves out.
+    let changes = vec![
+        DirectoryChange::Upsert { subject: resident("r-9002", vec![card("30000002")]) },
+        DirectoryChange::Upsert { subject: resident("r-9001", vec![card("30000001"), pin("222222")]) },
+        DirectoryChange::Remove { id: "r-9003".into() },
+    ];
+    let r = send(CommandAction::DirectoryChanges { version: 2, changes: changes.clone() });
+    assert!(r.ok && r.detail.contains("version 2: 1 added, 1 changed, 1 removed"), "{r:?}");
+    let after = last_seq();
+    wait_until("card B and the new PIN granted", Duration::from_secs(20), || granted_after(after, "r-9002", "card") && granted_after(after, "r-9001", "pin"));
+    let settle = last_seq();
+    wait_until("a full round of reads", Duration::from_secs(20), || decided().iter().filter(|(s, ..)| *s > settle).count() >= 10);
+    let round: Vec<_> = decided().into_iter().filter(|(s, ..)| *s > settle).collect();
+    for (_, c, who, o) in &round {
+        match (c.as_str(), who.as_deref()) {
+            ("card", Some("r-9001" | "r-9002")) | ("pin", Some("r-9001")) => assert_eq!(o, "grant", "{round:?}"),
+            _ => assert_eq!((o.as_str(), who.as_deref()), ("deny", None), "card C and the old PIN open nothing any more: {round:?}"),
+        }
+    }
+    // The same version again, or a gap, is refused and changes nothing.
+    let r = send(CommandAction::DirectoryChanges { version: 2, changes });
+    assert!(!r.ok && r.detail.contains("stale"), "{r:?}");
+    let r = send(CommandAction::DirectoryChanges { version: 4, changes: vec![DirectoryChange::Remove { id: "r-9001".into() }] });
+    assert!(!r.ok && r.detail.contains("gap"), "{r:?}");
+    // The status carries the version; the event log and the audit trail say what changed.
+    let status = rt.block_on(async {
+        let mut op = Operator::connect(&broker.plain(), "status-reader", Duration::from_secs(10)).await.unwrap();
+        op.set_inventory(site.inventory());
+        let rows = op.fleet_status(Some(SITE), Duration::from_millis(700)).await.unwrap();
+        op.disconnect().await;
+        rows
+    });
+    assert_eq!(status.iter().find(|v| v.gateway == GW).and_then(|v| v.status.as_ref()).and_then(|s| s.directory_version), Some(2));
+    let synced: Vec<u64> = site.records("directory").iter().map(|(_, r)| r["version"].as_u64().unwrap()).collect();
+    assert_eq!(synced, vec![0, 1, 2], "two snapshot pages (the version moves at the last) and one change");
+    let c = rusqlite::Connection::open_with_flags(site.db.with_file_name("audit.sqlite"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let last: String = c.query_row("SELECT detail FROM audit WHERE action = 'directory-changed' ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert!(last.contains("\"removed\":[\"r-9003\"]") && last.contains("\"added\":[\"r-9002\"]"), "{last}");
+    drop(c);
+
+    // Across a restart the gateway serves the synced directory.
+    drop(gw);
+    let trace = site.trace("dir-sync-after", 400, 250, &reads);
+    let restarted = last_seq();
+    let _gw = site.run(&trace);
+    wait_until("card B granted after the restart", Duration::from_secs(30), || granted_after(restarted, "r-9002", "card"));
+    wait_until("a round after the restart", Duration::from_secs(20), || decided().iter().filter(|(s, ..)| *s > restarted).count() >= 10);
+    let round: Vec<_> = decided().into_iter().filter(|(s, ..)| *s > restarted && *s > 0).collect();
+    assert!(round.iter().all(|(_, c, who, o)| (o == "grant") == matches!((c.as_str(), who.as_deref()), ("card", Some("r-9001" | "r-9002")) | ("pin", Some("r-9001")))), "{round:?}");
+}

@@ -62,6 +62,7 @@ pub enum Action {
     RetentionPurge,
     ReportGenerated,
     EventLogRecovered,
+    DirectoryChanged,
 }
 
 impl Action {

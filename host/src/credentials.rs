@@ -68,6 +68,10 @@ pub struct Directory {
     pins: HashMap<[u8; 32], u32>,
     nfc: HashMap<Box<str>, u32>,
     plates: HashMap<Box<str>, u32>,
+    /// Credentials held only by their keyed reference (`<kind>:<24 hex>`), as the property
+    /// platform syncs them: it never sends a card number or PIN. Looked up by computing the
+    /// presented credential's reference with the site's key.
+    refs: HashMap<Box<str>, u32>,
     qr_keys: Vec<VerifyingKey>,
     /// Revoked credential references (`<kind>:<hash>` or `subject:<id>`).
     revoked: HashSet<String>,
@@ -213,6 +217,11 @@ pub fn is_reference(r: &str) -> bool {
     }
 }
 
+/// Whether `value` is a keyed reference of a credential of `kind` (`card:` + 24 hex…).
+pub fn is_keyed_ref_of(kind: CredentialKind, value: &str) -> bool {
+    value.strip_prefix(kind.as_str()).and_then(|r| r.strip_prefix(':')).is_some_and(|h| h.len() == 24 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+}
+
 /// The subject id a unit door's shared PIN resolves to.
 pub fn unit_subject_id(door: &str) -> String {
     format!("unit:{door}")
@@ -267,7 +276,7 @@ impl Directory {
 
     /// Number of subjects (unit-door subjects included).
     pub fn len(&self) -> usize {
-        self.subjects.len()
+        self.by_id.len()
     }
 
     /// Whether no subject is known.
@@ -303,6 +312,13 @@ impl Directory {
     pub fn add_credential(&mut self, idx: u32, kind: CredentialKind, value: &str) -> Result<(), DirectoryError> {
         let subject = || self.subjects.get(idx as usize).map(|s| s.id.clone()).unwrap_or_default();
         let previous = match kind {
+            _ if is_keyed_ref_of(kind, value) => match self.refs.entry(value.into()) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(idx);
+                    None
+                }
+            },
             CredentialKind::Pin => {
                 let key = pin_hash_bytes(value).ok_or_else(|| DirectoryError::PinHash(subject()))?;
                 match self.pins.entry(key) {
@@ -342,6 +358,62 @@ impl Directory {
         }
     }
 
+    /// Takes a credential (as stored, or as its keyed reference) from the subject at `idx`;
+    /// a value another subject holds is left alone.
+    pub fn remove_credential(&mut self, idx: u32, kind: CredentialKind, value: &str) {
+        let mine = |m: &u32| *m == idx;
+        if is_keyed_ref_of(kind, value) {
+            if self.refs.get(value).is_some_and(mine) {
+                self.refs.remove(value);
+            }
+            return;
+        }
+        match kind {
+            CredentialKind::Pin => {
+                if let Some(k) = pin_hash_bytes(value).filter(|k| self.pins.get(k).is_some_and(mine)) {
+                    self.pins.remove(&k);
+                }
+            }
+            CredentialKind::Card | CredentialKind::Nfc | CredentialKind::Plate => {
+                let (key, map) = match kind {
+                    CredentialKind::Card => (value.to_string(), &mut self.cards),
+                    CredentialKind::Nfc => (value.to_string(), &mut self.nfc),
+                    _ => (normalise_plate(value), &mut self.plates),
+                };
+                if map.get(key.as_str()).is_some_and(mine) {
+                    map.remove(key.as_str());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes a subject and the credentials it held (`held`, as stored): nothing of it is
+    /// found afterwards. Its slot stays empty (positions of others do not move).
+    pub fn remove_subject(&mut self, id: &str, held: &[(CredentialKind, String)]) -> bool {
+        let Some(idx) = self.position(id) else { return false };
+        for (kind, value) in held {
+            self.remove_credential(idx, *kind, value);
+        }
+        let (subjects, hasher) = (&self.subjects, &self.hasher);
+        if let Ok(e) = self.by_id.find_entry(hasher.hash_one(id), |i| subjects[*i as usize].id == id) {
+            e.remove();
+        }
+        if let Some(s) = self.subjects.get_mut(idx as usize) {
+            s.id.clear();
+            s.groups.clear();
+        }
+        true
+    }
+
+    /// Changes a present subject's role and groups.
+    pub fn update_subject(&mut self, idx: u32, role: Role, groups: Vec<String>) {
+        if let Some(s) = self.subjects.get_mut(idx as usize) {
+            s.role = role;
+            s.groups = groups;
+        }
+    }
+
     /// The position of a subject, for [`Directory::add_credential`].
     pub fn position(&self, id: &str) -> Option<u32> {
         self.by_id.find(self.hasher.hash_one(id), |i| self.subjects[*i as usize].id == id).copied()
@@ -372,6 +444,11 @@ impl Directory {
             Some(k) => keyed_credential_ref(k, kind, value),
             None => credential_ref(&self.site_id, kind, value),
         }
+    }
+
+    /// Keys this directory's references with `key` (the site's reference key).
+    pub fn set_ref_key(&mut self, key: RefKey) {
+        self.ref_key = Some(key);
     }
 
     /// Whether references here are keyed (`[fleet] ref_key` is set).
@@ -467,23 +544,31 @@ impl Directory {
 
     /// The holder of a card number.
     pub fn by_card(&self, number: &str) -> Option<&Subject> {
-        self.cards.get(number).and_then(|i| self.at(*i))
+        self.cards.get(number).or_else(|| self.by_ref(CredentialKind::Card, number)).and_then(|i| self.at(*i))
+    }
+
+    /// A credential held only by its keyed reference (synced from the platform).
+    fn by_ref(&self, kind: CredentialKind, value: &str) -> Option<&u32> {
+        if self.refs.is_empty() {
+            return None;
+        }
+        self.refs.get(keyed_credential_ref(self.ref_key.as_ref()?, kind, value).as_str())
     }
 
     /// The holder of a PIN (looked up by its site-bound hash).
     pub fn by_pin(&self, pin: &str) -> Option<&Subject> {
         let key: [u8; 32] = Sha256::digest(format!("{}:{pin}", self.site_id).as_bytes()).into();
-        self.pins.get(&key).and_then(|i| self.at(*i))
+        self.pins.get(&key).or_else(|| self.by_ref(CredentialKind::Pin, &hex::encode(key))).and_then(|i| self.at(*i))
     }
 
     /// The holder of an NFC token.
     pub fn by_nfc(&self, token: &str) -> Option<&Subject> {
-        self.nfc.get(token).and_then(|i| self.at(*i))
+        self.nfc.get(token).or_else(|| self.by_ref(CredentialKind::Nfc, token)).and_then(|i| self.at(*i))
     }
 
     /// The holder of a plate (spaces, dashes and case ignored).
     pub fn by_plate(&self, plate: &str) -> Option<&Subject> {
-        self.plates.get(normalise_plate(plate).as_str()).and_then(|i| self.at(*i))
+        self.plates.get(normalise_plate(plate).as_str()).or_else(|| self.by_ref(CredentialKind::Plate, plate)).and_then(|i| self.at(*i))
     }
 
     /// Verifies a visitor QR pass against the trusted issuer keys.

@@ -277,6 +277,218 @@ impl DirectoryDb {
     }
 }
 
+/// Most credentials one synced subject may hold, and most groups.
+pub const MAX_SYNC_CREDENTIALS: usize = 32;
+pub const MAX_SYNC_GROUPS: usize = 64;
+
+/// One validated change from the property platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOp {
+    /// Add the subject or replace what it holds; credentials are keyed references.
+    Upsert { id: String, role: Role, groups: Vec<String>, credentials: Vec<(CredentialKind, String)> },
+    Remove { id: String },
+}
+
+/// How a sync message is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStep {
+    /// Incremental changes that bring the directory to `version` (current + 1 exactly).
+    Changes { version: u64 },
+    /// Page `page` of `pages` of a snapshot at `version`.
+    SnapshotPage { version: u64, page: u32, pages: u32 },
+}
+
+/// What one sync message did: subjects added, changed and removed, and the version after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncSummary {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// The directory's version after it (unchanged until a snapshot's last page).
+    pub version: u64,
+}
+
+/// Checks a platform subject and turns it into a [`SyncOp::Upsert`]; errors name the
+/// subject and field. Credentials must be keyed references (`gate credential-ref`): a raw
+/// card number or PIN hash is refused, so none ever has to cross the broker.
+pub fn sync_upsert(id: &str, role: &str, groups: &[String], credentials: &[String]) -> Result<SyncOp, String> {
+    let shown = crate::plugin::text::sanitize(id, 64);
+    gate_face::validate_subject(id).map_err(|_| format!("subject {shown:?}: not a pseudonymous id (1-64 of A-Z a-z 0-9 . _ -)"))?;
+    let role = role_of(role).ok_or_else(|| format!("subject `{id}`: role `{}` is not resident, staff, visitor, guard or contractor", crate::plugin::text::sanitize(role, 32)))?;
+    if groups.len() > MAX_SYNC_GROUPS || groups.iter().any(|g| g.is_empty() || g.len() > 64 || g.chars().any(char::is_control)) {
+        return Err(format!("subject `{id}`: groups: at most {MAX_SYNC_GROUPS}, each 1-64 characters without control characters"));
+    }
+    if credentials.len() > MAX_SYNC_CREDENTIALS {
+        return Err(format!("subject `{id}`: credentials: at most {MAX_SYNC_CREDENTIALS}"));
+    }
+    let mut creds = Vec::with_capacity(credentials.len());
+    for c in credentials {
+        let kind = [CredentialKind::Card, CredentialKind::Pin, CredentialKind::Nfc, CredentialKind::Plate].into_iter().find(|k| crate::credentials::is_keyed_ref_of(*k, c));
+        match kind {
+            Some(k) => creds.push((k, c.clone())),
+            None => {
+                return Err(format!("subject `{id}`: credential {:?} is not a keyed reference (card:, pin:, nfc: or plate: and 24 hex digits, from `gate credential-ref`)", crate::plugin::text::sanitize(c, 40)))
+            }
+        }
+    }
+    Ok(SyncOp::Upsert { id: id.to_string(), role, groups: groups.to_vec(), credentials: creds })
+}
+
+fn kind_of(s: &str) -> Option<CredentialKind> {
+    Some(match s {
+        "card" => CredentialKind::Card,
+        "pin" => CredentialKind::Pin,
+        "nfc" => CredentialKind::Nfc,
+        "plate" => CredentialKind::Plate,
+        _ => return None,
+    })
+}
+
+impl DirectoryDb {
+    /// Applies one sync message to the database in one transaction and then to `dir`,
+    /// the directory the gateway serves: all or nothing. A version that is not the next
+    /// one, a page out of order, or a credential another subject holds is refused with
+    /// the reason and changes nothing.
+    pub fn sync(&mut self, dir: &mut Directory, step: SyncStep, ops: &[SyncOp]) -> Result<SyncSummary, String> {
+        let path = self.path.display().to_string();
+        let sql = |e: rusqlite::Error| format!("subject directory {path}: {e}");
+        let tx = self.conn.transaction().map_err(sql)?;
+        let meta = |k: &str| -> Result<Option<String>, String> { tx.query_row("SELECT value FROM directory_meta WHERE key = ?1", [k], |r| r.get(0)).optional().map_err(sql) };
+        let current: u64 = meta("version")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let snapshot: Option<(u64, u32)> = meta("snapshot")?.and_then(|v| v.split_once(':').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))));
+        match step {
+            SyncStep::Changes { version } => {
+                if let Some((v, p)) = snapshot {
+                    return Err(format!("a snapshot at version {v} is half sent ({p} pages so far): finish it first"));
+                }
+                if version <= current {
+                    return Err(format!("stale: the directory is at version {current}, this change is version {version}"));
+                }
+                if version != current.saturating_add(1) {
+                    return Err(format!("gap: the directory is at version {current}, this change is version {version}; send version {} first, or a snapshot", current.saturating_add(1)));
+                }
+            }
+            SyncStep::SnapshotPage { version, page, pages } => {
+                if pages == 0 || page == 0 || page > pages {
+                    return Err(format!("page {page} of {pages}: pages are numbered 1..=pages"));
+                }
+                if version <= current {
+                    return Err(format!("stale: the directory is at version {current}, this snapshot is version {version}"));
+                }
+                let expected = match snapshot {
+                    Some((v, p)) if v == version => p.saturating_add(1),
+                    _ => 1,
+                };
+                if page != expected {
+                    return Err(format!("snapshot {version}: page {page} arrived, page {expected} was expected (send the snapshot again from page 1)"));
+                }
+                if page == 1 {
+                    tx.execute_batch("CREATE TABLE IF NOT EXISTS snapshot_seen (id TEXT PRIMARY KEY) WITHOUT ROWID; DELETE FROM snapshot_seen;").map_err(sql)?;
+                }
+            }
+        }
+        let mut summary = SyncSummary { version: current, ..Default::default() };
+        // (id, credentials held before: None when the subject is new, op) for the memory update.
+        let mut applied: Vec<(Option<Vec<(CredentialKind, String)>>, SyncOp)> = Vec::with_capacity(ops.len());
+        let mut all_ops: Vec<SyncOp> = ops.to_vec();
+        if let SyncStep::SnapshotPage { page, pages, .. } = step {
+            let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO snapshot_seen (id) VALUES (?1)").map_err(sql)?;
+            for op in ops {
+                if let SyncOp::Upsert { id, .. } = op {
+                    seen.execute([id]).map_err(sql)?;
+                }
+            }
+            drop(seen);
+            if page == pages {
+                let mut st = tx.prepare("SELECT id FROM subjects WHERE id NOT IN (SELECT id FROM snapshot_seen)").map_err(sql)?;
+                let gone = st.query_map([], |r| r.get::<_, String>(0)).map_err(sql)?.collect::<Result<Vec<_>, _>>().map_err(sql)?;
+                all_ops.extend(gone.into_iter().map(|id| SyncOp::Remove { id }));
+            }
+        }
+        {
+            let mut held_st = tx.prepare_cached("SELECT kind, value FROM credentials WHERE subject = ?1").map_err(sql)?;
+            let mut exists = tx.prepare_cached("SELECT 1 FROM subjects WHERE id = ?1").map_err(sql)?;
+            let mut holder = tx.prepare_cached("SELECT subject FROM credentials WHERE kind = ?1 AND value = ?2").map_err(sql)?;
+            for op in all_ops {
+                let id = match &op {
+                    SyncOp::Upsert { id, .. } | SyncOp::Remove { id } => id.clone(),
+                };
+                let present = exists.exists([&id]).map_err(sql)?;
+                let held: Vec<(CredentialKind, String)> = held_st
+                    .query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .map_err(sql)?
+                    .filter_map(|r| r.ok().and_then(|(k, v)| Some((kind_of(&k)?, v))))
+                    .collect();
+                match &op {
+                    SyncOp::Remove { .. } => {
+                        if !present {
+                            continue; // already gone: removing is idempotent
+                        }
+                        tx.execute("DELETE FROM credentials WHERE subject = ?1", [&id]).map_err(sql)?;
+                        tx.execute("DELETE FROM subjects WHERE id = ?1", [&id]).map_err(sql)?;
+                        summary.removed.push(id.clone());
+                    }
+                    SyncOp::Upsert { role, groups, credentials, .. } => {
+                        let groups_json = serde_json::to_string(groups).unwrap_or_else(|_| "[]".into());
+                        tx.execute("INSERT INTO subjects (id, role, groups) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET role = excluded.role, groups = excluded.groups", params![id, role_str(*role), groups_json]).map_err(sql)?;
+                        tx.execute("DELETE FROM credentials WHERE subject = ?1", [&id]).map_err(sql)?;
+                        for (kind, value) in credentials {
+                            if let Some(other) = holder.query_row(params![kind.as_str(), value], |r| r.get::<_, String>(0)).optional().map_err(sql)? {
+                                return Err(format!("subject `{id}`: the same {} is already held by subject `{other}`", kind.as_str()));
+                            }
+                            tx.execute("INSERT INTO credentials (kind, value, subject) VALUES (?1, ?2, ?3)", params![kind.as_str(), value, id]).map_err(sql)?;
+                        }
+                        if present {
+                            summary.changed.push(id.clone());
+                        } else {
+                            summary.added.push(id.clone());
+                        }
+                    }
+                }
+                applied.push((present.then_some(held), op));
+            }
+        }
+        let (version, snap) = match step {
+            SyncStep::Changes { version } => (Some(version), None),
+            SyncStep::SnapshotPage { version, page, pages } if page == pages => (Some(version), None),
+            SyncStep::SnapshotPage { version, page, .. } => (None, Some(format!("{version}:{page}"))),
+        };
+        if let Some(v) = version {
+            tx.execute("INSERT OR REPLACE INTO directory_meta (key, value) VALUES ('version', ?1)", [v.to_string()]).map_err(sql)?;
+            tx.execute("DELETE FROM directory_meta WHERE key = 'snapshot'", []).map_err(sql)?;
+            summary.version = v;
+        }
+        if let Some(s) = snap {
+            tx.execute("INSERT OR REPLACE INTO directory_meta (key, value) VALUES ('snapshot', ?1)", [s]).map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        // The database took it: the served directory follows, subject by subject.
+        for (held, op) in applied {
+            match op {
+                SyncOp::Remove { id } => {
+                    dir.remove_subject(&id, held.as_deref().unwrap_or_default());
+                }
+                SyncOp::Upsert { id, role, groups, credentials } => {
+                    let idx = match dir.position(&id) {
+                        Some(idx) => {
+                            for (kind, value) in held.as_deref().unwrap_or_default() {
+                                dir.remove_credential(idx, *kind, value);
+                            }
+                            dir.update_subject(idx, role, groups);
+                            idx
+                        }
+                        None => dir.add_subject(&id, role, groups).map_err(|e| e.to_string())?,
+                    };
+                    for (kind, value) in credentials {
+                        dir.add_credential(idx, kind, &value).map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
+        Ok(summary)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +504,48 @@ mod tests {
             nfc: vec![],
             plates: vec!["浙A 1234".replace("1234", id)],
         }
+    }
+
+    #[test]
+    fn sync_applies_in_order_all_or_nothing_and_the_served_directory_follows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut db = DirectoryDb::open(&db_path(tmp.path())).unwrap();
+        let key = crate::credentials::RefKey::generate().unwrap();
+        let mut dir = Directory::new("s");
+        dir.set_ref_key(key.clone());
+        let card = |n: &str| crate::credentials::keyed_credential_ref(&key, CredentialKind::Card, n);
+        let up = |id: &str, c: Vec<String>| sync_upsert(id, "resident", &["b-3".into()], &c).unwrap();
+        // Pages in order only; the last one sets the version.
+        assert!(db.sync(&mut dir, SyncStep::SnapshotPage { version: 1, page: 2, pages: 2 }, &[]).unwrap_err().contains("page 1 was expected"));
+        let s = db.sync(&mut dir, SyncStep::SnapshotPage { version: 1, page: 1, pages: 2 }, &[up("r-1", vec![card("111")])]).unwrap();
+        assert_eq!(s.version, 0);
+        assert!(db.sync(&mut dir, SyncStep::Changes { version: 1 }, &[]).unwrap_err().contains("half sent"));
+        db.sync(&mut dir, SyncStep::SnapshotPage { version: 1, page: 2, pages: 2 }, &[up("r-2", vec![card("222")])]).unwrap();
+        assert_eq!((db.version().unwrap(), dir.by_card("111").map(|s| s.id.as_str()), dir.by_card("222").map(|s| s.id.as_str())), (1, Some("r-1"), Some("r-2")));
+        // A credential another subject holds: refused, nothing changes (database or memory).
+        let err = db.sync(&mut dir, SyncStep::Changes { version: 2 }, &[up("r-3", vec![]), up("r-4", vec![card("111")])]).unwrap_err();
+        assert!(err.contains("already held by subject `r-1`"), "{err}");
+        assert!(dir.subject("r-3").is_none() && db.version().unwrap() == 1);
+        // Stale and gap.
+        assert!(db.sync(&mut dir, SyncStep::Changes { version: 1 }, &[]).unwrap_err().contains("stale"));
+        assert!(db.sync(&mut dir, SyncStep::Changes { version: 3 }, &[]).unwrap_err().contains("gap"));
+        // A card moves from r-1 to r-2, r-1 leaves; a second snapshot drops who it does not name.
+        let s = db.sync(&mut dir, SyncStep::Changes { version: 2 }, &[up("r-2", vec![card("111")]), SyncOp::Remove { id: "r-1".into() }]).unwrap_err();
+        assert!(s.contains("already held by subject `r-1`"), "order matters: remove first: {s}");
+        let s = db.sync(&mut dir, SyncStep::Changes { version: 2 }, &[SyncOp::Remove { id: "r-1".into() }, up("r-2", vec![card("111")])]).unwrap();
+        assert_eq!((s.removed, s.changed), (vec!["r-1".to_string()], vec!["r-2".to_string()]));
+        assert_eq!((dir.by_card("111").map(|s| s.id.as_str()), dir.by_card("222").map(|s| s.id.as_str()), dir.subject("r-1").is_none(), dir.len()), (Some("r-2"), None, true, 1));
+        db.sync(&mut dir, SyncStep::SnapshotPage { version: 5, page: 1, pages: 1 }, &[up("r-7", vec![card("777")])]).unwrap();
+        assert_eq!((dir.len(), dir.subject("r-2").is_none(), db.count().unwrap(), db.version().unwrap()), (1, true, 1, 5));
+        // What the database holds loads back into the same directory.
+        let mut again = Directory::new("s");
+        again.set_ref_key(key.clone());
+        db.load_into(&mut again).unwrap();
+        assert_eq!(again.by_card("777").map(|s| s.id.as_str()), Some("r-7"));
+        // Only keyed references and pseudonymous ids are taken.
+        assert!(sync_upsert("r-1", "resident", &[], &["12345678".into()]).unwrap_err().contains("not a keyed reference"));
+        assert!(sync_upsert("Zhang San 3-402", "resident", &[], &[]).is_err());
+        assert!(sync_upsert("r-1", "landlord", &[], &[]).is_err());
     }
 
     #[test]

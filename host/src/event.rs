@@ -397,6 +397,9 @@ pub enum Record {
     /// A face template was erased by the gateway's retention rules (the subject left the
     /// directory, or the template went unused); consent withdrawals are the resident's own.
     FaceErased { subject: String, reason: String },
+    /// The property platform changed the subject directory (counts only; the audit trail
+    /// names the pseudonymous ids).
+    DirectorySynced { version: u64, added: u32, changed: u32, removed: u32, by: String },
 }
 
 /// An integration plugin's message as it published it: compact JSON text, checked once
@@ -615,6 +618,7 @@ impl Record {
             Record::Reinstated { .. } => "reinstated",
             Record::UnitPin { .. } => "unit-pin",
             Record::FaceErased { .. } => "face-erased",
+            Record::DirectorySynced { .. } => "directory",
         }
     }
 
@@ -628,7 +632,7 @@ impl Record {
             | Record::Ignored { door, .. }
             | Record::DoorMode { door, .. }
             | Record::UnitPin { door, .. } => Some(door),
-            Record::Publish { .. } | Record::Plugin { .. } | Record::Revoked { .. } | Record::Reinstated { .. } | Record::FaceErased { .. } => None,
+            Record::Publish { .. } | Record::Plugin { .. } | Record::Revoked { .. } | Record::Reinstated { .. } | Record::FaceErased { .. } | Record::DirectorySynced { .. } => None,
         }
     }
 }
@@ -707,6 +711,7 @@ impl fmt::Display for Record {
                 write!(f, "credential {credential} ({}) reinstated: {reason}  [{by}]", holder.as_deref().unwrap_or("no holder"))
             }
             Record::UnitPin { door, by } => write!(f, "{door:<14} unit PIN replaced  [{by}]"),
+            Record::DirectorySynced { version, added, changed, removed, by } => write!(f, "subject directory now version {version}: {added} added, {changed} changed, {removed} removed  [{by}]"),
             Record::FaceErased { subject, reason } => write!(f, "face template of {subject} ERASED: {reason}  [host:retention]"),
         }
     }

@@ -190,7 +190,7 @@ impl FaceMatcher {
     /// default), and with `[face] unused_days` a template not matched for that long is
     /// erased too. Says so in the log; returns (subject, reason) of each erasure for the
     /// event log. With `erase_orphans` off an orphan is kept on disk but never matched.
-    pub fn follow_directory(&mut self, known: &std::collections::BTreeSet<String>, bands: &FaceBands, now_ms: i64) -> Vec<(String, String)> {
+    pub fn follow_directory(&mut self, known: &dyn Fn(&str) -> bool, bands: &FaceBands, now_ms: i64) -> Vec<(String, String)> {
         let Ok(ready) = &mut self.state else { return Vec::new() };
         let enrolled = match ready.store.enrolled() {
             Ok(e) => e,
@@ -199,7 +199,7 @@ impl FaceMatcher {
                 return Vec::new();
             }
         };
-        let orphans: Vec<String> = enrolled.iter().filter(|s| !known.contains(*s)).cloned().collect();
+        let orphans: Vec<String> = enrolled.iter().filter(|s| !known(s.as_str())).cloned().collect();
         let mut todo: Vec<(String, String)> = Vec::new();
         if !orphans.is_empty() {
             tracing::warn!(orphans = orphans.len(), subjects = %orphans.join(","), erase = bands.erase_orphans, "face templates of subjects not in the subject directory");
@@ -245,6 +245,20 @@ impl FaceMatcher {
             }
         }
         erased
+    }
+
+    /// Erases one subject's template now (the subject left the directory): never matched
+    /// again, bytes verifiably gone. True if a template was held and erased.
+    pub fn erase(&mut self, subject: &str, reason: &str, now_ms: i64) -> bool {
+        let Ok(ready) = &mut self.state else { return false };
+        ready.gallery.remove(subject);
+        match ready.store.purge(subject, now_ms, reason) {
+            Ok(erased) => erased,
+            Err(e) => {
+                tracing::warn!(subject = %subject, error = %e, "face template could not be erased yet; the next start erases it as an orphan");
+                false
+            }
+        }
     }
 
     /// Reloads the gallery when another process changed the store (enrolment, withdrawal).

@@ -17,7 +17,7 @@ use crate::trace::{input_line, Header, Trace};
 use crate::worker::PluginControl;
 use gate_fleet::agent::{Agent, CommandExecutor};
 use gate_fleet::bundle::{self, Manifest, World as FleetWorld};
-use gate_fleet::commands::{AuthorisedCommand, CommandAction, DoorMode as FleetDoorMode, Executed};
+use gate_fleet::commands::{AuthorisedCommand, CommandAction, DirectoryChange, DoorMode as FleetDoorMode, Executed};
 use gate_fleet::deploy::{ActivePlugin, DeployConfig, Deployer, PluginSlot, RollbackRule};
 use gate_fleet::keys::TrustedKeys;
 use gate_fleet::link::{Inbound, Link, LinkConfig, LinkHandle, PluginLimits};
@@ -84,7 +84,33 @@ fn execute(gw: &mut Gateway, now: i64, req: &RemoteCommand) -> Result<Result<(Ve
             let detail = format!("unit PIN of door `{door}` replaced; the old one no longer opens it");
             (recs, Executed { detail, secret_for_sender: Some(pin) })
         }),
+        CommandAction::DirectoryChanges { version, changes } => {
+            let ops: Result<Vec<_>, String> = changes
+                .iter()
+                .map(|c| match c {
+                    DirectoryChange::Upsert { subject: s } => crate::directory::sync_upsert(&s.id, &s.role, &s.groups, &s.credentials),
+                    DirectoryChange::Remove { id } => gate_face::validate_subject(id).map(|()| crate::directory::SyncOp::Remove { id: id.clone() }).map_err(|e| e.to_string()),
+                })
+                .collect();
+            match ops {
+                Ok(ops) => gw.remote_directory(now, crate::directory::SyncStep::Changes { version: *version }, &ops, sender)?.map(directory_done),
+                Err(why) => Err(why),
+            }
+        }
+        CommandAction::DirectorySnapshot { version, page, pages, subjects } => {
+            let ops: Result<Vec<_>, String> = subjects.iter().map(|s| crate::directory::sync_upsert(&s.id, &s.role, &s.groups, &s.credentials)).collect();
+            let step = crate::directory::SyncStep::SnapshotPage { version: *version, page: *page, pages: *pages };
+            match ops {
+                Ok(ops) => gw.remote_directory(now, step, &ops, sender)?.map(directory_done),
+                Err(why) => Err(why),
+            }
+        }
     })
+}
+
+/// The reply detail of an applied directory change.
+fn directory_done((recs, s): (Vec<Timed>, crate::directory::SyncSummary)) -> (Vec<Timed>, Executed) {
+    (recs, format!("directory at version {}: {} added, {} changed, {} removed", s.version, s.added.len(), s.changed.len(), s.removed.len()).into())
 }
 
 /// Version reported for plugins loaded from the site configuration (not deployed).
@@ -645,6 +671,7 @@ impl Fleet {
             plugins: slot.plugins().iter().map(PluginInfo::from).collect(),
             last_job: deployer.last_job().ok().flatten(),
             outbox: None,
+            directory_version: Some(gw.directory_version().load(Ordering::Acquire)).filter(|v| *v > 0),
             at_ms: clock.now_ms(),
         };
         let mut lc = LinkConfig::new(fc.broker.clone(), &site, &gateway);
@@ -692,6 +719,7 @@ impl Fleet {
             .map_err(|e| FleetError::Setup(format!("starting the link thread: {e}")))?;
         let (cmd_tx, commands) = mpsc::channel();
         let mut agent = Agent::new(&site, &gateway, host_version, deployer, handle.clone(), &interrupted, clock.clone());
+        agent.set_directory_version(gw.directory_version());
         // Deployments and rollbacks change what decides the doors: the agent writes them to
         // the audit trail itself (its appends are transactions, safe beside the gateway's).
         let mut audit = match crate::audit::AuditLog::open(&crate::audit::AuditLog::path_beside(db)) {

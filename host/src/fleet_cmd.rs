@@ -37,7 +37,7 @@ pub enum FleetCmd {
         /// Where to write the secret key file (mode 0600; never overwritten).
         #[arg(long)]
         out: PathBuf,
-        /// Permissions to put in the printed entry: deploy, door, credentials, pin.
+        /// Permissions to put in the printed entry: deploy, door, credentials, pin, directory.
         #[arg(long, value_delimiter = ',', default_value = "deploy")]
         may: Vec<String>,
     },
@@ -273,7 +273,7 @@ pub struct RollbackArgs {
 }
 
 fn permission(s: &str) -> Result<Permission, Fail> {
-    serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| bad(anyhow!("--may {s:?}: use deploy, door, credentials or pin")))
+    serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| bad(anyhow!("--may {s:?}: use deploy, door, credentials, pin or directory")))
 }
 
 fn network() -> Result<tokio::runtime::Runtime, Fail> {

@@ -58,6 +58,9 @@ pub struct Gateway {
     recent: HashMap<(String, [u8; 16]), i64>,
     /// The on-device face matcher (off when not configured or its models are missing).
     face: FaceMatcher,
+    /// The synced directory's version (0 when the directory is a subjects file), shared
+    /// with the fleet agent for the status it publishes.
+    directory_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// In service, the matcher's own thread (then `face` is off here).
     face_thread: Option<FaceThread>,
     /// The audit trail of access-rights changes (service only; replay keeps none), and the
@@ -94,6 +97,10 @@ impl Gateway {
     /// door's path and swapped in later (see `serve.rs`); the fallback serves until then.
     pub fn new_deferring(cfg: SiteConfig, clock: Clock, rt: Runtime, mut log: EventLog, deferred: &std::collections::BTreeSet<String>) -> Result<(Gateway, Vec<String>), String> {
         let mut dir = crate::directory::load_for(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
+        let synced_version = match (&cfg.site.subjects, &cfg.site.state_dir) {
+            (None, Some(state)) => crate::directory::DirectoryDb::open_existing(&crate::directory::db_path(state)).ok().flatten().and_then(|d| d.version().ok()).unwrap_or(0),
+            _ => 0,
+        };
         // Revocations and unit PINs set by operator commands outlive restarts.
         for r in log.revoked().map_err(|e| e.to_string())? {
             dir.revoke(&r);
@@ -124,8 +131,9 @@ impl Gateway {
         let doors = DoorController::new(&cfg.doors);
         let policy = Policy::Inline(policy);
         let mut face = FaceMatcher::open(&cfg.face);
-        // Templates follow the directory: orphans (and unused ones) are erased and audited.
-        let known: std::collections::BTreeSet<String> = cfg.subjects.iter().map(|s| s.id.clone()).collect();
+        // Templates follow the directory (the one loaded, from the subjects file or the
+        // imported database): orphans (and unused ones) are erased and audited.
+        let known = |id: &str| dir.subject(id).is_some();
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let rules = if erase { cfg.face.clone() } else { crate::config::FaceBands { erase_orphans: false, unused_days: 0, ..cfg.face.clone() } };
         let mut erased_at_start = Vec::new();
@@ -144,6 +152,7 @@ impl Gateway {
                 pending: HashMap::new(),
                 recent: HashMap::new(),
                 face,
+                directory_version: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(synced_version)),
                 face_thread: None,
                 audit: None,
                 audit_key: None,
@@ -382,6 +391,50 @@ impl Gateway {
         out.push((now, record));
         self.dir.set_unit_pin(door, &hash);
         Ok(Ok((out, pin)))
+    }
+
+    /// Applies a directory change from the property platform (an authorised command): to
+    /// the directory database and the directory served, all or nothing, durable before it is
+    /// answered; a removed subject's face template is erased. Only a gateway whose directory
+    /// lives in its state dir (no `site.subjects` file) can be synced.
+    pub fn remote_directory(&mut self, now: i64, step: crate::directory::SyncStep, ops: &[crate::directory::SyncOp], sender: &str) -> Result<Remote<crate::directory::SyncSummary>, GatewayError> {
+        let state = match (&self.cfg.site.subjects, &self.cfg.site.state_dir) {
+            (None, Some(state)) => state.clone(),
+            (Some(f), _) => return Ok(Err(format!("this gateway's directory is its subjects file {}: remove `site.subjects` to let the platform sync it", f.display()))),
+            (None, None) => return Ok(Err("this gateway has no `site.state_dir` to keep a directory in".into())),
+        };
+        let mut db = match crate::directory::DirectoryDb::open(&crate::directory::db_path(&state)) {
+            Ok(db) => db,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let summary = match db.sync(&mut self.dir, step, ops) {
+            Ok(s) => s,
+            Err(why) => return Ok(Err(why)),
+        };
+        let mut out = self.advance(now)?;
+        let count = |v: &Vec<String>| u32::try_from(v.len()).unwrap_or(u32::MAX);
+        let record = Record::DirectorySynced { version: summary.version, added: count(&summary.added), changed: count(&summary.changed), removed: count(&summary.removed), by: format!("remote:{sender}") };
+        self.emit(now, record, &mut out)?;
+        if let Some(a) = self.audit.as_mut() {
+            let detail = serde_json::json!({"version": summary.version, "added": summary.added, "changed": summary.changed, "removed": summary.removed});
+            if let Err(e) = a.append(now, &format!("key:{sender}"), crate::audit::Action::DirectoryChanged, "directory", detail) {
+                tracing::error!(error = %e, "the audit trail could not record a directory change; the event log holds it");
+            }
+        }
+        for id in &summary.removed {
+            let reason = "subject removed from the directory by the property platform".to_string();
+            if self.face.erase(id, &reason, now) {
+                self.emit(now, Record::FaceErased { subject: id.clone(), reason }, &mut out)?;
+            }
+        }
+        self.directory_version.store(summary.version, std::sync::atomic::Ordering::Release);
+        tracing::info!(version = summary.version, added = summary.added.len(), changed = summary.changed.len(), removed = summary.removed.len(), sender, "subject directory synced");
+        Ok(Ok((out, summary)))
+    }
+
+    /// The synced directory's version, shared (0: the directory is a subjects file).
+    pub fn directory_version(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.directory_version.clone()
     }
 
     /// Waits up to `timeout` for the policy thread to finish something (service mode).
@@ -777,6 +830,7 @@ impl Gateway {
                 (actor(by), Action::CredentialReinstated, credential.clone(), serde_json::json!({"holder": holder, "reason": reason, "event": id}))
             }
             Record::UnitPin { door, by } => (actor(by), Action::UnitPinRotated, format!("door:{door}"), serde_json::json!({"event": id})),
+            Record::FaceErased { subject, reason } => ("host".to_string(), Action::TemplateErased, subject.clone(), serde_json::json!({"why": reason, "event": id})),
             Record::Decision { door, by, outcome, .. } if by.starts_with("remote:") => {
                 (actor(by), Action::RemoteCommand, format!("door:{door}"), serde_json::json!({"command": "open-door", "outcome": outcome, "event": id}))
             }

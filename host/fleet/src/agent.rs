@@ -31,6 +31,8 @@ pub struct Agent {
     refused: u64,
     refusals: TokenBucket,
     unanswered: ShedLog,
+    /// The subject directory's version as the host last set it (0: not a synced directory).
+    directory_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Refusal replies sent at most (per second, burst): enough for an operator's mistakes,
@@ -54,7 +56,13 @@ impl Agent {
             refused: 0,
             refusals: TokenBucket::new(REFUSAL_REPLIES),
             unanswered: ShedLog::new("command refusals", std::time::Duration::from_secs(10)),
+            directory_version: Default::default(),
         }
+    }
+
+    /// Where the host keeps the directory's version, for the status (0: none).
+    pub fn set_directory_version(&mut self, v: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        self.directory_version = v;
     }
 
     /// The birth status for the current plugins and last job.
@@ -67,6 +75,7 @@ impl Agent {
             plugins: slot.plugins().iter().map(PluginInfo::from).collect(),
             last_job: self.deployer.last_job().ok().flatten(),
             outbox: None,
+            directory_version: Some(self.directory_version.load(std::sync::atomic::Ordering::Acquire)).filter(|v| *v > 0),
             at_ms: self.clock.now_ms(),
         }
     }
@@ -93,7 +102,12 @@ impl Agent {
                 Ok(None)
             }
             Inbound::Command { id, payload } => {
+                // A directory change moves the version the status reports.
+                let before = self.directory_version.load(std::sync::atomic::Ordering::Acquire);
                 self.command(&id, &payload, exec)?;
+                if self.directory_version.load(std::sync::atomic::Ordering::Acquire) != before {
+                    self.link.update_status(self.status(slot));
+                }
                 Ok(None)
             }
         }

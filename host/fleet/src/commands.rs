@@ -60,6 +60,40 @@ pub enum CommandAction {
     /// Generate a new PIN for a unit door on the gateway. It comes back only sealed to
     /// `reply_key` (base64 X25519 public key, used once).
     RotateUnitPin { door: String, reply_key: String },
+    /// Incremental changes to the subject directory, applied in one transaction. `version`
+    /// must be exactly one more than the gateway's: an old one is refused, a gap is refused
+    /// (send the missing change, or a snapshot).
+    DirectoryChanges { version: u64, changes: Vec<DirectoryChange> },
+    /// One page (1-based, in order) of a whole directory at `version`, for a new gateway
+    /// or to resynchronise: each page adds or updates its subjects; the last page removes
+    /// every subject no page named and sets the version.
+    DirectorySnapshot { version: u64, page: u32, pages: u32, subjects: Vec<DirectorySubject> },
+}
+
+/// A subject as the property platform sends it: a pseudonymous id, and credentials only
+/// as references keyed with the site's reference key (`card:…`, `pin:…`, `nfc:…`,
+/// `plate:…` as `gate credential-ref` makes them), so no card number or PIN is ever on
+/// the broker; the gateway computes the same reference from what is presented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySubject {
+    pub id: String,
+    /// `resident`, `staff`, `visitor`, `guard` or `contractor`.
+    pub role: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub credentials: Vec<String>,
+}
+
+/// One change of a subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum DirectoryChange {
+    /// Add the subject, or replace its role, groups and credentials.
+    Upsert { subject: DirectorySubject },
+    /// Remove the subject, its credentials and its face template.
+    Remove { id: String },
 }
 
 impl CommandAction {
@@ -69,6 +103,7 @@ impl CommandAction {
             CommandAction::OpenDoorOnce { .. } | CommandAction::SetDoorMode { .. } => Permission::Door,
             CommandAction::RevokeCredential { .. } | CommandAction::ReinstateCredential { .. } => Permission::Credentials,
             CommandAction::RotateUnitPin { .. } => Permission::Pin,
+            CommandAction::DirectoryChanges { .. } | CommandAction::DirectorySnapshot { .. } => Permission::Directory,
         }
     }
 }

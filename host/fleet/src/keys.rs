@@ -42,6 +42,8 @@ pub enum Permission {
     Credentials,
     /// Rotate unit-door PINs.
     Pin,
+    /// Change the subject directory (the property platform's key).
+    Directory,
 }
 
 /// One entry of `[[fleet.trusted_keys]]` in the site configuration.

@@ -46,6 +46,10 @@ pub struct Status {
     pub last_job: Option<JobStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<OutboxStats>,
+    /// The version of the subject directory the property platform synced (absent when the
+    /// gateway's directory is a subjects file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_version: Option<u64>,
     /// When this status was made, Unix ms (for a death message: when the session began).
     pub at_ms: i64,
 }

@@ -528,6 +528,7 @@ mod tests {
                 at_ms: 0,
             }),
             outbox: None,
+            directory_version: None,
             at_ms: 0,
         };
         let t = format_status_table(&[

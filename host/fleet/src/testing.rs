@@ -418,6 +418,7 @@ impl TestGateway {
             plugins: vec![],
             last_job: None,
             outbox: None,
+            directory_version: None,
             at_ms: crate::messages::now_ms(),
         };
         let (link, handle, mut inbound) = crate::link::Link::new(lc, outbox, status).map_err(|e| e.to_string())?;
