@@ -96,3 +96,68 @@ fn values_past_their_bounds_exit_2_naming_file_line_and_key() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("not a regular file"), "{}", text(&o));
 }
+
+/// Issue 13 item 5, end to end: a gateway killed (SIGKILL) in the middle of serving, its
+/// event log then damaged on disk. The next start refuses to append to it: the damaged file
+/// is moved aside, a new log is started, the start says so and audits it, and no event id
+/// of the old log is ever given again.
+#[test]
+fn a_damaged_event_log_is_moved_aside_said_and_audited_and_no_id_repeats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = demo_site(tmp.path(), true, |c| c);
+    let cfg_s = cfg.to_str().unwrap();
+    let reads: Vec<String> = (0..400).map(|i| format!(r#"{{"at":{},"input":{{"kind":"card","door":"north-gate","number":"{}"}}}}"#, 1000 + i * 50, ["10012345", "10012346", "10012347", "99999999"][i % 4])).collect();
+    let t = trace(tmp.path(), &reads.iter().map(String::as_str).collect::<Vec<_>>());
+    let db = tmp.path().join("state/events.sqlite");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate")).current_dir(root()).args(["run", "--config", cfg_s, "--trace", t.to_str().unwrap(), "--speed", "1"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let logged = |db: &Path| -> Vec<String> {
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.prepare("SELECT id FROM events").and_then(|mut s| s.query_map([], |r| r.get(0))?.collect()))
+            .unwrap_or_default()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while logged(&db).len() < 20 && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = logged(&db);
+    assert!(before.len() >= 20, "the gateway logged {} events", before.len());
+    // What was in the WAL goes into the database file, whose second page on is then
+    // damaged (as a failing disk would).
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let _: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).unwrap();
+    drop(c);
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() > 8192, "{}", bytes.len());
+    for b in bytes[4096..].iter_mut() {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let _ = std::fs::remove_file(tmp.path().join("state/events.sqlite-wal"));
+
+    let o = gate(&["run", "--config", cfg_s, "--trace", t.to_str().unwrap(), "--speed", "1000"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("WARNING the event log failed its integrity check: it was moved aside to"), "{}", text(&o));
+    let aside: Vec<PathBuf> = std::fs::read_dir(tmp.path().join("state")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.to_string_lossy().contains("events.sqlite.damaged-")).collect();
+    assert!(!aside.is_empty(), "the damaged log is kept aside");
+    let after = logged(&db);
+    assert!(after.len() >= 400, "the new log holds the second run: {}", after.len());
+    let old: std::collections::HashSet<&String> = before.iter().collect();
+    assert!(after.iter().all(|id| !old.contains(id)), "an id of the damaged log was given again");
+    let audit = rusqlite::Connection::open(tmp.path().join("state/audit.sqlite")).unwrap();
+    let n: i64 = audit.query_row("SELECT COUNT(*) FROM audit WHERE action = 'event-log-recovered'", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}
+
+/// A pin-level trace naming a line the site does not wire is bad input: exit 2, naming the
+/// trace file and line and the lines that are wired (before, the run failed with exit 3).
+#[test]
+fn a_pin_trace_naming_an_unwired_line_exits_2_with_its_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = demo_site(tmp.path(), true, |c| c);
+    let t = trace(tmp.path(), &[r#"{"at":1000,"input":{"kind":"line","line":"north-in.d0","level":false,"at_us":1000000}}"#, r#"{"at":1001,"input":{"kind":"line","line":"garage.d9","level":false,"at_us":1001000}}"#]);
+    let o = gate(&["run", "--config", cfg.to_str().unwrap(), "--simulate", t.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains(&format!("{}:3: trace line `garage.d9`", t.display())) && text(&o).contains("configured lines:"), "{}", text(&o));
+}

@@ -663,6 +663,7 @@ impl Fleet {
         let outbox = Outbox::open(db, &fleet_db, retention)?;
         let control = gw.plugin_control().ok_or_else(|| FleetError::Setup("the policy worker is not running".into()))?;
         let slot = HostSlot::new(cfg.clone(), control, gw.clock().clone(), db, &dir, cache_dir);
+        let recovered = gw.log().recovered_from().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
         let status = Status {
             site: site.clone(),
             gateway: gateway.clone(),
@@ -672,6 +673,7 @@ impl Fleet {
             last_job: deployer.last_job().ok().flatten(),
             outbox: None,
             directory_version: Some(gw.directory_version().load(Ordering::Acquire)).filter(|v| *v > 0),
+            event_log_recovered: recovered.clone(),
             at_ms: clock.now_ms(),
         };
         let mut lc = LinkConfig::new(fc.broker.clone(), &site, &gateway);
@@ -720,6 +722,7 @@ impl Fleet {
         let (cmd_tx, commands) = mpsc::channel();
         let mut agent = Agent::new(&site, &gateway, host_version, deployer, handle.clone(), &interrupted, clock.clone());
         agent.set_directory_version(gw.directory_version());
+        agent.set_event_log_recovered(recovered);
         // Deployments and rollbacks change what decides the doors: the agent writes them to
         // the audit trail itself (its appends are transactions, safe beside the gateway's).
         let mut audit = match crate::audit::AuditLog::open(&crate::audit::AuditLog::path_beside(db)) {

@@ -321,6 +321,26 @@ fn event_db(config: &Path, cfg: &SiteConfig, db: Option<PathBuf>) -> Result<Path
 /// Longest and shortest trace playback speeds `gate run` takes.
 const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.01..=10_000.0;
 
+/// A pin-level trace naming a line `[hardware]` does not wire is bad input: refused before
+/// anything is served, naming the trace file and line and the lines that are wired.
+fn unwired_line(cfg: &SiteConfig, t: &Trace, file: &Path) -> Result<(), Failure> {
+    if !t.has_pins() {
+        return Ok(());
+    }
+    let Some(hw) = cfg.hardware.as_ref() else {
+        return Err(input(anyhow::anyhow!("{}: the trace has pin-level `line` inputs but {} has no [hardware] section to wire them to", file.display(), cfg.path.display())));
+    };
+    let Err(e) = gate::service::source::PinTrace::open(hw, t) else { return Ok(()) };
+    let msg = e.to_string();
+    let name = msg.split('`').nth(1).unwrap_or_default().to_string();
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let at = text.lines().position(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["input"]["line"].as_str() == Some(name.as_str())));
+    Err(input(match at {
+        Some(i) => anyhow::anyhow!("{}:{}: {msg}", file.display(), i + 1),
+        None => anyhow::anyhow!("{}: {msg}", file.display()),
+    }))
+}
+
 fn serve(cfg: SiteConfig, opts: gate::serve::RunOptions) -> Result<u8, Failure> {
     let mut stdout = std::io::stdout();
     let format = opts.format;
@@ -346,6 +366,7 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
     match cmd {
         Cmd::Run { config, trace, simulate, speed, db, hold, seconds, record, subjects_out, keep_raw_cards } => {
             let cfg = load_config(&config)?;
+            let trace_file = trace.clone().or_else(|| simulate.clone());
             let (inputs, speed) = match (trace, simulate) {
                 (Some(t), _) => (gate::serve::Inputs::Trace(Trace::load(&t).map_err(input)?), speed.unwrap_or(20.0)),
                 (None, Some(p)) => {
@@ -360,6 +381,9 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
             };
             if !speed.is_finite() || !SPEED_RANGE.contains(&speed) {
                 return Err(input(anyhow::anyhow!("--speed {speed}: must be between {} and {}", SPEED_RANGE.start(), SPEED_RANGE.end())));
+            }
+            if let (gate::serve::Inputs::Trace(t), Some(file)) = (&inputs, trace_file.as_deref()) {
+                unwired_line(&cfg, t, file)?;
             }
             let db = event_db(&config, &cfg, db)?;
             let record = record.map(|out| gate::record::RecordTo { subjects_out: subjects_out.unwrap_or_else(|| out.with_extension("subjects.toml")), out, keep_raw_cards });

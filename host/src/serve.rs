@@ -18,7 +18,7 @@ use crate::trace::Trace;
 use anyhow::Context;
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where `gate run` takes its inputs from.
@@ -92,8 +92,11 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     gw.set_audit(audit, Some(device.signing_key().clone()));
     let mut console = Console::new(out, clock.clone(), opts.format);
     console.note(&format!("site {site}, gateway {gateway}, {doors} doors, event log {}", opts.db.display()))?;
-    if let Some(aside) = gw.log().recovered_from() {
+    if let Some(aside) = gw.log().recovered_from().map(Path::to_path_buf) {
         console.note(&format!("WARNING the event log failed its integrity check: it was moved aside to {} and a new log started", aside.display()))?;
+        if let Some(a) = gw.audit_mut() {
+            a.append(start, "host", crate::audit::Action::EventLogRecovered, "event-log", serde_json::json!({"moved_to": aside.display().to_string()}))?;
+        }
     }
     for p in &problems {
         console.note(&format!("WARNING {p} (its doors are served by the fallback policy)"))?;

@@ -33,6 +33,8 @@ pub struct Agent {
     unanswered: ShedLog,
     /// The subject directory's version as the host last set it (0: not a synced directory).
     directory_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Where a damaged event log was moved aside at start, for the status.
+    event_log_recovered: Option<String>,
 }
 
 /// Refusal replies sent at most (per second, burst): enough for an operator's mistakes,
@@ -57,7 +59,13 @@ impl Agent {
             refusals: TokenBucket::new(REFUSAL_REPLIES),
             unanswered: ShedLog::new("command refusals", std::time::Duration::from_secs(10)),
             directory_version: Default::default(),
+            event_log_recovered: None,
         }
+    }
+
+    /// The file a damaged event log was moved aside to at start, said in every status.
+    pub fn set_event_log_recovered(&mut self, aside: Option<String>) {
+        self.event_log_recovered = aside;
     }
 
     /// Where the host keeps the directory's version, for the status (0: none).
@@ -76,6 +84,7 @@ impl Agent {
             last_job: self.deployer.last_job().ok().flatten(),
             outbox: None,
             directory_version: Some(self.directory_version.load(std::sync::atomic::Ordering::Acquire)).filter(|v| *v > 0),
+            event_log_recovered: self.event_log_recovered.clone(),
             at_ms: self.clock.now_ms(),
         }
     }

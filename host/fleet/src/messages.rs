@@ -50,6 +50,10 @@ pub struct Status {
     /// gateway's directory is a subjects file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory_version: Option<u64>,
+    /// Set when the event log failed its integrity check at start: the file name the damaged
+    /// log was moved aside to (a new log was started; see `gate fleet status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_log_recovered: Option<String>,
     /// When this status was made, Unix ms (for a death message: when the session began).
     pub at_ms: i64,
 }

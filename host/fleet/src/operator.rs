@@ -480,6 +480,10 @@ pub fn format_status_table(rows: &[GatewayView]) -> String {
             Some(j) => format!("{} {}{}", j.job_id, j.state.as_str(), j.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()),
             None => "-".into(),
         };
+        let trust = match &st.event_log_recovered {
+            Some(f) => format!("{trust}; EVENT LOG DAMAGED at start, moved aside to {f}"),
+            None => trust,
+        };
         out.push_str(&format!("{}\t{}\t{}\t{}\t{}\t{trust}\n", r.site, r.gateway, if st.online { "yes" } else { "NO" }, if plugins.is_empty() { "-".into() } else { plugins.join(",") }, job));
     }
     out
@@ -529,6 +533,7 @@ mod tests {
             }),
             outbox: None,
             directory_version: None,
+            event_log_recovered: None,
             at_ms: 0,
         };
         let t = format_status_table(&[

@@ -419,6 +419,7 @@ impl TestGateway {
             last_job: None,
             outbox: None,
             directory_version: None,
+            event_log_recovered: None,
             at_ms: crate::messages::now_ms(),
         };
         let (link, handle, mut inbound) = crate::link::Link::new(lc, outbox, status).map_err(|e| e.to_string())?;
