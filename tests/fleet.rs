@@ -651,3 +651,48 @@ fn the_platform_syncs_the_directory_and_the_gateway_decides_by_it_at_once_and_af
     let round: Vec<_> = decided().into_iter().filter(|(s, ..)| *s > restarted && *s > 0).collect();
     assert!(round.iter().all(|(_, c, who, o)| (o == "grant") == matches!((c.as_str(), who.as_deref()), ("card", Some("r-9001" | "r-9002")) | ("pin", Some("r-9001")))), "{round:?}");
 }
+
+/// Issue 14 item 3: the guard station. A guard opens the gate as themselves (a key with the
+/// `guard` permission, the guard a subject with role guard), logged and audited with who and
+/// why; `gate guard attention` shows a forced door and the denied attempts at the gate; a
+/// guard id that is not a guard, or a key without the permission, is refused.
+#[test]
+fn a_guard_opens_as_themselves_and_sees_what_needs_them() {
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 5);
+    let cfg = std::fs::read_to_string(&site.config).unwrap().replace(r#"may = ["deploy", "door", "credentials", "pin"]"#, r#"may = ["deploy", "door", "credentials", "pin", "guard"]"#);
+    std::fs::write(&site.config, cfg).unwrap();
+    // A stranger's card at the gate every 700 ms, and the building-3 door forced open.
+    let reads = vec![r#"{"kind":"card","door":"north-gate","number":"55555555"}"#.to_string(), r#"{"kind":"door-contact","door":"building-3","open":true}"#.to_string()];
+    let gw = site.run(&site.trace("guard", 200, 700, &reads));
+    wait_until("the gateway online and a forced door", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")) && !site.records("alarm").is_empty());
+    let key = site.key.to_str().unwrap().to_string();
+    let target = format!("{SITE}/{GW}");
+    let guard = |args: &[&str]| {
+        let mut all = vec!["guard", args[0], "--key", &key, "--gateway", &target];
+        all.extend(&args[1..]);
+        site.gate_with_broker(&all)
+    };
+    let (code, out) = guard(&["open", "--door", "north-gate", "--guard", "g-0001", "--reason", "elderly resident waiting at the gate"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("done: door `north-gate` released once by guard g-0001 (as test-ops)"), "{out}");
+    wait_until("the guard release logged", Duration::from_secs(10), || site.decisions().iter().any(|(_, by)| by == "guard:g-0001"));
+    let d = site.records("decision").into_iter().map(|(_, d)| d).find(|d| d["by"] == "guard:g-0001").unwrap();
+    assert_eq!((d["credential"].as_str(), d["outcome"].as_str()), (Some("guard-release"), Some("grant")), "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("elderly resident waiting at the gate (guard station test-ops)"), "{d}");
+    wait_until("the guard release audited", Duration::from_secs(10), || audited(&site, "guard-command") == [("guard:g-0001".to_string(), "door:north-gate".to_string())]);
+    // A resident is not a guard; a missing reason is refused.
+    let (code, out) = guard(&["open", "--door", "north-gate", "--guard", "r-0001", "--reason", "x"]);
+    assert!(code == 1 && out.contains("`r-0001` is not a guard"), "{out}");
+    let (code, out) = guard(&["open", "--door", "north-gate", "--guard", "g-0001", "--reason", " "]);
+    assert!(code == 1 && out.contains("needs a reason"), "{out}");
+    // What needs the guard.
+    let (code, out) = guard(&["attention", "--guard", "g-0001", "--minutes", "5"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ALARM forced-open at building-3"), "{out}");
+    let denied = out.lines().find(|l| l.contains("denied attempt(s) in the last 5 min")).unwrap_or_else(|| panic!("{out}"));
+    let n: usize = denied.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(n >= 1 && out.contains("north-gate card denied"), "{out}");
+    assert!(!out.contains("55555555"), "no card number reaches the guard station: {out}");
+    drop(gw);
+}

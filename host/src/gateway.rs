@@ -15,7 +15,7 @@ use crate::policy::{fallback_decision, to_wit_kind, to_wit_role, Decided, Policy
 use crate::store::{EventLog, StoreError};
 use crate::worker::{AccessRequest, Done, PolicyWorker};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use thiserror::Error;
 
 /// A failure that stops the gateway from acting on an input.
@@ -430,6 +430,86 @@ impl Gateway {
         self.directory_version.store(summary.version, std::sync::atomic::Ordering::Release);
         tracing::info!(version = summary.version, added = summary.added.len(), changed = summary.changed.len(), removed = summary.removed.len(), sender, "subject directory synced");
         Ok(Ok((out, summary)))
+    }
+
+    /// A guard releases a door once on a guard-station command, as themselves: the guard must
+    /// be a subject with role guard; the decision names them and carries the reason.
+    pub fn guard_open(&mut self, now: i64, door: &str, guard: &str, reason: &str, station: &str) -> Result<Remote<()>, GatewayError> {
+        if let Err(why) = self.check_guard(guard) {
+            return Ok(Err(why));
+        }
+        let reason = crate::plugin::text::sanitize(reason, 200);
+        if reason.trim().is_empty() {
+            return Ok(Err("a guard release needs a reason (it is kept in the event log)".into()));
+        }
+        let Some(d) = self.cfg.door(door).cloned() else {
+            return Ok(Err(format!("this gateway has no door `{door}`")));
+        };
+        let mut out = self.advance(now)?;
+        let record = Record::Decision {
+            door: d.id.clone(),
+            direction: Direction::Entry,
+            credential: CredentialKind::GuardRelease,
+            subject: None,
+            outcome: Outcome::Grant,
+            open_ms: Some(d.open_ms),
+            reason: Some(format!("{reason} (guard station {station})")),
+            factors: Vec::new(),
+            by: format!("guard:{guard}"),
+        };
+        self.emit(now, record, &mut out)?;
+        for (t, r) in self.doors.grant(&d.id, now, d.open_ms) {
+            self.emit(t, r, &mut out)?;
+        }
+        if let Some(a) = self.audit.as_mut() {
+            let detail = serde_json::json!({"command": "open-door", "reason": reason, "station": station});
+            if let Err(e) = a.append(now, &format!("guard:{guard}"), crate::audit::Action::GuardCommand, &format!("door:{door}"), detail) {
+                tracing::error!(error = %e, "the audit trail could not record a guard release; the event log holds it");
+            }
+        }
+        Ok(Ok((out, ())))
+    }
+
+    /// What needs the guard now: alarms whose last word is "active", and denied attempts of
+    /// the last `minutes` (newest first, at most 50). No subject ids or credential values.
+    pub fn guard_attention(&mut self, now: i64, guard: &str, minutes: u32) -> Result<Remote<serde_json::Value>, GatewayError> {
+        if let Err(why) = self.check_guard(guard) {
+            return Ok(Err(why));
+        }
+        if !(1..=120).contains(&minutes) {
+            return Ok(Err(format!("minutes {minutes}: must be between 1 and 120")));
+        }
+        let mut latest: BTreeMap<(String, String), (i64, bool)> = BTreeMap::new();
+        for (at, body) in self.log.recent("alarm", now.saturating_sub(7 * 86_400_000), 2_000)? {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
+            let key = (v["door"].as_str().unwrap_or("").to_string(), v["alarm"].as_str().unwrap_or("").to_string());
+            latest.entry(key).or_insert((at, v["active"].as_bool().unwrap_or(false)));
+        }
+        let clock = self.clock.clone();
+        let alarms: Vec<serde_json::Value> = latest
+            .into_iter()
+            .filter(|(_, (_, active))| *active)
+            .map(|((door, alarm), (at, _))| serde_json::json!({"door": door, "alarm": alarm, "since": crate::replay::local_hms(&clock, at)}))
+            .collect();
+        let denied: Vec<serde_json::Value> = self
+            .log
+            .recent("decision", now.saturating_sub(i64::from(minutes) * 60_000), 200)?
+            .into_iter()
+            .filter_map(|(at, body)| serde_json::from_str::<serde_json::Value>(&body).ok().map(|v| (at, v)))
+            .filter(|(_, v)| v["outcome"] == "deny")
+            .take(50)
+            .map(|(at, v)| serde_json::json!({"at": crate::replay::local_hms(&clock, at), "door": v["door"], "credential": v["credential"], "reason": v["reason"]}))
+            .collect();
+        let calls: Vec<serde_json::Value> = Vec::new();
+        Ok(Ok((Vec::new(), serde_json::json!({"alarms": alarms, "denied": denied, "calls_waiting": calls, "minutes": minutes}))))
+    }
+
+    fn check_guard(&self, guard: &str) -> Result<(), String> {
+        match self.dir.subject(guard) {
+            Some(s) if s.role == crate::event::Role::Guard => Ok(()),
+            Some(_) => Err(format!("`{}` is not a guard in this gateway's directory", crate::plugin::text::sanitize(guard, 64))),
+            None => Err(format!("no guard `{}` in this gateway's directory", crate::plugin::text::sanitize(guard, 64))),
+        }
     }
 
     /// The synced directory's version, shared (0: the directory is a subjects file).

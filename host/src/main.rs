@@ -149,6 +149,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: fleet_cmd::FleetCmd,
     },
+    /// The guard station over MQTT: open a door as a named guard, see alarms and denied attempts.
+    Guard {
+        #[command(subcommand)]
+        cmd: fleet_cmd::GuardCmd,
+    },
     /// Signed commands to gateways over MQTT: open a door, set its mode, revoke a credential, rotate a unit PIN.
     Remote {
         #[command(subcommand)]
@@ -467,6 +472,7 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
         Cmd::Plugin { cmd: PluginCmd::Rollback(a) } => fleet_cmd::rollback(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Fleet { cmd } => fleet_cmd::fleet(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Remote { cmd } => fleet_cmd::remote(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        Cmd::Guard { cmd } => fleet_cmd::guard(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::CredentialRef(a) => fleet_cmd::credential_ref(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Plugin { cmd: PluginCmd::Check { file, config } } => {
             let limits = match config {

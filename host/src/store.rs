@@ -390,6 +390,14 @@ impl EventLog {
         Ok(())
     }
 
+    /// Records of `kind` at or after `since_ms`, newest first, at most `limit`, as
+    /// (at_ms, body JSON): what a guard station asks for.
+    pub fn recent(&self, kind: &str, since_ms: i64, limit: u32) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT at_ms, body FROM events WHERE kind = ?1 AND at_ms >= ?2 ORDER BY seq DESC LIMIT ?3")?;
+        let rows = st.query_map(params![kind, since_ms, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Reads one stored record by id (for tests and tools).
     pub fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
         Ok(self.conn.query_row("SELECT body FROM events WHERE id = ?1", [id], |r| r.get(0)).optional()?)

@@ -68,6 +68,12 @@ pub enum CommandAction {
     /// or to resynchronise: each page adds or updates its subjects; the last page removes
     /// every subject no page named and sets the version.
     DirectorySnapshot { version: u64, page: u32, pages: u32, subjects: Vec<DirectorySubject> },
+    /// The guard `guard` (a pseudonymous id the directory holds with role guard) releases
+    /// `door` once, for the `reason` logged with it (e.g. "elderly resident waiting").
+    GuardOpen { door: String, guard: String, reason: String },
+    /// What needs the guard: active alarms, and denied attempts of the last `minutes`
+    /// (1..=120); answered as JSON in the reply's detail.
+    GuardAttention { guard: String, minutes: u32 },
 }
 
 /// A subject as the property platform sends it: a pseudonymous id, and credentials only
@@ -104,6 +110,7 @@ impl CommandAction {
             CommandAction::RevokeCredential { .. } | CommandAction::ReinstateCredential { .. } => Permission::Credentials,
             CommandAction::RotateUnitPin { .. } => Permission::Pin,
             CommandAction::DirectoryChanges { .. } | CommandAction::DirectorySnapshot { .. } => Permission::Directory,
+            CommandAction::GuardOpen { .. } | CommandAction::GuardAttention { .. } => Permission::Guard,
         }
     }
 }

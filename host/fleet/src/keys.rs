@@ -44,6 +44,8 @@ pub enum Permission {
     Pin,
     /// Change the subject directory (the property platform's key).
     Directory,
+    /// The guard station: open a door as a named guard, see what needs a guard.
+    Guard,
 }
 
 /// One entry of `[[fleet.trusted_keys]]` in the site configuration.
