@@ -43,8 +43,8 @@ pub fn verify(models_dir: &Path) -> Result<ModelFiles, ModelError> {
     let pick = |role: &'static str| -> Result<&Entry, ModelError> {
         manifest.file.iter().find(|e| e.role == role && e.arch.as_deref().is_none_or(|a| a == arch)).ok_or(ModelError::ManifestIncomplete { path: path.clone(), role, arch })
     };
-    // Liveness is optional: not listed, or listed but not fetched, gives `unknown`; a file
-    // that is there but not the pinned one is refused like any other model.
+    // Liveness is optional: not listed, listed but not fetched, or not the pinned file (never
+    // loaded then) gives `unknown`, loudly; the detector and recogniser are not optional.
     let liveness = match manifest.file.iter().find(|e| e.role == "liveness") {
         None => None,
         Some(e) => match check(models_dir, e) {
@@ -53,7 +53,11 @@ pub fn verify(models_dir: &Path) -> Result<ModelFiles, ModelError> {
                 tracing::warn!(path = %path.display(), "liveness model missing (run `cargo xtask models`); liveness is `unknown`");
                 None
             }
-            Err(e) => return Err(e),
+            // Not the pinned file: never loaded, and face keeps working with `unknown`.
+            Err(e) => {
+                tracing::warn!(error = %e, "liveness model refused; liveness is `unknown`");
+                None
+            }
         },
     };
     let files = ModelFiles { detector: check(models_dir, pick("detector")?)?, recogniser: check(models_dir, pick("recogniser")?)?, runtime: check(models_dir, pick("runtime")?)?, liveness };
