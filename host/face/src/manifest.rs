@@ -142,6 +142,24 @@ mod tests {
     }
 
     #[test]
+    fn the_liveness_model_is_optional_and_never_used_unless_it_is_the_pinned_file() {
+        let dir = site(&FILES);
+        let body = b"liveness model";
+        let entry = format!("[[file]]\npath = \"l.onnx\"\nrole = \"liveness\"\nsha256 = \"{}\"\n", hex::encode(Sha256::digest(body)));
+        let manifest = std::fs::read_to_string(dir.path().join("manifest.toml")).unwrap() + &entry;
+        std::fs::write(dir.path().join("manifest.toml"), manifest).unwrap();
+        // Listed but not fetched: face works, liveness is off.
+        assert_eq!(verify(dir.path()).unwrap().liveness, None);
+        std::fs::write(dir.path().join("l.onnx"), body).unwrap();
+        assert_eq!(verify(dir.path()).unwrap().liveness, Some(dir.path().join("l.onnx")));
+        // Swapped for another file: not loaded, and face still works.
+        std::fs::write(dir.path().join("l.onnx"), b"another model").unwrap();
+        let files = verify(dir.path()).unwrap();
+        assert_eq!(files.liveness, None);
+        assert_eq!(files.detector, dir.path().join("d.onnx"));
+    }
+
+    #[test]
     fn a_garbled_manifest_names_the_file() {
         let dir = site(&FILES);
         std::fs::write(dir.path().join("manifest.toml"), "[[file]\n").unwrap();
