@@ -26,7 +26,7 @@ pub struct FrameJob {
     pub captured_at: Option<i64>,
 }
 
-/// In service the matcher (≈ 35 ms a frame, ≈ 5 ms more for the liveness model on a match) runs on its own thread, so door timers,
+/// In service the matcher (≈ 35 ms a frame, ≈ 7 ms more for the liveness model on a match) runs on its own thread, so door timers,
 /// the exit button and fire release never wait for it; only results come back.
 pub struct FaceThread {
     jobs: std::sync::mpsc::Sender<FrameJob>,
