@@ -119,7 +119,8 @@ fn an_enrolled_face_opens_with_a_card_a_stranger_is_denied_and_withdrawal_forget
     let trace = root().join("tests/traces/camera.jsonl");
     let (recs, all) = replay(&cfg, &trace);
     let d = non_publish(&recs);
-    // The resident's face is recognised; with liveness unknown the demo policy asks for a card.
+    // The resident's face is recognised (and judged live); the demo site lets face open alone
+    // at no door, so the policy asks for a card.
     assert_eq!(d[0]["credential"], "face", "{all}");
     assert_eq!(d[0]["subject"], "r-0003", "{all}");
     assert_eq!(d[0]["outcome"], "need-factor", "{all}");
@@ -520,4 +521,76 @@ fn a_resident_removed_from_the_directory_has_the_template_erased_at_start_and_au
     let face = all.lines().find(|l| l.contains("north-gate") && l.contains(" face ")).unwrap_or_else(|| panic!("{all}"));
     assert!(face.contains("face unknown") && face.contains("DENY"), "{all}");
     assert!(all.contains("0 enrolled template(s)"), "{all}");
+}
+
+/// A models folder with everything but the liveness model (the others linked from `models/`).
+fn models_without_liveness(dir: &Path) -> PathBuf {
+    let m = dir.join("models-no-liveness");
+    std::fs::create_dir_all(m.join("lib")).unwrap();
+    std::fs::copy(models().join("manifest.toml"), m.join("manifest.toml")).unwrap();
+    for f in ["face_detection_yunet_2023mar.onnx", "face_recognition_sface_2021dec.onnx", "lib/libonnxruntime.so"] {
+        std::os::unix::fs::symlink(models().join(f), m.join(f)).unwrap();
+    }
+    m
+}
+
+#[test]
+#[cfg(unix)]
+fn the_camera_trace_gets_a_liveness_verdict_and_a_live_strong_face_opens_alone_where_the_site_allows_it() {
+    assert!(models().join("fr_liveness.onnx").is_file(), "models/fr_liveness.onnx is missing: run `cargo xtask setup`");
+    let (dir, cfg) = enrolled_site();
+    // The site lets a strong, live face open the north gate alone.
+    let policy = "contractor-schedule = \"mon-fri 08:00-18:00\"";
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    assert!(body.contains(policy), "the demo site's resident-policy settings changed");
+    std::fs::write(&cfg, body.replacen(policy, &format!("{policy}, face-alone-doors = \"north-gate\""), 1)).unwrap();
+
+    let trace = root().join("tests/traces/camera.jsonl");
+    let (recs, all) = replay(&cfg, &trace);
+    let d = non_publish(&recs);
+    // The real photo of the resident is judged live by the model: the face opens alone.
+    assert_eq!((d[0]["credential"].as_str(), d[0]["subject"].as_str(), d[0]["outcome"].as_str()), (Some("face"), Some("r-0003"), Some("grant")), "{all}");
+    assert_eq!((d[1]["credential"].as_str(), d[1]["outcome"].as_str()), (Some("card"), Some("grant")), "{all}");
+    assert_eq!((d[2]["credential"].as_str(), d[2]["outcome"].as_str()), (Some("face"), Some("deny")), "{all}");
+    assert!(d[2]["subject"].is_null(), "{all}");
+
+    // The gateway's log says what the matcher judged for the face it matched: the band and
+    // the liveness verdict, never a score or the model's probability.
+    let out = gate(&["--log", "gate=info", "replay", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap()]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    let matched: Vec<&str> = said.lines().filter(|l| l.contains("face matched")).collect();
+    assert_eq!(matched.len(), 1, "one face matched (the stranger matched nobody): {said}");
+    assert!(matched[0].contains("subject=r-0003") && matched[0].contains("band=Strong") && matched[0].contains("liveness=Live"), "{said}");
+    assert!(!said.contains("score") && !said.contains("probab"), "{said}");
+
+    // Without the liveness model the same face is `unknown`, and the door asks for a card again.
+    let no_live = models_without_liveness(dir.path());
+    let body = std::fs::read_to_string(&cfg).unwrap().replace(&format!("models_dir = {:?}", models()), &format!("models_dir = {no_live:?}"));
+    std::fs::write(&cfg, body).unwrap();
+    let (recs, all) = replay(&cfg, &trace);
+    let d = non_publish(&recs);
+    assert_eq!((d[0]["credential"].as_str(), d[0]["subject"].as_str(), d[0]["outcome"].as_str()), (Some("face"), Some("r-0003"), Some("need-factor")), "{all}");
+}
+
+#[test]
+fn the_pad_command_measures_a_samples_folder_and_says_clearly_when_there_is_none() {
+    let (dir, cfg) = enrolled_site();
+    let samples = dir.path().join("pad");
+    let out = gate(&["face", "pad", "--config", cfg.to_str().unwrap(), "--samples", samples.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("APCER cannot be measured") && text(&out).contains("pad/attack/<species>"), "{}", text(&out));
+
+    std::fs::create_dir_all(samples.join("bona-fide")).unwrap();
+    std::fs::create_dir_all(samples.join("attack/blank-screen")).unwrap();
+    for p in ["obama.jpg", "biden.jpg", "t1.jpg"] {
+        std::fs::copy(photo(p), samples.join("bona-fide").join(p)).unwrap();
+    }
+    image::RgbImage::from_pixel(320, 240, image::Rgb([128, 128, 128])).save(samples.join("attack/blank-screen/blank.png")).unwrap();
+    let out = gate(&["face", "pad", "--config", cfg.to_str().unwrap(), "--samples", samples.to_str().unwrap()]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    // Seven bona-fide faces (one portrait each, five usable in the group photo), none refused.
+    assert!(said.lines().any(|l| l.starts_with("bona fide") && l.contains("BPCER 0.0%") && l.split_whitespace().nth(7) == Some("7")), "{said}");
+    assert!(said.contains("attack: blank-screen"), "{said}");
 }

@@ -108,7 +108,7 @@ fn the_service_serves_pins_plugins_and_the_fleet_at_once_and_exit_and_fire_never
         // 6-7 ms after it (their 30 ms debounce), while the frame is still being matched.
         (3_025, Input::CameraFrame { door: "north-gate".into(), direction: Direction::Entry, file: frame, captured_at: None }),
         (6_000, Input::FireAlarm { active: false }),
-        // r-0003 completes the face with a card (a second factor: liveness is unknown).
+        // r-0003 completes the face with a card (a second factor: face opens alone at no door here).
         (8_000, card("north-gate", "10012347")),
         (30_000, card("north-gate", "10012346")),
     ];

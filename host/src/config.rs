@@ -179,6 +179,12 @@ impl Default for Timing {
 pub struct FaceBands {
     pub strong: f32,
     pub weak: f32,
+    /// Liveness probability (0.0..=1.0) at or above which a matched face is `live`
+    /// (default 0.50; host/face/README.md, "Liveness").
+    pub live: f32,
+    /// Liveness probability (0.0..=1.0, at most `live`) below which a matched face is
+    /// `spoof`; between the two it is `unknown` (default 0.10).
+    pub spoof: f32,
     /// Folder with `manifest.toml`, the models and ONNX Runtime (relative to the config file).
     pub models_dir: Option<PathBuf>,
     /// Template store: consents and encrypted templates (relative to the config file).
@@ -197,7 +203,7 @@ impl Default for FaceBands {
     fn default() -> Self {
         // Chosen from SFace scores on real photos (host/face/README.md): genuine
         // pairs 0.74-0.80, impostors mean 0.14, max 0.35 (0.45 in the brief's larger set).
-        FaceBands { strong: 0.60, weak: 0.50, models_dir: None, db: None, key: None, erase_orphans: true, unused_days: 0 }
+        FaceBands { strong: 0.60, weak: 0.50, live: 0.50, spoof: 0.10, models_dir: None, db: None, key: None, erase_orphans: true, unused_days: 0 }
     }
 }
 
@@ -225,6 +231,14 @@ impl FaceBands {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("key `{key}`: {v} is not a cosine score between 0.0 and 1.0"));
             }
+        }
+        for (key, v) in [("face.live", self.live), ("face.spoof", self.spoof)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("key `{key}`: {v} is not a liveness probability between 0.0 and 1.0"));
+            }
+        }
+        if self.spoof > self.live {
+            return Err(format!("keys `face.spoof` ({}) and `face.live` ({}): spoof must not be above live", self.spoof, self.live));
         }
         if self.unused_days > 3650 {
             return Err(format!("key `face.unused_days`: {} is out of range 0..=3650 (days; 0 keeps templates until withdrawn)", self.unused_days));
@@ -1006,6 +1020,10 @@ credentials = ["face", "card"]
         assert!(e.to_string().contains("`face.weak`") && e.to_string().contains("above strong"), "{e}");
         let e = SiteConfig::from_str(&format!("{BASE}\n[face]\nstrong = 1.5\n"), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("key `face.strong`: 1.5"), "{e}");
+        let e = SiteConfig::from_str(&format!("{BASE}\n[face]\nlive = 0.3\nspoof = 0.4\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("`face.spoof`") && e.to_string().contains("above live"), "{e}");
+        let e = SiteConfig::from_str(&format!("{BASE}\n[face]\nlive = -0.1\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("key `face.live`: -0.1"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `gate enroll`, `gate consent withdraw`, `gate face rekey`, `gate face key new`:
+//! `gate enroll`, `gate consent withdraw`, `gate face rekey`, `gate face key new`, `gate face pad`:
 //! the face matcher's operator commands. They print reports, never a template.
 
 use crate::{input, load_config, runtime, Failure};
@@ -60,6 +60,17 @@ pub enum FaceCmd {
     Key {
         #[command(subcommand)]
         cmd: KeyCmd,
+    },
+    /// Measure presentation-attack detection (ISO/IEC 30107-3 style) on a folder of samples:
+    /// SAMPLES/bona-fide/*.jpg|png and SAMPLES/attack/<species>/*.jpg|png. Prints APCER per
+    /// species, BPCER and a threshold sweep; counts and rates only, never a sample's score.
+    Pad {
+        /// Site configuration whose `[face] models_dir` and thresholds are measured.
+        #[arg(long)]
+        config: PathBuf,
+        /// The samples folder.
+        #[arg(long)]
+        samples: PathBuf,
     },
 }
 
@@ -185,6 +196,19 @@ pub fn face(cmd: FaceCmd) -> Result<u8, Failure> {
             audit(&cfg, gate::audit::Action::TemplatesRekeyed, "face", serde_json::json!({"templates": n, "key_id": id}))?;
             println!("gate: now set `key` under [face] in {} to this file; the old key no longer opens the store", config.display());
             Ok(0)
+        }
+        FaceCmd::Pad { config, samples } => {
+            let cfg = load_config(&config)?;
+            let (models, _, _) = face_paths(&cfg)?;
+            let engine = FaceEngine::open(&models, gate::face::match_config(&cfg.face)).map_err(input)?;
+            match gate_face::evaluate_pad(&engine, &samples) {
+                Ok(report) => {
+                    print!("{report}");
+                    Ok(0)
+                }
+                Err(e @ (gate_face::PadError::NoSamples { .. } | gate_face::PadError::Sample { .. } | gate_face::PadError::NoModel)) => Err(input(e)),
+                Err(e) => Err(runtime(e)),
+            }
         }
         FaceCmd::Key { cmd: KeyCmd::New { path } } => {
             let key = DeviceKey::create(&path).map_err(input)?;

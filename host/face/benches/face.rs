@@ -1,9 +1,10 @@
 //! Face benchmark: per-stage latency and frame-to-decision p50/p99 on a real photograph with
-//! the real models, and 1:N search p50/p99 with memory per template for 10k / 100k / 1M.
+//! the real models, the liveness model's cost on a matched face, and 1:N search p50/p99 with
+//! memory per template for 10k / 100k / 1M.
 //! Run: `CARGO_TARGET_DIR=... cargo bench -p gate-face` after `cargo xtask models`.
 
 use criterion::Criterion;
-use gate_face::{FaceEngine, Frame, Gallery, MatchConfig, StageTimings};
+use gate_face::{Consent, DeviceKey, EnrollPolicy, FaceEngine, Frame, Gallery, MatchConfig, Outcome, StageTimings, TemplateStore};
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -55,6 +56,31 @@ fn main() {
         .collect();
     report("JPEG decode (not counted)", decode);
 
+    // A matched face: liveness runs only then. Enrol obama.jpg + obama2.jpg, probe obama3.jpg.
+    let dir = std::env::temp_dir().join(format!("gate-face-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = dir.join("face.key");
+    let _ = std::fs::remove_file(&key);
+    DeviceKey::create(&key).expect("key");
+    let store = TemplateStore::open(&dir.join("face.sqlite"), &key).expect("store");
+    let consent = Consent { subject: "r-bench".into(), purpose: "benchmark".into(), notice_version: "1".into(), capture: "benchmark".into(), given_at_ms: 1 };
+    store.record_consent(&consent).expect("consent");
+    let named = |n: &str| (n.to_string(), Frame::decode(&std::fs::read(models().join("testdata").join(n)).expect("photo")).expect("decodes"));
+    store.enroll(&engine, "r-bench", &[named("obama.jpg"), named("obama2.jpg")], &EnrollPolicy { min_samples: 2, ..EnrollPolicy::default() }, 1).expect("enrol");
+    let matched = store.load_gallery().expect("gallery");
+    let (_, probe) = named("obama3.jpg");
+    let (outcome, _) = engine.identify_timed(&probe, &matched).expect("identify");
+    assert!(matches!(outcome, Outcome::Match(_)), "obama3.jpg should match: {outcome:?}");
+    println!("matched face (obama3.jpg {}x{}), liveness model loaded: {}", probe.width(), probe.height(), engine.has_liveness());
+    let mut stages: Vec<StageTimings> = Vec::with_capacity(n);
+    for _ in 0..n {
+        stages.push(engine.identify_timed(&probe, &matched).expect("identify").1);
+    }
+    report("liveness (matched face)", stages.iter().map(|t| t.liveness).collect());
+    report("frame-to-decision (match)", stages.iter().map(|t| t.total).collect());
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+
     // 1:N search.
     for size in [10_000usize, 100_000, 1_000_000] {
         let g = Gallery::synthetic(size, 7);
@@ -72,5 +98,6 @@ fn main() {
     c.bench_function("identify t1.jpg vs 10k", |b| b.iter(|| engine.identify(black_box(&frame), &gallery).expect("identify")));
     let g = Gallery::synthetic(100_000, 9);
     c.bench_function("search 100k", |b| b.iter(|| g.search_random(black_box(3))));
+    c.bench_function("identify obama3.jpg, matched, with liveness", |b| b.iter(|| engine.identify(black_box(&probe), &matched).expect("identify")));
     c.final_summary();
 }

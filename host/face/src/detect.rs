@@ -109,6 +109,22 @@ impl std::fmt::Display for Rejection {
 /// Share of the face width a box must keep clear of the frame border.
 const EDGE_MARGIN: f32 = 0.02;
 
+/// Why a detected face cannot be used, if it cannot: smaller than `min_side` pixels, or
+/// cut by the frame edge.
+pub(crate) fn unusable(d: &Detection, frame_w: f32, frame_h: f32, min_side: f32) -> Option<Rejection> {
+    let [x, y, w, h] = d.bbox;
+    // A box touching the border (within 2% of its width) belongs to a face the frame cuts.
+    let m = EDGE_MARGIN * w;
+    let cut = x < m || y < m || x + w > frame_w - m || y + h > frame_h - m;
+    if w.min(h) < min_side {
+        Some(Rejection::TooSmall)
+    } else if cut {
+        Some(Rejection::AtEdge)
+    } else {
+        None
+    }
+}
+
 /// Picks the face to use: the largest (nearest) face that is big enough and not cut by
 /// the frame edge. Returns the reason of the largest face when none qualifies.
 pub(crate) fn choose(dets: &[Detection], frame_w: f32, frame_h: f32, min_side: f32) -> Result<Detection, Option<Rejection>> {
@@ -116,18 +132,7 @@ pub(crate) fn choose(dets: &[Detection], frame_w: f32, frame_h: f32, min_side: f
     by_size.sort_by(|a, b| b.area().total_cmp(&a.area()));
     let mut first_reason = None;
     for d in by_size {
-        let [x, y, w, h] = d.bbox;
-        // A box touching the border (within 2% of its width) belongs to a face the frame cuts.
-        let m = EDGE_MARGIN * w;
-        let cut = x < m || y < m || x + w > frame_w - m || y + h > frame_h - m;
-        let reason = if w.min(h) < min_side {
-            Some(Rejection::TooSmall)
-        } else if cut {
-            Some(Rejection::AtEdge)
-        } else {
-            None
-        };
-        match reason {
+        match unusable(d, frame_w, frame_h, min_side) {
             None => return Ok(d.clone()),
             Some(r) => {
                 first_reason.get_or_insert(r);

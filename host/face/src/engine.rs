@@ -6,6 +6,7 @@ use crate::detect::{self, Detection, Rejection, StrideOutput};
 use crate::error::{FaceError, ModelError};
 use crate::frame::Frame;
 use crate::gallery::{Embedding, Gallery, DIM};
+use crate::liveness;
 use crate::manifest;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -39,11 +40,63 @@ pub struct MatchConfig {
     pub max_roll_deg: f32,
     /// ONNX Runtime intra-op threads per model.
     pub threads: usize,
+    /// Liveness probability (0.0..=1.0) at or above which a face is `Live`. Default 0.50,
+    /// chosen on the project's real photos (host/face/README.md, "Liveness").
+    pub live_threshold: f32,
+    /// Liveness probability (0.0..=1.0, at most `live_threshold`) below which a face is
+    /// `Spoof`; between the two the verdict is `Unknown`. Default 0.10 (README).
+    pub spoof_threshold: f32,
+    /// Smallest growth of the face box (1.0..=2.7) the frame must hold around the face for
+    /// the liveness model, which was trained on 2.7x crops; a face filling the frame has no
+    /// context and gets `Unknown`. Default 2.0.
+    pub live_min_context: f32,
 }
 
 impl Default for MatchConfig {
     fn default() -> Self {
-        MatchConfig { strong: 0.60, weak: 0.50, detect_score: 0.8, nms_iou: 0.3, min_face_px: 60.0, min_sharpness: 15.0, max_yaw: 0.35, max_roll_deg: 30.0, threads: 2 }
+        MatchConfig {
+            strong: 0.60,
+            weak: 0.50,
+            detect_score: 0.8,
+            nms_iou: 0.3,
+            min_face_px: 60.0,
+            min_sharpness: 15.0,
+            max_yaw: 0.35,
+            max_roll_deg: 30.0,
+            threads: 2,
+            live_threshold: 0.50,
+            spoof_threshold: 0.10,
+            live_min_context: 2.0,
+        }
+    }
+}
+
+impl MatchConfig {
+    /// Checks every threshold against its stated range; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [("strong", self.strong), ("weak", self.weak), ("live_threshold", self.live_threshold), ("spoof_threshold", self.spoof_threshold)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name}: {v} is out of range 0.0..=1.0"));
+            }
+        }
+        if self.spoof_threshold > self.live_threshold {
+            return Err(format!("spoof_threshold ({}) must not be above live_threshold ({})", self.spoof_threshold, self.live_threshold));
+        }
+        if !(1.0..=liveness::CONTEXT).contains(&self.live_min_context) {
+            return Err(format!("live_min_context: {} is out of range 1.0..={}", self.live_min_context, liveness::CONTEXT));
+        }
+        Ok(())
+    }
+
+    /// The verdict for a live probability by these thresholds.
+    pub(crate) fn verdict(&self, live: f32) -> Liveness {
+        if live >= self.live_threshold {
+            Liveness::Live
+        } else if live < self.spoof_threshold {
+            Liveness::Spoof
+        } else {
+            Liveness::Unknown
+        }
     }
 }
 
@@ -59,11 +112,13 @@ pub enum MatchBand {
 /// Presentation-attack verdict (mirrors the contract's `liveness`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
-    /// A live person.
+    /// A live person: the liveness model's probability is at or above `live_threshold`.
     Live,
-    /// A photo, screen or mask.
+    /// A photo, screen or mask: the probability is below `spoof_threshold`.
     Spoof,
-    /// No presentation-attack model is available on this gateway.
+    /// Not decided: no liveness model on this gateway (absent, or not the pinned file), a
+    /// face the model cannot judge (too small, cut by the frame edge, filling the frame),
+    /// or a probability between the two thresholds.
     Unknown,
 }
 
@@ -75,7 +130,7 @@ pub struct FaceMatch {
     pub subject: String,
     /// Band of the similarity by the configured thresholds.
     pub band: MatchBand,
-    /// Presentation-attack verdict; always `Unknown` on this build (no PAD model).
+    /// Presentation-attack verdict of the matched face (its probability stays here).
     pub liveness: Liveness,
 }
 
@@ -104,6 +159,8 @@ pub struct StageTimings {
     pub embed: Duration,
     /// 1:N gallery search.
     pub search: Duration,
+    /// Liveness crop and model, for a matched face only (zero otherwise).
+    pub liveness: Duration,
     /// Frame to decision.
     pub total: Duration,
 }
@@ -111,6 +168,8 @@ pub struct StageTimings {
 /// A usable face of a frame, its embedding and its quality; private to the crate.
 pub(crate) struct Sample {
     pub embedding: Embedding,
+    /// The detection the embedding came from.
+    pub face: Detection,
     pub sharpness: f32,
     /// Smaller side, in pixels, of every face detected in the frame (the used one included).
     pub face_sides: Vec<f32>,
@@ -121,6 +180,8 @@ pub(crate) struct Sample {
 pub struct FaceEngine {
     detector: Mutex<Session>,
     recogniser: Mutex<Session>,
+    /// The presentation-attack model, when it is present, pinned and loads.
+    liveness: Option<Mutex<Session>>,
     config: MatchConfig,
     _env: ort::environment::Environment,
 }
@@ -136,6 +197,7 @@ impl FaceEngine {
     /// Runtime from the verified library and both models. Any failure is a [`ModelError`]
     /// naming the file; the caller then runs the gate without face.
     pub fn open(models_dir: &Path, config: MatchConfig) -> Result<FaceEngine, ModelError> {
+        config.validate().map_err(ModelError::Config)?;
         let files = manifest::verify(models_dir)?;
         let runtime = std::fs::canonicalize(&files.runtime).map_err(|source| ModelError::Read { path: files.runtime.clone(), source })?;
         let env = environment(&runtime)?;
@@ -155,13 +217,29 @@ impl FaceEngine {
         };
         let detector = load(&files.detector, "detector")?;
         let recogniser = load(&files.recogniser, "recogniser")?;
-        tracing::info!(detector = %files.detector.display(), recogniser = %files.recogniser.display(), "face engine ready");
-        Ok(FaceEngine { detector: Mutex::new(detector), recogniser: Mutex::new(recogniser), config, _env: env })
+        // Liveness is optional: a model that does not load gives `unknown`, not a gate without face.
+        let liveness = match &files.liveness {
+            None => None,
+            Some(path) => match load(path, "liveness") {
+                Ok(s) => Some(Mutex::new(s)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "liveness model does not load; every liveness verdict is `unknown`");
+                    None
+                }
+            },
+        };
+        tracing::info!(detector = %files.detector.display(), recogniser = %files.recogniser.display(), liveness = liveness.is_some(), "face engine ready");
+        Ok(FaceEngine { detector: Mutex::new(detector), recogniser: Mutex::new(recogniser), liveness, config, _env: env })
     }
 
     /// The thresholds in force.
     pub fn config(&self) -> &MatchConfig {
         &self.config
+    }
+
+    /// Whether a liveness model is loaded (without one every verdict is `Unknown`).
+    pub fn has_liveness(&self) -> bool {
+        self.liveness.is_some()
     }
 
     /// Runs the whole pipeline on a frame against the gallery.
@@ -186,7 +264,15 @@ impl FaceEngine {
         let outcome = match best {
             Some((subject, score)) if score >= self.config.weak => {
                 let band = if score >= self.config.strong { MatchBand::Strong } else { MatchBand::Weak };
-                Outcome::Match(FaceMatch { subject, band, liveness: Liveness::Unknown })
+                // Liveness is judged only for a face that decides something: a match.
+                let l0 = Instant::now();
+                // The model is optional: a failure of it leaves the verdict `unknown`.
+                let liveness = self.liveness_of(frame, &sample.face).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "liveness model failed on a matched face; verdict `unknown`");
+                    Liveness::Unknown
+                });
+                t.liveness = l0.elapsed();
+                Outcome::Match(FaceMatch { subject, band, liveness })
             }
             Some(_) | None => Outcome::NoMatch,
         };
@@ -225,7 +311,56 @@ impl FaceEngine {
         let embedding = self.embed(aligned)?;
         t.embed = t2.elapsed();
         let face_sides = dets.iter().map(|d| d.bbox[2].min(d.bbox[3])).collect();
-        Ok(Ok(Sample { embedding, sharpness, face_sides }))
+        Ok(Ok(Sample { embedding, face, sharpness, face_sides }))
+    }
+
+    /// The liveness verdict of one detected face of `frame`.
+    pub(crate) fn liveness_of(&self, frame: &Frame, face: &Detection) -> Result<Liveness, FaceError> {
+        Ok(self.live_probability(frame, face)?.map_or(Liveness::Unknown, |p| self.config.verdict(p)))
+    }
+
+    /// The liveness model's probability that `face` is live; None when there is no model or
+    /// the face is not one it can judge (too small, cut by the frame edge, too little frame
+    /// around it). Never leaves the crate.
+    pub(crate) fn live_probability(&self, frame: &Frame, face: &Detection) -> Result<Option<f32>, FaceError> {
+        let Some(session) = &self.liveness else { return Ok(None) };
+        if detect::unusable(face, frame.width() as f32, frame.height() as f32, self.config.min_face_px).is_some() {
+            return Ok(None);
+        }
+        let Some(crop) = liveness::crop(frame, face.bbox) else { return Ok(None) };
+        if crop.context < self.config.live_min_context {
+            return Ok(None);
+        }
+        let inference = |e: ort::Error| FaceError::Inference { stage: "liveness", message: e.to_string() };
+        let tensor = TensorRef::from_array_view(([1usize, 3, liveness::SIDE, liveness::SIDE], &crop.planar[..])).map_err(inference)?;
+        let mut session = session.lock().map_err(|_| FaceError::Inference { stage: "liveness", message: "liveness lock poisoned".into() })?;
+        let outputs = session.run(ort::inputs![tensor]).map_err(inference)?;
+        let (_, logits) = outputs[0].try_extract_tensor::<f32>().map_err(inference)?;
+        liveness::live_probability(logits)
+            .map(Some)
+            .ok_or_else(|| FaceError::Inference { stage: "liveness", message: format!("liveness model gave {} values, expected 3 finite logits", logits.len()) })
+    }
+
+    /// Every face of `frame` that the pipeline could use (size, edge, pose, sharpness), with
+    /// its liveness probability (None when the model cannot judge it). For measurements.
+    pub(crate) fn usable_faces(&self, frame: &Frame) -> Result<Vec<(Detection, Option<f32>)>, FaceError> {
+        let mut out = Vec::new();
+        for d in self.detect(frame)? {
+            if detect::unusable(&d, frame.width() as f32, frame.height() as f32, self.config.min_face_px).is_some() {
+                continue;
+            }
+            let (yaw, roll) = align::pose(&d.landmarks);
+            if yaw > self.config.max_yaw || roll > self.config.max_roll_deg {
+                continue;
+            }
+            match align::align(frame, &d.landmarks) {
+                Some(a) if a.sharpness() >= self.config.min_sharpness => {}
+                _ => continue,
+            }
+            let p = self.live_probability(frame, &d)?;
+            out.push((d, p));
+        }
+        Ok(out)
     }
 
     /// Embeds every face of at least `min_side` pixels in a frame (accuracy measurements).

@@ -25,6 +25,8 @@ pub enum ModelError {
     Runtime { path: PathBuf, message: String },
     #[error("face models: {path} does not load as a {role} model: {message}")]
     Model { path: PathBuf, role: &'static str, message: String },
+    #[error("face matcher settings: {0}")]
+    Config(String),
 }
 
 /// Why a frame could not be processed.

@@ -1,7 +1,7 @@
 //! gate-face: the on-device face matcher of the gate gateway.
 //!
-//! Frames go in, match results come out: a pseudonymous subject id, a score, a band and a
-//! liveness verdict. Frames, crops and embeddings never leave this crate; templates are
+//! Frames go in, match results come out: a pseudonymous subject id, a band and a liveness
+//! verdict. Frames, crops and embeddings never leave this crate; templates are
 //! stored encrypted under a device key and erased for real when consent is withdrawn.
 
 #![warn(missing_docs)]
@@ -13,7 +13,9 @@ mod error;
 mod frame;
 mod gallery;
 mod key;
+mod liveness;
 mod manifest;
+mod pad;
 mod store;
 mod transform;
 
@@ -27,6 +29,7 @@ pub use frame::Frame;
 pub use gallery::Gallery;
 pub use key::DeviceKey;
 pub use manifest::{verify as verify_models, ModelFiles};
+pub use pad::{evaluate as evaluate_pad, ClassCounts, PadError, PadReport, SweepRow};
 pub use store::{validate_subject, Consent, ConsentRecord, EnrollPolicy, EnrollReport, TemplateStore, WithdrawReport, BUSY_TIMEOUT};
 
 #[cfg(test)]

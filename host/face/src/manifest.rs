@@ -43,8 +43,8 @@ pub fn verify(models_dir: &Path) -> Result<ModelFiles, ModelError> {
     let pick = |role: &'static str| -> Result<&Entry, ModelError> {
         manifest.file.iter().find(|e| e.role == role && e.arch.as_deref().is_none_or(|a| a == arch)).ok_or(ModelError::ManifestIncomplete { path: path.clone(), role, arch })
     };
-    // Liveness is optional: not listed, or listed but not fetched, gives `unknown`; a file
-    // that is there but not the pinned one is refused like any other model.
+    // Liveness is optional: not listed, listed but not fetched, or not the pinned file (never
+    // loaded then) gives `unknown`, loudly; the detector and recogniser are not optional.
     let liveness = match manifest.file.iter().find(|e| e.role == "liveness") {
         None => None,
         Some(e) => match check(models_dir, e) {
@@ -53,7 +53,11 @@ pub fn verify(models_dir: &Path) -> Result<ModelFiles, ModelError> {
                 tracing::warn!(path = %path.display(), "liveness model missing (run `cargo xtask models`); liveness is `unknown`");
                 None
             }
-            Err(e) => return Err(e),
+            // Not the pinned file: never loaded, and face keeps working with `unknown`.
+            Err(e) => {
+                tracing::warn!(error = %e, "liveness model refused; liveness is `unknown`");
+                None
+            }
         },
     };
     let files = ModelFiles { detector: check(models_dir, pick("detector")?)?, recogniser: check(models_dir, pick("recogniser")?)?, runtime: check(models_dir, pick("runtime")?)?, liveness };
@@ -135,6 +139,24 @@ mod tests {
         let dir = site(&FILES);
         std::fs::write(dir.path().join("other.onnx"), b"x").unwrap();
         assert!(matches!(verify(dir.path()).unwrap_err(), ModelError::Unexpected { .. }));
+    }
+
+    #[test]
+    fn the_liveness_model_is_optional_and_never_used_unless_it_is_the_pinned_file() {
+        let dir = site(&FILES);
+        let body = b"liveness model";
+        let entry = format!("[[file]]\npath = \"l.onnx\"\nrole = \"liveness\"\nsha256 = \"{}\"\n", hex::encode(Sha256::digest(body)));
+        let manifest = std::fs::read_to_string(dir.path().join("manifest.toml")).unwrap() + &entry;
+        std::fs::write(dir.path().join("manifest.toml"), manifest).unwrap();
+        // Listed but not fetched: face works, liveness is off.
+        assert_eq!(verify(dir.path()).unwrap().liveness, None);
+        std::fs::write(dir.path().join("l.onnx"), body).unwrap();
+        assert_eq!(verify(dir.path()).unwrap().liveness, Some(dir.path().join("l.onnx")));
+        // Swapped for another file: not loaded, and face still works.
+        std::fs::write(dir.path().join("l.onnx"), b"another model").unwrap();
+        let files = verify(dir.path()).unwrap();
+        assert_eq!(files.liveness, None);
+        assert_eq!(files.detector, dir.path().join("d.onnx"));
     }
 
     #[test]

@@ -19,8 +19,12 @@ pub struct PolicyConfig {
     /// `face-min-band` ("strong"): weaker face matches must add card, PIN or NFC.
     pub face_min_band: MatchBand,
     /// `face-needs-second-factor-when-liveness-unknown` (true): face + card/PIN/NFC when the
-    /// gateway cannot check liveness.
+    /// gateway cannot check liveness, even at a face-alone door.
     pub second_factor_when_liveness_unknown: bool,
+    /// `face-alone-doors` (none): doors where a strong, live face match opens alone (`*`:
+    /// every door). Elsewhere face always adds card, PIN or NFC. Card, PIN and NFC are
+    /// accepted alone everywhere: face is never the only way in.
+    pub face_alone_doors: Vec<String>,
     /// `anti-passback` ("off"): refuse a second entry without an exit in between.
     pub anti_passback: bool,
     /// `plate-doors` (none): doors besides those whose id contains "vehicle" that accept plates.
@@ -38,9 +42,15 @@ impl PolicyConfig {
             contractor_schedule: s.schedule_or("contractor-schedule", "mon-fri 08:00-18:00")?,
             face_min_band: s.parse_with("face-min-band", MatchBand::Strong, "strong or weak", MatchBand::parse)?,
             second_factor_when_liveness_unknown: s.bool_or("face-needs-second-factor-when-liveness-unknown", true)?,
+            face_alone_doors: s.list_or("face-alone-doors", &[]),
             anti_passback: s.bool_or("anti-passback", false)?,
             plate_doors: s.list_or("plate-doors", &[]),
         })
+    }
+
+    /// Whether a strong, live face match may open `door` alone.
+    pub fn face_alone_at(&self, door: &str) -> bool {
+        self.face_alone_doors.iter().any(|d| d == "*" || d == door)
     }
 
     /// Whether licence plates are accepted at `door`.
@@ -80,6 +90,7 @@ mod tests {
         assert!(c.second_factor_when_liveness_unknown);
         assert!(!c.anti_passback);
         assert!(c.accepts_plate_at("vehicle-east") && !c.accepts_plate_at("pedestrian-1"));
+        assert!(!c.face_alone_at("north-gate"), "face never opens alone unless the site says where");
     }
 
     #[test]
@@ -90,8 +101,10 @@ mod tests {
             ("face-min-band", "weak"),
             ("face-needs-second-factor-when-liveness-unknown", "false"),
             ("plate-doors", "garage-1, garage-2"),
+            ("face-alone-doors", "north-gate"),
         ])
         .unwrap();
+        assert!(c.face_alone_at("north-gate") && !c.face_alone_at("building-3"));
         assert_eq!(c.default_open_ms, 3000);
         assert!(c.anti_passback);
         assert_eq!(c.face_min_band, MatchBand::Weak);

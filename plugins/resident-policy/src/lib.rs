@@ -1,7 +1,8 @@
 //! resident-policy: a site policy to start from. Residents pass with face, card, PIN, NFC or
 //! (at vehicle doors) plate; staff and contractors within schedules; guards always; visitors
-//! with a valid pass or an intercom approval; optional face + card when liveness is unknown
-//! and optional anti-passback. Settings and rules: plugins/README.md.
+//! with a valid pass or an intercom approval. Face adds card, PIN or NFC except at the doors
+//! where the site lets a strong, live face open alone; a spoof verdict is denied. Optional
+//! anti-passback. Settings and rules: plugins/README.md.
 
 pub mod config;
 pub mod rules;

@@ -91,7 +91,9 @@ pub fn decide(event: &AccessEvent, cfg: &PolicyConfig, last_direction: Option<Di
     if let Credential::Face(m) = &event.credential {
         let too_weak = !m.band.meets(cfg.face_min_band);
         let unverified = m.liveness == Liveness::Unknown && cfg.second_factor_when_liveness_unknown;
-        if too_weak || unverified {
+        // Face opens alone only where the site allows it; elsewhere it is one factor of two.
+        let not_alone_here = !cfg.face_alone_at(&event.door);
+        if too_weak || unverified || not_alone_here {
             return Verdict::no_record(Decision::NeedFactor(SECOND_FACTORS.to_vec()));
         }
     }
@@ -156,11 +158,26 @@ mod tests {
         Decision::NeedFactor(vec![CredentialKind::Card, CredentialKind::Pin, CredentialKind::Nfc])
     }
 
+    fn face_alone_here() -> PolicyConfig {
+        PolicyConfig { face_alone_doors: vec!["pedestrian-north".into()], ..PolicyConfig::default() }
+    }
+
     #[test]
-    fn residents_pass_with_any_single_credential() {
-        for c in [face(MatchBand::Strong, Liveness::Live), Credential::Card, Credential::Pin, Credential::Nfc] {
+    fn residents_pass_with_any_single_credential_and_a_live_strong_face_where_the_site_allows_it() {
+        for c in [Credential::Card, Credential::Pin, Credential::Nfc] {
             assert_eq!(run(&ev(c.clone(), who("r1", Role::Resident))), Decision::Grant(5000), "{c:?}");
         }
+        let e = ev(face(MatchBand::Strong, Liveness::Live), who("r1", Role::Resident));
+        // By default face never opens alone: it asks for a non-biometric factor.
+        assert_eq!(run(&e), need_factor());
+        assert_eq!(decide(&e, &face_alone_here(), None).decision, Decision::Grant(5000));
+        let everywhere = PolicyConfig { face_alone_doors: vec!["*".into()], ..PolicyConfig::default() };
+        assert_eq!(decide(&e, &everywhere, None).decision, Decision::Grant(5000));
+        let elsewhere = PolicyConfig { face_alone_doors: vec!["building-3".into()], ..PolicyConfig::default() };
+        assert_eq!(decide(&e, &elsewhere, None).decision, need_factor());
+        // A spoof verdict is refused with its reason, wherever face may open alone.
+        let spoof = ev(face(MatchBand::Strong, Liveness::Spoof), who("r1", Role::Resident));
+        assert_eq!(decide(&spoof, &face_alone_here(), None).decision, Decision::deny("liveness check failed"));
     }
 
     #[test]
@@ -178,7 +195,8 @@ mod tests {
     fn weak_face_asks_for_a_non_biometric_factor() {
         let e = ev(face(MatchBand::Weak, Liveness::Live), who("r1", Role::Resident));
         assert_eq!(run(&e), need_factor());
-        let lenient = PolicyConfig { face_min_band: MatchBand::Weak, ..PolicyConfig::default() };
+        assert_eq!(decide(&e, &face_alone_here(), None).decision, need_factor(), "a weak face never opens alone");
+        let lenient = PolicyConfig { face_min_band: MatchBand::Weak, ..face_alone_here() };
         assert_eq!(decide(&e, &lenient, None).decision, Decision::Grant(5000));
     }
 
@@ -192,7 +210,8 @@ mod tests {
     fn unknown_liveness_needs_face_plus_card_of_the_same_person() {
         let e = ev(face(MatchBand::Strong, Liveness::Unknown), who("r1", Role::Resident));
         assert_eq!(run(&e), need_factor());
-        let off = PolicyConfig { second_factor_when_liveness_unknown: false, ..PolicyConfig::default() };
+        assert_eq!(decide(&e, &face_alone_here(), None).decision, need_factor(), "unknown liveness never opens alone by default");
+        let off = PolicyConfig { second_factor_when_liveness_unknown: false, ..face_alone_here() };
         assert_eq!(decide(&e, &off, None).decision, Decision::Grant(5000));
 
         // Then the card arrives with the face as prior factor of the same subject.
