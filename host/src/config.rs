@@ -42,6 +42,8 @@ pub struct SiteConfig {
     pub fleet: Option<FleetConfig>,
     /// How long the gateway keeps what it keeps (`[retention]`).
     pub retention: RetentionConfig,
+    /// How a visitor's call to a resident falls through (`[calls]`).
+    pub calls: CallsConfig,
     /// The file this was loaded from.
     pub path: PathBuf,
 }
@@ -159,6 +161,23 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig { events_days: 180, alarms_days: 365, audit_days: 1095 }
+    }
+}
+
+/// `[calls]`: how long a visitor's call rings each stage before it falls through to the
+/// next (indoor station, then the resident's phone, then the guard). 0 skips a stage;
+/// otherwise 1,000..=600,000 ms (checked in `bounds.rs`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    pub indoor_ms: u64,
+    pub phone_ms: u64,
+    pub guard_ms: u64,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig { indoor_ms: 30_000, phone_ms: 45_000, guard_ms: 60_000 }
     }
 }
 
@@ -381,6 +400,8 @@ struct RawSite {
     fleet: Option<Spanned<FleetConfig>>,
     #[serde(default)]
     retention: RetentionConfig,
+    #[serde(default)]
+    calls: CallsConfig,
 }
 
 #[derive(Deserialize)]
@@ -769,6 +790,7 @@ impl SiteConfig {
             hardware,
             fleet,
             retention: raw.retention,
+            calls: raw.calls,
             path: path.to_path_buf(),
         })
     }

@@ -183,6 +183,13 @@ pub enum Input {
         direction: Direction,
         resident: String,
     },
+    /// A visitor pressed the door panel's call button for a resident's unit (the panel
+    /// resolves the unit to the resident's pseudonymous id): the host calls the resident.
+    CallButton { door: String, resident: String },
+    /// An answer to the live call at `door` (a trace's stand-in for the authorised answer
+    /// an indoor station, the property platform or the guard sends over MQTT): `via` is
+    /// indoor, phone or guard; `open` opens the door once, else the call is declined.
+    CallAnswer { door: String, via: String, open: bool },
     /// The door contact changed.
     DoorContact { door: String, open: bool },
     /// The request-to-exit button was pressed.
@@ -214,7 +221,7 @@ impl Input {
             Input::Qr { .. } => CredentialKind::Qr,
             Input::GuardRelease { .. } => CredentialKind::GuardRelease,
             Input::Intercom { .. } => CredentialKind::Intercom,
-            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } => return None,
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } | Input::CallButton { .. } | Input::CallAnswer { .. } => return None,
         })
     }
 
@@ -230,7 +237,7 @@ impl Input {
             | Input::Qr { direction, .. }
             | Input::GuardRelease { direction, .. }
             | Input::Intercom { direction, .. } => *direction,
-            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } => Direction::Entry,
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } | Input::CallButton { .. } | Input::CallAnswer { .. } => Direction::Entry,
         }
     }
 
@@ -261,6 +268,8 @@ impl Input {
             | Input::GuardRelease { door, .. }
             | Input::Intercom { door, .. }
             | Input::DoorContact { door, .. }
+            | Input::CallButton { door, .. }
+            | Input::CallAnswer { door, .. }
             | Input::ExitButton { door } => Some(door),
             Input::FireAlarm { .. } | Input::Line { .. } => None,
         }
@@ -328,6 +337,10 @@ pub enum IgnoreReason {
     FaceUnusable,
     /// A camera frame could not be read or decoded.
     BadFrame,
+    /// A call answer arrived at a door where no call is ringing.
+    NoLiveCall,
+    /// A call was asked for someone the directory does not hold as a resident.
+    UnknownResident,
 }
 
 /// Something the gateway did. Replay prints these and compares them with a
@@ -400,6 +413,23 @@ pub enum Record {
     /// The property platform changed the subject directory (counts only; the audit trail
     /// names the pseudonymous ids).
     DirectorySynced { version: u64, added: u32, changed: u32, removed: u32, by: String },
+    /// A step of a visitor's call to a resident (see `call.rs`): `step` is ringing-indoor,
+    /// ringing-phone, ringing-guard, answered, declined, unanswered, refused (an answer that
+    /// was not taken) or ended-by-restart. No media, no names: the pseudonymous resident.
+    Call {
+        call: String,
+        door: String,
+        subject: String,
+        step: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
 }
 
 /// An integration plugin's message as it published it: compact JSON text, checked once
@@ -619,6 +649,7 @@ impl Record {
             Record::UnitPin { .. } => "unit-pin",
             Record::FaceErased { .. } => "face-erased",
             Record::DirectorySynced { .. } => "directory",
+            Record::Call { .. } => "call",
         }
     }
 
@@ -631,7 +662,8 @@ impl Record {
             | Record::Alarm { door, .. }
             | Record::Ignored { door, .. }
             | Record::DoorMode { door, .. }
-            | Record::UnitPin { door, .. } => Some(door),
+            | Record::UnitPin { door, .. }
+            | Record::Call { door, .. } => Some(door),
             Record::Publish { .. } | Record::Plugin { .. } | Record::Revoked { .. } | Record::Reinstated { .. } | Record::FaceErased { .. } | Record::DirectorySynced { .. } => None,
         }
     }
@@ -685,6 +717,8 @@ impl fmt::Display for Record {
                     IgnoreReason::NoFace => "no face in the frame",
                     IgnoreReason::FaceUnusable => "face not usable",
                     IgnoreReason::BadFrame => "frame unreadable",
+                    IgnoreReason::NoLiveCall => "no call ringing here",
+                    IgnoreReason::UnknownResident => "no such resident to call",
                 };
                 write!(f, "{door:<14} ignored {c}: {why}")
             }
@@ -711,6 +745,19 @@ impl fmt::Display for Record {
                 write!(f, "credential {credential} ({}) reinstated: {reason}  [{by}]", holder.as_deref().unwrap_or("no holder"))
             }
             Record::UnitPin { door, by } => write!(f, "{door:<14} unit PIN replaced  [{by}]"),
+            Record::Call { call, door, subject, step, via, reason, by, .. } => {
+                write!(f, "{door:<14} call {call} to {subject}: {}", step.to_uppercase())?;
+                if let Some(v) = via {
+                    write!(f, " by {v}")?;
+                }
+                if let Some(r) = reason {
+                    write!(f, " ({r})")?;
+                }
+                match by {
+                    Some(b) => write!(f, "  [{b}]"),
+                    None => write!(f, "  [host:call]"),
+                }
+            }
             Record::DirectorySynced { version, added, changed, removed, by } => write!(f, "subject directory now version {version}: {added} added, {changed} changed, {removed} removed  [{by}]"),
             Record::FaceErased { subject, reason } => write!(f, "face template of {subject} ERASED: {reason}  [host:retention]"),
         }

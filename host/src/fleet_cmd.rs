@@ -273,7 +273,7 @@ pub struct RollbackArgs {
 }
 
 fn permission(s: &str) -> Result<Permission, Fail> {
-    serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| bad(anyhow!("--may {s:?}: use deploy, door, credentials, pin, directory or guard")))
+    serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| bad(anyhow!("--may {s:?}: use deploy, door, credentials, pin, directory, guard or intercom")))
 }
 
 fn network() -> Result<tokio::runtime::Runtime, Fail> {

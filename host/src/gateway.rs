@@ -61,6 +61,8 @@ pub struct Gateway {
     /// The synced directory's version (0 when the directory is a subjects file), shared
     /// with the fleet agent for the status it publishes.
     directory_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Visitors' calls to residents that are ringing now.
+    calls: crate::call::Calls,
     /// In service, the matcher's own thread (then `face` is off here).
     face_thread: Option<FaceThread>,
     /// The audit trail of access-rights changes (service only; replay keeps none), and the
@@ -97,6 +99,7 @@ impl Gateway {
     /// door's path and swapped in later (see `serve.rs`); the fallback serves until then.
     pub fn new_deferring(cfg: SiteConfig, clock: Clock, rt: Runtime, mut log: EventLog, deferred: &std::collections::BTreeSet<String>) -> Result<(Gateway, Vec<String>), String> {
         let mut dir = crate::directory::load_for(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
+        let cfg_calls = cfg.calls;
         let synced_version = match (&cfg.site.subjects, &cfg.site.state_dir) {
             (None, Some(state)) => crate::directory::DirectoryDb::open_existing(&crate::directory::db_path(state)).ok().flatten().and_then(|d| d.version().ok()).unwrap_or(0),
             _ => 0,
@@ -153,6 +156,7 @@ impl Gateway {
                 recent: HashMap::new(),
                 face,
                 directory_version: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(synced_version)),
+                calls: crate::call::Calls::new(crate::call::CallTiming { indoor_ms: cfg_calls.indoor_ms, phone_ms: cfg_calls.phone_ms, guard_ms: cfg_calls.guard_ms }),
                 face_thread: None,
                 audit: None,
                 audit_key: None,
@@ -572,7 +576,7 @@ impl Gateway {
 
     /// The earliest time a door timer needs attention.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.doors.next_deadline()
+        [self.doors.next_deadline(), self.calls.next_deadline()].into_iter().flatten().min()
     }
 
     /// Runs door timers up to `now` (relocks, held-open alarms).
@@ -584,6 +588,9 @@ impl Gateway {
             self.emit(t, r, &mut out)?;
         }
         self.clock.set_ms(now);
+        for step in self.calls.tick(now) {
+            self.emit(now, call_record(step, None, None), &mut out)?;
+        }
         Ok(out)
     }
 
@@ -631,7 +638,115 @@ impl Gateway {
                     }
                 }
             }
+            Input::CallButton { door, resident } => {
+                if self.unknown_door(now, door, None, &mut out)? {
+                    return Ok(out);
+                }
+                self.start_call(now, door, resident, "call-button", &mut out)?;
+            }
+            Input::CallAnswer { door, via, open } => {
+                let Some(id) = self.calls.live_at(door).map(|c| c.id.clone()) else {
+                    let r = Record::Ignored { door: door.clone(), credential: Some(CredentialKind::Intercom), reason: IgnoreReason::NoLiveCall };
+                    self.emit(now, r, &mut out)?;
+                    return Ok(out);
+                };
+                // A refused answer is logged as such; nothing else to do here.
+                let _ = self.answer(now, &id, via, *open, "trace", &mut out)?;
+            }
             _ => self.access(now, input, captured_at, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    /// Starts a visitor's call to `resident` at `door` (a panel's call button, or a policy's
+    /// escalation): the indoor station rings first. A resident the directory does not hold
+    /// as a resident is not called.
+    fn start_call(&mut self, now: i64, door: &str, resident: &str, why: &str, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
+        if !self.dir.subject(resident).is_some_and(|s| s.role == crate::event::Role::Resident) {
+            let r = Record::Ignored { door: door.to_string(), credential: Some(CredentialKind::Intercom), reason: IgnoreReason::UnknownResident };
+            return self.emit(now, r, out);
+        }
+        let id = format!("call-{}", self.log.reserve_id());
+        for step in self.calls.start(&id, door, resident, now) {
+            self.emit(now, call_record(step, Some(why.to_string()), None), out)?;
+        }
+        Ok(())
+    }
+
+    /// An answer to call `id` by `via` (indoor, phone, guard), from `by` (a trace, or the key
+    /// of an authorised answer): logged; an open answer presents the resident's approval to
+    /// the door's policy once. A late, repeated or foreign answer is refused and logged.
+    fn answer(&mut self, now: i64, id: &str, via: &str, open: bool, by: &str, out: &mut Vec<Timed>) -> Result<Result<String, String>, GatewayError> {
+        match self.calls.answer(id, via, open, now) {
+            Ok((step, opened)) => {
+                let door = step.door.clone();
+                self.emit(now, call_record(step, None, Some(by.to_string())), out)?;
+                if let Some(c) = opened {
+                    let approval = Input::Intercom { door: c.door.clone(), direction: Direction::Entry, resident: c.resident.clone() };
+                    self.access(now, &approval, None, out)?;
+                    return Ok(Ok(format!("call {id} answered by the {via}: door `{door}` asked to open once")));
+                }
+                Ok(Ok(format!("call {id} declined by the {via}")))
+            }
+            Err(why) => {
+                let (door, subject) = self.calls.live_at_id(id).map(|c| (c.door.clone(), c.resident.clone())).unwrap_or_default();
+                let r = Record::Call { call: id.to_string(), door, subject, step: "refused".into(), via: Some(via.to_string()), until_ms: None, reason: Some(why.clone()), by: Some(by.to_string()) };
+                self.emit(now, r, out)?;
+                Ok(Err(why))
+            }
+        }
+    }
+
+    /// An authorised answer from an indoor station, the property platform or a guard station.
+    pub fn remote_answer(&mut self, now: i64, call: &str, via: &str, open: bool, sender: &str) -> Result<Remote<String>, GatewayError> {
+        let mut out = self.advance(now)?;
+        let r = self.answer(now, call, via, open, &format!("remote:{sender}"), &mut out)?;
+        Ok(r.map(|detail| (out, detail)))
+    }
+
+    /// A door panel's call for a resident, sent over MQTT by the panel's key.
+    pub fn remote_call(&mut self, now: i64, door: &str, resident: &str, sender: &str) -> Result<Remote<String>, GatewayError> {
+        if self.cfg.door(door).is_none() {
+            return Ok(Err(format!("this gateway has no door `{door}`")));
+        }
+        let mut out = self.advance(now)?;
+        self.start_call(now, door, resident, &format!("panel {sender}"), &mut out)?;
+        let started = out.iter().find_map(|(_, r)| match r {
+            Record::Call { call, step, .. } if step.starts_with("ringing") => Some(call.clone()),
+            _ => None,
+        });
+        Ok(match started {
+            Some(id) => Ok((out, format!("call {id} ringing"))),
+            None => Err(format!("no call started (`{resident}` is not a resident here, or a call to them is already ringing at `{door}`)")),
+        })
+    }
+
+    /// Calls the last run left ringing end now: a restart leaves nothing half-open, and an
+    /// answer to such a call is refused as not live.
+    pub fn end_calls_cut_by_restart(&mut self, now: i64) -> Result<Vec<Timed>, GatewayError> {
+        let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for (_, body) in self.log.recent("call", now.saturating_sub(86_400_000), 10_000)? {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                if let Some(id) = v["call"].as_str() {
+                    last.entry(id.to_string()).or_insert(v);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (id, v) in last {
+            if v["step"].as_str().is_some_and(|s| s.starts_with("ringing")) {
+                let r = Record::Call {
+                    call: id,
+                    door: v["door"].as_str().unwrap_or("").to_string(),
+                    subject: v["subject"].as_str().unwrap_or("").to_string(),
+                    step: "ended-by-restart".into(),
+                    via: None,
+                    until_ms: None,
+                    reason: Some("the gateway restarted while it rang".into()),
+                    by: None,
+                };
+                self.emit(now, r, &mut out)?;
+            }
         }
         Ok(out)
     }
@@ -763,6 +878,11 @@ impl Gateway {
         let record = Record::Decision { door: door.id.clone(), direction, credential: kind, subject: subject_id, outcome, open_ms, reason, factors, by: decided.by };
         // The decision is in the log, under the id its plugin saw, before the relay moves.
         self.emit_as(now, record, Some(event.id.clone()), out)?;
+        if let Verdict::Escalate { target } = &decided.verdict {
+            if let Some(resident) = target.strip_prefix("call-resident:") {
+                self.start_call(now, &door.id, resident, "escalated by the policy", out)?;
+            }
+        }
         if let Verdict::Grant { open_ms } = decided.verdict {
             for (t, r) in self.doors.grant(&door.id, now, open_ms) {
                 self.emit(t, r, out)?;
@@ -811,7 +931,9 @@ impl Gateway {
                 Some(s) if s.role == crate::event::Role::Resident => (wit::Credential::Intercom(s.id.clone()), None),
                 _ => return Err((format!("`{resident}` is not a resident of this site"), "unknown-resident")),
             },
-            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } | Input::CameraFrame { .. } => return Err(("not a credential".into(), "internal")),
+            Input::DoorContact { .. } | Input::ExitButton { .. } | Input::FireAlarm { .. } | Input::Line { .. } | Input::CameraFrame { .. } | Input::CallButton { .. } | Input::CallAnswer { .. } => {
+                return Err(("not a credential".into(), "internal"))
+            }
         })
     }
 
@@ -993,6 +1115,11 @@ pub const MAX_MODE_MS: u64 = 7 * 24 * 3_600_000;
 const UNIT_PIN_DIGITS: usize = 6;
 
 /// A uniformly random PIN of `digits` digits that is not a trivial pattern.
+/// A call step as the record it is logged and published as.
+fn call_record(s: crate::call::Step, reason: Option<String>, by: Option<String>) -> Record {
+    Record::Call { call: s.call, door: s.door, subject: s.resident, step: s.step.to_string(), via: s.via.map(str::to_string), until_ms: s.until_ms, reason, by }
+}
+
 fn random_pin(digits: usize) -> Result<String, getrandom::Error> {
     loop {
         let mut pin = String::with_capacity(digits);

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_directory;
 pub mod bench_service;
 pub mod bounds;
+pub mod call;
 pub mod camera;
 pub mod clock;
 pub mod config;

@@ -114,6 +114,9 @@ pub fn run(cfg: SiteConfig, opts: RunOptions, out: &mut dyn Write) -> anyhow::Re
     // Operator door modes still in force come back before the first input.
     let restored = gw.restore_door_modes(start)?;
     console.records(&restored)?;
+    // Calls the last run left ringing end: a restart leaves nothing half-open.
+    let ended = gw.end_calls_cut_by_restart(start)?;
+    console.records(&ended)?;
     // Plugins and the face matcher run on their own threads: the door never waits for them.
     gw.spawn_policy_worker(bell.clone())?;
     gw.spawn_face_thread(bell.clone())?;

@@ -74,6 +74,13 @@ pub enum CommandAction {
     /// What needs the guard: active alarms, and denied attempts of the last `minutes`
     /// (1..=120); answered as JSON in the reply's detail.
     GuardAttention { guard: String, minutes: u32 },
+    /// A door panel: a visitor calls `resident` (pseudonymous) at `door`; the gateway rings
+    /// the indoor station, then the phone, then the guard (`[calls]`).
+    CallResident { door: String, resident: String },
+    /// An answer to the live call `call` by the `indoor` station, the resident's `phone`
+    /// (through the property platform) or the `guard`: `open` opens that door once for that
+    /// call, else the call is declined. One-shot like every command; a late one is refused.
+    AnswerCall { call: String, via: String, open: bool },
 }
 
 /// A subject as the property platform sends it: a pseudonymous id, and credentials only
@@ -111,6 +118,7 @@ impl CommandAction {
             CommandAction::RotateUnitPin { .. } => Permission::Pin,
             CommandAction::DirectoryChanges { .. } | CommandAction::DirectorySnapshot { .. } => Permission::Directory,
             CommandAction::GuardOpen { .. } | CommandAction::GuardAttention { .. } => Permission::Guard,
+            CommandAction::CallResident { .. } | CommandAction::AnswerCall { .. } => Permission::Intercom,
         }
     }
 }

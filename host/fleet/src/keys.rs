@@ -46,6 +46,9 @@ pub enum Permission {
     Directory,
     /// The guard station: open a door as a named guard, see what needs a guard.
     Guard,
+    /// Door panels, indoor stations and the platform's phone bridge: start a visitor's
+    /// call to a resident and answer one.
+    Intercom,
 }
 
 /// One entry of `[[fleet.trusted_keys]]` in the site configuration.
