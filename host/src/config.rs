@@ -274,6 +274,10 @@ pub struct QrConfig {
     /// Hex Ed25519 public keys.
     #[serde(default)]
     pub issuer_keys: Vec<String>,
+    /// The site's code key file for passes' dynamic codes (`gate qr code-keygen`), shared
+    /// with the property platform; relative to the config file. Required with `issuer_keys`.
+    #[serde(default)]
+    pub code_key: Option<PathBuf>,
 }
 
 /// Which contract a plugin implements.
@@ -582,6 +586,12 @@ impl SiteConfig {
         for k in &raw.qr.issuer_keys {
             crate::credentials::parse_issuer_key(k).map_err(|m| err(span_of(&["qr", "issuer_keys"]), m))?;
         }
+        if !raw.qr.issuer_keys.is_empty() && raw.qr.code_key.is_none() {
+            return Err(err(
+                span_of(&["qr", "issuer_keys"]),
+                "key `qr.code_key`: missing: visitor passes are shown with a dynamic code, checked with the site's code key (make one with `gate qr code-keygen --out FILE` and give the platform a copy)".into(),
+            ));
+        }
 
         let mut plugins = BTreeMap::new();
         for (name, p) in raw.plugins {
@@ -748,7 +758,7 @@ impl SiteConfig {
             timing: raw.timing,
             face,
             fallback: raw.fallback,
-            qr: raw.qr,
+            qr: QrConfig { code_key: raw.qr.code_key.as_ref().map(|p| base.join(p)), ..raw.qr },
             plugins,
             doors,
             subjects,
