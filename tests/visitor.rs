@@ -54,10 +54,26 @@ fn grant_all_site(dir: &Path) -> PathBuf {
         .replace("\"demo-qr-code.key\"", &format!("{:?}", root().join("configs/demo-qr-code.key")))
         .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")))
         .replace("credentials = [\"face\", \"card\", \"pin\", \"nfc\"]\npolicy", "credentials = [\"face\", \"card\", \"pin\", \"nfc\", \"qr\"]\npolicy");
-    assert!(cfg.contains("\"nfc\", \"qr\"]\npolicy = \"resident-policy\"\nheld_open_ms"), "building-3 accepts qr in this test");
+    let cfg = named_grant_all(&cfg);
+    assert!(cfg.contains("\"nfc\", \"qr\"]\npolicy = \"grant-all\"\nheld_open_ms"), "building-3 accepts qr in this test");
     let path = dir.join("site.toml");
     std::fs::write(&path, cfg).unwrap();
     path
+}
+
+/// The config with its policy plugin named `grant-all` (the component is grant-all already),
+/// so decisions say `plugin:grant-all`.
+fn named_grant_all(cfg: &str) -> String {
+    cfg.replace("[plugins.resident-policy]", "[plugins.grant-all]").replace("policy = \"resident-policy\"", "policy = \"grant-all\"")
+}
+
+/// A [`Site`] (real mosquitto, `[fleet]`, an operator key) served by `grant-all`.
+fn grant_all_fleet_site(broker: &gate_fleet::testing::Broker) -> Site {
+    let site = Site::new(broker, "grant-all", 5);
+    let cfg = std::fs::read_to_string(&site.config).unwrap();
+    assert!(cfg.contains("grant-all.wasm"), "served by grant-all");
+    std::fs::write(&site.config, named_grant_all(&cfg)).unwrap();
+    site
 }
 
 /// A trace starting at `start` with a QR scan per (at ms, door, displayed code).
@@ -203,7 +219,7 @@ fn logged_qr(site: &Site) -> Vec<(String, String, String)> {
 #[test]
 fn uses_are_counted_durably_and_survive_a_kill_and_restart() {
     let broker = broker();
-    let site = Site::new(&broker, "grant-all", 5);
+    let site = grant_all_fleet_site(&broker);
     let start = now_ms();
     let pass = sign("p-restart-1", &["north-gate"], start - HOUR, start + HOUR, 2);
     // First serve: one grant, then kill -9 while the trace still runs.
@@ -225,7 +241,7 @@ fn uses_are_counted_durably_and_survive_a_kill_and_restart() {
 #[test]
 fn a_pass_revoked_by_a_signed_command_is_refused_by_the_host() {
     let broker = broker();
-    let site = Site::new(&broker, "grant-all", 5);
+    let site = grant_all_fleet_site(&broker);
     let start = now_ms();
     let pass = sign("p-revoke-1", &["north-gate"], start - HOUR, start + HOUR, 1000);
     // A scan every 5 s for ten minutes, each with the code the phone shows then.
