@@ -1136,6 +1136,12 @@ credentials = ["face", "card"]
         assert!(e.to_string().starts_with("c.toml:11: key `fallback.roles`: must include \"resident\""), "{e}");
         let e = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{}\"]\n", "00".repeat(32)), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().starts_with("c.toml:11: key `qr.issuer_keys`") && e.to_string().contains("weak"), "{e}");
+        // Visitor passes are shown with a dynamic code: trusting an issuer needs the code key too.
+        let demo_issuer = "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737";
+        let e = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{demo_issuer}\"]\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:11: key `qr.code_key`: missing") && e.to_string().contains("gate qr code-keygen"), "{e}");
+        let ok = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{demo_issuer}\"]\ncode_key = \"qr.key\"\n"), Path::new("/etc/gate/c.toml")).unwrap();
+        assert_eq!(ok.qr.code_key.as_deref(), Some(Path::new("/etc/gate/qr.key")), "relative to the config file");
         let e = SiteConfig::from_str(&format!("{BASE}max_open_ms = 3000\nopen_ms = 2000\nexit_open_ms = 4000\n"), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("door `north` key `exit_open_ms`: 4000 must be between 1 and the door's `max_open_ms` (3000)"), "{e}");
     }
