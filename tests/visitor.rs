@@ -187,6 +187,17 @@ fn bad_pass_fields_exit_2_naming_the_field_and_names_or_id_numbers_are_refused()
     }
     let o = gate(&["qr", "show", "--code-key", "/nonexistent/code.key", "GATEQR2.e30.AA"]);
     assert!(o.status.code() == Some(2) && text(&o).contains("--code-key"), "{}", text(&o));
+    // A site whose code key is missing is refused by `gate config check` and at start, naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let config = grant_all_site(dir.path());
+    let body = std::fs::read_to_string(&config).unwrap().replace(root().join("configs/demo-qr-code.key").to_str().unwrap(), "missing-code.key");
+    std::fs::write(&config, body).unwrap();
+    let o = gate(&["config", "check", config.to_str().unwrap()]);
+    assert!(o.status.code() == Some(2) && text(&o).contains("key `qr.code_key`") && text(&o).contains("missing-code.key"), "{}", text(&o));
+    let o = gate(&["replay", "--config", config.to_str().unwrap(), "--trace", "tests/traces/stranger.jsonl"]);
+    let line = text(&o).split("site.toml:").nth(1).map(|rest| rest.split(':').next().unwrap_or("").to_string()).unwrap_or_default();
+    assert!(o.status.code() == Some(2) && text(&o).contains(": key `qr.code_key`") && text(&o).contains("missing-code.key"), "{}", text(&o));
+    assert!(line.parse::<u32>().is_ok(), "the error names the line: {}", text(&o));
 }
 
 #[test]
