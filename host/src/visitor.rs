@@ -11,9 +11,9 @@
 //!   platform, never shown) with HMAC-SHA256 over the pass id, so it cannot be read from a
 //!   photographed code and one pass's secret unlocks no other pass.
 //! - **Skew**: the gateway accepts the code of its current step and of one step either side
-//!   (±15 s of clock difference between the phone and the gateway). A code shown at `t`
-//!   therefore works until the end of the next step: at most 30 s after it was shown
-//!   (between 15 and 30 s), and never at `t + 31 s`.
+//!   (±15 s of clock difference between the phone and the gateway). With the phone's clock
+//!   right, a code shown at `t` therefore works until the end of the next step: 15 to 30 s
+//!   after it was shown, never at `t + 31 s`; a phone clock `d` s ahead adds up to `d`.
 //! - The host refuses a pass outside its window, at another door, used up, revoked, or a
 //!   code already used for a grant (one grant per step, and no older step afterwards),
 //!   whatever any plugin says (`gateway.rs`); uses are counted in the event log, in the
