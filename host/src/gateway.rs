@@ -629,7 +629,7 @@ impl Gateway {
                     decided.verdict = Verdict::Deny { reason };
                     decided.by = format!("host:{by}");
                 }
-                None => counted = Some((s.pass.pass.as_str(), s.step)),
+                None => counted = Some(crate::store::PassGrant { pass: &s.pass.pass, step: s.step, not_after_ms: s.pass.not_after_ms }),
             }
         }
         for r in decided.health {
@@ -740,7 +740,7 @@ impl Gateway {
         self.emit_counting(at, record, id, None, out)
     }
 
-    fn emit_counting(&mut self, at: i64, record: Record, id: Option<String>, pass: Option<(&str, i64)>, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
+    fn emit_counting(&mut self, at: i64, record: Record, id: Option<String>, pass: Option<crate::store::PassGrant<'_>>, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
         let id = match id {
             Some(id) => self.log.append_counting(at, &record, id, pass)?,
             None => self.log.append(at, &record)?,

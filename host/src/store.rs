@@ -56,11 +56,13 @@ CREATE TABLE IF NOT EXISTS unit_pins (
 );
 -- Visitor passes: entries granted so far and the time step of the last granting code,
 -- written in the transaction of the granting decision (a restart does not reset them).
+-- A row goes with retention once its pass has expired (it can grant nothing then).
 CREATE TABLE IF NOT EXISTS visitor_passes (
-    pass      TEXT PRIMARY KEY,
-    used      INTEGER NOT NULL,
-    last_step INTEGER NOT NULL,
-    event_id  TEXT NOT NULL
+    pass         TEXT PRIMARY KEY,
+    used         INTEGER NOT NULL,
+    last_step    INTEGER NOT NULL,
+    not_after_ms INTEGER NOT NULL,
+    event_id     TEXT NOT NULL
 );
 -- Counters of the log: `boot`, one more at every open before any id is handed out; and
 -- `max_seq`, the highest seq ever used, kept when retention purges the rows that held it.
@@ -69,6 +71,15 @@ CREATE TABLE IF NOT EXISTS log_meta (
     value INTEGER NOT NULL
 );
 ";
+
+/// A granting decision's visitor pass, counted with it: the pass id, the step of the code
+/// that was granted, and the end of the pass's window (when its count may be purged).
+#[derive(Clone, Copy, Debug)]
+pub struct PassGrant<'a> {
+    pub pass: &'a str,
+    pub step: i64,
+    pub not_after_ms: i64,
+}
 
 /// The gateway's event log.
 pub struct EventLog {
@@ -229,8 +240,8 @@ impl EventLog {
     }
 
     /// Like [`EventLog::append_with_id`]; with `pass` (a granting decision for a visitor
-    /// pass: its id and the step of its code) the pass's use is counted in the same transaction.
-    pub fn append_counting(&mut self, at_ms: i64, record: &Record, id: String, pass: Option<(&str, i64)>) -> Result<String, StoreError> {
+    /// pass) the pass's use is counted in the same transaction.
+    pub fn append_counting(&mut self, at_ms: i64, record: &Record, id: String, pass: Option<PassGrant<'_>>) -> Result<String, StoreError> {
         let mut buf = std::mem::take(&mut self.body);
         buf.clear();
         let written = serde_json::to_writer(&mut buf, record);
@@ -246,15 +257,15 @@ impl EventLog {
     }
 
     /// Writes the row, and the lasting access state the record changes, in one transaction.
-    fn insert_with_state(&mut self, at_ms: i64, record: &Record, id: &str, body: &str, pass: Option<(&str, i64)>) -> Result<(), StoreError> {
+    fn insert_with_state(&mut self, at_ms: i64, record: &Record, id: &str, body: &str, pass: Option<PassGrant<'_>>) -> Result<(), StoreError> {
         let seq = self.next_seq;
-        if let Some((pass, step)) = pass {
+        if let Some(g) = pass {
             let tx = self.conn.savepoint()?;
             insert_event(&tx, seq, id, at_ms, record, body)?;
             tx.execute(
-                "INSERT INTO visitor_passes (pass, used, last_step, event_id) VALUES (?1, 1, ?2, ?3) \
+                "INSERT INTO visitor_passes (pass, used, last_step, not_after_ms, event_id) VALUES (?1, 1, ?2, ?3, ?4) \
                  ON CONFLICT(pass) DO UPDATE SET used = used + 1, last_step = MAX(last_step, excluded.last_step), event_id = excluded.event_id",
-                params![pass, step, id],
+                params![g.pass, g.step, g.not_after_ms, id],
             )?;
             tx.commit()?;
             return Ok(());
@@ -369,6 +380,8 @@ impl EventLog {
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE (kind = 'alarm' AND at_ms < ?2) OR (kind <> 'alarm' AND at_ms < ?1) ORDER BY seq LIMIT ?3)",
             params![others_before_ms, alarms_before_ms, limit],
         )?;
+        // Use counts of visitor passes that expired before the events' bound: they grant nothing.
+        tx.execute("DELETE FROM visitor_passes WHERE not_after_ms < ?1", [others_before_ms])?;
         tx.commit()?;
         Ok(n as u64)
     }
@@ -492,7 +505,7 @@ mod tests {
         let grant = Record::Alarm { door: "a".into(), alarm: AlarmKind::Fire, active: false };
         for step in [10, 12] {
             let id = log.next_id();
-            log.append_counting(8, &grant, id, Some(("p-1", step))).unwrap();
+            log.append_counting(8, &grant, id, Some(PassGrant { pass: "p-1", step, not_after_ms: 1_000 })).unwrap();
         }
         drop(log);
         let log = EventLog::open(&path, "gw").unwrap();
@@ -504,6 +517,12 @@ mod tests {
         assert_eq!(log.pass_use("p-1").unwrap(), crate::visitor::PassUse { used: 2, last_step: Some(12) });
         assert_eq!(log.pass_use("p-2").unwrap(), crate::visitor::PassUse::default());
         assert_eq!(log.count().unwrap(), 9);
+        // Retention: the count stays while the pass may still grant, and goes once it expired.
+        let mut log = log;
+        log.purge_batch(1_000, 0, 10).unwrap();
+        assert_eq!(log.pass_use("p-1").unwrap().used, 2);
+        log.purge_batch(1_001, 0, 10).unwrap();
+        assert_eq!(log.pass_use("p-1").unwrap(), crate::visitor::PassUse::default());
     }
 
     /// Every id in a log file.
