@@ -21,6 +21,7 @@ impl Local {
             .replace("../target/plugins/resident-policy.wasm", plugin("resident-policy").to_str().unwrap())
             .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
             .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+            .replace("\"demo-qr-code.key\"", &format!("{:?}", root().join("configs/demo-qr-code.key")))
             .replace("\"../target/demo-state\"", &format!("{:?}", dir.path().join("state")));
         let config = dir.path().join("site.toml");
         std::fs::write(&config, format!("{cfg}\n{extra}")).unwrap();

@@ -23,6 +23,7 @@ fn demo_site(dir: &Path, subjects: bool, edit: impl Fn(String) -> String) -> Pat
     let mut cfg = demo
         .replace("../target/plugins/", &format!("{}/", plugins.display()))
         .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+        .replace("\"demo-qr-code.key\"", &format!("{:?}", root().join("configs/demo-qr-code.key")))
         .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")));
     if !subjects {
         cfg = cfg.lines().filter(|l| !l.trim_start().starts_with("subjects =")).collect::<Vec<_>>().join("\n");

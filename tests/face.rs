@@ -44,6 +44,7 @@ fn site(dir: &Path, models_dir: &Path) -> PathBuf {
         .replace("../target/plugins/resident-policy.wasm", plugin("resident-policy").to_str().unwrap())
         .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
         .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+        .replace("\"demo-qr-code.key\"", &format!("{:?}", root().join("configs/demo-qr-code.key")))
         .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")))
         .replacen("[face]\n", &face, 1);
     assert!(cfg.contains("models_dir"), "the demo site's [face] section changed");

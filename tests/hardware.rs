@@ -39,6 +39,7 @@ fn doors_site(dir: &Path) -> String {
     let cfg = format!("{}{}", &demo[..start], &demo[end..])
         .replace("\"../target/plugins/", &format!("\"{}/", root().join("target/plugins").display()))
         .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+        .replace("\"demo-qr-code.key\"", &format!("{:?}", root().join("configs/demo-qr-code.key")))
         .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")));
     let path = dir.join("site.toml");
     std::fs::write(&path, cfg).expect("write site");

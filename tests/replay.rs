@@ -30,6 +30,7 @@ fn site_with(policy_plugin: &str, dir: &Path) -> PathBuf {
         .replace("../target/plugins/resident-policy.wasm", plugin(policy_plugin).to_str().unwrap())
         .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
         .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+        .replace("\"demo-qr-code.key\"", &format!("{:?}", root().join("configs/demo-qr-code.key")))
         .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")))
         // A small memory cap so the memory hog reaches it before its fuel runs out.
         .replace("memory_mb = 32 ", "memory_mb = 4  ");

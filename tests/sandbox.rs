@@ -87,6 +87,7 @@ fn site(dir: &Path, north: &str, settings: &str, limits: &str, extra: &str) -> P
         .replace("../target/plugins/resident-policy.wasm", plugin("resident-policy").to_str().unwrap())
         .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
         .replace("\"demo-subjects.toml\"", &format!("{:?}", subjects_path))
+        .replace("\"demo-qr-code.key\"", &format!("{:?}", root().join("configs/demo-qr-code.key")))
         .replace("\"../target/demo-state\"", &format!("{:?}", dir.join("state")))
         .replace("[limits]\n", &format!("[limits]\n{limits}\n"));
     if north != "resident-policy" {

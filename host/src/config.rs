@@ -307,6 +307,10 @@ pub struct QrConfig {
     /// Hex Ed25519 public keys.
     #[serde(default)]
     pub issuer_keys: Vec<String>,
+    /// The site's code key file for passes' dynamic codes (`gate qr code-keygen`), shared
+    /// with the property platform; relative to the config file. Required with `issuer_keys`.
+    #[serde(default)]
+    pub code_key: Option<PathBuf>,
 }
 
 /// Which contract a plugin implements.
@@ -617,6 +621,16 @@ impl SiteConfig {
         for k in &raw.qr.issuer_keys {
             crate::credentials::parse_issuer_key(k).map_err(|m| err(span_of(&["qr", "issuer_keys"]), m))?;
         }
+        if !raw.qr.issuer_keys.is_empty() && raw.qr.code_key.is_none() {
+            return Err(err(
+                span_of(&["qr", "issuer_keys"]),
+                "key `qr.code_key`: missing: visitor passes are shown with a dynamic code, checked with the site's code key (make one with `gate qr code-keygen --out FILE` and give the platform a copy)".into(),
+            ));
+        }
+        if let Some(k) = &raw.qr.code_key {
+            let file = base.join(k);
+            crate::visitor::CodeKey::load(&file).map_err(|e| err(span_of(&["qr", "code_key"]), format!("key `qr.code_key`: {e} (make one with `gate qr code-keygen --out {}`)", file.display())))?;
+        }
 
         let mut plugins = BTreeMap::new();
         for (name, p) in raw.plugins {
@@ -783,7 +797,7 @@ impl SiteConfig {
             timing: raw.timing,
             face,
             fallback: raw.fallback,
-            qr: raw.qr,
+            qr: QrConfig { code_key: raw.qr.code_key.as_ref().map(|p| base.join(p)), ..raw.qr },
             plugins,
             doors,
             subjects,
@@ -1166,6 +1180,16 @@ credentials = ["face", "card"]
         assert!(e.to_string().starts_with("c.toml:11: key `fallback.roles`: must include \"resident\""), "{e}");
         let e = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{}\"]\n", "00".repeat(32)), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().starts_with("c.toml:11: key `qr.issuer_keys`") && e.to_string().contains("weak"), "{e}");
+        // Visitor passes are shown with a dynamic code: trusting an issuer needs the code key too.
+        let demo_issuer = "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737";
+        let e = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{demo_issuer}\"]\n"), Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:11: key `qr.code_key`: missing") && e.to_string().contains("gate qr code-keygen"), "{e}");
+        let e = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{demo_issuer}\"]\ncode_key = \"qr.key\"\n"), Path::new("/nonexistent/c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/c.toml:12: key `qr.code_key`: visitor pass code key /nonexistent/qr.key:"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        crate::visitor::CodeKey::generate().unwrap().save(&dir.path().join("qr.key")).unwrap();
+        let ok = SiteConfig::from_str(&format!("{BASE}\n[qr]\nissuer_keys = [\"{demo_issuer}\"]\ncode_key = \"qr.key\"\n"), &dir.path().join("c.toml")).unwrap();
+        assert_eq!(ok.qr.code_key, Some(dir.path().join("qr.key")), "relative to the config file");
         let e = SiteConfig::from_str(&format!("{BASE}max_open_ms = 3000\nopen_ms = 2000\nexit_open_ms = 4000\n"), Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("door `north` key `exit_open_ms`: 4000 must be between 1 and the door's `max_open_ms` (3000)"), "{e}");
     }

@@ -7,7 +7,7 @@
 use crate::config::{SiteConfig, SubjectEntry};
 use crate::event::{CredentialKind, Input, Role};
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -21,38 +21,6 @@ pub struct Subject {
     pub role: Role,
     pub groups: Vec<String>,
 }
-
-/// A visitor pass whose signature checked out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifiedPass {
-    pub visitor: Subject,
-    pub host_subject: String,
-    pub valid_until_ms: i64,
-}
-
-/// Why a QR code was not accepted.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum QrError {
-    #[error("not a gate visitor pass (expected GATEQR1.<payload>.<signature>)")]
-    Format,
-    #[error("visitor pass payload is not valid: {0}")]
-    Payload(String),
-    #[error("visitor pass signature does not verify against any trusted issuer key")]
-    Signature,
-}
-
-/// The payload signed into a visitor QR pass.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct PassPayload {
-    /// Pseudonymous visitor id, e.g. "v-20261123-07".
-    pub visitor: String,
-    /// Pseudonymous id of the inviting resident.
-    pub host: String,
-    pub valid_until_ms: i64,
-}
-
-const QR_PREFIX: &str = "GATEQR1";
 
 /// Who holds which credential, indexed for O(1) lookups. Compact so a fleet-sized
 /// directory (1,000,000 subjects) fits in a gateway's memory: each subject is stored
@@ -73,6 +41,8 @@ pub struct Directory {
     /// presented credential's reference with the site's key.
     refs: HashMap<Box<str>, u32>,
     qr_keys: Vec<VerifyingKey>,
+    /// The site's key for visitor passes' dynamic codes (`[qr] code_key`).
+    code_key: Option<crate::visitor::CodeKey>,
     /// Revoked credential references (`<kind>:<hash>` or `subject:<id>`).
     revoked: HashSet<String>,
     /// Unit doors' shared PIN hashes, by door.
@@ -144,29 +114,39 @@ impl RefKey {
 
     /// Reads a key file written by [`RefKey::save`]; errors name the file.
     pub fn load(path: &std::path::Path) -> Result<RefKey, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reference key {}: {e}", path.display()))?;
-        let f: RefKeyFile = serde_json::from_str(&text).map_err(|e| format!("reference key {}: not a {REF_KEY_FORMAT} file: {e}", path.display()))?;
-        let raw = base64::engine::general_purpose::STANDARD.decode(f.secret.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
-        match raw {
-            Some(k) if f.format == REF_KEY_FORMAT => Ok(RefKey(k)),
-            _ => Err(format!("reference key {}: not a {REF_KEY_FORMAT} file with a 32-byte base64 secret", path.display())),
-        }
+        load_secret(path, REF_KEY_FORMAT).map(RefKey).map_err(|e| format!("reference key {}: {e}", path.display()))
     }
 
     /// Writes the key file (mode 0600); never overwrites one.
     pub fn save(&self, path: &std::path::Path) -> Result<(), String> {
-        let body = serde_json::to_string(&RefKeyFile { format: REF_KEY_FORMAT.into(), secret: base64::engine::general_purpose::STANDARD.encode(self.0) }).map_err(|e| e.to_string())?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        use std::io::Write;
-        let mut f = opts.open(path).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        f.write_all(body.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| format!("writing {}: {e}", path.display()))
+        save_secret(path, REF_KEY_FORMAT, &self.0)
     }
+}
+
+/// Reads a 32-byte secret key file (`{"format": FORMAT, "secret": base64}`); the error says why.
+pub fn load_secret(path: &std::path::Path, format: &str) -> Result<[u8; 32], String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let f: RefKeyFile = serde_json::from_str(&text).map_err(|e| format!("not a {format} file: {e}"))?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(f.secret.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
+    match raw {
+        Some(k) if f.format == format => Ok(k),
+        _ => Err(format!("not a {format} file with a 32-byte base64 secret")),
+    }
+}
+
+/// Writes a 32-byte secret key file (mode 0600); never overwrites one.
+pub fn save_secret(path: &std::path::Path, format: &str, secret: &[u8; 32]) -> Result<(), String> {
+    let body = serde_json::to_string(&RefKeyFile { format: format.into(), secret: base64::engine::general_purpose::STANDARD.encode(secret) }).map_err(|e| e.to_string())?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts.open(path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    f.write_all(body.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// The reference of a credential keyed with the site's reference key: `<kind>:` and 24
@@ -212,6 +192,7 @@ pub fn credential_ref(site_id: &str, kind: CredentialKind, value: &str) -> Strin
 pub fn is_reference(r: &str) -> bool {
     match r.split_once(':') {
         Some(("subject", id)) => !id.is_empty(),
+        Some(("pass", id)) => crate::visitor::check_pseudonym(id).is_ok(),
         Some(("card" | "pin" | "nfc" | "plate", h)) => h.len() == 24 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
         _ => false,
     }
@@ -242,6 +223,9 @@ impl Directory {
     pub fn empty_for(cfg: &SiteConfig) -> Result<Directory, String> {
         let mut d = Directory::new(&cfg.site.id);
         d.ref_key = RefKey::for_site(cfg)?;
+        if let Some(path) = &cfg.qr.code_key {
+            d.code_key = Some(crate::visitor::CodeKey::load(path).map_err(|e| format!("[qr] key `code_key`: {e}"))?);
+        }
         Ok(d)
     }
 
@@ -571,34 +555,16 @@ impl Directory {
         self.plates.get(normalise_plate(plate).as_str()).or_else(|| self.by_ref(CredentialKind::Plate, plate)).and_then(|i| self.at(*i))
     }
 
-    /// Verifies a visitor QR pass against the trusted issuer keys.
-    pub fn verify_qr(&self, code: &str) -> Result<VerifiedPass, QrError> {
-        let mut parts = code.trim().split('.');
-        let (Some(QR_PREFIX), Some(payload_b64), Some(sig_b64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(QrError::Format);
-        };
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let payload = b64.decode(payload_b64).map_err(|_| QrError::Format)?;
-        let sig_bytes: [u8; 64] = b64.decode(sig_b64).ok().and_then(|b| b.try_into().ok()).ok_or(QrError::Format)?;
-        let sig = Signature::from_bytes(&sig_bytes);
-        if !self.qr_keys.iter().any(|k| k.verify(&payload, &sig).is_ok()) {
-            return Err(QrError::Signature);
-        }
-        let p: PassPayload = serde_json::from_slice(&payload).map_err(|e| QrError::Payload(e.to_string()))?;
-        if p.visitor.is_empty() || p.host.is_empty() {
-            return Err(QrError::Payload("empty visitor or host id".into()));
-        }
-        Ok(VerifiedPass { visitor: Subject { id: p.visitor, role: Role::Visitor, groups: Vec::new() }, host_subject: p.host, valid_until_ms: p.valid_until_ms })
+    /// Verifies a scanned visitor pass at gateway time `now_ms`: the issuer's signature,
+    /// its fields, and its dynamic code (see `visitor.rs`).
+    pub fn scan_qr(&self, code: &str, now_ms: i64) -> Result<crate::visitor::Scanned, crate::visitor::PassError> {
+        crate::visitor::scan(&self.qr_keys, self.code_key.as_ref(), code, now_ms)
     }
-}
 
-/// Signs a visitor pass (what the property's platform does when a resident invites someone).
-pub fn sign_pass(key: &ed25519_dalek::SigningKey, payload: &PassPayload) -> String {
-    use ed25519_dalek::Signer;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let json = serde_json::to_vec(payload).unwrap_or_default();
-    let sig = key.sign(&json);
-    format!("{QR_PREFIX}.{}.{}", b64.encode(&json), b64.encode(sig.to_bytes()))
+    /// Trusted visitor-pass issuer keys.
+    pub fn qr_keys(&self) -> &[VerifyingKey] {
+        &self.qr_keys
+    }
 }
 
 /// The directory key of a credential kind, for error messages.
@@ -696,27 +662,6 @@ mod tests {
         assert!(d.pin_hash_in_use(&pin_hash("s", "424242")) && d.pin_hash_in_use(&pin_hash("s", "246810")));
         d.set_unit_pin("b3", &pin_hash("s", "515151"));
         assert!(d.by_unit_pin("b3", "424242").is_none(), "the old unit PIN stops at once");
-    }
-
-    #[test]
-    fn qr_pass_verifies_only_with_trusted_key_and_intact_payload() {
-        let key = SigningKey::from_bytes(&[7; 32]);
-        let d = dir_with_key(&key);
-        let p = PassPayload { visitor: "v-1".into(), host: "r-1".into(), valid_until_ms: 1000 };
-        let code = sign_pass(&key, &p);
-        let ok = d.verify_qr(&code).expect("valid pass");
-        assert_eq!(ok.host_subject, "r-1");
-        assert_eq!(ok.visitor.role, Role::Visitor);
-
-        let foreign = sign_pass(&SigningKey::from_bytes(&[9; 32]), &p);
-        assert_eq!(d.verify_qr(&foreign), Err(QrError::Signature));
-
-        let mut parts: Vec<String> = code.split('.').map(String::from).collect();
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let forged = PassPayload { valid_until_ms: i64::MAX, ..p };
-        parts[1] = b64.encode(serde_json::to_vec(&forged).unwrap());
-        assert_eq!(d.verify_qr(&parts.join(".")), Err(QrError::Signature));
-        assert_eq!(d.verify_qr("hello"), Err(QrError::Format));
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub enum Input {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         captured_at: Option<u64>,
     },
-    /// A visitor QR code scanned at a door.
+    /// A visitor QR code scanned at a door: a signed pass with its dynamic code (`visitor.rs`).
     Qr {
         door: String,
         #[serde(default)]

@@ -72,6 +72,7 @@ fn execute(gw: &mut Gateway, now: i64, req: &RemoteCommand) -> Result<Result<(Ve
         CommandAction::RevokeCredential { credential_ref, reason } => gw.remote_revoke(now, credential_ref, reason, sender)?.map(|(recs, holder)| {
             let detail = match holder {
                 Some(h) => format!("{credential_ref} of {h} revoked"),
+                None if credential_ref.starts_with("pass:") => format!("visitor {credential_ref} revoked"),
                 None => format!("{credential_ref} revoked (no holder in this gateway's directory now; it stays refused if one is added)"),
             };
             (recs, detail.into())

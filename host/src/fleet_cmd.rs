@@ -619,7 +619,8 @@ pub struct CommandTarget {
 /// Which credential a revocation (or its undoing) is about, and why.
 #[derive(Args)]
 pub struct CredentialArgs {
-    /// A credential reference such as card:3f0c… (never the card number itself).
+    /// A credential reference such as card:3f0c… (never the card number itself), or
+    /// pass:<id> for a visitor pass.
     #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
     pub reference: Option<String>,
     /// A holder's pseudonymous id: all of their credentials.
@@ -635,7 +636,8 @@ impl CredentialArgs {
     fn reference(self) -> Result<(String, String), Fail> {
         let r = match (self.reference, self.subject) {
             (Some(r), _) if gate::credentials::is_reference(&r) => r,
-            (Some(r), _) => return Err(bad(anyhow!("--reference {r:?} is not a credential reference: make one with `gate credential-ref`"))),
+            (Some(r), _) if r.starts_with("pass:") => return Err(bad(anyhow!("--reference {r:?}: a visitor pass id must be pseudonymous, like pass:p-20261205-0042"))),
+            (Some(r), _) => return Err(bad(anyhow!("--reference {r:?} is not a credential reference: make one with `gate credential-ref` (or pass:<id> for a visitor pass)"))),
             (None, Some(s)) => format!("subject:{s}"),
             (None, None) => return Err(bad(anyhow!("give --reference or --subject"))),
         };

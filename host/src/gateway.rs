@@ -347,7 +347,7 @@ impl Gateway {
     /// on an authorised command; durable before it is answered. Returns the holder, if known.
     pub fn remote_revoke(&mut self, now: i64, reference: &str, reason: &str, sender: &str) -> Result<Remote<Option<String>>, GatewayError> {
         if !crate::credentials::is_reference(reference) {
-            return Ok(Err(format!("`{reference}` is not a credential reference (card:, pin:, nfc: or plate: and 24 hex digits from `gate credential-ref`, or subject:<id>)")));
+            return Ok(Err(format!("`{reference}` is not a credential reference (card:, pin:, nfc: or plate: and 24 hex digits from `gate credential-ref`, subject:<id>, or pass:<visitor pass id>)")));
         }
         let holder = self.dir.holder_of(reference).map(String::from);
         let mut out = self.advance(now)?;
@@ -795,7 +795,11 @@ impl Gateway {
         if !door.accepts(kind) {
             return self.emit(now, host_deny(format!("{kind} is not accepted at this door"), "not-accepted", None), out);
         }
-        let (credential, subject) = match self.resolve(input) {
+        let resolved = match input {
+            Input::Qr { code, .. } => self.resolve_pass(code, now).map(|(c, s, p)| (c, s, Some(p))),
+            _ => self.resolve(input).map(|(c, s)| (c, s, None)),
+        };
+        let (credential, subject, scanned) = match resolved {
             Ok(x) => x,
             Err((reason, by)) => return self.emit(now, host_deny(reason, by, None), out),
         };
@@ -807,6 +811,15 @@ impl Gateway {
         if self.locks_out(&door.id, direction, kind) {
             return self.emit(now, host_deny("door locked by an operator".into(), "locked", subject.map(|s| s.id)), out);
         }
+        // Visitor passes: the host's window, doors, uses, one grant per code step and
+        // revocation, before any plugin is asked (exits: revocation only, never counted).
+        let pass = match scanned {
+            Some(s) => match self.pass_refusal(&s, &door.id, direction, now)? {
+                Some((reason, by)) => return self.emit(now, host_deny(reason, by, subject.map(|s| s.id)), out),
+                None => (direction == Direction::Entry).then_some(s),
+            },
+            None => None,
+        };
 
         self.pending.retain(|_, p| p.expires_at > now);
         let prior = self.pending.get(&door.id).map(|p| p.prior.clone()).unwrap_or_default();
@@ -822,7 +835,7 @@ impl Gateway {
             subject: subject.as_ref().map(|s| wit::Subject { id: s.id.clone(), role: to_wit_role(s.role), groups: s.groups.clone() }),
             prior,
         };
-        let req = AccessRequest { door, event, kind, subject, direction, at: now };
+        let req = AccessRequest { door, event, kind, subject, direction, at: now, pass };
         let (req, decided) = match &mut self.policy {
             Policy::Inline(engine) => {
                 let d = engine.decide(&req.door, &req.event, req.kind, req.subject.as_ref(), now);
@@ -848,12 +861,24 @@ impl Gateway {
 
     /// Logs a decision, remembers a pending multi-factor attempt, and opens the door on a grant.
     fn apply_decision(&mut self, now: i64, req: AccessRequest, decided: Decided, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
-        let AccessRequest { door, event, kind, subject, direction, .. } = req;
+        let AccessRequest { door, event, kind, subject, direction, pass, .. } = req;
         let mut decided = decided;
         // The door may have been locked while the plugin decided.
         if matches!(decided.verdict, Verdict::Grant { .. }) && self.locks_out(&door.id, direction, kind) {
             decided.verdict = Verdict::Deny { reason: "door locked by an operator".into() };
             decided.by = "host:locked".into();
+        }
+        // A pass may have been used up, revoked or had its code used by another read while
+        // the plugin decided: checked again against the log before the grant is counted.
+        let mut counted = None;
+        if let (Verdict::Grant { .. }, Some(s)) = (&decided.verdict, &pass) {
+            match self.pass_refusal(s, &door.id, direction, now)? {
+                Some((reason, by)) => {
+                    decided.verdict = Verdict::Deny { reason };
+                    decided.by = format!("host:{by}");
+                }
+                None => counted = Some(crate::store::PassGrant { pass: &s.pass.pass, step: s.step, not_after_ms: s.pass.not_after_ms }),
+            }
         }
         for r in decided.health {
             self.emit(now, r, out)?;
@@ -876,8 +901,9 @@ impl Gateway {
             self.pending.remove(&door.id);
         }
         let record = Record::Decision { door: door.id.clone(), direction, credential: kind, subject: subject_id, outcome, open_ms, reason, factors, by: decided.by };
-        // The decision is in the log, under the id its plugin saw, before the relay moves.
-        self.emit_as(now, record, Some(event.id.clone()), out)?;
+        // The decision is in the log, under the id its plugin saw, before the relay moves; a
+        // granted pass's use is counted in the same transaction.
+        self.emit_counting(now, record, Some(event.id.clone()), counted, out)?;
         if let Verdict::Escalate { target } = &decided.verdict {
             if let Some(resident) = target.strip_prefix("call-resident:") {
                 self.start_call(now, &door.id, resident, "escalated by the policy", out)?;
@@ -895,6 +921,33 @@ impl Gateway {
     /// in), and never a guard's release at the door.
     fn locks_out(&self, door: &str, direction: Direction, kind: CredentialKind) -> bool {
         self.doors.mode(door) == DoorMode::Locked && direction == Direction::Entry && kind != CredentialKind::GuardRelease
+    }
+
+    /// Verifies a scanned visitor pass (signature, fields, dynamic code) at `now`, and that
+    /// its host is a resident here. Errors are host denials (reason, tag).
+    fn resolve_pass(&self, code: &str, now: i64) -> Result<(wit::Credential, Option<Subject>, crate::visitor::Scanned), (String, &'static str)> {
+        use crate::visitor::PassError;
+        let s = self.dir.scan_qr(code, now).map_err(|e| {
+            let by = if matches!(e, PassError::Code | PassError::NoCodeKey) { "pass-code" } else { "qr-invalid" };
+            (e.to_string(), by)
+        })?;
+        if !self.dir.subject(&s.pass.host).is_some_and(|h| h.role == crate::event::Role::Resident) {
+            return Err((format!("visitor pass: its host `{}` is not a resident of this site", s.pass.host), "pass-host"));
+        }
+        let cred = wit::Credential::Qr(wit::VisitorPass { host_subject: s.pass.host.clone(), valid_until_ms: s.pass.not_after_ms });
+        let visitor = Subject { id: s.pass.visitor.clone(), role: crate::event::Role::Visitor, groups: Vec::new() };
+        Ok((cred, Some(visitor), s))
+    }
+
+    /// Why the host refuses this verified pass at `door` now, from its durable count and
+    /// revocation (`pass:<id>`); exits are refused only when the pass is revoked.
+    fn pass_refusal(&self, s: &crate::visitor::Scanned, door: &str, direction: Direction, now: i64) -> Result<Option<(String, &'static str)>, GatewayError> {
+        let revoked = self.dir.is_revoked(&format!("pass:{}", s.pass.pass));
+        if direction == Direction::Exit {
+            return Ok(revoked.then(|| ("visitor pass: revoked".to_string(), "pass-revoked")));
+        }
+        let state = self.log.pass_use(&s.pass.pass)?;
+        Ok(crate::visitor::refusal(s, door, now, state, revoked))
     }
 
     /// Verifies the credential and finds its subject. Errors are host denials (reason, tag).
@@ -918,11 +971,7 @@ impl Gateway {
                 };
                 (wit::Credential::Face(wit::FaceMatch { band, liveness }), who)
             }
-            Input::Qr { code, .. } => {
-                let pass = self.dir.verify_qr(code).map_err(|e| (e.to_string(), "qr-invalid"))?;
-                let cred = wit::Credential::Qr(wit::VisitorPass { host_subject: pass.host_subject, valid_until_ms: pass.valid_until_ms });
-                (cred, Some(pass.visitor))
-            }
+            Input::Qr { .. } => return Err(("not resolved here".into(), "internal")),
             Input::GuardRelease { guard, .. } => match self.dir.subject(guard) {
                 Some(s) if s.role == crate::event::Role::Guard => (wit::Credential::GuardRelease, Some(s.clone())),
                 _ => return Err((format!("`{guard}` is not a guard of this site"), "not-a-guard")),
@@ -943,8 +992,12 @@ impl Gateway {
     }
 
     fn emit_as(&mut self, at: i64, record: Record, id: Option<String>, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
+        self.emit_counting(at, record, id, None, out)
+    }
+
+    fn emit_counting(&mut self, at: i64, record: Record, id: Option<String>, pass: Option<crate::store::PassGrant<'_>>, out: &mut Vec<Timed>) -> Result<(), GatewayError> {
         let id = match id {
-            Some(id) => self.log.append_with_id(at, &record, id)?,
+            Some(id) => self.log.append_counting(at, &record, id, pass)?,
             None => self.log.append(at, &record)?,
         };
         self.audit_record(at, &id, &record);

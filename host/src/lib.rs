@@ -32,4 +32,5 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod trace;
+pub mod visitor;
 pub mod worker;

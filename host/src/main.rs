@@ -234,17 +234,50 @@ enum SubjectCmd {
 
 #[derive(Subcommand)]
 enum QrCmd {
-    /// Sign a visitor pass with an issuer's Ed25519 secret key (hex).
+    /// Sign a visitor pass with an issuer's Ed25519 secret key (hex): pseudonymous ids, doors,
+    /// a validity window and a number of uses. Prints the signed pass (keep it; show it with `qr show`).
     Sign {
         #[arg(long)]
         key_hex: String,
+        /// The pass's own pseudonymous id (uses are counted and revocations made by it), e.g. p-20261205-0042.
+        #[arg(long)]
+        pass: String,
+        /// Pseudonymous visitor id, e.g. v-20261205-07 (never a name, phone or ID number).
         #[arg(long)]
         visitor: String,
+        /// Pseudonymous id of the inviting resident (a subject of the site).
         #[arg(long)]
         host: String,
-        /// End of validity, RFC 3339.
+        /// A door the pass opens (repeat for several, 1..=16).
+        #[arg(long = "door", required = true)]
+        doors: Vec<String>,
+        /// Start of validity, RFC 3339 (inclusive).
         #[arg(long)]
-        valid_until: String,
+        not_before: String,
+        /// End of validity, RFC 3339 (exclusive; at most 366 days after --not-before).
+        #[arg(long, alias = "valid-until")]
+        not_after: String,
+        /// Entries it grants, 1..=1000.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Print what the visitor's phone shows now (or --at TIME): the signed pass with its current
+    /// dynamic code. It changes every 15 s; a property platform serves it to the phone.
+    Show {
+        /// The site's code key file (`gate qr code-keygen`; the gateways' `qr.code_key`).
+        #[arg(long)]
+        code_key: PathBuf,
+        /// The time to show the code for, RFC 3339 (default: now).
+        #[arg(long)]
+        at: Option<String>,
+        /// The signed pass from `gate qr sign`.
+        pass: String,
+    },
+    /// Make a site's code key for visitor passes' dynamic codes (mode 0600): set it as the
+    /// gateways' `qr.code_key` and give the property platform a copy. Never shown to visitors.
+    CodeKeygen {
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print the public key (hex) of an issuer's secret key, for `qr.issuer_keys`.
     PublicKey {
@@ -517,10 +550,24 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
                 Ok(ed25519_dalek::SigningKey::from_bytes(&b))
             };
             match cmd {
-                QrCmd::Sign { key_hex, visitor, host, valid_until } => {
-                    let until = gate::clock::parse_rfc3339(&valid_until).map_err(|m| input(anyhow::anyhow!("--valid-until: {m}")))?;
-                    let p = gate::credentials::PassPayload { visitor, host, valid_until_ms: until };
-                    println!("{}", gate::credentials::sign_pass(&key(&key_hex)?, &p));
+                QrCmd::Sign { key_hex, pass, visitor, host, doors, not_before, not_after, uses } => {
+                    let not_before_ms = gate::clock::parse_rfc3339(&not_before).map_err(|m| input(anyhow::anyhow!("--not-before: {m}")))?;
+                    let not_after_ms = gate::clock::parse_rfc3339(&not_after).map_err(|m| input(anyhow::anyhow!("--not-after: {m}")))?;
+                    let p = gate::visitor::Pass { pass, visitor, host, doors, not_before_ms, not_after_ms, uses };
+                    println!("{}", gate::visitor::issue(&key(&key_hex)?, &p).map_err(|e| input(anyhow::anyhow!("{e}")))?);
+                }
+                QrCmd::Show { code_key, at, pass } => {
+                    let at_ms = match at {
+                        Some(t) => gate::clock::parse_rfc3339(&t).map_err(|m| input(anyhow::anyhow!("--at: {m}")))?,
+                        None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+                    };
+                    let key = gate::visitor::CodeKey::load(&code_key).map_err(|e| input(anyhow::anyhow!("--code-key: {e}")))?;
+                    println!("{}", gate::visitor::displayed(&key, &pass, at_ms).map_err(|e| input(anyhow::anyhow!("{e}")))?);
+                }
+                QrCmd::CodeKeygen { out } => {
+                    let k = gate::visitor::CodeKey::generate().map_err(|e| runtime(anyhow::anyhow!(e)))?;
+                    k.save(&out).map_err(|e| input(anyhow::anyhow!(e)))?;
+                    println!("code key written to {} (mode 0600); set `code_key` in [qr] of the site's gateways and give the property platform a copy", out.display());
                 }
                 QrCmd::PublicKey { key_hex } => println!("{}", hex::encode(key(&key_hex)?.verifying_key().to_bytes())),
             }

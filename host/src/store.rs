@@ -54,6 +54,16 @@ CREATE TABLE IF NOT EXISTS unit_pins (
     pin_sha256 TEXT NOT NULL,
     event_id   TEXT NOT NULL
 );
+-- Visitor passes: entries granted so far and the time step of the last granting code,
+-- written in the transaction of the granting decision (a restart does not reset them).
+-- A row goes with retention once its pass has expired (it can grant nothing then).
+CREATE TABLE IF NOT EXISTS visitor_passes (
+    pass         TEXT PRIMARY KEY,
+    used         INTEGER NOT NULL,
+    last_step    INTEGER NOT NULL,
+    not_after_ms INTEGER NOT NULL,
+    event_id     TEXT NOT NULL
+);
 -- Counters of the log: `boot`, one more at every open before any id is handed out; and
 -- `max_seq`, the highest seq ever used, kept when retention purges the rows that held it.
 CREATE TABLE IF NOT EXISTS log_meta (
@@ -61,6 +71,15 @@ CREATE TABLE IF NOT EXISTS log_meta (
     value INTEGER NOT NULL
 );
 ";
+
+/// A granting decision's visitor pass, counted with it: the pass id, the step of the code
+/// that was granted, and the end of the pass's window (when its count may be purged).
+#[derive(Clone, Copy, Debug)]
+pub struct PassGrant<'a> {
+    pub pass: &'a str,
+    pub step: i64,
+    pub not_after_ms: i64,
+}
 
 /// The gateway's event log.
 pub struct EventLog {
@@ -217,13 +236,19 @@ impl EventLog {
     /// Records that change lasting access state (door modes, revocations) update their
     /// state table in the same transaction, so a restart finds what the log says.
     pub fn append_with_id(&mut self, at_ms: i64, record: &Record, id: String) -> Result<String, StoreError> {
+        self.append_counting(at_ms, record, id, None)
+    }
+
+    /// Like [`EventLog::append_with_id`]; with `pass` (a granting decision for a visitor
+    /// pass) the pass's use is counted in the same transaction.
+    pub fn append_counting(&mut self, at_ms: i64, record: &Record, id: String, pass: Option<PassGrant<'_>>) -> Result<String, StoreError> {
         let mut buf = std::mem::take(&mut self.body);
         buf.clear();
         let written = serde_json::to_writer(&mut buf, record);
         let result = written.map_err(StoreError::from).and_then(|()| {
             // serde_json writes UTF-8 only.
             let body = std::str::from_utf8(&buf).map_err(|e| StoreError::Encode(serde::ser::Error::custom(e)))?;
-            self.insert_with_state(at_ms, record, &id, body)
+            self.insert_with_state(at_ms, record, &id, body, pass)
         });
         self.body = buf;
         result?;
@@ -232,8 +257,19 @@ impl EventLog {
     }
 
     /// Writes the row, and the lasting access state the record changes, in one transaction.
-    fn insert_with_state(&mut self, at_ms: i64, record: &Record, id: &str, body: &str) -> Result<(), StoreError> {
+    fn insert_with_state(&mut self, at_ms: i64, record: &Record, id: &str, body: &str, pass: Option<PassGrant<'_>>) -> Result<(), StoreError> {
         let seq = self.next_seq;
+        if let Some(g) = pass {
+            let tx = self.conn.savepoint()?;
+            insert_event(&tx, seq, id, at_ms, record, body)?;
+            tx.execute(
+                "INSERT INTO visitor_passes (pass, used, last_step, not_after_ms, event_id) VALUES (?1, 1, ?2, ?3, ?4) \
+                 ON CONFLICT(pass) DO UPDATE SET used = used + 1, last_step = MAX(last_step, excluded.last_step), event_id = excluded.event_id",
+                params![g.pass, g.step, g.not_after_ms, id],
+            )?;
+            tx.commit()?;
+            return Ok(());
+        }
         match record {
             Record::DoorMode { door, mode, until_ms, .. } => {
                 let tx = self.conn.savepoint()?;
@@ -307,6 +343,12 @@ impl EventLog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// A visitor pass's uses so far and the step of its last granting code (zero uses if never used).
+    pub fn pass_use(&self, pass: &str) -> Result<crate::visitor::PassUse, StoreError> {
+        let row: Option<(i64, i64)> = self.conn.query_row("SELECT used, last_step FROM visitor_passes WHERE pass = ?1", [pass], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        Ok(row.map_or_else(Default::default, |(used, last)| crate::visitor::PassUse { used: u32::try_from(used).unwrap_or(u32::MAX), last_step: Some(last) }))
+    }
+
     /// Unit doors' current PIN hashes: (door, sha256 hex).
     pub fn unit_pins(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut st = self.conn.prepare("SELECT door, pin_sha256 FROM unit_pins")?;
@@ -338,6 +380,8 @@ impl EventLog {
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE (kind = 'alarm' AND at_ms < ?2) OR (kind <> 'alarm' AND at_ms < ?1) ORDER BY seq LIMIT ?3)",
             params![others_before_ms, alarms_before_ms, limit],
         )?;
+        // Use counts of visitor passes that expired before the events' bound: they grant nothing.
+        tx.execute("DELETE FROM visitor_passes WHERE not_after_ms < ?1", [others_before_ms])?;
         tx.commit()?;
         Ok(n as u64)
     }
@@ -466,6 +510,11 @@ mod tests {
         log.append(5, &Record::Revoked { credential: "subject:r-1".into(), holder: None, reason: "moved out".into(), by: "remote:ops".into() }).unwrap();
         log.append(6, &Record::Reinstated { credential: "subject:r-1".into(), holder: None, reason: "by mistake".into(), by: "remote:ops".into() }).unwrap();
         let id = log.replace_unit_pin(7, "a", "ab12", &Record::UnitPin { door: "a".into(), by: "remote:ops".into() }).unwrap();
+        let grant = Record::Alarm { door: "a".into(), alarm: AlarmKind::Fire, active: false };
+        for step in [10, 12] {
+            let id = log.next_id();
+            log.append_counting(8, &grant, id, Some(PassGrant { pass: "p-1", step, not_after_ms: 1_000 })).unwrap();
+        }
         drop(log);
         let log = EventLog::open(&path, "gw").unwrap();
         assert_eq!(log.door_modes().unwrap(), vec![("a".to_string(), DoorMode::Locked, 100)]);
@@ -473,7 +522,15 @@ mod tests {
         assert_eq!(log.unit_pins().unwrap(), vec![("a".to_string(), "ab12".to_string())]);
         let body = log.get(&id).unwrap().unwrap();
         assert!(body.contains("unit-pin") && !body.contains("ab12"), "the PIN hash stays out of the event: {body}");
-        assert_eq!(log.count().unwrap(), 7);
+        assert_eq!(log.pass_use("p-1").unwrap(), crate::visitor::PassUse { used: 2, last_step: Some(12) });
+        assert_eq!(log.pass_use("p-2").unwrap(), crate::visitor::PassUse::default());
+        assert_eq!(log.count().unwrap(), 9);
+        // Retention: the count stays while the pass may still grant, and goes once it expired.
+        let mut log = log;
+        log.purge_batch(1_000, 0, 10).unwrap();
+        assert_eq!(log.pass_use("p-1").unwrap().used, 2);
+        log.purge_batch(1_001, 0, 10).unwrap();
+        assert_eq!(log.pass_use("p-1").unwrap(), crate::visitor::PassUse::default());
     }
 
     /// Every id in a log file.

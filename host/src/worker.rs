@@ -43,6 +43,8 @@ pub struct AccessRequest {
     pub direction: Direction,
     /// Gateway time the credential was presented.
     pub at: i64,
+    /// A visitor pass presented for entry: checked again and counted when granted.
+    pub pass: Option<crate::visitor::Scanned>,
 }
 
 /// A read handed to a plugin's thread. Whoever takes the request out decides it: the

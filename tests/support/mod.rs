@@ -55,6 +55,7 @@ impl Site {
             .replace("../target/plugins/resident-policy.wasm", plugin(initial).to_str().unwrap())
             .replace("../target/plugins/platform-bridge.wasm", plugin("platform-bridge").to_str().unwrap())
             .replace("\"demo-subjects.toml\"", &format!("{:?}", root().join("configs/demo-subjects.toml")))
+            .replace("\"demo-qr-code.key\"", &format!("{:?}", root().join("configs/demo-qr-code.key")))
             .replace("\"../target/demo-state\"", &format!("{:?}", dir.path().join("state")));
         let ref_key = dir.path().join("site.refkey");
         let o = gate(&["fleet", "ref-keygen", "--out", ref_key.to_str().unwrap()]);
@@ -268,9 +269,8 @@ pub fn wait_all_published(site: &Site, got: &Received, logged: &[String], timeou
         std::thread::sleep(Duration::from_millis(100));
     }
     let fleet = site.db.with_file_name("fleet/fleet.sqlite");
-    let cursor: Option<i64> = rusqlite::Connection::open_with_flags(&fleet, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .ok()
-        .and_then(|c| c.query_row("SELECT cursor FROM outbox_state", [], |r| r.get(0)).ok());
+    let cursor: Option<i64> =
+        rusqlite::Connection::open_with_flags(&fleet, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok().and_then(|c| c.query_row("SELECT cursor FROM outbox_state", [], |r| r.get(0)).ok());
     let missing = missing();
     let seqs: Vec<i64> = site.event_ids().into_iter().filter(|(_, id)| missing.contains(id)).map(|(s, _)| s).collect();
     panic!(

@@ -21,6 +21,7 @@ pub const PLUGINS: &[&str] = &[
     "kv-keyspace",
     "giant-need-factor",
     "slow-policy",
+    "grant-all",
 ];
 
 const TARGET: &str = "wasm32-wasip2";
