@@ -15,6 +15,41 @@
 
 use std::collections::BTreeMap;
 
+/// The body of a call event as the gateway logs it and publishes it on
+/// `gate/v1/{site}/{gateway}/events` (signed like every event): what an indoor station, the
+/// property platform's phone bridge or a guard app reads to ring, and to show the call
+/// history. Schema: `host/schema/call-event.json`.
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallEventDoc {
+    /// Always `call`.
+    pub kind: String,
+    /// The call's id: what an answer names.
+    pub call: String,
+    pub door: String,
+    /// The pseudonymous resident called (the platform maps it to the unit's station).
+    pub subject: String,
+    /// ringing-indoor, ringing-phone, ringing-guard, answered, declined, unanswered,
+    /// refused (an answer that was not taken) or ended-by-restart.
+    pub step: String,
+    /// Who answered: indoor, phone or guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// For a ringing step: when this stage gives up (Unix ms, gateway time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who sent the answer (`remote:<key id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// The JSON Schema of a call event's body, as published in `host/schema/call-event.json`.
+pub fn schema() -> String {
+    serde_json::to_string_pretty(&schemars::schema_for!(CallEventDoc)).unwrap_or_default() + "\n"
+}
+
 /// Where a live call is ringing now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
@@ -213,6 +248,28 @@ mod tests {
 
     fn steps(v: &[Step]) -> Vec<&str> {
         v.iter().map(|s| s.step).collect()
+    }
+
+    #[test]
+    fn the_published_schema_is_current_and_describes_the_logged_record() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/call-event.json");
+        let want = schema();
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(want.as_str()) {
+            std::fs::write(&path, &want).unwrap();
+            panic!("host/schema/call-event.json was stale and has been regenerated: review and commit it");
+        }
+        let r = crate::event::Record::Call {
+            call: "call-1".into(),
+            door: "gate".into(),
+            subject: "r-1".into(),
+            step: "answered".into(),
+            via: Some("phone".into()),
+            until_ms: Some(1),
+            reason: Some("x".into()),
+            by: Some("remote:k".into()),
+        };
+        let doc: CallEventDoc = serde_json::from_value(serde_json::to_value(&r).unwrap()).expect("the record is what the schema says");
+        assert_eq!((doc.kind.as_str(), doc.step.as_str()), ("call", "answered"));
     }
 
     #[test]
