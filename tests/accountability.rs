@@ -225,8 +225,8 @@ fn enrol(site: &support::Site, subject: &str, photos: &[&str]) {
 /// cut after its published checkpoint is caught with that checkpoint.
 #[test]
 fn gateways_publish_their_month_and_the_site_report_counts_each_person_once() {
-    use support::{card_reads, publish_raw, retained, wait_until, Site, SITE};
     use std::time::Duration;
+    use support::{card_reads, publish_raw, retained, wait_until, Site, SITE};
     let broker = support::broker();
     let north = Site::new(&broker, "resident-policy", 5);
     let south = Site::new(&broker, "resident-policy", 5);

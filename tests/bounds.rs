@@ -107,10 +107,17 @@ fn a_damaged_event_log_is_moved_aside_said_and_audited_and_no_id_repeats() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = demo_site(tmp.path(), true, |c| c);
     let cfg_s = cfg.to_str().unwrap();
-    let reads: Vec<String> = (0..400).map(|i| format!(r#"{{"at":{},"input":{{"kind":"card","door":"north-gate","number":"{}"}}}}"#, 1000 + i * 50, ["10012345", "10012346", "10012347", "99999999"][i % 4])).collect();
+    let reads: Vec<String> =
+        (0..400).map(|i| format!(r#"{{"at":{},"input":{{"kind":"card","door":"north-gate","number":"{}"}}}}"#, 1000 + i * 50, ["10012345", "10012346", "10012347", "99999999"][i % 4])).collect();
     let t = trace(tmp.path(), &reads.iter().map(String::as_str).collect::<Vec<_>>());
     let db = tmp.path().join("state/events.sqlite");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gate")).current_dir(root()).args(["run", "--config", cfg_s, "--trace", t.to_str().unwrap(), "--speed", "1"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
+        .current_dir(root())
+        .args(["run", "--config", cfg_s, "--trace", t.to_str().unwrap(), "--speed", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let logged = |db: &Path| -> Vec<String> {
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .and_then(|c| c.prepare("SELECT id FROM events").and_then(|mut s| s.query_map([], |r| r.get(0))?.collect()))
@@ -157,7 +164,10 @@ fn a_damaged_event_log_is_moved_aside_said_and_audited_and_no_id_repeats() {
 fn a_pin_trace_naming_an_unwired_line_exits_2_with_its_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = demo_site(tmp.path(), true, |c| c);
-    let t = trace(tmp.path(), &[r#"{"at":1000,"input":{"kind":"line","line":"north-in.d0","level":false,"at_us":1000000}}"#, r#"{"at":1001,"input":{"kind":"line","line":"garage.d9","level":false,"at_us":1001000}}"#]);
+    let t = trace(
+        tmp.path(),
+        &[r#"{"at":1000,"input":{"kind":"line","line":"north-in.d0","level":false,"at_us":1000000}}"#, r#"{"at":1001,"input":{"kind":"line","line":"garage.d9","level":false,"at_us":1001000}}"#],
+    );
     let o = gate(&["run", "--config", cfg.to_str().unwrap(), "--simulate", t.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains(&format!("{}:3: trace line `garage.d9`", t.display())) && text(&o).contains("configured lines:"), "{}", text(&o));

@@ -561,17 +561,21 @@ fn the_platform_syncs_the_directory_and_the_gateway_decides_by_it_at_once_and_af
     let pin = |p: &str| keyed_credential_ref(&refkey, CredentialKind::Pin, &pin_hash(SITE, p));
     let resident = |id: &str, creds: Vec<String>| DirectorySubject { id: id.into(), role: "resident".into(), groups: vec!["building-3".into()], credentials: creds };
     // Reads at building-3 every 250 ms: cards A, B, C, then PINs 1111 and 2222, over and over.
-    let reads: Vec<String> = [r#"{"kind":"card","door":"building-3","number":"30000001"}"#, r#"{"kind":"card","door":"building-3","number":"30000002"}"#, r#"{"kind":"card","door":"building-3","number":"30000003"}"#]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["111111", "222222"].iter().map(|p| format!(r#"{{"kind":"pin","door":"building-3","pin":"{p}"}}"#)))
-        .collect();
+    let reads: Vec<String> =
+        [r#"{"kind":"card","door":"building-3","number":"30000001"}"#, r#"{"kind":"card","door":"building-3","number":"30000002"}"#, r#"{"kind":"card","door":"building-3","number":"30000003"}"#]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["111111", "222222"].iter().map(|p| format!(r#"{{"kind":"pin","door":"building-3","pin":"{p}"}}"#)))
+            .collect();
     let trace = site.trace("dir-sync", 2_000, 250, &reads);
     let gw = site.run(&trace);
     wait_until("the gateway to report online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
     // (seq, credential, subject, outcome) of every decision.
     let decided = || -> Vec<(i64, String, Option<String>, String)> {
-        site.records("decision").into_iter().map(|(s, d)| (s, d["credential"].as_str().unwrap_or("").to_string(), d["subject"].as_str().map(String::from), d["outcome"].as_str().unwrap_or("").to_string())).collect()
+        site.records("decision")
+            .into_iter()
+            .map(|(s, d)| (s, d["credential"].as_str().unwrap_or("").to_string(), d["subject"].as_str().map(String::from), d["outcome"].as_str().unwrap_or("").to_string()))
+            .collect()
     };
     let granted_after = |seq: i64, subject: &str, credential: &str| decided().iter().any(|(s, c, who, o)| *s > seq && c == credential && who.as_deref() == Some(subject) && o == "grant");
     let last_seq = || site.records("decision").last().map_or(0, |(s, _)| *s);

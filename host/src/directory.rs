@@ -277,6 +277,9 @@ impl DirectoryDb {
     }
 }
 
+/// The credentials a subject held before a change (as stored), to take out of memory.
+type Held = Vec<(CredentialKind, String)>;
+
 /// Most credentials one synced subject may hold, and most groups.
 pub const MAX_SYNC_CREDENTIALS: usize = 32;
 pub const MAX_SYNC_GROUPS: usize = 64;
@@ -285,8 +288,15 @@ pub const MAX_SYNC_GROUPS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncOp {
     /// Add the subject or replace what it holds; credentials are keyed references.
-    Upsert { id: String, role: Role, groups: Vec<String>, credentials: Vec<(CredentialKind, String)> },
-    Remove { id: String },
+    Upsert {
+        id: String,
+        role: Role,
+        groups: Vec<String>,
+        credentials: Vec<(CredentialKind, String)>,
+    },
+    Remove {
+        id: String,
+    },
 }
 
 /// How a sync message is applied.
@@ -327,7 +337,10 @@ pub fn sync_upsert(id: &str, role: &str, groups: &[String], credentials: &[Strin
         match kind {
             Some(k) => creds.push((k, c.clone())),
             None => {
-                return Err(format!("subject `{id}`: credential {:?} is not a keyed reference (card:, pin:, nfc: or plate: and 24 hex digits, from `gate credential-ref`)", crate::plugin::text::sanitize(c, 40)))
+                return Err(format!(
+                    "subject `{id}`: credential {:?} is not a keyed reference (card:, pin:, nfc: or plate: and 24 hex digits, from `gate credential-ref`)",
+                    crate::plugin::text::sanitize(c, 40)
+                ))
             }
         }
     }
@@ -389,7 +402,7 @@ impl DirectoryDb {
         }
         let mut summary = SyncSummary { version: current, ..Default::default() };
         // (id, credentials held before: None when the subject is new, op) for the memory update.
-        let mut applied: Vec<(Option<Vec<(CredentialKind, String)>>, SyncOp)> = Vec::with_capacity(ops.len());
+        let mut applied: Vec<(Option<Held>, SyncOp)> = Vec::with_capacity(ops.len());
         let mut all_ops: Vec<SyncOp> = ops.to_vec();
         if let SyncStep::SnapshotPage { page, pages, .. } = step {
             let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO snapshot_seen (id) VALUES (?1)").map_err(sql)?;
@@ -414,11 +427,8 @@ impl DirectoryDb {
                     SyncOp::Upsert { id, .. } | SyncOp::Remove { id } => id.clone(),
                 };
                 let present = exists.exists([&id]).map_err(sql)?;
-                let held: Vec<(CredentialKind, String)> = held_st
-                    .query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                    .map_err(sql)?
-                    .filter_map(|r| r.ok().and_then(|(k, v)| Some((kind_of(&k)?, v))))
-                    .collect();
+                let held: Vec<(CredentialKind, String)> =
+                    held_st.query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(sql)?.filter_map(|r| r.ok().and_then(|(k, v)| Some((kind_of(&k)?, v)))).collect();
                 match &op {
                     SyncOp::Remove { .. } => {
                         if !present {
@@ -430,7 +440,11 @@ impl DirectoryDb {
                     }
                     SyncOp::Upsert { role, groups, credentials, .. } => {
                         let groups_json = serde_json::to_string(groups).unwrap_or_else(|_| "[]".into());
-                        tx.execute("INSERT INTO subjects (id, role, groups) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET role = excluded.role, groups = excluded.groups", params![id, role_str(*role), groups_json]).map_err(sql)?;
+                        tx.execute(
+                            "INSERT INTO subjects (id, role, groups) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET role = excluded.role, groups = excluded.groups",
+                            params![id, role_str(*role), groups_json],
+                        )
+                        .map_err(sql)?;
                         tx.execute("DELETE FROM credentials WHERE subject = ?1", [&id]).map_err(sql)?;
                         for (kind, value) in credentials {
                             if let Some(other) = holder.query_row(params![kind.as_str(), value], |r| r.get::<_, String>(0)).optional().map_err(sql)? {

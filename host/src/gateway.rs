@@ -417,7 +417,8 @@ impl Gateway {
         };
         let mut out = self.advance(now)?;
         let count = |v: &Vec<String>| u32::try_from(v.len()).unwrap_or(u32::MAX);
-        let record = Record::DirectorySynced { version: summary.version, added: count(&summary.added), changed: count(&summary.changed), removed: count(&summary.removed), by: format!("remote:{sender}") };
+        let record =
+            Record::DirectorySynced { version: summary.version, added: count(&summary.added), changed: count(&summary.changed), removed: count(&summary.removed), by: format!("remote:{sender}") };
         self.emit(now, record, &mut out)?;
         if let Some(a) = self.audit.as_mut() {
             let detail = serde_json::json!({"version": summary.version, "added": summary.added, "changed": summary.changed, "removed": summary.removed});

@@ -104,7 +104,7 @@ mod tests {
     fn the_last_complete_month_and_when_the_next_falls_due_in_site_time() {
         // 2026-12-01T00:30+08:00 is still November in UTC, but December at the site.
         let t = time::OffsetDateTime::parse("2026-12-01T00:30:00+08:00", &time::format_description::well_known::Rfc3339).unwrap();
-        let now = (t.unix_timestamp() * 1000) as i64;
+        let now = t.unix_timestamp() * 1000;
         let (p, due) = last_complete_month(now, 480).unwrap();
         assert_eq!(p, "2026-11");
         assert_eq!(due, month_bounds("2027-01", 480).unwrap().0);

@@ -835,7 +835,18 @@ mod tests {
         let outbox = Outbox::open(&path, &dir.path().join("fleet.sqlite"), Default::default()).unwrap();
         let mut cfg = LinkConfig::new(BrokerConfig { host: "127.0.0.1".into(), port: 1, tls: None, username: None, password: None, keep_alive_secs: 5 }, "s", "g");
         cfg.plugin_limits = PluginLimits { per_second: 1, burst: 3, max_payload: 8 };
-        let status = Status { site: "s".into(), gateway: "g".into(), online: true, host_version: "0.1.0".parse().unwrap(), plugins: vec![], last_job: None, outbox: None, directory_version: None, event_log_recovered: None, at_ms: 0 };
+        let status = Status {
+            site: "s".into(),
+            gateway: "g".into(),
+            online: true,
+            host_version: "0.1.0".parse().unwrap(),
+            plugins: vec![],
+            last_job: None,
+            outbox: None,
+            directory_version: None,
+            event_log_recovered: None,
+            at_ms: 0,
+        };
         let (_link, h, _rx) = Link::new(cfg, outbox, status).unwrap();
         assert!(matches!(h.plugin_publish("bridge", "../x", vec![]), Err(PluginPublishError::InvalidTopic(_))));
         assert_eq!(h.plugin_publish("bridge", "a", vec![0; 9]), Err(PluginPublishError::PayloadTooLarge(9)));

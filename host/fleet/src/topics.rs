@@ -163,7 +163,10 @@ pub fn site_status_filter(site: &str) -> Result<String, TopicError> {
 /// A month as a topic level: `YYYY-MM`.
 fn check_period(period: &str) -> Result<(), TopicError> {
     let b = period.as_bytes();
-    let ok = b.len() == 7 && b[4] == b'-' && b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) && matches!(&period[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
+    let ok = b.len() == 7
+        && b[4] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit())
+        && matches!(&period[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
     if ok {
         Ok(())
     } else {
