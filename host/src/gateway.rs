@@ -284,6 +284,12 @@ impl Gateway {
     /// before the relay moves, like any grant. Fire release and alarms stay the door
     /// controller's; the command is one-shot (the fleet layer refuses replays).
     pub fn remote_open(&mut self, now: i64, door: &str, command: &str, sender: &str) -> Result<Remote<()>, GatewayError> {
+        self.release_once(now, door, format!("remote command {command} from {sender}"), format!("remote:{sender}"))
+    }
+
+    /// Releases `door` once for a person who decided it (an operator, a guard): a granted
+    /// guard-release decision with `reason` and `by`, logged before the relay moves.
+    fn release_once(&mut self, now: i64, door: &str, reason: String, by: String) -> Result<Remote<()>, GatewayError> {
         let Some(d) = self.cfg.door(door).cloned() else {
             return Ok(Err(format!("this gateway has no door `{door}`")));
         };
@@ -295,9 +301,9 @@ impl Gateway {
             subject: None,
             outcome: Outcome::Grant,
             open_ms: Some(d.open_ms),
-            reason: Some(format!("remote command {command} from {sender}")),
+            reason: Some(reason),
             factors: Vec::new(),
-            by: format!("remote:{sender}"),
+            by,
         };
         self.emit(now, record, &mut out)?;
         for (t, r) in self.doors.grant(&d.id, now, d.open_ms) {
@@ -447,32 +453,14 @@ impl Gateway {
         if reason.trim().is_empty() {
             return Ok(Err("a guard release needs a reason (it is kept in the event log)".into()));
         }
-        let Some(d) = self.cfg.door(door).cloned() else {
-            return Ok(Err(format!("this gateway has no door `{door}`")));
-        };
-        let mut out = self.advance(now)?;
-        let record = Record::Decision {
-            door: d.id.clone(),
-            direction: Direction::Entry,
-            credential: CredentialKind::GuardRelease,
-            subject: None,
-            outcome: Outcome::Grant,
-            open_ms: Some(d.open_ms),
-            reason: Some(format!("{reason} (guard station {station})")),
-            factors: Vec::new(),
-            by: format!("guard:{guard}"),
-        };
-        self.emit(now, record, &mut out)?;
-        for (t, r) in self.doors.grant(&d.id, now, d.open_ms) {
-            self.emit(t, r, &mut out)?;
-        }
-        if let Some(a) = self.audit.as_mut() {
+        let released = self.release_once(now, door, format!("{reason} (guard station {station})"), format!("guard:{guard}"))?;
+        if let (Ok(_), Some(a)) = (&released, self.audit.as_mut()) {
             let detail = serde_json::json!({"command": "open-door", "reason": reason, "station": station});
             if let Err(e) = a.append(now, &format!("guard:{guard}"), crate::audit::Action::GuardCommand, &format!("door:{door}"), detail) {
                 tracing::error!(error = %e, "the audit trail could not record a guard release; the event log holds it");
             }
         }
-        Ok(Ok((out, ())))
+        Ok(released)
     }
 
     /// What needs the guard now: alarms whose last word is "active", and denied attempts of

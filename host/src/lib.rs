@@ -34,3 +34,14 @@ pub mod store;
 pub mod trace;
 pub mod visitor;
 pub mod worker;
+
+/// Checks a published schema in `host/schema/` against what the code generates; a stale
+/// file is regenerated and the test fails, so the change is reviewed and committed.
+#[cfg(test)]
+pub(crate) fn assert_schema_checked_in(file: &str, want: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema").join(file);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(want) {
+        std::fs::write(&path, want).unwrap();
+        panic!("host/schema/{file} was stale and has been regenerated: review and commit it");
+    }
+}
