@@ -161,3 +161,36 @@ fn in_service_a_panel_calls_an_indoor_station_answers_and_a_restart_ends_a_ringi
 fn rand_id() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
+
+/// A call nobody answers indoors or on the phone reaches the guard: `gate guard attention`
+/// lists it, and the guard's answer opens the door once.
+#[test]
+fn a_call_that_falls_through_to_the_guard_is_shown_to_the_guard_who_can_open() {
+    let broker = broker();
+    let site = Site::new(&broker, "resident-policy", 5);
+    let cfg = std::fs::read_to_string(&site.config).unwrap().replace(r#"may = ["deploy", "door", "credentials", "pin"]"#, r#"may = ["deploy", "door", "credentials", "pin", "guard", "intercom"]"#);
+    std::fs::write(&site.config, format!("{cfg}\n[calls]\nindoor_ms = 1000\nphone_ms = 1000\nguard_ms = 600000\n")).unwrap();
+    let key = OperatorKey::load(&site.key).unwrap();
+    let _gw = site.run(&site.trace("idle", 1, 1_000, &[r#"{"kind":"exit-button","door":"north-gate"}"#.to_string()]));
+    wait_until("the gateway online", Duration::from_secs(30), || site.status().contains(&format!("{SITE}\t{GW}\tyes")));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let send = |action: CommandAction| {
+        rt.block_on(async {
+            let mut op = Operator::connect(&broker.plain(), &format!("guard-{}", rand_id()), Duration::from_secs(10)).await.unwrap();
+            op.set_inventory(site.inventory());
+            let r = op.command(&key, SITE, GW, action, Duration::from_secs(20)).await.unwrap();
+            op.disconnect().await;
+            r
+        })
+    };
+    let r = send(CommandAction::CallResident { door: "north-gate".into(), resident: "r-0003".into() });
+    assert!(r.ok, "{r:?}");
+    let id = r.detail.split_whitespace().nth(1).unwrap().to_string();
+    wait_until("the call ringing the guard", Duration::from_secs(20), || site.records("call").iter().any(|(_, c)| c["call"] == id.as_str() && c["step"] == "ringing-guard"));
+    let (code, out) = site.gate_with_broker(&["guard", "attention", "--key", site.key.to_str().unwrap(), "--gateway", &format!("{SITE}/{GW}"), "--guard", "g-0001"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("CALL {id} at north-gate for r-0003 rings the guard")), "{out}");
+    let r = send(CommandAction::AnswerCall { call: id, via: "guard".into(), open: true });
+    assert!(r.ok && r.detail.contains("answered by the guard"), "{r:?}");
+    wait_until("the door opened on the guard's answer", Duration::from_secs(10), || site.records("decision").iter().any(|(_, d)| d["credential"] == "intercom" && d["outcome"] == "grant"));
+}

@@ -229,6 +229,11 @@ impl Calls {
         self.live.values().filter(|c| c.door == door).max_by(|a, b| a.id.cmp(&b.id))
     }
 
+    /// The live calls that fell through to the guard, oldest first.
+    pub fn ringing_guard(&self) -> impl Iterator<Item = &Call> {
+        self.live.values().filter(|c| c.stage == Stage::RingingGuard)
+    }
+
     /// The live call with this id.
     pub fn live_at_id(&self, id: &str) -> Option<&Call> {
         self.live.get(id)

@@ -779,6 +779,15 @@ fn print_reply(site: &str, gw: &str, r: &CommandReply, reply_key: Option<&ReplyK
             for a in alarms {
                 println!("  ALARM {} at {} since {}", a["alarm"].as_str().unwrap_or("?"), a["door"].as_str().unwrap_or("?"), a["since"].as_str().unwrap_or("?"));
             }
+            for c in v["calls_waiting"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "  CALL {} at {} for {} rings the guard until {}",
+                    c["call"].as_str().unwrap_or("?"),
+                    c["door"].as_str().unwrap_or("?"),
+                    c["resident"].as_str().unwrap_or("?"),
+                    c["until"].as_str().unwrap_or("?")
+                );
+            }
             let denied = v["denied"].as_array().cloned().unwrap_or_default();
             println!("  {} denied attempt(s) in the last {} min", denied.len(), v["minutes"]);
             for d in denied {

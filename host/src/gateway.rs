@@ -493,7 +493,8 @@ impl Gateway {
             .take(50)
             .map(|(at, v)| serde_json::json!({"at": crate::replay::local_hms(&clock, at), "door": v["door"], "credential": v["credential"], "reason": v["reason"]}))
             .collect();
-        let calls: Vec<serde_json::Value> = Vec::new();
+        let calls: Vec<serde_json::Value> =
+            self.calls.ringing_guard().map(|c| serde_json::json!({"call": c.id, "door": c.door, "resident": c.resident, "until": crate::replay::local_hms(&clock, c.deadline)})).collect();
         Ok(Ok((Vec::new(), serde_json::json!({"alarms": alarms, "denied": denied, "calls_waiting": calls, "minutes": minutes}))))
     }
 
