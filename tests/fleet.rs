@@ -698,5 +698,31 @@ fn a_guard_opens_as_themselves_and_sees_what_needs_them() {
     let n: usize = denied.split_whitespace().next().unwrap().parse().unwrap();
     assert!(n >= 1 && out.contains("north-gate card denied"), "{out}");
     assert!(!out.contains("55555555"), "no card number reaches the guard station: {out}");
+    // A walk-in visitor registered by the guard gets a pass the gateway signed; it opens the
+    // gate once, at that gateway, after a restart too.
+    let code_key = root().join("configs/demo-qr-code.key");
+    let (code, out) = guard(&["visitor", "--guard", "g-0001", "--visitor", "v-walkin-01", "--host", "r-0002", "--door", "north-gate", "--for", "1h", "--code-key", code_key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let pass = out.lines().find_map(|l| l.split("done: pass ").nth(1)).unwrap_or_else(|| panic!("{out}")).split(" (as").next().unwrap().to_string();
+    assert!(out.contains("show the visitor now: GATEQR2."), "{out}");
+    wait_until("the registration audited", Duration::from_secs(10), || audited(&site, "guard-command").len() == 2);
+    let (code, out) = guard(&["visitor", "--guard", "g-0001", "--visitor", "Zhang San", "--host", "r-0002", "--door", "north-gate"]);
+    assert_eq!(code, 1, "a name is not a pseudonymous id: {out}");
+    drop(gw);
+    let start = time::OffsetDateTime::now_utc();
+    let at = |ms: i64| (start.unix_timestamp_nanos() / 1_000_000) as i64 + ms;
+    let key = gate::visitor::CodeKey::load(&code_key).unwrap();
+    let scan = |ms: i64| format!(r#"{{"kind":"qr","door":"north-gate","code":"{}"}}"#, gate::visitor::displayed(&key, &pass, at(ms)).unwrap());
+    let trace = site.dir.path().join("walk-in.jsonl");
+    std::fs::write(
+        &trace,
+        format!("{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"{}\"}}\n{{\"at\":2000,\"input\":{}}}\n{{\"at\":20000,\"input\":{}}}\n", rfc3339(start), scan(2_000), scan(20_000)),
+    )
+    .unwrap();
+    let gw = site.run(&trace);
+    wait_until("the walk-in visitor's two scans decided", Duration::from_secs(60), || site.records("decision").iter().filter(|(_, d)| d["credential"] == "qr").count() >= 2);
+    let qr: Vec<serde_json::Value> = site.records("decision").into_iter().map(|(_, d)| d).filter(|d| d["credential"] == "qr").collect();
+    assert_eq!((qr[0]["outcome"].as_str(), qr[0]["subject"].as_str()), (Some("grant"), Some("v-walkin-01")), "{qr:?}");
+    assert_eq!(qr[1]["outcome"], "deny", "one use only: {qr:?}");
     drop(gw);
 }

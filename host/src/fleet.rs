@@ -101,6 +101,9 @@ fn execute(gw: &mut Gateway, now: i64, req: &RemoteCommand) -> Result<Result<(Ve
         CommandAction::GuardOpen { door, guard, reason } => gw.guard_open(now, door, guard, reason, sender)?.map(|(recs, ())| (recs, format!("door `{door}` released once by guard {guard}").into())),
         CommandAction::CallResident { door, resident } => gw.remote_call(now, door, resident, sender)?.map(|(recs, d)| (recs, d.into())),
         CommandAction::AnswerCall { call, via, open } => gw.remote_answer(now, call, via, *open, sender)?.map(|(recs, d)| (recs, d.into())),
+        CommandAction::GuardVisitor { guard, visitor, host, doors, for_ms, uses } => {
+            gw.guard_visitor(now, guard, visitor, host, doors, *for_ms, *uses, sender)?.map(|(recs, pass)| (recs, format!("pass {pass}").into()))
+        }
         CommandAction::GuardAttention { guard, minutes } => gw.guard_attention(now, guard, *minutes)?.map(|(recs, v)| (recs, v.to_string().into())),
         CommandAction::DirectorySnapshot { version, page, pages, subjects } => {
             let ops: Result<Vec<_>, String> = subjects.iter().map(|s| crate::directory::sync_upsert(&s.id, &s.role, &s.groups, &s.credentials)).collect();

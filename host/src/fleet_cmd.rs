@@ -678,6 +678,32 @@ pub enum GuardCmd {
         #[arg(long)]
         reason: String,
     },
+    /// Register a walk-in visitor (a pseudonymous id, never a name or ID number) of a
+    /// resident: prints the pass the gateway signed, and with --code-key the code to show now.
+    Visitor {
+        #[command(flatten)]
+        to: CommandTarget,
+        #[arg(long)]
+        guard: String,
+        /// Pseudonymous visitor id, e.g. v-20261205-07.
+        #[arg(long)]
+        visitor: String,
+        /// The resident visited (pseudonymous id).
+        #[arg(long)]
+        host: String,
+        /// Doors the pass opens (repeat, or comma-separated).
+        #[arg(long = "door", value_delimiter = ',', required = true)]
+        doors: Vec<String>,
+        /// How long it is valid from now: e.g. 30m, 2h (1 min to 24 h).
+        #[arg(long = "for", default_value = "2h")]
+        duration: String,
+        /// Entries it grants (1..=10).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+        uses: u32,
+        /// The site's code key (`[qr] code_key`): also print what to show the visitor now.
+        #[arg(long)]
+        code_key: Option<PathBuf>,
+    },
     /// What needs the guard: active alarms (held open, forced, fire) and denied attempts.
     Attention {
         #[command(flatten)]
@@ -692,9 +718,23 @@ pub enum GuardCmd {
 
 /// `gate guard …`
 pub fn guard(cmd: GuardCmd) -> Result<u8, Fail> {
+    if let GuardCmd::Visitor { to, guard, visitor, host, doors, duration, uses, code_key } = cmd {
+        let for_ms = parse_duration_ms(&duration).map_err(|e| bad(anyhow!("--for {e}")))?;
+        let code_key = code_key.map(|p| gate::visitor::CodeKey::load(&p).map_err(|e| bad(anyhow!("--code-key: {e}")))).transpose()?;
+        return send_then(to, CommandAction::GuardVisitor { guard, visitor, host, doors, for_ms, uses }, None, &|detail| {
+            let pass = detail.strip_prefix("pass ").unwrap_or(detail);
+            if let Some(k) = &code_key {
+                match gate::visitor::displayed(k, pass, now_ms() as i64) {
+                    Ok(shown) => println!("show the visitor now: {shown}"),
+                    Err(e) => println!("the pass could not be shown: {e}"),
+                }
+            }
+        });
+    }
     let (to, action) = match cmd {
         GuardCmd::Open { to, door, guard, reason } => (to, CommandAction::GuardOpen { door, guard, reason }),
         GuardCmd::Attention { to, guard, minutes } => (to, CommandAction::GuardAttention { guard, minutes }),
+        GuardCmd::Visitor { .. } => unreachable!("handled above"),
     };
     send(to, action, None)
 }
@@ -729,6 +769,11 @@ pub fn remote(cmd: RemoteCmd) -> Result<u8, Fail> {
 
 /// Signs `action`, sends it to the target gateways and prints each answer.
 fn send(to: CommandTarget, action: CommandAction, reply_key: Option<ReplyKey>) -> Result<u8, Fail> {
+    send_then(to, action, reply_key, &|_| {})
+}
+
+/// As [`send`], then calls `done` with the detail of each successful answer.
+fn send_then(to: CommandTarget, action: CommandAction, reply_key: Option<ReplyKey>, done: &dyn Fn(&str)) -> Result<u8, Fail> {
     let key = OperatorKey::load(&to.key).map_err(bad)?;
     let target = to.target.target()?;
     let timeout = Duration::from_secs(to.broker.timeout.min(300));
@@ -747,7 +792,12 @@ fn send(to: CommandTarget, action: CommandAction, reply_key: Option<ReplyKey>) -
         let mut code = 0;
         for (site, gw, r) in results {
             match r {
-                Ok(r) => code = code.max(print_reply(&site, &gw, &r, reply_key.as_ref())),
+                Ok(r) => {
+                    code = code.max(print_reply(&site, &gw, &r, reply_key.as_ref()));
+                    if r.ok {
+                        done(&r.detail);
+                    }
+                }
                 Err(e) => {
                     code = 1;
                     println!("{site}/{gw}: no answer ({e})");

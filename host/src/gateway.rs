@@ -175,6 +175,10 @@ impl Gateway {
     /// Templates the start erased (orphans, unused) are audited here, once the trail is open.
     pub fn set_audit(&mut self, audit: crate::audit::AuditLog, key: Option<ed25519_dalek::SigningKey>) {
         self.audit = Some(audit);
+        // The device key also signs the passes of walk-in visitors the guard registers.
+        if let Some(k) = &key {
+            self.dir.trust_issuer(k.verifying_key());
+        }
         self.audit_key = key;
         let now = self.clock.now_ms();
         for (id, subject, reason) in std::mem::take(&mut self.erased_at_start) {
@@ -461,6 +465,50 @@ impl Gateway {
             }
         }
         Ok(released)
+    }
+
+    /// The guard registers a walk-in visitor of resident `host`: a pass signed by this
+    /// gateway's device key (which it trusts as an issuer), for `doors`, from now for
+    /// `for_ms` (1 min..=24 h) and `uses` entries (1..=10), enforced at the door like any
+    /// pass. No name or ID number: a pseudonymous visitor id. Audited with the guard.
+    #[allow(clippy::too_many_arguments)]
+    pub fn guard_visitor(&mut self, now: i64, guard: &str, visitor: &str, host: &str, doors: &[String], for_ms: u64, uses: u32, station: &str) -> Result<Remote<String>, GatewayError> {
+        if let Err(why) = self.check_guard(guard) {
+            return Ok(Err(why));
+        }
+        if !self.dir.subject(host).is_some_and(|s| s.role == crate::event::Role::Resident) {
+            return Ok(Err(format!("host `{}` is not a resident here", crate::plugin::text::sanitize(host, 64))));
+        }
+        if let Some(d) = doors.iter().find(|d| self.cfg.door(d).is_none()) {
+            return Ok(Err(format!("this gateway has no door `{}`", crate::plugin::text::sanitize(d, 64))));
+        }
+        if !(60_000..=86_400_000).contains(&for_ms) || !(1..=10).contains(&uses) {
+            return Ok(Err("a walk-in pass lasts 1 min to 24 h and grants 1 to 10 entries".into()));
+        }
+        let Some(key) = self.audit_key.clone() else {
+            return Ok(Err("this gateway has no device key to sign a pass with".into()));
+        };
+        let pass = crate::visitor::Pass {
+            pass: format!("p-{}", self.log.reserve_id().to_ascii_lowercase()),
+            visitor: visitor.to_string(),
+            host: host.to_string(),
+            doors: doors.to_vec(),
+            not_before_ms: now,
+            not_after_ms: now.saturating_add(for_ms as i64),
+            uses,
+        };
+        let text = match crate::visitor::issue(&key, &pass) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Some(a) = self.audit.as_mut() {
+            let detail = serde_json::json!({"command": "register-visitor", "pass": pass.pass, "visitor": visitor, "host": host, "doors": doors, "not_after_ms": pass.not_after_ms, "uses": uses, "station": station});
+            if let Err(e) = a.append(now, &format!("guard:{guard}"), crate::audit::Action::GuardCommand, &format!("pass:{}", pass.pass), detail) {
+                tracing::error!(error = %e, "the audit trail could not record a registered visitor");
+            }
+        }
+        tracing::info!(guard, pass = %pass.pass, visitor, host, "walk-in visitor registered");
+        Ok(Ok((Vec::new(), text)))
     }
 
     /// What needs the guard now: alarms whose last word is "active", and denied attempts of

@@ -74,6 +74,10 @@ pub enum CommandAction {
     /// What needs the guard: active alarms, and denied attempts of the last `minutes`
     /// (1..=120); answered as JSON in the reply's detail.
     GuardAttention { guard: String, minutes: u32 },
+    /// The guard registers a walk-in visitor (pseudonymous id, no name or ID number) of
+    /// resident `host`: the gateway answers with a pass for `doors`, valid from now for
+    /// `for_ms` and `uses` entries, signed by its device key.
+    GuardVisitor { guard: String, visitor: String, host: String, doors: Vec<String>, for_ms: u64, uses: u32 },
     /// A door panel: a visitor calls `resident` (pseudonymous) at `door`; the gateway rings
     /// the indoor station, then the phone, then the guard (`[calls]`).
     CallResident { door: String, resident: String },
@@ -117,7 +121,7 @@ impl CommandAction {
             CommandAction::RevokeCredential { .. } | CommandAction::ReinstateCredential { .. } => Permission::Credentials,
             CommandAction::RotateUnitPin { .. } => Permission::Pin,
             CommandAction::DirectoryChanges { .. } | CommandAction::DirectorySnapshot { .. } => Permission::Directory,
-            CommandAction::GuardOpen { .. } | CommandAction::GuardAttention { .. } => Permission::Guard,
+            CommandAction::GuardOpen { .. } | CommandAction::GuardAttention { .. } | CommandAction::GuardVisitor { .. } => Permission::Guard,
             CommandAction::CallResident { .. } | CommandAction::AnswerCall { .. } => Permission::Intercom,
         }
     }
