@@ -194,3 +194,41 @@ fn a_call_that_falls_through_to_the_guard_is_shown_to_the_guard_who_can_open() {
     assert!(r.ok && r.detail.contains("answered by the guard"), "{r:?}");
     wait_until("the door opened on the guard's answer", Duration::from_secs(10), || site.records("decision").iter().any(|(_, d)| d["credential"] == "intercom" && d["outcome"] == "grant"));
 }
+
+/// The example policy after visitor hours: a valid pass at 23:30 is escalated to a call to
+/// the resident who invited the visitor; the resident's answer on the indoor station opens.
+#[test]
+fn a_late_visitor_with_a_pass_is_let_in_when_the_inviting_resident_answers_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let start_ms: i64 = 1_795_361_400_000 + 86_400_000; // 2026-11-23T23:30:00+08:00
+    let iso = |ms: i64| {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap().to_offset(time::UtcOffset::from_hms(8, 0, 0).unwrap());
+        t.format(&time::format_description::well_known::Rfc3339).unwrap()
+    };
+    assert_eq!(iso(start_ms), "2026-11-23T23:30:00+08:00");
+    let issuer = std::fs::read_to_string(root().join("tests/keys/demo-qr-issuer.hex")).unwrap().trim().to_string();
+    let (nb, na) = (iso(start_ms - 3_600_000), iso(start_ms + 3_600_000));
+    let o =
+        gate(&["qr", "sign", "--key-hex", &issuer, "--pass", "p-late-1", "--visitor", "v-1123-23", "--host", "r-0002", "--door", "north-gate", "--not-before", &nb, "--not-after", &na, "--uses", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let signed = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let o = gate(&["qr", "show", "--code-key", root().join("configs/demo-qr-code.key").to_str().unwrap(), "--at", &iso(start_ms + 1_000), &signed]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let cfg = local_site(dir.path());
+    let trace = dir.path().join("late.jsonl");
+    let qr = format!(r#"{{"kind":"qr","door":"north-gate","code":"{shown}"}}"#);
+    std::fs::write(
+        &trace,
+        format!("{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"{}\"}}\n{{\"at\":1000,\"input\":{qr}}}\n{{\"at\":9000,\"input\":{}}}\n", iso(start_ms), answer("indoor", true)),
+    )
+    .unwrap();
+    let o = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--format", "jsonl"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone()).collect();
+    let d: Vec<&serde_json::Value> = recs.iter().filter(|r| r["kind"] == "decision").collect();
+    assert_eq!((d[0]["credential"].as_str(), d[0]["outcome"].as_str(), d[0]["reason"].as_str()), (Some("qr"), Some("escalate"), Some("call-resident:r-0002")), "{recs:#?}");
+    let calls = steps(&recs);
+    assert_eq!(calls, vec![s("ringing-indoor", None), s("answered", Some("indoor"))], "{recs:#?}");
+    assert_eq!((d[1]["credential"].as_str(), d[1]["outcome"].as_str()), (Some("intercom"), Some("grant")), "{recs:#?}");
+}

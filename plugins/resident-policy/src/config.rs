@@ -16,6 +16,10 @@ pub struct PolicyConfig {
     pub staff_schedule: Schedule,
     /// `contractor-schedule` ("mon-fri 08:00-18:00"): when contractors may enter.
     pub contractor_schedule: Schedule,
+    /// `visitor-hours` ("daily 06:00-23:00"): outside them a visitor's valid pass does not
+    /// open by itself: the resident who invited them is called to confirm (the host rings
+    /// their indoor station, then their phone, then the guard).
+    pub visitor_hours: Schedule,
     /// `face-min-band` ("strong"): weaker face matches must add card, PIN or NFC.
     pub face_min_band: MatchBand,
     /// `face-needs-second-factor-when-liveness-unknown` (true): face + card/PIN/NFC when the
@@ -40,6 +44,7 @@ impl PolicyConfig {
             long_open_group: s.string_or("long-open-group", "needs-longer-opening"),
             staff_schedule: s.schedule_or("staff-schedule", "mon-sat 06:00-22:00")?,
             contractor_schedule: s.schedule_or("contractor-schedule", "mon-fri 08:00-18:00")?,
+            visitor_hours: s.schedule_or("visitor-hours", "daily 06:00-23:00")?,
             face_min_band: s.parse_with("face-min-band", MatchBand::Strong, "strong or weak", MatchBand::parse)?,
             second_factor_when_liveness_unknown: s.bool_or("face-needs-second-factor-when-liveness-unknown", true)?,
             face_alone_doors: s.list_or("face-alone-doors", &[]),

@@ -64,6 +64,10 @@ pub fn decide(event: &AccessEvent, cfg: &PolicyConfig, last_direction: Option<Di
         if entry && event.time.unix_ms > pass.valid_until_ms {
             return Verdict::no_record(Decision::deny(reasons::PASS_EXPIRED));
         }
+        // Late at night the resident who invited the visitor confirms by answering a call.
+        if entry && !cfg.visitor_hours.contains_time(&event.time) {
+            return Verdict::no_record(Decision::Escalate(Escalation::CallResident(pass.host_subject.clone())));
+        }
         return grant(event, cfg, last_direction, open_ms(event.subject.as_ref()));
     }
 
@@ -260,6 +264,12 @@ mod tests {
         assert_eq!(run(&expired), Decision::deny("visitor pass expired"));
         expired.direction = Direction::Exit;
         assert_eq!(run(&expired), Decision::Grant(5000), "an expired pass still lets the visitor out");
+        // After visitor hours the host resident is called to confirm.
+        let mut late = ev(pass(T0 + 60_000), who("v1", Role::Visitor));
+        late.time = Timestamp { unix_ms: T0, weekday: 2, minute_of_day: 23 * 60 + 30 };
+        assert_eq!(run(&late), Decision::Escalate(Escalation::CallResident("r1".into())));
+        late.direction = Direction::Exit;
+        assert_eq!(run(&late), Decision::Grant(5000), "leaving late needs nobody's confirmation");
     }
 
     #[test]
