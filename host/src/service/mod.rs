@@ -147,6 +147,34 @@ impl Hooks for NoHooks {}
 
 /// Drives `gw` from `source` until the source is over (and the drain has run), `max_wall`
 /// passes, or a stop is requested; hands every step to `sink` as it happens.
+/// Hands every input due by `now_us` to the gateway, in order, and delivers what it did.
+#[allow(clippy::too_many_arguments)]
+fn take_arrivals(
+    gw: &mut Gateway,
+    source: &mut dyn Source,
+    now_us: i64,
+    now_ms: i64,
+    wall: bool,
+    last_input: &mut i64,
+    last_handled: &mut i64,
+    fleet: Option<&Fleet>,
+    sink: &mut dyn FnMut(Step) -> Result<(), ServiceError>,
+) -> Result<(), ServiceError> {
+    let mut arrivals = Vec::new();
+    source.take(now_us, &mut arrivals)?;
+    for a in arrivals {
+        // In service an edge may be stamped a little before the last thing handled:
+        // the gateway's clock never goes back. Replay keeps every recorded time.
+        let at = if wall { a.at.max(*last_handled).max(now_ms) } else { a.at };
+        gw.clock().set_ms(at);
+        let recs = gw.handle(at, &a.input, a.captured)?;
+        *last_input = at;
+        *last_handled = at;
+        deliver(at, Some(a.input), recs, source, fleet, sink)?;
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     gw: &mut Gateway,
@@ -199,9 +227,15 @@ pub fn run(
         let now_ms = now_us.div_euclid(1_000);
         gw.clock().set_ms(now_ms);
 
-        // Door timers, then the work other threads finished, then inputs; retention last.
+        // Door timers first. In service, the inputs that arrived come next, before the work
+        // other threads finished: an exit button or a fire alarm is acted on before a plugin's
+        // answer even when the loop ran late. Replay keeps its order: timers, work, inputs.
         let recs = gw.advance(now_ms)?;
         deliver(now_ms, None, recs, source, fleet, sink)?;
+        let due = t_src.is_some_and(|t| t <= now_us);
+        if due && wall {
+            take_arrivals(gw, source, now_us, now_ms, wall, &mut last_input, &mut last_handled, fleet, sink)?;
+        }
         let mut recs = gw.poll_faces()?;
         recs.extend(gw.poll_policy()?);
         deliver(now_ms, None, recs, source, fleet, sink)?;
@@ -218,19 +252,8 @@ pub fn run(
         if let Some(f) = fleet {
             f.monthly_report(now_ms);
         }
-        if t_src.is_some_and(|t| t <= now_us) {
-            let mut arrivals = Vec::new();
-            source.take(now_us, &mut arrivals)?;
-            for a in arrivals {
-                // In service an edge may be stamped a little before the last thing handled:
-                // the gateway's clock never goes back. Replay keeps every recorded time.
-                let at = if wall { a.at.max(last_handled).max(now_ms) } else { a.at };
-                gw.clock().set_ms(at);
-                let recs = gw.handle(at, &a.input, a.captured)?;
-                last_input = at;
-                last_handled = at;
-                deliver(at, Some(a.input), recs, source, fleet, sink)?;
-            }
+        if due && !wall {
+            take_arrivals(gw, source, now_us, now_ms, wall, &mut last_input, &mut last_handled, fleet, sink)?;
             continue;
         }
         let idle = gw.policy_in_flight() == 0 && gw.faces_in_flight() == 0;
