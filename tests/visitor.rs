@@ -273,3 +273,26 @@ fn a_pass_revoked_by_a_signed_command_is_refused_by_the_host() {
     let (code, out) = site.gate_with_broker(&["remote", "revoke", "--key", &key, "--gateway", &target, "--reference", "pass:Zhang Wei", "--reason", "x"]);
     assert_eq!(code, 2, "{out}");
 }
+
+/// In service, on the wall clock: a photo of a pass's code taken at 1 s is refused when shown
+/// at 32 s, while the phone's fresh code then is accepted, and another pass's code shown
+/// at once is accepted.
+#[test]
+fn in_service_a_photographed_code_stops_working_within_31_s_on_the_wall_clock() {
+    let broker = broker();
+    let site = grant_all_fleet_site(&broker);
+    let start = now_ms();
+    let now_pass = sign("p-wall-1", &["north-gate"], start - HOUR, start + HOUR, 10);
+    let photographed = sign("p-wall-2", &["north-gate"], start - HOUR, start + HOUR, 10);
+    let scans = [
+        (1_000, "north-gate", show(&now_pass, start + 1_000)),
+        (32_000, "north-gate", show(&photographed, start + 1_000)),
+        (33_000, "north-gate", show(&photographed, start + 33_000)),
+    ];
+    let gw = site.run(&qr_trace(site.dir.path(), "wall", &iso(start), &scans));
+    wait_until("three scans decided", Duration::from_secs(90), || logged_qr(&site).len() == 3);
+    let got = logged_qr(&site);
+    assert_eq!(got[0].0, "grant", "{got:?}\n{}", gw.output());
+    assert_eq!((got[1].0.as_str(), got[1].1.as_str()), ("deny", "host:pass-code"), "{got:?}");
+    assert_eq!(got[2].0, "grant", "the phone's code of the moment still works: {got:?}");
+}
