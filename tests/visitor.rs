@@ -284,11 +284,7 @@ fn in_service_a_photographed_code_stops_working_within_31_s_on_the_wall_clock() 
     let start = now_ms();
     let now_pass = sign("p-wall-1", &["north-gate"], start - HOUR, start + HOUR, 10);
     let photographed = sign("p-wall-2", &["north-gate"], start - HOUR, start + HOUR, 10);
-    let scans = [
-        (1_000, "north-gate", show(&now_pass, start + 1_000)),
-        (32_000, "north-gate", show(&photographed, start + 1_000)),
-        (33_000, "north-gate", show(&photographed, start + 33_000)),
-    ];
+    let scans = [(1_000, "north-gate", show(&now_pass, start + 1_000)), (32_000, "north-gate", show(&photographed, start + 1_000)), (33_000, "north-gate", show(&photographed, start + 33_000))];
     let gw = site.run(&qr_trace(site.dir.path(), "wall", &iso(start), &scans));
     wait_until("three scans decided", Duration::from_secs(90), || logged_qr(&site).len() == 3);
     let got = logged_qr(&site);
