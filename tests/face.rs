@@ -245,21 +245,28 @@ fn frames_without_a_usable_face_are_ignored_with_a_reason_and_bad_references_are
     assert!(text(&out).contains(&format!("{}:2: key `file`", missing.display())) && text(&out).contains("nobody.png"), "{}", text(&out));
 }
 
-#[test]
-fn a_running_gateway_forgets_a_withdrawn_face_at_the_next_frame() {
+/// `gate run` (20x) of a trace with a frame of r-0003 at 1 s and another at 60 s, and the
+/// lines it prints as they come: a running gateway to act on between the two frames.
+fn serve_two_frames(dir: &Path, cfg: &Path) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) {
     use std::io::BufRead;
-    let (dir, cfg) = enrolled_site();
-    let trace = dir.path().join("live.jsonl");
+    let trace = dir.join("live.jsonl");
     let frame = |at: u32| format!("{{\"at\":{at},\"input\":{{\"kind\":\"camera-frame\",\"door\":\"north-gate\",\"file\":{:?}}}}}\n", photo("obama2.jpg"));
     std::fs::write(&trace, format!("{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}}\n{}{}", frame(1000), frame(60_000))).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
         .current_dir(root())
         .args(["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "20"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+#[test]
+fn a_running_gateway_forgets_a_withdrawn_face_at_the_next_frame() {
+    let (dir, cfg) = enrolled_site();
+    let (mut child, mut lines) = serve_two_frames(dir.path(), &cfg);
     let mut seen = Vec::new();
     // Wait for the first frame's decision, then withdraw while the gateway keeps running.
     for l in lines.by_ref() {
@@ -347,24 +354,13 @@ fn template_bytes_remain(db: &Path, nonce: &[u8], ct: &[u8]) -> Option<String> {
 
 #[test]
 fn withdrawal_erases_every_byte_while_a_reader_holds_the_store_and_the_gateway_runs() {
-    use std::io::BufRead;
     let (dir, cfg) = enrolled_site();
     let db = dir.path().join("faces.sqlite");
     let (nonce, ct) = stored_bytes(&db, "r-0003");
     assert!(template_bytes_remain(&db, &nonce, &ct).is_some(), "the scan must see a stored template");
 
     // A running gateway that has the store open and matches a frame now and one later.
-    let trace = dir.path().join("live.jsonl");
-    let frame = |at: u32| format!("{{\"at\":{at},\"input\":{{\"kind\":\"camera-frame\",\"door\":\"north-gate\",\"file\":{:?}}}}}\n", photo("obama2.jpg"));
-    std::fs::write(&trace, format!("{{\"gate_trace\":1,\"site\":\"maple-court\",\"start\":\"2026-11-23T07:00:00+08:00\"}}\n{}{}", frame(1000), frame(60_000))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
-        .current_dir(root())
-        .args(["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "20"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = serve_two_frames(dir.path(), &cfg);
     for l in lines.by_ref() {
         if l.unwrap().contains(" face ") {
             break;

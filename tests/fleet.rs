@@ -386,29 +386,8 @@ fn remote_commands_lock_hold_revoke_and_rotate_and_what_they_set_survives_a_rest
 /// Publishes `n` messages on each of `topics` (`{i}` replaced by the message number) as a
 /// broker client with no key, as fast as the broker takes them.
 fn flood(port: u16, topics: &[&str], n: usize, payload: impl Fn(usize) -> Vec<u8>) {
-    let mut opts = rumqttc::MqttOptions::new(format!("attacker-{}", std::process::id()), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_inflight(1000);
-    let (client, mut conn) = rumqttc::Client::new(opts, 1000);
-    let acks = Arc::new(Mutex::new(0usize));
-    let a = acks.clone();
-    let driver = std::thread::spawn(move || {
-        for n in conn.iter() {
-            match n {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => *a.lock().unwrap() += 1,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    for t in topics {
-        for i in 0..n {
-            client.publish(format!("gate/v1/{SITE}/{GW}/{}", t.replace("{i}", &i.to_string())), rumqttc::QoS::AtLeastOnce, false, payload(i)).unwrap();
-        }
-    }
-    wait_until("the broker to take the whole flood", Duration::from_secs(60), || *acks.lock().unwrap() >= topics.len() * n);
-    let _ = client.disconnect();
-    let _ = driver.join();
+    let msgs: Vec<(String, bool, Vec<u8>)> = topics.iter().flat_map(|t| (0..n).map(|i| (format!("gate/v1/{SITE}/{GW}/{}", t.replace("{i}", &i.to_string())), false, payload(i)))).collect();
+    keyless_publish(port, &format!("attacker-{}", std::process::id()), 1000, msgs.into_iter(), "the whole flood", Duration::from_secs(60));
 }
 
 /// Issue 12: a keyless broker client floods every inbound topic with junk and with

@@ -49,6 +49,8 @@ pub struct Directory {
     unit_pins: HashMap<String, String>,
     /// The site's reference key (`[fleet] ref_key`): references are keyed when set.
     ref_key: Option<RefKey>,
+    /// The version of the directory database it was loaded from (0: a subjects file).
+    stored_version: u64,
 }
 
 /// Why a subject could not join the directory.
@@ -436,6 +438,16 @@ impl Directory {
             Some(k) => keyed_credential_ref(k, kind, value),
             None => credential_ref(&self.site_id, kind, value),
         }
+    }
+
+    /// The version of the directory database this was loaded from (0: not from one).
+    pub fn stored_version(&self) -> u64 {
+        self.stored_version
+    }
+
+    /// Records the version of the directory database this was loaded from.
+    pub fn set_stored_version(&mut self, v: u64) {
+        self.stored_version = v;
     }
 
     /// Keys this directory's references with `key` (the site's reference key).

@@ -80,7 +80,9 @@ pub fn load_for(cfg: &crate::config::SiteConfig) -> Result<Directory, String> {
     let Some(db) = db else { return Directory::from_config(cfg) };
     let mut d = Directory::empty_for(cfg)?;
     let n = db.load_into(&mut d).map_err(|e| e.to_string())?;
-    tracing::info!(subjects = n, version = db.version().unwrap_or(0), "subject directory loaded from the state dir");
+    let version = db.version().map_err(|e| e.to_string())?;
+    d.set_stored_version(version);
+    tracing::info!(subjects = n, version, "subject directory loaded from the state dir");
     d.set_qr_keys(&cfg.qr.issuer_keys)?;
     Ok(d)
 }

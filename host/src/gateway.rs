@@ -100,10 +100,7 @@ impl Gateway {
     pub fn new_deferring(cfg: SiteConfig, clock: Clock, rt: Runtime, mut log: EventLog, deferred: &std::collections::BTreeSet<String>) -> Result<(Gateway, Vec<String>), String> {
         let mut dir = crate::directory::load_for(&cfg).map_err(|e| format!("{}: {e}", cfg.path.display()))?;
         let cfg_calls = cfg.calls;
-        let synced_version = match (&cfg.site.subjects, &cfg.site.state_dir) {
-            (None, Some(state)) => crate::directory::DirectoryDb::open_existing(&crate::directory::db_path(state)).ok().flatten().and_then(|d| d.version().ok()).unwrap_or(0),
-            _ => 0,
-        };
+        let synced_version = dir.stored_version();
         // Revocations and unit PINs set by operator commands outlive restarts.
         for r in log.revoked().map_err(|e| e.to_string())? {
             dir.revoke(&r);

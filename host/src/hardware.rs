@@ -32,6 +32,19 @@ pub enum HardwareError {
     /// The site or trace does not fit the hardware layer (names what and where).
     #[error("{0}")]
     Setup(String),
+    /// A pin-level trace names a line `[hardware]` does not wire.
+    #[error("trace line `{line}` (at {at_us} µs) is not wired in [hardware]; configured lines: {}", known.join(", "))]
+    UnwiredLine { line: String, at_us: u64, known: Vec<String> },
+}
+
+impl HardwareError {
+    /// The trace line named in an [`HardwareError::UnwiredLine`].
+    pub fn unwired_line(&self) -> Option<&str> {
+        match self {
+            HardwareError::UnwiredLine { line, .. } => Some(line),
+            _ => None,
+        }
+    }
 }
 
 /// How long a press of the exit button lasts in a pin-level twin.

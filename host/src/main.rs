@@ -368,11 +368,13 @@ fn unwired_line(cfg: &SiteConfig, t: &Trace, file: &Path) -> Result<(), Failure>
     let Some(hw) = cfg.hardware.as_ref() else {
         return Err(input(anyhow::anyhow!("{}: the trace has pin-level `line` inputs but {} has no [hardware] section to wire them to", file.display(), cfg.path.display())));
     };
+    // Any other problem opening the simulated pins is the site's, reported when serving.
     let Err(e) = gate::service::source::PinTrace::open(hw, t) else { return Ok(()) };
+    let Some(line) = e.unwired_line() else { return Ok(()) };
     let msg = e.to_string();
-    let name = msg.split('`').nth(1).unwrap_or_default().to_string();
+    // The first input naming the line is the edge refused (edges keep the trace's order).
     let text = std::fs::read_to_string(file).unwrap_or_default();
-    let at = text.lines().position(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["input"]["line"].as_str() == Some(name.as_str())));
+    let at = text.lines().position(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["input"]["line"].as_str() == Some(line)));
     Err(input(match at {
         Some(i) => anyhow::anyhow!("{}:{}: {msg}", file.display(), i + 1),
         None => anyhow::anyhow!("{}: {msg}", file.display()),

@@ -322,9 +322,18 @@ pub fn consumer(client_id: &str, port: u16) -> (Received, Arc<Mutex<u32>>) {
 /// Publishes `(topic, retained, payload)` as a broker client with no key, in order, and
 /// waits until the broker has taken them all.
 pub fn publish_raw(port: u16, msgs: &[(&str, bool, Vec<u8>)]) {
-    let mut opts = rumqttc::MqttOptions::new(format!("forger-{}-{}", std::process::id(), msgs.len()), "127.0.0.1", port);
+    let msgs = msgs.iter().map(|(t, r, p)| (t.to_string(), *r, p.clone()));
+    keyless_publish(port, &format!("forger-{}-{}", std::process::id(), msgs.len()), 100, msgs, "the forged messages", Duration::from_secs(20));
+}
+
+/// Publishes every `(topic, retained, payload)` at QoS 1 as broker client `id` with no key,
+/// up to `inflight` unacknowledged at once, and waits (at most `guard`) until the broker
+/// has taken them all.
+pub fn keyless_publish(port: u16, id: &str, inflight: u16, msgs: impl ExactSizeIterator<Item = (String, bool, Vec<u8>)>, what: &str, guard: Duration) {
+    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut conn) = rumqttc::Client::new(opts, 100);
+    opts.set_inflight(inflight);
+    let (client, mut conn) = rumqttc::Client::new(opts, usize::from(inflight));
     let acks = Arc::new(Mutex::new(0usize));
     let a = acks.clone();
     let driver = std::thread::spawn(move || {
@@ -336,10 +345,11 @@ pub fn publish_raw(port: u16, msgs: &[(&str, bool, Vec<u8>)]) {
             }
         }
     });
+    let total = msgs.len();
     for (t, retain, p) in msgs {
-        client.publish(*t, rumqttc::QoS::AtLeastOnce, *retain, p.clone()).unwrap();
+        client.publish(t, rumqttc::QoS::AtLeastOnce, retain, p).unwrap();
     }
-    wait_until("the broker to take the forged messages", Duration::from_secs(20), || *acks.lock().unwrap() >= msgs.len());
+    wait_until(&format!("the broker to take {what}"), guard, || *acks.lock().unwrap() >= total);
     let _ = client.disconnect();
     let _ = driver.join();
 }

@@ -28,6 +28,13 @@ pub(crate) fn photo(name: &str) -> Frame {
     Frame::decode(&bytes).unwrap()
 }
 
+/// A template store in `dir` (`face.sqlite`) under a new device key (`face.key`).
+fn new_store(dir: &std::path::Path) -> TemplateStore {
+    let key = dir.join("face.key");
+    DeviceKey::create(&key).unwrap();
+    TemplateStore::open(&dir.join("face.sqlite"), &key).unwrap()
+}
+
 /// Test photos by name, as enrolment takes them.
 fn named(names: &[&str]) -> Vec<(String, Frame)> {
     names.iter().map(|n| (n.to_string(), photo(n))).collect()
@@ -36,9 +43,7 @@ fn named(names: &[&str]) -> Vec<(String, Frame)> {
 #[test]
 fn a_group_photo_is_refused_for_enrolment_with_its_face_count_and_name() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("face.key");
-    DeviceKey::create(&key).unwrap();
-    let store = TemplateStore::open(&dir.path().join("face.sqlite"), &key).unwrap();
+    let store = new_store(dir.path());
     store.record_consent(&consent("r-0402")).unwrap();
     let policy = EnrollPolicy { min_samples: 2, ..EnrollPolicy::default() };
     // t1.jpg shows six people; given with one good photo the enrolment has one sample only.
@@ -114,9 +119,7 @@ fn consent(subject: &str) -> Consent {
 #[test]
 fn the_same_photo_given_twice_counts_once_and_enrolment_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("face.key");
-    DeviceKey::create(&key).unwrap();
-    let store = TemplateStore::open(&dir.path().join("face.sqlite"), &key).unwrap();
+    let store = new_store(dir.path());
     store.record_consent(&consent("r-0402")).unwrap();
     let policy = EnrollPolicy { min_samples: 2, ..EnrollPolicy::default() };
     let twice = [("a.jpg".to_string(), photo("obama.jpg")), ("b.jpg".to_string(), photo("obama.jpg"))];
@@ -133,9 +136,7 @@ fn the_same_photo_given_twice_counts_once_and_enrolment_is_refused() {
 #[test]
 fn an_enrolled_resident_is_recognised_in_a_new_photo_and_strangers_are_not() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("face.key");
-    DeviceKey::create(&key).unwrap();
-    let store = TemplateStore::open(&dir.path().join("face.sqlite"), &key).unwrap();
+    let store = new_store(dir.path());
     let policy = EnrollPolicy { min_samples: 2, ..EnrollPolicy::default() };
 
     // Consent precedes every template: without it enrolment fails before any frame is used.
@@ -164,9 +165,7 @@ fn an_enrolled_resident_is_recognised_in_a_new_photo_and_strangers_are_not() {
 #[test]
 fn enrolment_refuses_samples_of_different_people() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("face.key");
-    DeviceKey::create(&key).unwrap();
-    let store = TemplateStore::open(&dir.path().join("face.sqlite"), &key).unwrap();
+    let store = new_store(dir.path());
     store.record_consent(&consent("r-1")).unwrap();
     let frames = named(&["obama.jpg", "biden.jpg", "astronaut.png"]);
     let err = store.enroll(engine(), "r-1", &frames, &EnrollPolicy::default(), 1).unwrap_err();
@@ -210,9 +209,7 @@ fn missing_or_corrupt_models_give_a_clear_error_instead_of_an_engine() {
 fn two_sites_store_unlinkable_templates_of_the_same_photos_and_match_exactly_as_before() {
     // Two gateways, each with its own key, enrol the same person from the same photos.
     let open = |dir: &tempfile::TempDir| {
-        let key = dir.path().join("face.key");
-        DeviceKey::create(&key).unwrap();
-        let store = TemplateStore::open(&dir.path().join("face.sqlite"), &key).unwrap();
+        let store = new_store(dir.path());
         store.record_consent(&consent("r-0402")).unwrap();
         let policy = EnrollPolicy { min_samples: 2, ..EnrollPolicy::default() };
         store.enroll(engine(), "r-0402", &named(&["obama.jpg", "obama2.jpg"]), &policy, 1).unwrap();
@@ -331,9 +328,7 @@ fn models_without_liveness(dir: &std::path::Path, corrupt: bool) {
 fn without_the_pinned_liveness_model_a_match_is_still_made_with_liveness_unknown() {
     let gallery = {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("face.key");
-        DeviceKey::create(&key).unwrap();
-        let store = TemplateStore::open(&dir.path().join("face.sqlite"), &key).unwrap();
+        let store = new_store(dir.path());
         store.record_consent(&consent("r-0402")).unwrap();
         store.enroll(engine(), "r-0402", &named(&["obama.jpg", "obama2.jpg"]), &EnrollPolicy { min_samples: 2, ..EnrollPolicy::default() }, 1).unwrap();
         store.load_gallery().unwrap()

@@ -105,8 +105,8 @@ impl PinTrace {
         let mut backend = SimBackend::default();
         let hw = Hardware::open(hw_cfg, &mut backend, start_ms)?;
         if let Some(e) = edges.iter().find(|e| backend.lines.get(&e.line).is_none()) {
-            let known: Vec<&str> = backend.lines.names().collect();
-            return Err(HardwareError::Setup(format!("trace line `{}` (at {} µs) is not wired in [hardware]; configured lines: {}", e.line, e.at_us, known.join(", "))));
+            let known = backend.lines.names().map(str::to_string).collect();
+            return Err(HardwareError::UnwiredLine { line: e.line.clone(), at_us: e.at_us, known });
         }
         Ok(PinTrace { hw, lines: backend.lines, player: PinPlayer::new(edges), start_ms, events: events.into(), done: false })
     }
