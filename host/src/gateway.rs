@@ -75,6 +75,11 @@ pub struct Gateway {
     erased_at_start: Vec<(String, String, String)>,
     /// Retention: when the next purge is due and what the one under way removed so far.
     purge: Purge,
+    /// A turn of the service loop is open: its records share one transaction.
+    in_turn: bool,
+    /// Events for integration plugins held until the turn's records are durable, so no
+    /// plugin publishes what a power cut could still take back.
+    held: Vec<(wit::GateEvent, i64)>,
 }
 
 /// The state of the retention purge, which runs in small batches between inputs.
@@ -159,6 +164,8 @@ impl Gateway {
                 audit_key: None,
                 new_checkpoint: None,
                 purge: Purge::default(),
+                in_turn: false,
+                held: Vec::new(),
                 erased_at_start,
             },
             problems,
@@ -227,6 +234,29 @@ impl Gateway {
 
     pub fn log(&self) -> &EventLog {
         &self.log
+    }
+
+    /// Starts one turn of the service loop: every record until [`Gateway::end_turn`] is
+    /// committed at once (one fsync), before any relay follows them or any integration
+    /// plugin hears of them. Inside replay's own batch it changes nothing.
+    pub fn begin_turn(&mut self) -> Result<(), GatewayError> {
+        self.in_turn = self.log.begin_turn()?;
+        Ok(())
+    }
+
+    /// Ends the turn: commits its records, then hands the held events to the integration
+    /// plugins. The caller moves relays and publishes only after this returns.
+    pub fn end_turn(&mut self) -> Result<(), GatewayError> {
+        if std::mem::take(&mut self.in_turn) {
+            self.log.commit_batch()?;
+        }
+        let held = std::mem::take(&mut self.held);
+        if let Policy::Worker(w) = &mut self.policy {
+            for (ev, at) in held {
+                w.notify(ev, at);
+            }
+        }
+        Ok(())
     }
 
     pub fn log_mut(&mut self) -> &mut EventLog {
@@ -1041,6 +1071,10 @@ impl Gateway {
         if let Some(ev) = gate_event {
             let (published, health) = match &mut self.policy {
                 Policy::Inline(engine) => engine.notify(&ev, at),
+                Policy::Worker(_) if self.in_turn => {
+                    self.held.push((ev, at));
+                    return Ok(());
+                }
                 Policy::Worker(w) => {
                     w.notify(ev, at);
                     return Ok(());

@@ -23,15 +23,9 @@ pub enum StoreError {
     Io { path: String, what: String },
 }
 
+/// The host's own tables beside `events` (whose definition is gate-fleet's
+/// [`gate_fleet::outbox::EVENTS_SCHEMA`], as the outbox reads it).
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    seq   INTEGER PRIMARY KEY,
-    id    TEXT NOT NULL UNIQUE,
-    at_ms INTEGER NOT NULL,
-    kind  TEXT NOT NULL,
-    door  TEXT,
-    body  TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS plugin_kv (
     plugin TEXT NOT NULL,
     key    TEXT NOT NULL,
@@ -186,6 +180,7 @@ impl EventLog {
         // Purged rows are overwritten, not just unlinked: retention means the bytes are gone.
         conn.pragma_update(None, "secure_delete", "ON").map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        gate_fleet::outbox::create_event_log(&conn).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         let in_db: i64 = conn.query_row("SELECT COALESCE(MAX(value), 0) FROM log_meta WHERE key = 'boot'", [], |r| r.get(0)).map_err(open_err)?;
         let boot = next_boot(path, in_db)?;
@@ -207,6 +202,7 @@ impl EventLog {
     }
 
     fn init(conn: Connection, prefix: &str) -> Result<EventLog, rusqlite::Error> {
+        gate_fleet::outbox::create_event_log(&conn)?;
         conn.execute_batch(SCHEMA)?;
         let max: Option<i64> = conn.query_row("SELECT MAX(COALESCE(MAX(seq), 0), COALESCE((SELECT value FROM log_meta WHERE key = 'max_seq'), 0)) FROM events", [], |r| r.get(0))?;
         Ok(EventLog { conn, prefix: prefix.to_string(), next_seq: max.unwrap_or(0).saturating_add(1), body: Vec::with_capacity(512), recovered: None })
@@ -367,17 +363,28 @@ impl EventLog {
         Ok(self.conn.execute_batch("COMMIT")?)
     }
 
+    /// Opens one transaction for the records of one turn of the service loop (group
+    /// commit: one fsync for every record of the turn instead of one each), unless a
+    /// transaction is already open (replay's batch). Returns whether it opened one.
+    pub fn begin_turn(&mut self) -> Result<bool, StoreError> {
+        if !self.conn.is_autocommit() {
+            return Ok(false);
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(true)
+    }
+
     /// Deletes at most `limit` records older than their bound (alarms by `alarms_before_ms`,
     /// everything else by `others_before_ms`), oldest first; returns how many went. Called in
     /// small batches so a large purge never holds the log for long.
     pub fn purge_batch(&mut self, others_before_ms: i64, alarms_before_ms: i64, limit: u32) -> Result<u64, StoreError> {
         let tx = self.conn.savepoint()?;
-        tx.execute(
-            "INSERT INTO log_meta (key, value) SELECT 'max_seq', MAX(seq) FROM events WHERE true HAVING MAX(seq) IS NOT NULL ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
-            [],
-        )?;
+        // The highest seq handed out (reserved ids included) outlives the rows.
+        tx.execute("INSERT INTO log_meta (key, value) VALUES ('max_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)", [self.next_seq.saturating_sub(1)])?;
+        // Oldest first by time, through `events_at`: only rows older than the later bound
+        // are read, never the whole log.
         let n = tx.execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE (kind = 'alarm' AND at_ms < ?2) OR (kind <> 'alarm' AND at_ms < ?1) ORDER BY seq LIMIT ?3)",
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE at_ms < MAX(?1, ?2) AND ((kind = 'alarm' AND at_ms < ?2) OR (kind <> 'alarm' AND at_ms < ?1)) ORDER BY at_ms LIMIT ?3)",
             params![others_before_ms, alarms_before_ms, limit],
         )?;
         // Use counts of visitor passes that expired before the events' bound: they grant nothing.

@@ -238,9 +238,24 @@ impl Outbox {
     }
 }
 
-/// Creates the host's `events` table exactly as the host does (tests, benchmarks, tools).
+/// The gateway's `events` table: the one definition the host's event log and this outbox
+/// share. `seq` orders rows for the outbox; `events_at` lets retention and reports find old
+/// rows by time without reading the whole log.
+pub const EVENTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq   INTEGER PRIMARY KEY,
+    id    TEXT NOT NULL UNIQUE,
+    at_ms INTEGER NOT NULL,
+    kind  TEXT NOT NULL,
+    door  TEXT,
+    body  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_at ON events (at_ms);
+";
+
+/// Creates the `events` table (tests, benchmarks, tools; the host's event log does the same).
 pub fn create_event_log(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, door TEXT, body TEXT NOT NULL);")
+    conn.execute_batch(EVENTS_SCHEMA)
 }
 
 #[cfg(test)]

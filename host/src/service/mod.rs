@@ -145,21 +145,33 @@ pub trait Hooks {
 pub struct NoHooks;
 impl Hooks for NoHooks {}
 
-/// Drives `gw` from `source` until the source is over (and the drain has run), `max_wall`
-/// passes, or a stop is requested; hands every step to `sink` as it happens.
-/// Hands every input due by `now_us` to the gateway, in order, and delivers what it did.
-#[allow(clippy::too_many_arguments)]
-fn take_arrivals(
-    gw: &mut Gateway,
-    source: &mut dyn Source,
-    now_us: i64,
-    now_ms: i64,
-    wall: bool,
-    last_input: &mut i64,
-    last_handled: &mut i64,
-    fleet: Option<&Fleet>,
-    sink: &mut dyn FnMut(Step) -> Result<(), ServiceError>,
-) -> Result<(), ServiceError> {
+/// What one turn of the loop produced, held until its records are durable: relays, the
+/// fleet link and the sink see a turn only after its one commit (group commit).
+#[derive(Default)]
+struct Turn {
+    steps: Vec<Step>,
+}
+
+impl Turn {
+    fn push(&mut self, at_ms: i64, input: Option<Input>, records: Vec<Timed>) {
+        if !records.is_empty() || input.is_some() {
+            self.steps.push(Step { at_ms, input, records });
+        }
+    }
+
+    /// Commits the turn's records, then lets relays follow them, tells the link, and
+    /// hands each step to the sink, in the order they happened.
+    fn finish(&mut self, gw: &mut Gateway, source: &mut dyn Source, fleet: Option<&Fleet>, sink: &mut dyn FnMut(Step) -> Result<(), ServiceError>) -> Result<(), ServiceError> {
+        gw.end_turn()?;
+        for step in self.steps.drain(..) {
+            deliver(step.at_ms, step.input, step.records, source, fleet, sink)?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands every input due by `now_us` to the gateway, in order.
+fn take_arrivals(gw: &mut Gateway, source: &mut dyn Source, now_us: i64, now_ms: i64, wall: bool, last_input: &mut i64, last_handled: &mut i64, turn: &mut Turn) -> Result<(), ServiceError> {
     let mut arrivals = Vec::new();
     source.take(now_us, &mut arrivals)?;
     for a in arrivals {
@@ -170,11 +182,13 @@ fn take_arrivals(
         let recs = gw.handle(at, &a.input, a.captured)?;
         *last_input = at;
         *last_handled = at;
-        deliver(at, Some(a.input), recs, source, fleet, sink)?;
+        turn.push(at, Some(a.input), recs);
     }
     Ok(())
 }
 
+/// Drives `gw` from `source` until the source is over (and the drain has run), `max_wall`
+/// passes, or a stop is requested; hands every step to `sink` as it happens.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     gw: &mut Gateway,
@@ -191,6 +205,7 @@ pub fn run(
     let mut last_input = start_ms;
     let mut last_handled = i64::MIN;
     let wall0 = Instant::now();
+    let mut turn = Turn::default();
     loop {
         hooks.tick();
         if ctl.stopping() {
@@ -230,15 +245,19 @@ pub fn run(
         // Door timers first. In service, the inputs that arrived come next, before the work
         // other threads finished: an exit button or a fire alarm is acted on before a plugin's
         // answer even when the loop ran late. Replay keeps its order: timers, work, inputs.
-        let recs = gw.advance(now_ms)?;
-        deliver(now_ms, None, recs, source, fleet, sink)?;
+        // All of it is one transaction, committed before any relay follows it.
+        gw.begin_turn()?;
+        turn.push(now_ms, None, gw.advance(now_ms)?);
         let due = t_src.is_some_and(|t| t <= now_us);
         if due && wall {
-            take_arrivals(gw, source, now_us, now_ms, wall, &mut last_input, &mut last_handled, fleet, sink)?;
+            take_arrivals(gw, source, now_us, now_ms, wall, &mut last_input, &mut last_handled, &mut turn)?;
         }
         let mut recs = gw.poll_faces()?;
         recs.extend(gw.poll_policy()?);
-        deliver(now_ms, None, recs, source, fleet, sink)?;
+        turn.push(now_ms, None, recs);
+        turn.finish(gw, source, fleet, sink)?;
+        // Operator commands are answered "done" only once their records are durable, so
+        // they commit one by one, outside the turn.
         if let Some(f) = fleet {
             let recs = f.poll_commands(gw)?;
             deliver(now_ms, None, recs, source, None, sink)?;
@@ -253,7 +272,9 @@ pub fn run(
             f.monthly_report(now_ms);
         }
         if due && !wall {
-            take_arrivals(gw, source, now_us, now_ms, wall, &mut last_input, &mut last_handled, fleet, sink)?;
+            gw.begin_turn()?;
+            take_arrivals(gw, source, now_us, now_ms, wall, &mut last_input, &mut last_handled, &mut turn)?;
+            turn.finish(gw, source, fleet, sink)?;
             continue;
         }
         let idle = gw.policy_in_flight() == 0 && gw.faces_in_flight() == 0;
