@@ -107,7 +107,7 @@ pub fn minimal_site(plugin: &Path, world: World, trace: &Trace, trace_path: &Pat
             let text = crate::config::read_input(p, MAX_SIDECAR_BYTES, "plugin test site")?;
             let side: Sidecar = toml::from_str(&text).map_err(|e| ConfigError {
                 file: p.to_path_buf(),
-                line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)),
+                line: e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1),
                 message: e.message().trim().to_string(),
             })?;
             (side, text)
