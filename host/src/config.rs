@@ -930,6 +930,23 @@ pub fn load_subjects(path: &Path) -> Result<Vec<SubjectEntry>, ConfigError> {
 /// Parses and checks subject directory text; `path` locates errors.
 pub fn subjects_from_str(text: &str, path: &Path) -> Result<Vec<SubjectEntry>, ConfigError> {
     let raw: RawSubjects = toml::from_str(text).map_err(|e| parse_err(path, text, e))?;
+    check_subjects(raw.subjects, text, path)
+}
+
+/// The `[[subject]]` entries of a file that holds other sections too (the sidecar of
+/// `gate plugin test`), checked exactly as a subject directory; errors name its lines.
+pub fn subjects_within(text: &str, path: &Path) -> Result<Vec<SubjectEntry>, ConfigError> {
+    #[derive(Deserialize)]
+    struct Within {
+        #[serde(default, rename = "subject")]
+        subjects: Vec<Spanned<SubjectEntry>>,
+    }
+    let raw: Within = toml::from_str(text).map_err(|e| parse_err(path, text, e))?;
+    check_subjects(raw.subjects, text, path)
+}
+
+fn check_subjects(subjects: Vec<Spanned<SubjectEntry>>, text: &str, path: &Path) -> Result<Vec<SubjectEntry>, ConfigError> {
+    let raw = RawSubjects { subjects };
     let lines = LineIndex::new(text);
     let mut seen_ids: std::collections::HashMap<String, usize> = std::collections::HashMap::with_capacity(raw.subjects.len());
     let mut seen_creds: std::collections::HashMap<(&'static str, String), (String, usize)> = std::collections::HashMap::with_capacity(raw.subjects.len() * 2);

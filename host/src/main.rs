@@ -217,6 +217,41 @@ enum PluginCmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the plugin contract (WIT), or write its files into --out DIR, for other
+    /// languages' binding generators (componentize-py, jco).
+    Wit {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Make a ready plugin project: example policy, unit test, sample trace with expectations, README.
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`); the project folder unless --dir.
+        name: String,
+        #[arg(long, value_enum, default_value_t = NewLang::Rust)]
+        lang: NewLang,
+        #[arg(long, value_enum, default_value_t = NewKind::Policy)]
+        kind: NewKind,
+        /// Folder to create (must not exist or be empty); default ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The gate plugin SDK (`plugins/sdk` of a gate checkout) to depend on by path.
+        /// Default: the checkout this binary was built in, else a git URL to replace.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Run one plugin against one trace on a minimal site (doors from the trace, settings and
+    /// subjects from a sidecar), print decisions and diff the trace's expectations.
+    /// Exit 0 match, 1 differ, 2 bad input.
+    Test {
+        plugin: PathBuf,
+        #[arg(long)]
+        trace: PathBuf,
+        /// The sidecar: settings, doors and subjects (default: <trace>.site.toml beside the trace, if any).
+        #[arg(long)]
+        site: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Sign a component into a deployment bundle with an operator key.
     Sign(fleet_cmd::SignArgs),
     /// Deploy a signed bundle to a gateway or a whole site over MQTT, showing progress.
@@ -290,6 +325,16 @@ enum QrCmd {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum NewLang {
+    Rust,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum NewKind {
+    Policy,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -402,6 +447,118 @@ fn serve(cfg: SiteConfig, opts: gate::serve::RunOptions) -> Result<u8, Failure> 
     Ok(0)
 }
 
+/// Replays `trace` on `cfg`, prints the records and diffs the trace's expectations: the exit
+/// code of `gate replay` and `gate plugin test` (0 match or nothing expected, 1 differ).
+fn replay_and_report(cfg: SiteConfig, trace: &Trace, cache: Option<PathBuf>, format: Format) -> Result<u8, Failure> {
+    let offset = gate::clock::parse_offset(&cfg.site.utc_offset).map_err(|m| input(anyhow::anyhow!(m)))?;
+    let result = gate::replay::run(cfg, trace, cache).map_err(|e| runtime(anyhow::anyhow!(e)))?;
+    for p in &result.problems {
+        eprintln!("gate: warning: {p} (its doors were served by the fallback policy)");
+    }
+    let clock = gate::clock::Clock::new(trace.start_ms, offset);
+    match format {
+        Format::Jsonl => print!("{}", gate::replay::to_expect_lines(&result.records)),
+        Format::Text => {
+            for (at, r) in &result.records {
+                println!("{}  {r}", gate::replay::local_hms(&clock, trace.start_ms + *at as i64));
+            }
+        }
+    }
+    if trace.expected.is_empty() {
+        return Ok(0);
+    }
+    match gate::replay::diff(&trace.expected, &result.records) {
+        None => {
+            eprintln!("gate: replay matches the {} expected outputs", trace.expected.len());
+            Ok(0)
+        }
+        Some(d) => {
+            eprintln!("gate: replay differs from the trace's expected outputs:\n{d}");
+            Ok(1)
+        }
+    }
+}
+
+/// `gate plugin …`: the author's tools (wit, new, test, check) and the operator's (sign, deploy, rollback).
+fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
+    use gate::scaffold::{self, ScaffoldError};
+    let scaffold_err = |e: ScaffoldError| match e {
+        ScaffoldError::Input(_) => input(e),
+        ScaffoldError::Write { .. } => runtime(e),
+    };
+    match cmd {
+        PluginCmd::Wit { out: None } => {
+            for (_, text) in scaffold::CONTRACT_FILES {
+                print!("{text}");
+            }
+            Ok(0)
+        }
+        PluginCmd::Wit { out: Some(dir) } => {
+            for f in scaffold::write_wit(&dir).map_err(scaffold_err)? {
+                println!("gate: wrote {}", f.display());
+            }
+            Ok(0)
+        }
+        PluginCmd::New { name, lang, kind, dir, sdk } => {
+            let lang = match lang {
+                NewLang::Rust => scaffold::Lang::Rust,
+            };
+            let kind = match kind {
+                NewKind::Policy => scaffold::Kind::Policy,
+            };
+            let exe = std::env::current_exe().ok();
+            let sdk = scaffold::find_sdk(sdk.as_deref(), exe.as_deref()).map_err(scaffold_err)?;
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            scaffold::new_project(&dir, &name, lang, kind, &sdk).map_err(scaffold_err)?;
+            println!("gate: made {} ({name}, gate:plugin@{})", dir.display(), gate::plugin::CONTRACT_VERSION);
+            if let scaffold::SdkSource::Git(url) = &sdk {
+                println!("gate: the SDK dependency points at {url}: replace it in Cargo.toml, or run again with --sdk PATH/plugins/sdk");
+            }
+            let wasm = format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"));
+            println!("next:\n  cd {}\n  cargo test\n  cargo build --release --target wasm32-wasip2\n  gate plugin test {wasm} --trace tests/sample.jsonl", dir.display());
+            Ok(0)
+        }
+        PluginCmd::Test { plugin, trace, site, format } => {
+            let limits = gate::config::Limits::default();
+            let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
+            let report = gate::plugin::check::check(&rt, &plugin, &limits).map_err(input)?;
+            drop(rt);
+            let t = Trace::load(&trace).map_err(input)?;
+            let sidecar = gate::harness::sidecar_for(&trace, site.as_deref());
+            let cfg = gate::harness::minimal_site(&plugin, report.world, &t, &trace, sidecar.as_deref()).map_err(input)?;
+            replay_and_report(cfg, &t, None, format)
+        }
+        PluginCmd::Sign(a) => fleet_cmd::sign(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        PluginCmd::Deploy(a) => fleet_cmd::deploy(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        PluginCmd::Rollback(a) => fleet_cmd::rollback(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        PluginCmd::Check { file, config } => plugin_check(file, config),
+    }
+}
+
+/// `gate plugin check`: what a component is, against the default or a site's limits.
+fn plugin_check(file: PathBuf, config: Option<PathBuf>) -> Result<u8, Failure> {
+    let limits = match config {
+        Some(c) => gate::config::SiteConfig::load(&c).map_err(input)?.limits,
+        None => gate::config::Limits::default(),
+    };
+    let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
+    let r = gate::plugin::check::check(&rt, &file, &limits).map_err(input)?;
+    println!("{}: ok", file.display());
+    println!(
+        "  world:   gate:plugin/{}@{}",
+        match r.world {
+            gate::config::World::Policy => "policy-plugin",
+            gate::config::World::Integration => "integration-plugin",
+        },
+        gate::plugin::CONTRACT_VERSION
+    );
+    println!("  size:    {} bytes", r.size);
+    println!("  sha256:  {}", r.sha256);
+    println!("  exports: {}", r.exports.join(", "));
+    println!("  imports: {}", r.imports.join(", "));
+    Ok(0)
+}
+
 fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Failure> {
     match cmd {
         Cmd::Run { config, trace, simulate, speed, db, hold, seconds, record, subjects_out, keep_raw_cards } => {
@@ -437,34 +594,8 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
                 None => cfg,
             };
             let trace = Trace::load(&trace).map_err(input)?;
-            let offset = gate::clock::parse_offset(&cfg.site.utc_offset).map_err(|m| input(anyhow::anyhow!(m)))?;
             let cache = cache_dir(&cfg);
-            let result = gate::replay::run(cfg, &trace, cache).map_err(|e| runtime(anyhow::anyhow!(e)))?;
-            for p in &result.problems {
-                eprintln!("gate: warning: {p} (its doors were served by the fallback policy)");
-            }
-            let clock = gate::clock::Clock::new(trace.start_ms, offset);
-            match format {
-                Format::Jsonl => print!("{}", gate::replay::to_expect_lines(&result.records)),
-                Format::Text => {
-                    for (at, r) in &result.records {
-                        println!("{}  {r}", gate::replay::local_hms(&clock, trace.start_ms + *at as i64));
-                    }
-                }
-            }
-            if trace.expected.is_empty() {
-                return Ok(0);
-            }
-            match gate::replay::diff(&trace.expected, &result.records) {
-                None => {
-                    eprintln!("gate: replay matches the {} expected outputs", trace.expected.len());
-                    Ok(0)
-                }
-                Some(d) => {
-                    eprintln!("gate: replay differs from the trace's expected outputs:\n{d}");
-                    Ok(1)
-                }
-            }
+            replay_and_report(cfg, &trace, cache, format)
         }
         Cmd::Record { config, out, subjects_out, keep_raw_cards, simulate, seconds } => {
             let cfg = load_config(&config)?;
@@ -502,35 +633,11 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
         Cmd::Audit { cmd } => audit_cmd::audit(cmd),
         Cmd::Report(a) => report_cmd::report(a),
         Cmd::Subject { cmd: SubjectCmd::Report(a) } => report_cmd::subject_report(a),
-        Cmd::Plugin { cmd: PluginCmd::Sign(a) } => fleet_cmd::sign(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
-        Cmd::Plugin { cmd: PluginCmd::Deploy(a) } => fleet_cmd::deploy(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
-        Cmd::Plugin { cmd: PluginCmd::Rollback(a) } => fleet_cmd::rollback(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
+        Cmd::Plugin { cmd } => plugin(cmd),
         Cmd::Fleet { cmd } => fleet_cmd::fleet(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Remote { cmd } => fleet_cmd::remote(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::Guard { cmd } => fleet_cmd::guard(cmd).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         Cmd::CredentialRef(a) => fleet_cmd::credential_ref(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
-        Cmd::Plugin { cmd: PluginCmd::Check { file, config } } => {
-            let limits = match config {
-                Some(c) => gate::config::SiteConfig::load(&c).map_err(input)?.limits,
-                None => gate::config::Limits::default(),
-            };
-            let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
-            let r = gate::plugin::check::check(&rt, &file, &limits).map_err(input)?;
-            println!("{}: ok", file.display());
-            println!(
-                "  world:   gate:plugin/{}@{}",
-                match r.world {
-                    gate::config::World::Policy => "policy-plugin",
-                    gate::config::World::Integration => "integration-plugin",
-                },
-                gate::plugin::CONTRACT_VERSION
-            );
-            println!("  size:    {} bytes", r.size);
-            println!("  sha256:  {}", r.sha256);
-            println!("  exports: {}", r.exports.join(", "));
-            println!("  imports: {}", r.imports.join(", "));
-            Ok(0)
-        }
         Cmd::PinHash { site, pin } => {
             let pin = match pin {
                 Some(p) => p,

@@ -1,0 +1,182 @@
+//! Tools for plugin authors outside this repository: `gate plugin wit` writes the contract for
+//! other languages' binding generators, `gate plugin new` writes a ready project from templates
+//! embedded in the binary (so the gate binary alone is enough to start).
+
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The contract files, embedded at build time: (file name, text).
+pub const CONTRACT_FILES: &[(&str, &str)] = &[("gate-plugin.wit", include_str!("../../wit/gate-plugin.wit"))];
+
+/// Where generated projects get the SDK when no local copy is given or found: a placeholder
+/// for the repository the site got gate from (README, "Writing plugins outside this repository").
+pub const SDK_GIT_PLACEHOLDER: &str = "https://git.example.com/gate.git";
+
+/// A scaffolding step that failed: bad input (exit 2) or the file system.
+#[derive(Debug, Error)]
+pub enum ScaffoldError {
+    #[error("{0}")]
+    Input(String),
+    #[error("writing {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// The languages `gate plugin new` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Rust,
+}
+
+/// Which world the project implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Policy,
+}
+
+/// How a generated Rust project depends on the SDK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdkSource {
+    /// A local `plugins/sdk` directory (absolute).
+    Path(PathBuf),
+    /// A git repository holding `plugins/sdk`.
+    Git(String),
+}
+
+impl SdkSource {
+    /// The dependency line for Cargo.toml.
+    fn dependency(&self) -> String {
+        let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+        match self {
+            SdkSource::Path(p) => format!("gate-plugin-sdk = {{ path = {} }}", quote(&p.to_string_lossy())),
+            SdkSource::Git(url) => format!("# Replace the URL by the gate repository you build plugins against.\ngate-plugin-sdk = {{ git = {} }}", quote(url)),
+        }
+    }
+}
+
+/// Writes the contract files into `dir` (created if missing); returns the files written.
+pub fn write_wit(dir: &Path) -> Result<Vec<PathBuf>, ScaffoldError> {
+    std::fs::create_dir_all(dir).map_err(|source| ScaffoldError::Write { path: dir.to_path_buf(), source })?;
+    let mut out = Vec::new();
+    for (name, text) in CONTRACT_FILES {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// The SDK a new project should use: `--sdk`, else the `plugins/sdk` of the gate checkout the
+/// running binary was built in (found upwards from the executable), else the git placeholder.
+pub fn find_sdk(given: Option<&Path>, exe: Option<&Path>) -> Result<SdkSource, ScaffoldError> {
+    if let Some(p) = given {
+        let dir = std::path::absolute(p).map_err(|e| ScaffoldError::Input(format!("--sdk {}: {e}", p.display())))?;
+        if !is_sdk(&dir) {
+            return Err(ScaffoldError::Input(format!("--sdk {}: not the gate plugin SDK (no Cargo.toml of `gate-plugin-sdk` there)", p.display())));
+        }
+        return Ok(SdkSource::Path(dir));
+    }
+    let found = exe.into_iter().flat_map(Path::ancestors).map(|a| a.join("plugins/sdk")).find(|d| is_sdk(d));
+    Ok(match found {
+        Some(d) => SdkSource::Path(d),
+        None => SdkSource::Git(SDK_GIT_PLACEHOLDER.into()),
+    })
+}
+
+fn is_sdk(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("name = \"gate-plugin-sdk\""))
+}
+
+/// A project name: 1..=64 of lower-case ASCII letters, digits and `-`, starting with a letter.
+pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
+    let ok =
+        (1..=64).contains(&name.len()) && name.starts_with(|c: char| c.is_ascii_lowercase()) && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ScaffoldError::Input(format!("plugin name `{name}`: use 1 to 64 lower-case letters, digits and `-`, starting with a letter (e.g. `maple-court-policy`)")))
+    }
+}
+
+/// One template file: (path in the project, text with `{{…}}` placeholders).
+type Template = (&'static str, &'static str);
+
+const RUST_POLICY: &[Template] = &[
+    ("Cargo.toml", include_str!("../templates/rust-policy/Cargo.toml.tmpl")),
+    (".gitignore", include_str!("../templates/rust-policy/gitignore.tmpl")),
+    ("README.md", include_str!("../templates/rust-policy/README.md.tmpl")),
+    ("src/lib.rs", include_str!("../templates/rust-policy/src/lib.rs.tmpl")),
+    ("tests/sample.jsonl", include_str!("../templates/rust-policy/tests/sample.jsonl.tmpl")),
+    ("tests/sample.site.toml", include_str!("../templates/rust-policy/tests/sample.site.toml.tmpl")),
+];
+
+/// Writes a new project `dir` (which must not exist yet, or be empty) named `name`.
+pub fn new_project(dir: &Path, name: &str, lang: Lang, kind: Kind, sdk: &SdkSource) -> Result<Vec<PathBuf>, ScaffoldError> {
+    check_name(name)?;
+    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(ScaffoldError::Input(format!("{}: already exists and is not empty; nothing was written", dir.display())));
+    }
+    let templates = match (lang, kind) {
+        (Lang::Rust, Kind::Policy) => RUST_POLICY,
+    };
+    let vars = [("{{name}}", name.to_string()), ("{{crate}}", name.replace('-', "_")), ("{{contract}}", crate::plugin::CONTRACT_VERSION.to_string()), ("{{sdk_dep}}", sdk.dependency())];
+    let mut written = Vec::new();
+    for (rel, text) in templates {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| ScaffoldError::Write { path: parent.to_path_buf(), source })?;
+        }
+        let mut body = text.to_string();
+        for (k, v) in &vars {
+            body = body.replace(k, v);
+        }
+        std::fs::write(&path, body).map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_contract_is_the_one_the_host_serves() {
+        let (_, text) = CONTRACT_FILES[0];
+        assert!(text.contains(&format!("package gate:plugin@{};", crate::plugin::CONTRACT_VERSION)));
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = write_wit(&dir.path().join("wit")).expect("write");
+        assert_eq!(std::fs::read_to_string(&files[0]).expect("read"), text);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("maple-court-policy").is_ok());
+        for bad in ["", "Policy", "9lives", "a_b", "a-", "../x", &"a".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_project_fills_every_placeholder_and_never_overwrites() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("my-policy");
+        let files = new_project(&p, "my-policy", Lang::Rust, Kind::Policy, &SdkSource::Git(SDK_GIT_PLACEHOLDER.into())).expect("new");
+        for f in &files {
+            let t = std::fs::read_to_string(f).expect("read");
+            assert!(!t.contains("{{"), "{} keeps a placeholder", f.display());
+        }
+        let cargo = std::fs::read_to_string(p.join("Cargo.toml")).expect("read");
+        assert!(cargo.contains("name = \"my-policy\"") && cargo.contains(SDK_GIT_PLACEHOLDER), "{cargo}");
+        let e = new_project(&p, "my-policy", Lang::Rust, Kind::Policy, &SdkSource::Git(SDK_GIT_PLACEHOLDER.into())).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+    }
+
+    #[test]
+    fn the_sdk_is_found_from_the_binary_of_a_checkout() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root");
+        let exe = root.join("target/release/gate");
+        assert_eq!(find_sdk(None, Some(&exe)).expect("sdk"), SdkSource::Path(root.join("plugins/sdk")));
+        assert_eq!(find_sdk(None, Some(Path::new("/usr/bin/gate"))).expect("sdk"), SdkSource::Git(SDK_GIT_PLACEHOLDER.into()));
+        assert!(find_sdk(Some(Path::new("/nonexistent")), None).is_err());
+    }
+}

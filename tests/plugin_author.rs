@@ -1,0 +1,108 @@
+//! A site integrator's loop, from outside this repository: `gate plugin new` makes a project in
+//! an empty temp dir, cargo builds it there (the SDK by path, nothing copied), and `gate plugin
+//! test` runs the component against the project's own sample trace; a broken rule then fails
+//! with a diff. Also `gate plugin wit` and the harness's bad-input errors.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::{gate, root, text};
+
+/// Where the scaffolded projects build: kept between runs so a re-run compiles only the project.
+fn target_dir() -> PathBuf {
+    root().join("target/plugin-author")
+}
+
+fn cargo(dir: &Path, args: &[&str]) -> Output {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Command::new(cargo).current_dir(dir).args(args).arg("--offline").env("CARGO_TARGET_DIR", target_dir()).output().expect("run cargo")
+}
+
+fn gate_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gate")).current_dir(dir).args(args).output().expect("run gate")
+}
+
+#[test]
+fn a_new_rust_project_builds_outside_the_workspace_passes_its_sample_trace_and_a_broken_rule_fails_with_a_diff() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sdk = root().join("plugins/sdk");
+    let o = gate_in(tmp.path(), &["plugin", "new", "--lang", "rust", "site-policy", "--sdk", sdk.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let project = tmp.path().join("site-policy");
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(manifest.contains("[profile.release]") && manifest.contains(&format!("path = \"{}\"", sdk.display())), "{manifest}");
+
+    // The rules' own unit tests, natively.
+    let o = cargo(&project, &["test"]);
+    assert!(o.status.success(), "cargo test of the new project:\n{}", text(&o));
+    assert!(text(&o).contains("test result: ok. 5 passed"), "{}", text(&o));
+
+    let build = |project: &Path| {
+        let o = cargo(project, &["build", "--release", "--target", "wasm32-wasip2"]);
+        assert!(o.status.success(), "cargo build of the new project:\n{}", text(&o));
+    };
+    build(&project);
+    let wasm = target_dir().join("wasm32-wasip2/release/site_policy.wasm");
+    let o = gate_in(&project, &["plugin", "check", wasm.to_str().expect("utf-8")]);
+    assert!(o.status.success() && text(&o).contains("gate:plugin/policy-plugin@0.2.0"), "{}", text(&o));
+
+    let o = gate_in(&project, &["plugin", "test", wasm.to_str().expect("utf-8"), "--trace", "tests/sample.jsonl"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("replay matches the") && out.contains("plugin:site-policy"), "{out}");
+    assert!(out.contains("NEED  card|pin|nfc") && out.contains("outside hours") && out.contains("liveness check failed"), "{out}");
+
+    // Break a rule: an unknown card now gets another reason. The trace catches it.
+    let lib = project.join("src/lib.rs");
+    let src = std::fs::read_to_string(&lib).expect("lib.rs");
+    let broken = src.replacen("return Decision::deny(\"unknown credential\");", "return Decision::deny(\"no entry\");", 1);
+    assert_ne!(src, broken, "the rule to break is in the template");
+    std::fs::write(&lib, broken).expect("write lib.rs");
+    build(&project);
+    let o = gate_in(&project, &["plugin", "test", wasm.to_str().expect("utf-8"), "--trace", "tests/sample.jsonl"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("replay differs from the trace's expected outputs"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with('-') && l.contains("\"reason\":\"unknown credential\"")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with('+') && l.contains("\"reason\":\"no entry\"")), "{out}");
+}
+
+#[test]
+fn the_contract_is_written_for_other_languages_as_the_host_serves_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let want = std::fs::read_to_string(root().join("wit/gate-plugin.wit")).expect("wit");
+    let o = gate_in(tmp.path(), &["plugin", "wit", "--out", "wit"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("wit/gate-plugin.wit")).expect("written"), want);
+    let o = gate(&["plugin", "wit"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), want);
+}
+
+#[test]
+fn plugin_test_refuses_bad_input_with_exit_2_naming_the_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let policy = support::plugin("resident-policy");
+    let trace = tmp.path().join("t.jsonl");
+    std::fs::write(&trace, "{\"gate_trace\":1,\"site\":\"s\",\"start\":\"2026-11-23T07:00:00+08:00\"}\n{\"at\":0,\"input\":{\"kind\":\"card\",\"door\":\"north\",\"number\":\"1\"}}\n").expect("trace");
+    // A sidecar with a key it does not know: file, line and key.
+    let side = tmp.path().join("t.site.toml");
+    std::fs::write(&side, "[settings]\ndefault-open-ms = 5000\n\n[[door]]\nid = \"north\"\ncolour = \"red\"\n").expect("sidecar");
+    let o = gate(&["plugin", "test", policy.to_str().expect("utf-8"), "--trace", trace.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains(&format!("{}:6:", side.display())) && text(&o).contains("colour"), "{}", text(&o));
+    // Not a component at all.
+    std::fs::remove_file(&side).expect("rm");
+    let o = gate(&["plugin", "test", trace.to_str().expect("utf-8"), "--trace", trace.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Without a sidecar the plugin decides on the trace's doors; nothing expected, exit 0.
+    let o = gate(&["plugin", "test", policy.to_str().expect("utf-8"), "--trace", trace.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("DENY  unknown credential") && text(&o).contains("plugin:resident-policy"), "{}", text(&o));
+    // A project is never written over an existing one.
+    std::fs::create_dir(tmp.path().join("taken")).expect("mkdir");
+    std::fs::write(tmp.path().join("taken/keep.txt"), "mine").expect("write");
+    let o = gate_in(tmp.path(), &["plugin", "new", "taken"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("taken/keep.txt")).expect("kept"), "mine");
+}
