@@ -57,7 +57,8 @@ pub struct BrokerConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
-    /// MQTT keep-alive, seconds (the broker declares the client dead after 1.5×).
+    /// MQTT keep-alive, seconds (the broker declares the client dead after 1.5×). The
+    /// gateway's link uses 5 to 65,535: a smaller value is raised to 5, a larger one cut.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
 }
@@ -65,6 +66,9 @@ pub struct BrokerConfig {
 fn default_keep_alive() -> u64 {
     15
 }
+
+/// The shortest keep-alive the gateway's MQTT 5 link uses (rumqttc's lower bound).
+pub const LINK_MIN_KEEP_ALIVE_SECS: u64 = 5;
 
 /// Largest MQTT packet either side of the link handles (bundles travel as one message).
 pub const MAX_PACKET_BYTES: usize = 40 * 1024 * 1024;
@@ -148,7 +152,9 @@ pub fn mqtt_options(broker: &BrokerConfig, client_id: &str) -> Result<MqttOption
 /// (MQTT 5.0, 3.1.2.11.4; Mosquitto logs `Dropping too large outgoing PUBLISH`).
 pub fn link_options(broker: &BrokerConfig, client_id: &str) -> Result<rumqttc::v5::MqttOptions, LinkError> {
     let mut o = rumqttc::v5::MqttOptions::new(client_id, broker.host.clone(), broker.port);
-    o.set_keep_alive(Duration::from_secs(broker.keep_alive_secs.max(1)));
+    // rumqttc's MQTT 5 client refuses (panics on) a keep-alive under 5 s; the protocol's
+    // field is 16 bits.
+    o.set_keep_alive(Duration::from_secs(broker.keep_alive_secs.clamp(LINK_MIN_KEEP_ALIVE_SECS, u64::from(u16::MAX))));
     o.set_clean_start(true);
     o.set_session_expiry_interval(None);
     o.set_max_packet_size(Some(MAX_PACKET_BYTES as u32));
@@ -966,6 +972,15 @@ mod tests {
             let d = b.delay(a).as_millis() as f64;
             let base = b.base_delay(a).as_millis() as f64;
             assert!(d >= base * 0.8 && d <= base * 1.2, "attempt {a}: {d} vs {base}");
+        }
+    }
+
+    #[test]
+    fn a_keep_alive_below_five_seconds_is_raised_not_a_panic() {
+        for k in [0, 2, 5, u64::MAX] {
+            let b = BrokerConfig { host: "localhost".into(), port: 1883, tls: None, username: None, password: None, keep_alive_secs: k };
+            let o = link_options(&b, "x").unwrap();
+            assert_eq!(o.keep_alive().as_secs(), k.clamp(5, 65_535));
         }
     }
 
