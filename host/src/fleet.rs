@@ -666,7 +666,7 @@ impl Fleet {
             let c = gw.clock().clone();
             GatewayClock::new(move || c.now_ms())
         };
-        let (deployer, interrupted) = Deployer::new(dcfg, trusted, store, clock.now_ms())?;
+        let (deployer, interrupted) = Deployer::new(dcfg, trusted.clone(), store, clock.now_ms())?;
         let retention = Retention { max_pending: fc.outbox.max_pending, max_age_ms: (fc.outbox.max_age_hours > 0).then(|| fc.outbox.max_age_hours as i64 * 3_600_000) };
         let outbox = Outbox::open(db, &fleet_db, retention)?;
         let control = gw.plugin_control().ok_or_else(|| FleetError::Setup("the policy worker is not running".into()))?;
@@ -686,6 +686,10 @@ impl Fleet {
         };
         let mut lc = LinkConfig::new(fc.broker.clone(), &site, &gateway);
         lc.clock = clock.clone();
+        // The link verifies inbound jobs and commands against the same keys, before its
+        // queue, so junk cannot crowd out what an operator signed.
+        lc.trusted = trusted;
+        lc.max_bundle_bytes = fc.max_bundle_bytes;
         let (key, created) = device_key(db)?;
         if created {
             tracing::info!(public = %key.public_b64(), "device key created; enrol it with `gate fleet enroll`");

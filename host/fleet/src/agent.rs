@@ -98,7 +98,7 @@ impl Agent {
     /// time (not of a repeated job id or a command), so the host can audit what changed.
     pub fn handle(&mut self, msg: Inbound, slot: &mut dyn PluginSlot, exec: &mut dyn CommandExecutor) -> Result<Option<JobStatus>, StoreError> {
         match msg {
-            Inbound::Job { job_id, payload } => {
+            Inbound::Job { job_id, payload, .. } => {
                 let link = self.link.clone();
                 let clock = self.clock.clone();
                 let before = self.deployer.job(&job_id)?;
@@ -110,10 +110,10 @@ impl Agent {
                 }
                 Ok(None)
             }
-            Inbound::Command { id, payload } => {
+            Inbound::Command { id, checked } => {
                 // A directory change moves the version the status reports.
                 let before = self.directory_version.load(std::sync::atomic::Ordering::Acquire);
-                self.command(&id, &payload, exec)?;
+                self.command(&id, checked, exec)?;
                 if self.directory_version.load(std::sync::atomic::Ordering::Acquire) != before {
                     self.link.update_status(self.status(slot));
                 }
@@ -122,10 +122,11 @@ impl Agent {
         }
     }
 
-    fn command(&mut self, id: &str, payload: &[u8], exec: &mut dyn CommandExecutor) -> Result<(), StoreError> {
+    /// Carries out a command the link checked (its signature verified once, there) if it
+    /// is still within its window and its id is new; refuses anything else.
+    fn command(&mut self, id: &str, checked: Result<commands::AuthenticCommand, commands::CommandError>, exec: &mut dyn CommandExecutor) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        let trusted = self.deployer.trusted().clone();
-        let auth = commands::authorise(payload, id, &self.site, &self.gateway, &trusted, self.deployer.store(), now);
+        let auth = checked.and_then(|c| commands::admit(c, self.deployer.store(), now));
         let reply = match auth {
             Ok(cmd) => {
                 let action = serde_json::to_string(&cmd.command.action).unwrap_or_default();

@@ -228,13 +228,23 @@ fn parse_envelope(raw: &[u8], max: usize) -> Result<Bundle, BundleError> {
     Ok(env)
 }
 
+/// The signature part of [`verify`]: the envelope's format, a signature present, by a
+/// trusted key that may deploy, over the manifest as is (one Ed25519 verification; the
+/// component's hash and everything else are [`verify`]'s). Returns the signer's key id.
+pub fn authenticate(env: &Bundle, trusted: &TrustedKeys) -> Result<String, BundleError> {
+    if env.format != BUNDLE_FORMAT {
+        return Err(BundleError::Malformed(format!("format is {:?}, expected {BUNDLE_FORMAT:?}", env.format)));
+    }
+    let sig = env.signature.as_ref().ok_or(BundleError::Unsigned)?;
+    Ok(keys::verify(trusted, BUNDLE_FORMAT, env.manifest.as_bytes(), sig, Permission::Deploy)?)
+}
+
 /// Runs every check, in this order: size, envelope, signature present, key trusted,
 /// signature valid, key may deploy, manifest well-formed, hash, world, host version,
 /// sequence (replay), version (downgrade without signed rollback).
 pub fn verify(raw: &[u8], cx: &VerifyContext<'_>) -> Result<VerifiedBundle, BundleError> {
     let env = parse_envelope(raw, cx.max_bundle_bytes)?;
-    let sig = env.signature.as_ref().ok_or(BundleError::Unsigned)?;
-    let signer = keys::verify(cx.trusted, BUNDLE_FORMAT, env.manifest.as_bytes(), sig, Permission::Deploy)?;
+    let signer = authenticate(&env, cx.trusted)?;
     let manifest: Manifest = serde_json::from_str(&env.manifest).map_err(|e| BundleError::Malformed(format!("manifest: {e}")))?;
     crate::topics::check_level("plugin name", &manifest.name).map_err(|e| BundleError::Malformed(e.to_string()))?;
     let component = B64.decode(env.component.as_bytes()).map_err(|e| BundleError::Malformed(format!("component is not base64: {e}")))?;

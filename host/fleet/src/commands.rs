@@ -297,35 +297,92 @@ pub trait SeenCommands {
     fn record_once(&mut self, id: &str, expires_at_ms: i64, now_ms: i64) -> bool;
 }
 
-/// Checks a raw command received on `cmd/{topic_id}` for this site / gateway.
-pub fn authorise(raw: &[u8], topic_id: &str, site: &str, gateway: &str, trusted: &TrustedKeys, seen: &mut dyn SeenCommands, now_ms: i64) -> Result<AuthorisedCommand, CommandError> {
+/// A command that passed every check but its signature (no cryptography yet): what the
+/// link may look at cheaply for anything anyone with a broker account can send.
+#[derive(Debug, Clone)]
+pub struct UnverifiedCommand {
+    signed: SignedCommand,
+    command: Command,
+}
+
+/// The cheap checks of a raw command received on `cmd/{topic_id}` for this site /
+/// gateway, in this order: size, JSON, body, id, target, lifetime, validity window, reply
+/// key. Nothing in the body is acted on; [`UnverifiedCommand::verify`] checks the signature.
+pub fn precheck(raw: &[u8], topic_id: &str, site: &str, gateway: &str, now_ms: i64) -> Result<UnverifiedCommand, CommandError> {
     if raw.len() > MAX_COMMAND_BYTES {
         return Err(CommandError::TooLarge(raw.len()));
     }
     let signed: SignedCommand = serde_json::from_slice(raw).map_err(|e| CommandError::Malformed(e.to_string()))?;
-    // The body is parsed only to learn which permission the action needs; nothing in it
-    // is acted on before the signature verifies.
     let command: Command = serde_json::from_str(&signed.command).map_err(|e| CommandError::Malformed(e.to_string()))?;
-    let sender = keys::verify(trusted, COMMAND_DOMAIN, signed.command.as_bytes(), &signed.signature, command.action.permission())?;
     if command.id != topic_id {
         return Err(CommandError::IdMismatch { topic: topic_id.into(), body: command.id });
     }
     if command.site != site || command.gateway != gateway {
         return Err(CommandError::WrongTarget { site: command.site, gateway: command.gateway });
     }
-    if command.expires_at_ms - command.issued_at_ms > MAX_COMMAND_LIFETIME_MS {
-        return Err(CommandError::LifetimeTooLong(command.expires_at_ms - command.issued_at_ms));
+    if command.expires_at_ms.saturating_sub(command.issued_at_ms) > MAX_COMMAND_LIFETIME_MS {
+        return Err(CommandError::LifetimeTooLong(command.expires_at_ms.saturating_sub(command.issued_at_ms)));
     }
-    if now_ms < command.issued_at_ms - CLOCK_SKEW_MS || now_ms > command.expires_at_ms {
-        return Err(CommandError::Expired { issued: command.issued_at_ms, expires: command.expires_at_ms, now: now_ms });
-    }
+    check_window(&command, now_ms)?;
     if let CommandAction::RotateUnitPin { reply_key, .. } = &command.action {
         reply_public_key(reply_key)?;
     }
-    if !seen.record_once(&command.id, command.expires_at_ms, now_ms) {
-        return Err(CommandError::Replayed(command.id));
+    Ok(UnverifiedCommand { signed, command })
+}
+
+fn check_window(command: &Command, now_ms: i64) -> Result<(), CommandError> {
+    if now_ms < command.issued_at_ms.saturating_sub(CLOCK_SKEW_MS) || now_ms > command.expires_at_ms {
+        return Err(CommandError::Expired { issued: command.issued_at_ms, expires: command.expires_at_ms, now: now_ms });
     }
-    Ok(AuthorisedCommand { command, sender })
+    Ok(())
+}
+
+impl UnverifiedCommand {
+    /// The key this command names, before anything is verified (for counting, never trust).
+    pub fn claimed_key(&self) -> &str {
+        &self.signed.signature.key_id
+    }
+
+    /// The signature check (one Ed25519 verification): a trusted key holding the
+    /// permission the action needs signed the command text as is.
+    pub fn verify(self, trusted: &TrustedKeys) -> Result<AuthenticCommand, CommandError> {
+        let sender = keys::verify(trusted, COMMAND_DOMAIN, self.signed.command.as_bytes(), &self.signed.signature, self.command.action.permission())?;
+        Ok(AuthenticCommand(AuthorisedCommand { command: self.command, sender }))
+    }
+}
+
+/// A command whose signature, permission, target and validity were checked, not yet
+/// whether its id is new ([`admit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticCommand(AuthorisedCommand);
+
+impl AuthenticCommand {
+    /// The command's id.
+    pub fn id(&self) -> &str {
+        &self.0.command.id
+    }
+}
+
+/// Every check but the replay check: [`precheck`] then [`UnverifiedCommand::verify`].
+pub fn authenticate(raw: &[u8], topic_id: &str, site: &str, gateway: &str, trusted: &TrustedKeys, now_ms: i64) -> Result<AuthenticCommand, CommandError> {
+    precheck(raw, topic_id, site, gateway, now_ms)?.verify(trusted)
+}
+
+/// Admits an authentic command at `now_ms`: still within its window, and its id never
+/// received before (recorded in `seen` until it expires).
+pub fn admit(cmd: AuthenticCommand, seen: &mut dyn SeenCommands, now_ms: i64) -> Result<AuthorisedCommand, CommandError> {
+    let AuthenticCommand(cmd) = cmd;
+    check_window(&cmd.command, now_ms)?;
+    if !seen.record_once(&cmd.command.id, cmd.command.expires_at_ms, now_ms) {
+        return Err(CommandError::Replayed(cmd.command.id));
+    }
+    Ok(cmd)
+}
+
+/// Checks a raw command received on `cmd/{topic_id}` for this site / gateway:
+/// [`authenticate`] then [`admit`].
+pub fn authorise(raw: &[u8], topic_id: &str, site: &str, gateway: &str, trusted: &TrustedKeys, seen: &mut dyn SeenCommands, now_ms: i64) -> Result<AuthorisedCommand, CommandError> {
+    admit(authenticate(raw, topic_id, site, gateway, trusted, now_ms)?, seen, now_ms)
 }
 
 /// The reply for a refused command.

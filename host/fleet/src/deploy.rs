@@ -3,7 +3,7 @@
 //! persisted in [`FleetStore`] and the automatic rollback rule ([`RollbackRule`]).
 
 use crate::bundle::{self, BundleError, Manifest, VerifyContext, World};
-use crate::keys::{self, OperatorKey, Permission, TrustedKeys};
+use crate::keys::{self, OperatorKey, Permission, SigError, TrustedKeys};
 use crate::messages::{JobAction, JobRequest, JobState, JobStatus, PluginInfo, RollbackOrder, SignedRollback};
 use crate::store::{FleetStore, StoreError};
 use semver::Version;
@@ -291,7 +291,7 @@ impl Deployer {
         now_ms: &dyn Fn() -> i64,
         progress: &mut dyn FnMut(&JobStatus),
     ) -> Result<JobStatus, StoreError> {
-        let signer = match keys::verify(&self.trusted, ROLLBACK_DOMAIN, order.order.as_bytes(), &order.signature, Permission::Deploy) {
+        let signer = match rollback_signer(&self.trusted, order) {
             Ok(k) => k,
             Err(e) => {
                 let e = BundleError::from(e);
@@ -370,6 +370,41 @@ impl Deployer {
 pub fn sign_rollback(key: &OperatorKey, order: &RollbackOrder) -> SignedRollback {
     let text = serde_json::to_string(order).unwrap_or_default();
     SignedRollback { signature: key.sign(ROLLBACK_DOMAIN, text.as_bytes()), order: text }
+}
+
+/// The signer of a rollback order: a trusted key that may deploy (one Ed25519 verification).
+fn rollback_signer(trusted: &TrustedKeys, order: &SignedRollback) -> Result<String, SigError> {
+    keys::verify(trusted, ROLLBACK_DOMAIN, order.order.as_bytes(), &order.signature, Permission::Deploy)
+}
+
+/// A job request that parsed and names its topic's job id, its signature not yet checked
+/// (what the link may look at cheaply for anything anyone with a broker account can send).
+#[derive(Debug, Clone)]
+pub struct UnverifiedJob(JobRequest);
+
+/// The cheap checks of a raw job request on `jobs/{topic_job_id}`: size (at most twice
+/// `max_bundle_bytes`, as [`Deployer::run_job`]), JSON, id. No cryptography.
+pub fn precheck_job(raw: &[u8], topic_job_id: &str, max_bundle_bytes: usize) -> Result<UnverifiedJob, BundleError> {
+    if raw.len() > max_bundle_bytes.saturating_mul(2) {
+        return Err(BundleError::TooLarge { size: raw.len(), max: max_bundle_bytes.saturating_mul(2) });
+    }
+    let req: JobRequest = serde_json::from_slice(raw).map_err(|e| BundleError::Malformed(format!("job request: {e}")))?;
+    if req.job_id != topic_job_id {
+        return Err(BundleError::Malformed(format!("job id {:?} in the body does not match {topic_job_id:?} in the topic", req.job_id)));
+    }
+    Ok(UnverifiedJob(req))
+}
+
+impl UnverifiedJob {
+    /// The signature check of the job (one Ed25519 verification, the same code
+    /// [`Deployer::run_job`] runs): the bundle's ([`bundle::authenticate`]) or the
+    /// rollback order's. Returns the signer's key id.
+    pub fn verify(&self, trusted: &TrustedKeys) -> Result<String, BundleError> {
+        match &self.0.action {
+            JobAction::Deploy { bundle } => bundle::authenticate(bundle, trusted),
+            JobAction::Rollback { order } => Ok(rollback_signer(trusted, order)?),
+        }
+    }
 }
 
 /// A [`PluginSlot`] that keeps components in memory and checks only what needs no

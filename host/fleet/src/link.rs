@@ -1,5 +1,7 @@
-//! The gateway's MQTT link (rumqttc): TLS via rustls with a CA file and optional client
-//! certificate, or username / password; reconnect with exponential back-off; the
+//! The gateway's MQTT link (rumqttc, MQTT 5): TLS via rustls with a CA file and optional client
+//! certificate, or username / password; the gateway's Maximum Packet Size stated in its
+//! CONNECT, so the broker drops what is larger instead of sending it; reconnect with
+//! exponential back-off; the
 //! retained birth status and the last-will death status; subscriptions to jobs and
 //! commands; draining the [`Outbox`] with QoS 1 (cursor advanced on PUBACK); and the
 //! rate-limited publish path for integration plugins.
@@ -7,12 +9,17 @@
 //! One task owns the rumqttc event loop and all link state ([`LinkState`]); the host
 //! talks to it through a cloneable [`LinkHandle`] and receives [`Inbound`] messages.
 
+use crate::commands::{AuthenticCommand, CommandError};
+use crate::keys::TrustedKeys;
 use crate::limit::{Rate, ShedLog, TokenBucket};
 use crate::messages::{GatewayClock, JobStatus, Status};
 use crate::outbox::{Outbox, OutboxError};
 use crate::signed::{DeviceKey, Kind};
 use crate::topics::{GatewayTopics, TopicError};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use rumqttc::{MqttOptions, Outgoing, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
@@ -50,7 +57,8 @@ pub struct BrokerConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
-    /// MQTT keep-alive, seconds (the broker declares the client dead after 1.5×).
+    /// MQTT keep-alive, seconds (the broker declares the client dead after 1.5×). The
+    /// gateway's link uses 5 to 65,535: a smaller value is raised to 5, a larger one cut.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
 }
@@ -58,6 +66,9 @@ pub struct BrokerConfig {
 fn default_keep_alive() -> u64 {
     15
 }
+
+/// The shortest keep-alive the gateway's MQTT 5 link uses (rumqttc's lower bound).
+pub const LINK_MIN_KEEP_ALIVE_SECS: u64 = 5;
 
 /// Largest MQTT packet either side of the link handles (bundles travel as one message).
 pub const MAX_PACKET_BYTES: usize = 40 * 1024 * 1024;
@@ -75,6 +86,14 @@ pub enum LinkError {
     Outbox(#[from] OutboxError),
     #[error("the MQTT client's request queue is closed")]
     Closed,
+    #[error("the broker refused an event in its PUBACK ({0}); it stays in the outbox")]
+    Refused(String),
+}
+
+/// Whether an MQTT 5 PUBACK reason means the broker took the message (no subscriber yet
+/// is still taken: a retained or later-subscribed consumer gets it).
+fn accepted(reason: PubAckReason) -> bool {
+    matches!(reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers)
 }
 
 fn tls_config(t: &TlsFiles) -> Result<rustls::ClientConfig, LinkError> {
@@ -102,15 +121,45 @@ fn tls_config(t: &TlsFiles) -> Result<rustls::ClientConfig, LinkError> {
     }
 }
 
-/// rumqttc options for `broker` with `client_id`: clean session, TLS and credentials
-/// as configured, packet limit [`MAX_PACKET_BYTES`].
+fn transport(broker: &BrokerConfig) -> Result<Option<Transport>, LinkError> {
+    match &broker.tls {
+        Some(t) => Ok(Some(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(t)?))))),
+        None => Ok(None),
+    }
+}
+
+/// MQTT 3.1.1 rumqttc options for `broker` with `client_id` (the operator CLI and other
+/// clients that are not the gateway's link): clean session, TLS and credentials as
+/// configured, packet limit [`MAX_PACKET_BYTES`].
 pub fn mqtt_options(broker: &BrokerConfig, client_id: &str) -> Result<MqttOptions, LinkError> {
     let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     o.set_keep_alive(Duration::from_secs(broker.keep_alive_secs.max(1)));
     o.set_clean_session(true);
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    if let Some(t) = &broker.tls {
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(t)?))));
+    if let Some(t) = transport(broker)? {
+        o.set_transport(t);
+    }
+    if let (Some(u), Some(p)) = (&broker.username, &broker.password) {
+        o.set_credentials(u.clone(), p.clone());
+    }
+    Ok(o)
+}
+
+/// MQTT 5 options for the gateway's link: the same TLS, credentials and keep-alive as
+/// [`mqtt_options`]; a clean start with no session kept (session expiry 0, what a 3.1.1
+/// clean session is); and the CONNECT property Maximum Packet Size = [`MAX_PACKET_BYTES`],
+/// so a conforming broker drops a larger message for this client instead of sending it
+/// (MQTT 5.0, 3.1.2.11.4; Mosquitto logs `Dropping too large outgoing PUBLISH`).
+pub fn link_options(broker: &BrokerConfig, client_id: &str) -> Result<rumqttc::v5::MqttOptions, LinkError> {
+    let mut o = rumqttc::v5::MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    // rumqttc's MQTT 5 client refuses (panics on) a keep-alive under 5 s; the protocol's
+    // field is 16 bits.
+    o.set_keep_alive(Duration::from_secs(broker.keep_alive_secs.clamp(LINK_MIN_KEEP_ALIVE_SECS, u64::from(u16::MAX))));
+    o.set_clean_start(true);
+    o.set_session_expiry_interval(None);
+    o.set_max_packet_size(Some(MAX_PACKET_BYTES as u32));
+    if let Some(t) = transport(broker)? {
+        o.set_transport(t);
     }
     if let (Some(u), Some(p)) = (&broker.username, &broker.password) {
         o.set_credentials(u.clone(), p.clone());
@@ -175,20 +224,34 @@ pub enum PluginPublishError {
 /// Bounds on what arrives from the broker, applied before a message is handed on:
 /// anything with a broker account can publish on a gateway's inbound topics, so a flood
 /// is shed here (counted, reported at most every few seconds) and never reaches a store.
+/// The signature is checked here first: a job or command a trusted key signed passes
+/// whatever junk arrives beside it; only what does not verify spends the junk rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundLimits {
-    /// Job requests handed to the host (a deployment is rare: default 1/s, burst 10).
+    /// Unauthenticated job requests handed to the host for a refusal (default 1/s, burst 10).
     pub jobs: Rate,
-    /// Commands handed to the host (default 20/s, burst 50).
+    /// Unauthenticated commands handed to the host for a refusal (default 20/s, burst 50).
     pub commands: Rate,
-    /// Messages waiting for the host at most (default 64); more are shed.
+    /// Ed25519 verifications at most (default 1,000/s, burst 2,000: about 50 ms of one
+    /// core a second at ~50 µs each). Only messages that pass every cheap check (JSON,
+    /// id, target, validity window, a trusted key id) get one.
+    pub verifies: Rate,
+    /// Messages waiting for the host at most (default 64); more are shed. Unauthenticated
+    /// ones may take only half of it, so genuine ones always find room.
     pub queue: usize,
 }
 
 impl Default for InboundLimits {
     fn default() -> Self {
-        Self { jobs: Rate { per_second: 1, burst: 10 }, commands: Rate { per_second: 20, burst: 50 }, queue: 64 }
+        Self { jobs: Rate { per_second: 1, burst: 10 }, commands: Rate { per_second: 20, burst: 50 }, verifies: Rate { per_second: 1_000, burst: 2_000 }, queue: 64 }
     }
+}
+
+/// Ids of genuine jobs and commands remembered to shed replays of them (most recent).
+const RECENT_IDS: usize = 4096;
+
+fn recent_key(job: bool, id: &str) -> String {
+    format!("{}{id}", if job { "j:" } else { "c:" })
 }
 
 /// Link settings.
@@ -211,6 +274,11 @@ pub struct LinkConfig {
     /// The gateway's device key: every status, will, job progress, reply and event is
     /// signed with it (a fresh random key unless the host sets its stored one).
     pub device_key: Arc<DeviceKey>,
+    /// Operator keys the gateway trusts: inbound jobs and commands are verified against
+    /// them before they are queued (the same keys the deployer holds).
+    pub trusted: TrustedKeys,
+    /// The deployer's bundle limit; a job request may be twice it (base64 and JSON).
+    pub max_bundle_bytes: usize,
 }
 
 impl LinkConfig {
@@ -226,6 +294,8 @@ impl LinkConfig {
             inbound: InboundLimits::default(),
             clock: GatewayClock::wall(),
             device_key: Arc::new(DeviceKey::generate()),
+            trusted: TrustedKeys::default(),
+            max_bundle_bytes: crate::bundle::DEFAULT_MAX_BUNDLE_BYTES,
         }
     }
 }
@@ -233,10 +303,12 @@ impl LinkConfig {
 /// Messages for the host from the operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// A job request (raw JSON of a [`crate::messages::JobRequest`]) on `jobs/{job_id}`.
-    Job { job_id: String, payload: Vec<u8> },
-    /// A signed command on `cmd/{id}`.
-    Command { id: String, payload: Vec<u8> },
+    /// A job request (raw JSON of a [`crate::messages::JobRequest`]) on `jobs/{job_id}`;
+    /// `signer` is the key whose signature the link verified, `None` for one that did not
+    /// verify (handed on, at a bounded rate, only to be refused).
+    Job { job_id: String, payload: Vec<u8>, signer: Option<String> },
+    /// A command on `cmd/{id}`, checked by the link: authentic, or why not (to be refused).
+    Command { id: String, checked: Result<AuthenticCommand, CommandError> },
 }
 
 /// Where the link is.
@@ -267,12 +339,19 @@ pub struct LinkSnapshot {
     pub cursor: i64,
     /// Plugin messages dropped because the link was down.
     pub plugin_dropped: u64,
-    /// Inbound messages shed (over their rate, queue full, unexpected topic).
+    /// Inbound messages shed (unauthenticated over their rate, over the verification
+    /// rate, repeated, queue full, unexpected topic).
     pub inbound_shed: u64,
+    /// Inbound jobs and commands whose signature verified (handed on unless repeated).
+    pub inbound_genuine: u64,
     /// Times the link failed on its own storage and started over.
     pub restarts: u64,
-    /// Connections the broker ended by offering a message over [`MAX_PACKET_BYTES`].
+    /// Connections lost to a message over [`MAX_PACKET_BYTES`] from a broker that ignored
+    /// the limit the gateway stated at connect (a conforming broker drops such a message
+    /// itself and logs it; the gateway never sees it).
     pub oversize: u64,
+    /// Publishes the broker refused in its PUBACK (MQTT 5 reason code: ACL, quota).
+    pub refused: u64,
 }
 
 enum Request {
@@ -381,6 +460,9 @@ pub struct Link {
     inbound: mpsc::Sender<Inbound>,
     job_bucket: TokenBucket,
     command_bucket: TokenBucket,
+    verify_bucket: TokenBucket,
+    /// Ids of genuine jobs and commands handed on, oldest first, to shed replays.
+    recent: VecDeque<String>,
     shed: ShedLog,
     snapshot_tx: watch::Sender<LinkSnapshot>,
     snap: LinkSnapshot,
@@ -408,7 +490,7 @@ impl Link {
     pub fn new(cfg: LinkConfig, outbox: Outbox, status: Status) -> Result<(Link, LinkHandle, mpsc::Receiver<Inbound>), LinkError> {
         let topics = GatewayTopics::new(&cfg.site, &cfg.gateway)?;
         let client_id = cfg.client_id.clone().unwrap_or_else(|| format!("gate-{}-{}", cfg.site, cfg.gateway));
-        let opts = mqtt_options(&cfg.broker, &client_id)?;
+        let opts = link_options(&cfg.broker, &client_id)?;
         let (client, eventloop) = AsyncClient::new(opts, cfg.window + 256);
         let (tx, rx) = mpsc::unbounded_channel();
         let (in_tx, in_rx) = mpsc::channel(cfg.inbound.queue.max(1));
@@ -430,6 +512,8 @@ impl Link {
             inbound: in_tx,
             job_bucket: TokenBucket::new(limits.jobs),
             command_bucket: TokenBucket::new(limits.commands),
+            verify_bucket: TokenBucket::new(limits.verifies),
+            recent: VecDeque::new(),
             shed: ShedLog::new("mqtt inbound", Duration::from_secs(10)),
             snapshot_tx,
             snap,
@@ -511,16 +595,19 @@ impl Link {
         self.fill_window()
     }
 
-    fn on_disconnected(&mut self, err: &rumqttc::ConnectionError) -> Result<(), LinkError> {
+    fn on_disconnected(&mut self, err: &rumqttc::v5::ConnectionError) -> Result<(), LinkError> {
         let attempt = match self.state {
             LinkState::Connecting { attempt } => attempt + 1,
             _ => 0,
         };
         let refreshing = std::mem::take(&mut self.refreshing_will);
-        // An inbound message over the packet limit ends the connection (MQTT 3.1.1 cannot
-        // tell the broker the limit); a retained one comes back on every connect. Say so
-        // once per run of them, and wait longer each time instead of flapping.
-        let oversize = matches!(err, rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(_))));
+        // The CONNECT states the packet limit, so a conforming broker never sends more. A
+        // broker that ignores it still ends the connection with one (the client cannot skip
+        // a packet), and a retained one comes back on every connect: say so once per run of
+        // them, and wait longer each time instead of flapping.
+        use rumqttc::v5::{mqttbytes::Error as WireError, ConnectionError, StateError};
+        let oversize =
+            matches!(err, ConnectionError::MqttState(StateError::Deserialization(WireError::PayloadSizeLimitExceeded { .. })) | ConnectionError::MqttState(StateError::IncomingPacketTooLarge { .. }));
         let lasted = self.connected_at.take().map(|t| t.elapsed());
         if oversize && lasted.is_some_and(|d| d > Duration::from_secs(60)) {
             self.oversize_streak = 0;
@@ -528,7 +615,7 @@ impl Link {
         let attempt = if oversize {
             self.snap.oversize += 1;
             if self.oversize_streak == 0 {
-                tracing::error!(limit = MAX_PACKET_BYTES, "the broker sent a message over the packet limit (a retained job or command?); it is offered again on every connect: clear it on the broker, and set max_packet_size there (host/fleet/broker/mosquitto.conf); reconnecting with a growing back-off");
+                tracing::error!(limit = MAX_PACKET_BYTES, "the broker sent a message over the packet limit the gateway stated at connect (the broker ignores MQTT 5 Maximum Packet Size; a retained job or command?); it is offered again on every connect: clear it on the broker, and set max_packet_size there (host/fleet/broker/mosquitto.conf); reconnecting with a growing back-off");
             }
             self.oversize_streak = self.oversize_streak.saturating_add(1);
             attempt.max(self.oversize_streak)
@@ -555,8 +642,8 @@ impl Link {
         let until = if refreshing { Instant::now() } else { Instant::now() + self.cfg.backoff.delay(attempt) };
         self.state = LinkState::Waiting { attempt, until };
         // The next connection carries the latest status as its last will.
-        let will = LastWill::new(self.topics.status(), self.death(), QoS::AtLeastOnce, true);
-        self.eventloop.mqtt_options.set_last_will(will);
+        let will = LastWill::new(self.topics.status(), self.death(), QoS::AtLeastOnce, true, None);
+        self.eventloop.options.set_last_will(will);
         Ok(())
     }
 
@@ -600,6 +687,17 @@ impl Link {
                     }
                 }
             }
+            Event::Incoming(Packet::PubAck(ack)) if !accepted(ack.reason) => {
+                // MQTT 5 lets the broker refuse a publish in its PUBACK (an ACL, a quota):
+                // nothing refused moves the cursor. Start over after a back-off; the event
+                // stays in the outbox and is sent again.
+                let tag = self.by_pkid.remove(&ack.pkid);
+                self.snap.refused = self.snap.refused.saturating_add(1);
+                if matches!(tag, Some(Tag::Event(_))) {
+                    return Err(LinkError::Refused(format!("{:?}", ack.reason)));
+                }
+                tracing::warn!(reason = ?ack.reason, "the broker refused a publish");
+            }
             Event::Incoming(Packet::PubAck(ack)) => match self.by_pkid.remove(&ack.pkid) {
                 Some(Tag::Event(seq)) => {
                     self.outbox.acked(seq)?;
@@ -620,21 +718,84 @@ impl Link {
                 if p.payload.is_empty() {
                     return Ok(()); // a cleared retained job
                 }
-                let msg = match self.topics.parse_inbound(&p.topic) {
-                    Ok(crate::topics::Inbound::Job(id)) if self.job_bucket.take() => Ok(Inbound::Job { job_id: id.into(), payload: p.payload.to_vec() }),
-                    Ok(crate::topics::Inbound::Command(id)) if self.command_bucket.take() => Ok(Inbound::Command { id: id.into(), payload: p.payload.to_vec() }),
-                    Ok(_) => Err("over its rate"),
-                    Err(_) => Err("unexpected topic"),
-                };
-                match msg.map(|m| self.inbound.try_send(m)) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => self.shed("host queue full"),
-                    Err(why) => self.shed(why),
+                let topic = std::str::from_utf8(&p.topic).unwrap_or("");
+                match self.topics.parse_inbound(topic) {
+                    Ok(crate::topics::Inbound::Job(id)) => {
+                        let id = id.to_string();
+                        self.on_job(id, &p.payload);
+                    }
+                    Ok(crate::topics::Inbound::Command(id)) => {
+                        let id = id.to_string();
+                        self.on_command(id, &p.payload);
+                    }
+                    Err(_) => self.shed("unexpected topic"),
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// A job request: its signature is checked first (within the verification budget);
+    /// a genuine one is handed on past any junk, anything else spends the junk rate.
+    fn on_job(&mut self, job_id: String, payload: &[u8]) {
+        if self.recent.contains(&recent_key(true, &job_id)) {
+            return self.shed("repeated");
+        }
+        let signer = match crate::deploy::precheck_job(payload, &job_id, self.cfg.max_bundle_bytes) {
+            Ok(job) if self.verify_bucket.take() => job.verify(&self.cfg.trusted).ok(),
+            Ok(_) => return self.shed("over the verification rate"),
+            Err(_) => None,
+        };
+        let genuine = signer.is_some();
+        self.hand_on(genuine, job_id.clone(), Inbound::Job { job_id, payload: payload.to_vec(), signer });
+    }
+
+    /// A command: checked here (cheap checks, then the signature within the verification
+    /// budget), and handed on with the verdict, so it is verified once.
+    fn on_command(&mut self, id: String, payload: &[u8]) {
+        // A genuine command with this id was handed on already: this is its replay or a
+        // forgery under its id; either way shed, before any cryptography.
+        if self.recent.contains(&recent_key(false, &id)) {
+            return self.shed("repeated");
+        }
+        let now = self.cfg.clock.now_ms();
+        let checked = match crate::commands::precheck(payload, &id, &self.cfg.site, &self.cfg.gateway, now) {
+            Ok(c) if self.cfg.trusted.get(c.claimed_key()).is_none() => c.verify(&self.cfg.trusted),
+            Ok(c) if self.verify_bucket.take() => c.verify(&self.cfg.trusted),
+            Ok(_) => return self.shed("over the verification rate"),
+            Err(e) => Err(e),
+        };
+        self.hand_on(checked.is_ok(), id.clone(), Inbound::Command { id, checked });
+    }
+
+    /// Queues `msg` for the host. A genuine one is shed only if its id was handed on
+    /// already (a replay) or the whole queue is full; an unauthenticated one needs a
+    /// token of its kind's rate and may fill only half of the queue.
+    fn hand_on(&mut self, genuine: bool, id: String, msg: Inbound) {
+        let is_job = matches!(msg, Inbound::Job { .. });
+        if genuine {
+            self.snap.inbound_genuine = self.snap.inbound_genuine.saturating_add(1);
+            let key = recent_key(is_job, &id);
+            if self.inbound.try_send(msg).is_err() {
+                return self.shed("host queue full");
+            }
+            if self.recent.len() >= RECENT_IDS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(key);
+            return;
+        }
+        let bucket = if is_job { &mut self.job_bucket } else { &mut self.command_bucket };
+        if !bucket.take() {
+            return self.shed("unauthenticated, over its rate");
+        }
+        if self.inbound.capacity() <= self.cfg.inbound.queue.max(1) / 2 {
+            return self.shed("unauthenticated, host queue half full");
+        }
+        if self.inbound.try_send(msg).is_err() {
+            self.shed("host queue full");
+        }
     }
 
     fn shed(&mut self, reason: &'static str) {
@@ -705,8 +866,8 @@ impl Link {
     /// stops on its own: a failure of its storage drops the connection and starts over
     /// after a back-off, the events staying in the outbox.
     pub async fn run(mut self) -> Result<(), LinkError> {
-        let will = LastWill::new(self.topics.status(), self.death(), QoS::AtLeastOnce, true);
-        self.eventloop.mqtt_options.set_last_will(will);
+        let will = LastWill::new(self.topics.status(), self.death(), QoS::AtLeastOnce, true, None);
+        self.eventloop.options.set_last_will(will);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let _ = self.snapshot_tx.send(self.snap);
@@ -811,6 +972,15 @@ mod tests {
             let d = b.delay(a).as_millis() as f64;
             let base = b.base_delay(a).as_millis() as f64;
             assert!(d >= base * 0.8 && d <= base * 1.2, "attempt {a}: {d} vs {base}");
+        }
+    }
+
+    #[test]
+    fn a_keep_alive_below_five_seconds_is_raised_not_a_panic() {
+        for k in [0, 2, 5, u64::MAX] {
+            let b = BrokerConfig { host: "localhost".into(), port: 1883, tls: None, username: None, password: None, keep_alive_secs: k };
+            let o = link_options(&b, "x").unwrap();
+            assert_eq!(o.keep_alive().as_secs(), k.clamp(5, 65_535));
         }
     }
 

@@ -26,6 +26,9 @@ pub struct Broker {
     pub ca: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// The broker's own `max_packet_size` (the shipped one), or none: then only the
+    /// limit each MQTT 5 client states at connect protects it.
+    max_packet: Option<usize>,
     child: Option<Child>,
 }
 
@@ -146,6 +149,16 @@ impl Broker {
     /// Generates certificates and a configuration and starts mosquitto. The TLS listener
     /// requires a client certificate; a third listener requires a user name and password.
     pub fn start() -> Result<Broker, String> {
+        Self::start_with(Some(crate::link::MAX_PACKET_BYTES))
+    }
+
+    /// Like [`Broker::start`] but with no `max_packet_size` of the broker's own, as a
+    /// broker set up without the shipped configuration: it takes and retains any message.
+    pub fn start_without_packet_limit() -> Result<Broker, String> {
+        Self::start_with(None)
+    }
+
+    fn start_with(max_packet: Option<usize>) -> Result<Broker, String> {
         let bin = find_mosquitto()?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         generate_certs(dir.path())?;
@@ -165,7 +178,19 @@ impl Broker {
             return Err(format!("mosquitto_passwd failed with {ok}"));
         }
         write(&d.join("acl"), SHIPPED_ACL)?;
-        let mut b = Broker { ca: d.join("ca.pem"), client_cert: d.join("client.pem"), client_key: d.join("client.key"), dir, bin, port: 0, tls_port: 0, password_port: 0, acl_port: 0, child: None };
+        let mut b = Broker {
+            ca: d.join("ca.pem"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+            max_packet,
+            dir,
+            bin,
+            port: 0,
+            tls_port: 0,
+            password_port: 0,
+            acl_port: 0,
+            child: None,
+        };
         // A port found free can still be taken before mosquitto binds it (by a process
         // outside this one): then start over on other ports rather than fail the test.
         let mut last = String::new();
@@ -189,11 +214,11 @@ impl Broker {
              listener {port} 127.0.0.1\nallow_anonymous true\n\
              listener {tls_port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n\
              listener {password_port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n\
-             max_packet_size {max_packet}\n\
+             {max_packet}\
              listener {acl_port} 127.0.0.1\nallow_anonymous false\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\nuse_identity_as_username true\nacl_file {acl}\n",
             acl_port = self.acl_port,
             acl = d.join("acl").display(),
-            max_packet = crate::link::MAX_PACKET_BYTES,
+            max_packet = self.max_packet.map(|m| format!("max_packet_size {m}\n")).unwrap_or_default(),
             port = self.port,
             tls_port = self.tls_port,
             password_port = self.password_port,
@@ -403,11 +428,13 @@ impl TestGateway {
         let fleet_db = dir.path().join("fleet.sqlite");
         let store = crate::store::FleetStore::open(&fleet_db).map_err(|e| e.to_string())?;
         let cfg = DeployConfig { gateway: gateway.into(), host_version: host_version.clone(), max_bundle_bytes: opts.max_bundle_bytes, rule: opts.rule };
-        let (deployer, interrupted) = Deployer::new(cfg, trusted, store, crate::messages::now_ms()).map_err(|e| e.to_string())?;
+        let (deployer, interrupted) = Deployer::new(cfg, trusted.clone(), store, crate::messages::now_ms()).map_err(|e| e.to_string())?;
         let outbox = crate::outbox::Outbox::open(&db, &fleet_db, opts.retention).map_err(|e| e.to_string())?;
         let mut lc = crate::link::LinkConfig::new(broker, site, gateway);
         lc.backoff = opts.backoff;
         lc.window = opts.window;
+        lc.trusted = trusted;
+        lc.max_bundle_bytes = opts.max_bundle_bytes;
         let device_public = lc.device_key.public_b64();
         let slot = Arc::new(Mutex::new(MemorySlot::default()));
         let status = crate::messages::Status {

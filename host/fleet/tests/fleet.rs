@@ -526,3 +526,154 @@ async fn a_42_mb_retained_command_is_refused_at_the_broker_and_the_link_stays_up
     assert!(rec.got.lock().unwrap().is_empty(), "the oversized message was retained");
     assert_eq!((gw.handle.snapshot().connects, s.oversize), (connects, 0), "the link reconnected");
 }
+
+/// Issue 12, item 1, with a broker that has no packet limit of its own (a default
+/// Mosquitto; or EMQX set larger): the broker takes and retains a 42 MB command. The
+/// gateway's MQTT 5 CONNECT states its Maximum Packet Size, so the broker drops the message
+/// for it instead of sending it, and says so in its log once per delivery (one connect,
+/// one subscription: once). The link never reconnects, keeps publishing events, and a
+/// genuine signed command sent after it is carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_42_mb_retained_command_is_dropped_by_a_broker_without_a_limit_and_the_link_stays_up() {
+    let broker = gate_fleet::testing::Broker::start_without_packet_limit().unwrap_or_else(|e| panic!("{e}"));
+    publish_raw(&broker.plain(), vec![("gate/v1/oak-court/north/cmd/big".into(), true, vec![b'x'; 42_000_000])]).await;
+    // Retained at the broker: a client with no limit gets it whole.
+    let whole = retained_size(&broker.plain(), "gate/v1/oak-court/north/cmd/big").await;
+    assert_eq!(whole, Some(42_000_000), "the broker did not keep the message, so this test proves nothing");
+    // The gateway meets it at its first subscription.
+    let mut gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
+    wait_connected(&gw, 1).await;
+    let drop_line = "Dropping too large outgoing PUBLISH for gate-oak-court-north";
+    let deadline = Instant::now() + T;
+    while !broker.log().contains(drop_line) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = *gw.append_events(10).unwrap().end();
+    let s = gw.handle.wait_for(T, |s| s.cursor >= last).await.unwrap_or_else(|s| panic!("the link stopped publishing: {s:?}"));
+    let mut op = operator(&broker.plain(), &[&gw]).await;
+    let reply = op.command(&gw.operator_key, "oak-court", "north", CommandAction::OpenDoorOnce { door: "lobby".into() }, T).await.unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let s2 = gw.handle.snapshot();
+    assert_eq!((s.connects, s2.connects, s2.oversize), (1, 1, 0), "the link reconnected over the message");
+    assert_eq!(broker.log().matches(drop_line).count(), 1, "one delivery attempt, one drop line; broker log:\n{}", broker.log());
+    op.disconnect().await;
+}
+
+/// The size of the retained message on `topic`, read by a 3.1.1 client with no limit.
+async fn retained_size(cfg: &gate_fleet::link::BrokerConfig, topic: &str) -> Option<usize> {
+    let mut opts = gate_fleet::link::mqtt_options(cfg, &format!("big-reader-{}", rand_id())).unwrap();
+    opts.set_max_packet_size(64 << 20, 64 << 20);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    client.subscribe(topic, rumqttc::QoS::AtMostOnce).await.unwrap();
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) = tokio::time::timeout(Duration::from_secs(2), el.poll()).await {
+            let _ = client.disconnect().await;
+            return Some(p.payload.len());
+        }
+    }
+    None
+}
+
+/// Publishes `msgs` in order over one keyless connection, as fast as the broker takes
+/// them (the event loop runs beside), and waits until the broker acknowledged them all.
+async fn flood_raw(cfg: &gate_fleet::link::BrokerConfig, msgs: Vec<(String, Vec<u8>)>) {
+    let mut opts = gate_fleet::link::mqtt_options(cfg, &format!("flood-{}", rand_id())).unwrap();
+    opts.set_inflight(1000);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
+    let n = msgs.len();
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < n {
+            match tokio::time::timeout(Duration::from_secs(20), el.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("the flooding client lost its connection: {e}"),
+                Err(_) => panic!("the broker stopped acknowledging after {acked} of {n}"),
+            }
+        }
+    });
+    for (t, p) in msgs {
+        client.publish(t, rumqttc::QoS::AtLeastOnce, false, p).await.unwrap();
+    }
+    acks.await.unwrap();
+    let _ = client.disconnect().await;
+}
+
+/// Issue 12, item 1 (second part): a keyless client floods `cmd/…` and `jobs/…` with
+/// 10,000 messages: garbage, unsigned well-formed requests, requests "signed" with the
+/// operator's key id but a forged signature, and replays of a genuine command. In the
+/// middle of the same stream come three genuine signed commands and a signed deployment.
+/// Every genuine one is acted on (once); the junk is shed and counted, nothing of it is
+/// stored, and the link still publishes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genuine_commands_and_a_deployment_get_through_a_junk_flood() {
+    use gate_fleet::commands::{sign_command, Command};
+    let broker = broker();
+    let mut gw = TestGateway::start(broker.plain(), "oak-court", "north", TestGatewayOptions::default()).unwrap();
+    wait_connected(&gw, 1).await;
+    let base = "gate/v1/oak-court/north";
+    let now = gate_fleet::messages::now_ms();
+    let command = |id: &str| Command {
+        id: id.into(),
+        site: "oak-court".into(),
+        gateway: "north".into(),
+        issued_at_ms: now,
+        expires_at_ms: now + 120_000,
+        action: CommandAction::OpenDoorOnce { door: "lobby".into() },
+    };
+    let signed = |id: &str| serde_json::to_vec(&sign_command(&gw.operator_key, &command(id)).unwrap()).unwrap();
+    let forged = |id: &str| {
+        let mut s = sign_command(&gw.operator_key, &command(id)).unwrap();
+        s.command = s.command.replace("lobby", "vault");
+        serde_json::to_vec(&s).unwrap()
+    };
+    let junk = |i: usize| -> (String, Vec<u8>) {
+        match i % 5 {
+            0 => (format!("{base}/cmd/junk"), b"junk {".to_vec()),
+            1 => (format!("{base}/jobs/junk"), b"junk {".to_vec()),
+            2 => (format!("{base}/cmd/u-{i}"), format!(r#"{{"command":"{{\"id\":\"u-{i}\"}}","signature":{{"key_id":"test-operator","ed25519":"AAAA"}}}}"#).into_bytes()),
+            3 => (
+                format!("{base}/jobs/j-{i}"),
+                format!(r#"{{"job_id":"j-{i}","action":{{"type":"rollback","order":{{"order":"{{}}","signature":{{"key_id":"nobody","ed25519":"AAAA"}}}}}},"at_ms":0}}"#).into_bytes(),
+            ),
+            _ if i % 25 == 4 => (format!("{base}/cmd/f-{i}"), forged(&format!("f-{i}"))),
+            _ => (format!("{base}/cmd/genuine-1"), signed("genuine-1")),
+        }
+    };
+    let job =
+        gate_fleet::messages::JobRequest { job_id: "deploy-1".into(), action: gate_fleet::messages::JobAction::Deploy { bundle: bundle(&gw.operator_key, "resident-policy", "1.0.0", 1) }, at_ms: now };
+    // The deployment comes last of the genuine ones: once live, the gateway reconnects so
+    // its will names the new version, and a clean session loses what arrives in that gap.
+    let mut msgs: Vec<(String, Vec<u8>)> = (0..5_000).map(junk).collect();
+    msgs.push((format!("{base}/cmd/genuine-1"), signed("genuine-1")));
+    msgs.push((format!("{base}/cmd/genuine-2"), signed("genuine-2")));
+    msgs.extend((5_000..7_500).map(junk));
+    msgs.push((format!("{base}/cmd/genuine-3"), signed("genuine-3")));
+    msgs.push((format!("{base}/jobs/deploy-1"), serde_json::to_vec(&job).unwrap()));
+    msgs.extend((7_500..10_000).map(junk));
+    let genuine = 4;
+    let total = msgs.len();
+    flood_raw(&broker.plain(), msgs).await;
+
+    let s = gw.handle.wait_for(T, |s| s.inbound_genuine >= genuine && s.inbound_shed > 0).await.unwrap_or_else(|s| panic!("genuine messages lost in the flood: {s:?}"));
+    let deadline = Instant::now() + T;
+    while (gw.executed.lock().unwrap().len() < 3 || gw.slot.lock().unwrap().active("resident-policy").is_none()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ids: Vec<String> = gw.executed.lock().unwrap().iter().map(|c| c.command.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["genuine-1", "genuine-2", "genuine-3"], "each genuine command carried out once");
+    let active = gw.slot.lock().unwrap().active("resident-policy").map(|a| a.version.to_string());
+    assert_eq!(active.as_deref(), Some("1.0.0"), "the deployment in the flood did not go live");
+    eprintln!("{total} messages: {} genuine verified, {} shed", s.inbound_genuine, s.inbound_shed);
+    assert!(s.inbound_shed >= 5_000, "the junk was not shed: {s:?}");
+    // Nothing of the junk was stored: the log holds the three genuine commands, the jobs
+    // table the one genuine deployment.
+    let fleet = rusqlite::Connection::open_with_flags(&gw.fleet_db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let rows = |t: &str| fleet.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!((rows("fleet_jobs"), rows("fleet_command_log")), (1, 3), "junk was stored");
+    // And the link still publishes.
+    let last = *gw.append_events(10).unwrap().end();
+    gw.handle.wait_for(T, |s| s.cursor >= last).await.unwrap_or_else(|s| panic!("the link stopped publishing: {s:?}"));
+}
