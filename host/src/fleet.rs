@@ -613,7 +613,7 @@ impl CommandExecutor for Commands {
 const AGENT_QUEUE: usize = 8;
 
 enum AgentMsg {
-    Inbound(Inbound),
+    Inbound(Box<Inbound>),
     PluginFailed(String),
 }
 
@@ -719,7 +719,7 @@ impl Fleet {
                                 tokio::time::sleep(Duration::from_millis(10)).await;
                             }
                             w_fwd.fetch_add(1, Ordering::AcqRel);
-                            if forward.send(AgentMsg::Inbound(m)).is_err() {
+                            if forward.send(AgentMsg::Inbound(Box::new(m))).is_err() {
                                 break;
                             }
                         }
@@ -760,7 +760,7 @@ impl Fleet {
                 };
                 let res = match msg {
                     AgentMsg::Inbound(m) => {
-                        let r = agent.handle(m, &mut slot, &mut exec);
+                        let r = agent.handle(*m, &mut slot, &mut exec);
                         w_agent.fetch_sub(1, Ordering::AcqRel);
                         r.map(|ended| {
                             if let (Some(s), Some(a)) = (ended, audit.as_mut()) {

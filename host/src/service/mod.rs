@@ -147,9 +147,12 @@ impl Hooks for NoHooks {}
 
 /// What one turn of the loop produced, held until its records are durable: relays, the
 /// fleet link and the sink see a turn only after its one commit (group commit).
-#[derive(Default)]
 struct Turn {
     steps: Vec<Step>,
+    /// When the last input reached the gateway (the drain counts from it).
+    last_input: i64,
+    /// The latest time an input was handled at (the clock never goes back).
+    last_handled: i64,
 }
 
 impl Turn {
@@ -171,17 +174,17 @@ impl Turn {
 }
 
 /// Hands every input due by `now_us` to the gateway, in order.
-fn take_arrivals(gw: &mut Gateway, source: &mut dyn Source, now_us: i64, now_ms: i64, wall: bool, last_input: &mut i64, last_handled: &mut i64, turn: &mut Turn) -> Result<(), ServiceError> {
+fn take_arrivals(gw: &mut Gateway, source: &mut dyn Source, now_us: i64, now_ms: i64, wall: bool, turn: &mut Turn) -> Result<(), ServiceError> {
     let mut arrivals = Vec::new();
     source.take(now_us, &mut arrivals)?;
     for a in arrivals {
         // In service an edge may be stamped a little before the last thing handled:
         // the gateway's clock never goes back. Replay keeps every recorded time.
-        let at = if wall { a.at.max(*last_handled).max(now_ms) } else { a.at };
+        let at = if wall { a.at.max(turn.last_handled).max(now_ms) } else { a.at };
         gw.clock().set_ms(at);
         let recs = gw.handle(at, &a.input, a.captured)?;
-        *last_input = at;
-        *last_handled = at;
+        turn.last_input = at;
+        turn.last_handled = at;
         turn.push(at, Some(a.input), recs);
     }
     Ok(())
@@ -202,10 +205,8 @@ pub fn run(
 ) -> Result<Ended, ServiceError> {
     let start_ms = gw.clock().now_ms();
     let mut now_us = start_ms.saturating_mul(1_000);
-    let mut last_input = start_ms;
-    let mut last_handled = i64::MIN;
     let wall0 = Instant::now();
-    let mut turn = Turn::default();
+    let mut turn = Turn { steps: Vec::new(), last_input: start_ms, last_handled: i64::MIN };
     loop {
         hooks.tick();
         if ctl.stopping() {
@@ -217,7 +218,7 @@ pub fn run(
         if opts.max_wall.is_some_and(|d| wall0.elapsed() >= d) {
             return Ok(Ended::TimeUp);
         }
-        let horizon = (source.exhausted() && !opts.hold).then(|| last_input.saturating_add(opts.drain_ms));
+        let horizon = (source.exhausted() && !opts.hold).then(|| turn.last_input.saturating_add(opts.drain_ms));
         let timer_ms = gw.next_deadline().filter(|t| horizon.is_none_or(|h| *t <= h));
         let timer_us = timer_ms.map(|t| t.saturating_mul(1_000));
         let (t_src, wall) = match pace {
@@ -250,7 +251,7 @@ pub fn run(
         turn.push(now_ms, None, gw.advance(now_ms)?);
         let due = t_src.is_some_and(|t| t <= now_us);
         if due && wall {
-            take_arrivals(gw, source, now_us, now_ms, wall, &mut last_input, &mut last_handled, &mut turn)?;
+            take_arrivals(gw, source, now_us, now_ms, wall, &mut turn)?;
         }
         let mut recs = gw.poll_faces()?;
         recs.extend(gw.poll_policy()?);
@@ -273,7 +274,7 @@ pub fn run(
         }
         if due && !wall {
             gw.begin_turn()?;
-            take_arrivals(gw, source, now_us, now_ms, wall, &mut last_input, &mut last_handled, &mut turn)?;
+            take_arrivals(gw, source, now_us, now_ms, wall, &mut turn)?;
             turn.finish(gw, source, fleet, sink)?;
             continue;
         }
