@@ -45,8 +45,9 @@ pub enum PluginFault {
     Timeout,
     #[error("instruction budget exhausted")]
     OutOfFuel,
-    #[error("memory cap reached")]
-    OutOfMemory,
+    /// The instance's memories and tables together needed more than `limits.memory_mb`.
+    #[error("memory cap reached (`limits.memory_mb` = {mb} MiB for all memories and tables of one instance)")]
+    OutOfMemory { mb: usize },
     #[error("stack overflow")]
     StackOverflow,
     #[error("trap: {0}")]
