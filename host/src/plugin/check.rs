@@ -97,5 +97,5 @@ fn starts_within_limits(rt: &Runtime, path: &Path, loaded: &super::Loaded, world
     let cfg = crate::config::PluginConfig { name, path: path.to_path_buf(), world, settings: Default::default(), prefix: None };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0);
     let mut slot = super::Slot::new(rt, &cfg, loaded, limits, crate::clock::Clock::new(now, 0), Default::default())?;
-    slot.instantiate_fresh(rt).map(|_| ()).map_err(|fault| PluginError::Invalid { path: path.to_path_buf(), reason: format!("it does not start within the limits: {fault}") })
+    slot.instantiate_fresh(rt).map(|_| ()).map_err(|fault| PluginError::DoesNotStart { path: path.to_path_buf(), fault })
 }
