@@ -41,6 +41,7 @@ fn gate_measured(args: &[&str], env: &[(&str, &str)], secs: u64) -> (Output, u64
     for (k, v) in env {
         cmd.env(k, v);
     }
+    #[allow(clippy::zombie_processes, reason = "reaped below by libc::wait4, which also gives its rusage")]
     let mut child = cmd.spawn().expect("run gate");
     let pid = child.id();
     let drain = |mut r: Box<dyn Read + Send>| {
