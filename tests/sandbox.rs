@@ -509,8 +509,8 @@ fn many_memories_are_held_to_one_cap_in_replay() {
     eprintln!("many-memories replay: peak RSS {} KiB, without the attack {} KiB", peak_kib, base_kib);
     assert!(peak_kib <= base_kib + CAPPED_GROWTH_KIB, "peak RSS {peak_kib} KiB against {base_kib} KiB without the attack:\n{}", text(&out));
 
-    // Control: a cap above 49 x 32 MiB (and fuel for filling 1.5 GiB: `memory.fill` is
-    // charged by the byte) lets the same component run its attack.
+    // Control: a cap above 49 x 32 MiB (and fuel for filling 1.5 GiB, which runs out of
+    // the demo's 20 M and of 1 G) lets the same component run its attack.
     let open_dir = tempfile::tempdir().unwrap();
     let (recs, _, open_kib) = replay_jsonl_measured(&site(open_dir.path(), "many-memories", "", "memory_mb = 4096\nfuel = 10_000_000_000", ""), &trace, &[]);
     let d: Vec<&serde_json::Value> = recs.iter().filter(|r| r["kind"] == "decision").collect();
