@@ -484,7 +484,7 @@ const CAPPED_GROWTH_KIB: u64 = 96 * 1024;
 /// refused and the failure names the cap: the resident gets in by the fallback, the
 /// stranger stays out, building-3 is decided by its own plugin, the plugin is quarantined,
 /// fire releases the doors and is published, and the process's peak memory stays within
-/// one cap of the same replay without the attack. With the cap raised above what it asks
+/// [`CAPPED_GROWTH_KIB`] of the same replay without the attack. With the cap raised above what it asks
 /// for, the same component runs and the process peaks more than 1 GiB higher (about
 /// 1.5 GiB): the plugin is the attack, and the measurement sees it.
 #[test]
@@ -523,8 +523,8 @@ fn many_memories_are_held_to_one_cap_in_replay() {
 /// decided by the fallback at once (within the deadline, with room for a loaded machine),
 /// the failure names the memory cap, the other doors are decided by their own plugin,
 /// fire release and the exit button act, the plugin is quarantined, the fire alarm is
-/// published, and the gateway's peak memory stays within one cap of the same run
-/// without the attack.
+/// published, and the gateway's peak memory stays within [`CAPPED_GROWTH_KIB`] of the
+/// same run without the attack.
 #[test]
 fn many_memories_are_held_to_one_cap_in_service() {
     let inputs = [
