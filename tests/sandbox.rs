@@ -28,13 +28,31 @@ fn text(o: &Output) -> String {
 /// Runs `gate` and kills it if it has not exited after `secs`: a host that hangs fails
 /// the test instead of hanging the suite.
 fn gate(args: &[&str], env: &[(&str, &str)], secs: u64) -> Output {
+    gate_measured(args, env, secs).0
+}
+
+/// Like [`gate`], and also the peak resident memory of the `gate` process in KiB (its
+/// `ru_maxrss`, from `wait4` on that child alone, so other tests' children do not count).
+fn gate_measured(args: &[&str], env: &[(&str, &str)], secs: u64) -> (Output, u64) {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
     cmd.current_dir(root()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("run gate");
+    #[allow(clippy::zombie_processes, reason = "reaped below by libc::wait4, which also gives its rusage")]
+    let mut child = cmd.spawn().expect("run gate");
     let pid = child.id();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
     let done = Arc::new(AtomicBool::new(false));
     let guard = {
         let done = done.clone();
@@ -50,11 +68,15 @@ fn gate(args: &[&str], env: &[(&str, &str)], secs: u64) -> Output {
             false
         })
     };
-    let out = child.wait_with_output().expect("collect gate's output");
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, whose pid std has not reaped (we never call `wait` on `child`).
+    let waited = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid as libc::pid_t, "wait4 on gate failed: {}", std::io::Error::last_os_error());
     done.store(true, Ordering::SeqCst);
     let killed = guard.join().unwrap_or(false);
+    let out = Output { status: std::process::ExitStatus::from_raw(status), stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() };
     assert!(!killed, "gate {args:?} hung and was killed after {secs} s; its output:\n{}", text(&out));
-    out
+    (out, u64::try_from(usage.ru_maxrss).unwrap_or(0))
 }
 
 /// Residents beyond the demo's three, one card each (`30000000 + i`), so a test can send
@@ -151,18 +173,30 @@ fn records(dir: &Path) -> Vec<(i64, serde_json::Value)> {
 }
 
 fn replay_jsonl(cfg: &Path, trace: &Path, env: &[(&str, &str)]) -> (Vec<serde_json::Value>, Output) {
-    let out = gate(&["replay", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--format", "jsonl"], env, 300);
+    let (recs, out, _) = replay_jsonl_measured(cfg, trace, env);
+    (recs, out)
+}
+
+/// [`replay_jsonl`], and the peak resident memory of the replaying process in KiB.
+fn replay_jsonl_measured(cfg: &Path, trace: &Path, env: &[(&str, &str)]) -> (Vec<serde_json::Value>, Output, u64) {
+    let (out, peak_kib) = gate_measured(&["replay", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--format", "jsonl"], env, 300);
     assert!(out.status.success(), "{}", text(&out));
     let recs = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["expect"].clone()).collect();
-    (recs, out)
+    (recs, out, peak_kib)
 }
 
 /// `gate run` of `trace` in real time; its stdout (the records in the order the gateway
 /// logged them) and everything it printed.
 fn run(cfg: &Path, trace: &Path) -> (String, Output) {
-    let out = gate(&["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "1"], &[("GATE_LOG", "warn")], 300);
+    let (t, out, _) = run_measured(cfg, trace);
+    (t, out)
+}
+
+/// [`run`], and the peak resident memory of the serving process in KiB.
+fn run_measured(cfg: &Path, trace: &Path) -> (String, Output, u64) {
+    let (out, peak_kib) = gate_measured(&["run", "--config", cfg.to_str().unwrap(), "--trace", trace.to_str().unwrap(), "--speed", "1"], &[("GATE_LOG", "warn")], 300);
     assert!(out.status.success(), "{}", text(&out));
-    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out, peak_kib)
 }
 
 fn pos(t: &str, needle: &str) -> usize {
@@ -433,4 +467,118 @@ fn kv_heavy_replay_is_byte_identical_while_the_machine_is_loaded() {
         assert!(l.status.success(), "{}", text(&l));
         assert_eq!(String::from_utf8_lossy(&l.stdout), q, "replay differed under load");
     }
+}
+
+/// What `many-memories` is refused with: the cap, its key and its value (the demo's 32 MiB).
+const MEMORY_CAP_REFUSAL: &str = "memory cap reached (`limits.memory_mb` = 32 MiB for all memories and tables of one instance)";
+
+/// Resident memory the cap may add to a gateway's peak, in KiB: one instance's 32 MiB,
+/// twice over for the instance a failed call leaves and the fresh one, and slack. The
+/// attack without a per-instance cap adds 1.5 GiB.
+const CAPPED_GROWTH_KIB: u64 = 96 * 1024;
+
+/// The "48 memories" attack of issue 10 in replay: `many-memories` is a hand-made
+/// component (`plugins/testing/many-memories/many-memories.wat`) whose core module has 48
+/// extra linear memories of 32 MiB each, all written by its first call, granting everyone.
+/// The memory cap holds for the instance across all its memories, so the instance is
+/// refused and the failure names the cap: the resident gets in by the fallback, the
+/// stranger stays out, building-3 is decided by its own plugin, the plugin is quarantined,
+/// fire releases the doors and is published, and the process's peak memory stays within
+/// [`CAPPED_GROWTH_KIB`] of the same replay without the attack. With the cap raised above what it asks
+/// for, the same component runs and the process peaks more than 1 GiB higher (about
+/// 1.5 GiB): the plugin is the attack, and the measurement sees it.
+#[test]
+fn many_memories_are_held_to_one_cap_in_replay() {
+    let trace = root().join("tests/traces/bad-plugin.jsonl");
+    let base_dir = tempfile::tempdir().unwrap();
+    let (_, _, base_kib) = replay_jsonl_measured(&site(base_dir.path(), "resident-policy", "", "", ""), &trace, &[]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (recs, out, peak_kib) = replay_jsonl_measured(&site(dir.path(), "many-memories", "", "", ""), &trace, &[]);
+    let d: Vec<&serde_json::Value> = recs.iter().filter(|r| r["kind"] == "decision").collect();
+    assert_eq!(d.len(), 6, "{recs:#?}");
+    assert_eq!((d[0]["outcome"].as_str(), d[0]["by"].as_str()), (Some("grant"), Some("fallback:plugin-failed")), "{:?}", d[0]);
+    assert_eq!(d[1]["outcome"], "deny", "the stranger: {:?}", d[1]);
+    assert_eq!((d[2]["outcome"].as_str(), d[2]["by"].as_str()), (Some("grant"), Some("plugin:resident-policy")), "{:?}", d[2]);
+    assert_eq!((d[4]["outcome"].as_str(), d[4]["by"].as_str()), (Some("deny"), Some("fallback:quarantined")), "{:?}", d[4]);
+    let failures: Vec<_> = recs.iter().filter(|r| r["kind"] == "plugin" && r["status"] == "failed").collect();
+    assert!(!failures.is_empty() && failures.iter().all(|f| f["plugin"] == "many-memories" && f["reason"].as_str().unwrap().contains(MEMORY_CAP_REFUSAL)), "{failures:#?}");
+    assert!(recs.iter().any(|r| r["kind"] == "plugin" && r["plugin"] == "many-memories" && r["status"] == "quarantined"), "{recs:#?}");
+    assert!(recs.iter().filter(|r| r["kind"] == "relay" && r["on"] == true).count() >= 3, "fire release: {recs:#?}");
+    assert!(alarm_published(&recs, "platform-bridge", true) && alarm_published(&recs, "platform-bridge", false), "{recs:#?}");
+    eprintln!("many-memories replay: peak RSS {} KiB, without the attack {} KiB", peak_kib, base_kib);
+    assert!(peak_kib <= base_kib + CAPPED_GROWTH_KIB, "peak RSS {peak_kib} KiB against {base_kib} KiB without the attack:\n{}", text(&out));
+
+    // Control: a cap above 49 x 32 MiB (and fuel for filling 1.5 GiB, which runs out of
+    // the demo's 20 M and of 1 G) lets the same component run its attack.
+    let open_dir = tempfile::tempdir().unwrap();
+    let (recs, _, open_kib) = replay_jsonl_measured(&site(open_dir.path(), "many-memories", "", "memory_mb = 4096\nfuel = 10_000_000_000", ""), &trace, &[]);
+    let d: Vec<&serde_json::Value> = recs.iter().filter(|r| r["kind"] == "decision").collect();
+    assert_eq!((d[0]["outcome"].as_str(), d[0]["by"].as_str()), (Some("grant"), Some("plugin:many-memories")), "{recs:#?}");
+    eprintln!("many-memories replay with memory_mb = 4096: peak RSS {open_kib} KiB");
+    assert!(open_kib > base_kib + 1024 * 1024, "the attack did not show: peak RSS {open_kib} KiB against {base_kib} KiB");
+}
+
+/// The "48 memories" attack in service (`gate run`): the resident's card at its door is
+/// decided by the fallback at once (within the deadline, with room for a loaded machine),
+/// the failure names the memory cap, the other doors are decided by their own plugin,
+/// fire release and the exit button act, the plugin is quarantined, the fire alarm is
+/// published, and the gateway's peak memory stays within [`CAPPED_GROWTH_KIB`] of the
+/// same run without the attack.
+#[test]
+fn many_memories_are_held_to_one_cap_in_service() {
+    let inputs = [
+        (0, card("north-gate", "10012345")),
+        (5, pin("building-3", "246810")),
+        (10, card("garage-vehicle", "10012346")),
+        (15, fire(true)),
+        (20, exit("building-3")),
+        (500, card("north-gate", "10012346")),
+        (1000, card("north-gate", "10012347")),
+        (2100, card("north-gate", "10012345")),
+        (2500, fire(false)),
+    ];
+    let base_dir = tempfile::tempdir().unwrap();
+    let base_trace = trace(base_dir.path(), "base", &inputs);
+    let (_, _, base_kib) = run_measured(&site(base_dir.path(), "resident-policy", "", "", ""), &base_trace);
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = trace(dir.path(), "many-memories", &inputs);
+    let (t, out, peak_kib) = run_measured(&site(dir.path(), "many-memories", "", "", ""), &t);
+    let first = decision_line(&t, "north-gate", "r-0001", 0);
+    assert!(first.contains("GRANT") && first.contains("[fallback:plugin-failed]"), "{first}\n{t}");
+    assert!(t.contains(MEMORY_CAP_REFUSAL), "the failure does not name the cap:\n{t}");
+    for other in [decision_line(&t, "building-3", "r-0001", 0), decision_line(&t, "garage-vehicle", "r-0002", 0)] {
+        assert!(other.contains("GRANT") && other.contains("[plugin:resident-policy]"), "{other}\n{t}");
+    }
+    assert!(t.contains("ALARM fire RAISED") && t.contains("exit button"), "{t}");
+    assert!(t.contains("plugin many-memories QUARANTINED"), "{t}");
+    let later = decision_line(&t, "north-gate", "r-0001", 1);
+    assert!(later.contains("GRANT") && later.contains("[fallback:quarantined]"), "{later}\n{t}");
+    let recs = records(dir.path());
+    let (at, _) = recs.iter().find(|(_, r)| r["kind"] == "decision" && r["door"] == "north-gate" && r["subject"] == "r-0001").expect("r-0001's decision");
+    // The demo's deadline is 20 ms; a second of room for a loaded machine. A call that
+    // had run the attack would take far longer.
+    assert!(at - START_MS <= 20 + 1000, "r-0001 decided {} ms after the read", at - START_MS);
+    let recs: Vec<serde_json::Value> = recs.into_iter().map(|(_, r)| r).collect();
+    assert!(alarm_published(&recs, "platform-bridge", true) && alarm_published(&recs, "platform-bridge", false), "fire alarm not published:\n{t}");
+    eprintln!("many-memories service: peak RSS {peak_kib} KiB, without the attack {base_kib} KiB");
+    assert!(peak_kib <= base_kib + CAPPED_GROWTH_KIB, "peak RSS {peak_kib} KiB against {base_kib} KiB without the attack:\n{}", text(&out));
+}
+
+/// `gate plugin check` starts the component under the limits: `many-memories` is refused
+/// (exit 2) naming the file, the memory cap and its key; with a site whose cap is above
+/// what it asks for, it is a valid policy plugin.
+#[test]
+fn plugin_check_refuses_many_memories_naming_the_memory_cap() {
+    let component = plugin("many-memories");
+    let out = gate(&["plugin", "check", component.to_str().unwrap()], &[], 60);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("many-memories.wasm") && t.contains("does not start within the limits") && t.contains(MEMORY_CAP_REFUSAL), "{t}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), "resident-policy", "", "memory_mb = 4096", "");
+    let out = gate(&["plugin", "check", component.to_str().unwrap(), "--config", cfg.to_str().unwrap()], &[], 60);
+    assert!(out.status.success() && text(&out).contains("gate:plugin/policy-plugin@0.2.0"), "{}", text(&out));
 }

@@ -213,7 +213,7 @@ enum PluginCmd {
     /// Validate a component against the contract and print its world, imports, exports and size.
     Check {
         file: PathBuf,
-        /// Apply this site's limits (component size, compile budget) instead of the defaults.
+        /// Apply this site's limits (component size, compile budget, memory cap, deadline) instead of the defaults.
         #[arg(long)]
         config: Option<PathBuf>,
     },

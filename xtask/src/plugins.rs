@@ -1,4 +1,5 @@
-//! Builds the guest plugins for wasm32-wasip2 and collects them in target/plugins/.
+//! Builds the guest plugins for wasm32-wasip2 (and assembles the hand-made test
+//! components written in the text format) and collects them in target/plugins/.
 
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -24,6 +25,11 @@ pub const PLUGINS: &[&str] = &[
     "grant-all",
 ];
 
+/// Hand-made test components, written in the component text format as
+/// `plugins/testing/<name>/<name>.wat` (attacks no Rust toolchain emits, e.g. a core module
+/// with 48 linear memories); each becomes target/plugins/<name>.wasm.
+pub const WAT_PLUGINS: &[&str] = &["many-memories"];
+
 const TARGET: &str = "wasm32-wasip2";
 
 /// Installs the wasm32-wasip2 standard library through rustup when it is missing.
@@ -46,6 +52,12 @@ pub fn build_all(root: &Path) -> Result<()> {
         let src = root.join("target").join(TARGET).join("plugin").join(&file);
         let dst = out_dir.join(format!("{p}.wasm"));
         std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
+    for p in WAT_PLUGINS {
+        let src = root.join("plugins/testing").join(p).join(format!("{p}.wat"));
+        let bytes = wat::parse_file(&src).with_context(|| format!("assembling {}", src.display()))?;
+        let dst = out_dir.join(format!("{p}.wasm"));
+        std::fs::write(&dst, bytes).with_context(|| format!("writing {}", dst.display()))?;
     }
     Ok(())
 }

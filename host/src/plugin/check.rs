@@ -62,8 +62,9 @@ pub struct CheckReport {
     pub exports: Vec<String>,
 }
 
-/// Compiles a component and finds which contract world it satisfies.
-/// `limits` are the site's (or the defaults): size and compile budget apply.
+/// Compiles a component, finds which contract world it satisfies and starts it once.
+/// `limits` are the site's (or the defaults): size, compile budget, memory cap and
+/// deadline apply.
 pub fn check(rt: &Runtime, path: &Path, limits: &crate::config::Limits) -> Result<CheckReport, PluginError> {
     let loaded = rt.load(path, limits)?;
     check_version(&loaded.component).map_err(|e| PluginError::Invalid { path: path.to_path_buf(), reason: format!("{e:#}") })?;
@@ -83,5 +84,18 @@ pub fn check(rt: &Runtime, path: &Path, limits: &crate::config::Limits) -> Resul
             }
         },
     };
+    starts_within_limits(rt, path, &loaded, world, limits)?;
     Ok(CheckReport { world, size: loaded.size, sha256: loaded.sha256, imports, exports })
+}
+
+/// Instantiates the component once, as the gateway would for a call, under `limits`
+/// (memory cap across all its memories and tables, deadline): its start functions run,
+/// no export is called. A component that cannot start within the limits is refused with
+/// the reason (e.g. the memory cap and its key), instead of failing on every call later.
+fn starts_within_limits(rt: &Runtime, path: &Path, loaded: &super::Loaded, world: World, limits: &crate::config::Limits) -> Result<(), PluginError> {
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into());
+    let cfg = crate::config::PluginConfig { name, path: path.to_path_buf(), world, settings: Default::default(), prefix: None };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0);
+    let mut slot = super::Slot::new(rt, &cfg, loaded, limits, crate::clock::Clock::new(now, 0), Default::default())?;
+    slot.instantiate_fresh(rt).map(|_| ()).map_err(|fault| PluginError::DoesNotStart { path: path.to_path_buf(), fault })
 }

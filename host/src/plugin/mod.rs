@@ -36,6 +36,10 @@ pub enum PluginError {
     CompileBudget { path: PathBuf, ms: u64 },
     #[error("plugin `{plugin}` does not fit the {world:?} world of gate:plugin@{CONTRACT_VERSION}: {reason}")]
     Contract { plugin: String, world: World, reason: String },
+    /// `gate plugin check` could not start an instance within the limits (e.g. its
+    /// memories together exceed the memory cap).
+    #[error("{} does not start within the limits: {fault}", path.display())]
+    DoesNotStart { path: PathBuf, fault: PluginFault },
 }
 
 /// One call that went wrong. The event is then decided by the host's fallback.
@@ -45,8 +49,9 @@ pub enum PluginFault {
     Timeout,
     #[error("instruction budget exhausted")]
     OutOfFuel,
-    #[error("memory cap reached")]
-    OutOfMemory,
+    /// The instance's memories and tables together needed more than `limits.memory_mb`.
+    #[error("memory cap reached (`limits.memory_mb` = {mb} MiB for all memories and tables of one instance)")]
+    OutOfMemory { mb: usize },
     #[error("stack overflow")]
     StackOverflow,
     #[error("trap: {0}")]

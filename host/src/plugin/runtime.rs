@@ -71,6 +71,11 @@ impl MemoryCap {
         MemoryCap { max_bytes, total: 0, hit: false }
     }
 
+    /// The cap in MiB, for messages.
+    pub(crate) fn max_mb(&self) -> usize {
+        self.max_bytes >> 20
+    }
+
     /// Grants a growth of one memory or table from `current` to `desired` bytes if the
     /// instance's total stays within the cap.
     fn grow(&mut self, current: usize, desired: usize, max: Option<usize>) -> bool {
@@ -149,6 +154,10 @@ impl Runtime {
         cfg.epoch_interruption(true);
         cfg.consume_fuel(mode == ExecMode::Deterministic);
         cfg.max_wasm_stack(512 * 1024);
+        // Multi-memory stays on (wasmtime's default, stated so a new default cannot change
+        // which plugins load): the memory cap holds per instance across all its memories
+        // (`MemoryCap`), so a core module with many memories gains nothing from them.
+        cfg.wasm_multi_memory(true);
         cfg.cranelift_nan_canonicalization(mode == ExecMode::Deterministic);
         let engine = Engine::new(&cfg).map_err(|e| PluginError::Engine(e.to_string()))?;
 

@@ -238,7 +238,7 @@ impl Slot {
 
 fn classify(e: &wasmtime::Error, store: &Store<State>) -> PluginFault {
     if store.data().limiter.hit {
-        return PluginFault::OutOfMemory;
+        return PluginFault::OutOfMemory { mb: store.data().limiter.max_mb() };
     }
     if e.downcast_ref::<WaitPastDeadline>().is_some() {
         return PluginFault::Timeout;
