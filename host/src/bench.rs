@@ -236,15 +236,20 @@ fn replay_throughput(cfg: &SiteConfig, start: i64, offset: i32) -> Result<String
 /// Feeds card reads at a steady rate to a gateway in service mode while another thread
 /// swaps freshly linked instances of the policy plugin in, as a fleet activation does.
 fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConfig, card: &str, start: i64, offset: i32) -> Result<String> {
+    use crate::service::{self, Bell, Control, NoHooks, Options, Pace};
     const SWAPS: usize = 40;
-    const READS_PER_SEC: u32 = 1000;
+    const READS_PER_SEC: i64 = 1000;
+    let mut cfg = cfg.clone();
+    // Every read is a fresh attempt (the same card again and again would be a duplicate).
+    cfg.timing.repeat_window_ms = 0;
     let log = EventLog::in_memory(&cfg.site.gateway)?;
     let clock = Clock::new(start, offset);
     let (mut gw, problems) = Gateway::new(cfg.clone(), clock.clone(), Runtime::new(ExecMode::Live, None)?, log).map_err(anyhow::Error::msg)?;
     if !problems.is_empty() {
         return Err(anyhow!("plugins failed to load: {problems:?}"));
     }
-    gw.spawn_policy_worker(crate::service::Bell::new())?;
+    let bell = Bell::new();
+    gw.spawn_policy_worker(bell.clone())?;
     let control = gw.plugin_control().ok_or_else(|| anyhow!("no policy thread"))?;
     // Compile and link off the policy thread, as the fleet agent does; only the swap crosses.
     let loaded = control.runtime().load(&pc.path, &cfg.limits)?;
@@ -255,7 +260,7 @@ fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConf
     let name = pc.name.clone();
     let swapper = std::thread::spawn(move || -> Result<Vec<(Instant, Duration)>, String> {
         let mut times = Vec::new();
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(300));
         for slot in staged {
             let t = Instant::now();
             let old = control.swap(&name, slot, Duration::from_secs(5))?;
@@ -266,55 +271,28 @@ fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConf
         Ok(times)
     });
 
+    // Reads from 0.1 s to 2.6 s through the one service loop at wall pace; the swaps run from
+    // 0.3 s to about 2.3 s.
+    let submitted = 2_500usize;
     let input = Input::Card { door: door.to_string(), direction: Direction::Entry, number: card.to_string(), captured_at: None };
-    let every = Duration::from_secs(1) / READS_PER_SEC;
-    let mut waiting: std::collections::VecDeque<Instant> = Default::default();
-    // (handed over, read -> logged decision)
-    let mut done: Vec<(Instant, Duration)> = Vec::new();
-    let (mut submitted, mut decided, mut not_by_plugin) = (0usize, 0usize, 0usize);
-    let mut now = start;
-    let t0 = Instant::now();
-    let mut next = t0;
-    let mut collect = |recs: Vec<crate::gateway::Timed>, waiting: &mut std::collections::VecDeque<Instant>| {
-        for (_, r) in recs {
-            if let crate::event::Record::Decision { by, .. } = r {
-                if let Some(at) = waiting.pop_front() {
-                    done.push((at, at.elapsed()));
-                }
-                decided += 1;
-                if !by.starts_with("plugin:") {
-                    not_by_plugin += 1;
-                }
-            }
-        }
-    };
-    while !swapper.is_finished() || !waiting.is_empty() {
-        if Instant::now() >= next && !swapper.is_finished() {
-            // Reads a minute apart in gateway time: never a repeat, the door always relocked.
-            now += 60_000;
-            clock.set_ms(now);
-            waiting.push_back(Instant::now());
-            let recs = gw.handle(now, &input, None)?;
-            submitted += 1;
-            collect(recs, &mut waiting);
-            next += every;
-        }
-        gw.wait_policy(next.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
-        let recs = gw.poll_policy()?;
-        collect(recs, &mut waiting);
-        if t0.elapsed() > Duration::from_secs(60) {
-            return Err(anyhow!("swap benchmark did not finish within 60 s"));
-        }
-    }
+    let mut source = crate::bench_service::SteadyReads::new(start + 100, READS_PER_SEC, vec![input; submitted]);
+    let ctl = Control::new(bell);
+    let opts = Options { max_wall: Some(Duration::from_secs(60)), ..Options::default() };
+    let mut sink = |_: service::Step| Ok::<(), service::ServiceError>(());
+    service::run(&mut gw, &mut source, Pace::wall(start, 1.0), &opts, &ctl, None, &mut NoHooks, &mut sink)?;
+    service::stop(&mut gw, &mut source, &opts, &ctl, None, &mut sink)?;
+    let done: Vec<(Instant, Duration, String)> = source.done.remove(door).unwrap_or_default();
+    let decided = done.len();
+    let not_by_plugin = done.iter().filter(|(_, _, by)| !by.starts_with("plugin:")).count();
     let swap_times = swapper.join().map_err(|_| anyhow!("swap thread panicked"))?.map_err(|e| anyhow!("swap failed: {e}"))?;
     // A read "meets" a swap when it was handed over within 2 ms either side of one: it
     // queued behind the swap or was the new instance's first call.
     let near = Duration::from_millis(2);
-    let during: Vec<Duration> = done.iter().filter(|(at, _)| swap_times.iter().any(|(s, d)| *at + near >= *s && *at <= *s + *d + near)).map(|(_, d)| *d).collect();
+    let during: Vec<Duration> = done.iter().filter(|(at, _, _)| swap_times.iter().any(|(s, d)| *at + near >= *s && *at <= *s + *d + near)).map(|(_, d, _)| *d).collect();
     if during.is_empty() {
         return Err(anyhow!("no read arrived near a swap; the benchmark measured nothing"));
     }
-    let all: Vec<Duration> = done.iter().map(|(_, d)| *d).collect();
+    let all: Vec<Duration> = done.iter().map(|(_, d, _)| *d).collect();
     let all: Stats = Stats::of(all);
     Ok(format!(
         "{} swaps while {READS_PER_SEC} card reads/s arrived; {submitted} reads, {decided} decided ({} lost), {not_by_plugin} not by the plugin\n  swap request -> done on the policy thread            {}\n  read -> logged decision, reads within 2 ms of a swap {}\n  read -> logged decision, all reads                   {}\n  slowest decision {:.2} ms against the {} ms plugin deadline",

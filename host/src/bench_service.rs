@@ -360,15 +360,23 @@ fn wait_for(run: &Run, mut f: impl FnMut(&Line) -> bool, what: &str) -> Result<(
 /// Card reads at a steady wall-clock rate, as GPIO edges arrive: remembers when each was
 /// handed to the loop, and when the decision it led to was logged and handed to the relay
 /// driver ([`Source::follow`], where the relay command goes out).
-struct SteadyReads {
+pub(crate) struct SteadyReads {
     start_us: i64,
     every_us: i64,
     reads: Vec<Input>,
     next: usize,
     /// Per door, when each read not yet decided was handed over.
     taken: HashMap<String, VecDeque<Instant>>,
-    /// Per door: read handed over -> decision logged and at the relay driver; and who decided.
-    done: HashMap<String, Vec<(Duration, String)>>,
+    /// Per door: when the read was handed over, how long until its decision was logged and at
+    /// the relay driver, and who decided.
+    pub(crate) done: HashMap<String, Vec<(Instant, Duration, String)>>,
+}
+
+impl SteadyReads {
+    /// `reads`, one every `1 / per_second` s of gateway time from `start_ms` (Unix ms).
+    pub(crate) fn new(start_ms: i64, per_second: i64, reads: Vec<Input>) -> SteadyReads {
+        SteadyReads { start_us: start_ms.saturating_mul(1_000), every_us: 1_000_000 / per_second.max(1), reads, next: 0, taken: HashMap::new(), done: HashMap::new() }
+    }
 }
 
 impl Source for SteadyReads {
@@ -395,7 +403,7 @@ impl Source for SteadyReads {
         for (_, r) in records {
             if let Record::Decision { door, by, .. } = r {
                 if let Some(at) = self.taken.get_mut(door).and_then(VecDeque::pop_front) {
-                    self.done.entry(door.clone()).or_default().push((at.elapsed(), by.clone()));
+                    self.done.entry(door.clone()).or_default().push((at, at.elapsed(), by.clone()));
                 }
             }
         }
@@ -437,7 +445,7 @@ pub fn service_under_load(cfg: &SiteConfig, door: &str, resident_card: &str, off
     let n = (READS_PER_SEC * SECONDS) as usize;
     let reads: Vec<Input> = (0..n).map(|i| if i % READS_PER_SEC as usize == 500 { card(&other, resident_card) } else { card(door, resident_card) }).collect();
     // The first read half a second after the start: the loop is turning by then.
-    let mut source = SteadyReads { start_us: (start + 500) * 1_000, every_us: 1_000_000 / READS_PER_SEC, reads, next: 0, taken: HashMap::new(), done: HashMap::new() };
+    let mut source = SteadyReads::new(start + 500, READS_PER_SEC, reads);
     let ctl = Control::new(bell);
     let opts = Options { max_wall: Some(Duration::from_secs(SECONDS as u64 + 30)), ..Options::default() };
     let mut sink = |_: service::Step| Ok::<(), service::ServiceError>(());
@@ -448,14 +456,14 @@ pub fn service_under_load(cfg: &SiteConfig, door: &str, resident_card: &str, off
         let done = source.done.remove(&d).unwrap_or_default();
         let asked = source.reads.iter().filter(|i| i.door() == Some(d.as_str())).count();
         let mut by: Vec<(String, usize)> = Vec::new();
-        for (_, b) in &done {
+        for (_, _, b) in &done {
             match by.iter_mut().find(|(x, _)| x == b) {
                 Some((_, c)) => *c += 1,
                 None => by.push((b.clone(), 1)),
             }
         }
         let who = by.iter().map(|(b, c)| format!("{c} by {b}")).collect::<Vec<_>>().join(", ");
-        let stats = if done.is_empty() { "none decided".to_string() } else { Stats::of(done.iter().map(|(t, _)| *t).collect()).to_string() };
+        let stats = if done.is_empty() { "none decided".to_string() } else { Stats::of(done.iter().map(|(_, t, _)| *t).collect()).to_string() };
         out.push_str(&format!("  {d:<14} read -> logged decision -> relay command  {stats}\n  {:<14} {asked} reads, {} decided: {who}\n", "", done.len()));
     }
     Ok(out)

@@ -2,13 +2,16 @@
 //! thread, the face thread, the fleet link, GPIO edge threads, the camera, signals) rings
 //! it, so the loop sleeps until something happens or its next timer is due: no polling.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A cloneable doorbell: `ring` from any thread, `wait` on the loop.
 #[derive(Clone, Default)]
 pub struct Bell {
     inner: Arc<(Mutex<bool>, Condvar)>,
+    /// Set with every ring, so a short spin can see it without the lock.
+    rung: Arc<AtomicBool>,
 }
 
 impl Bell {
@@ -19,6 +22,7 @@ impl Bell {
 
     /// Wakes the loop (or makes its next wait return at once).
     pub fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
         let (rung, cv) = &*self.inner;
         *rung.lock().unwrap_or_else(PoisonError::into_inner) = true;
         cv.notify_all();
@@ -29,7 +33,22 @@ impl Bell {
         let (rung, cv) = &*self.inner;
         let guard = rung.lock().unwrap_or_else(PoisonError::into_inner);
         let (mut guard, _) = cv.wait_timeout_while(guard, timeout, |r| !*r).unwrap_or_else(PoisonError::into_inner);
+        self.rung.store(false, Ordering::Release);
         std::mem::replace(&mut *guard, false)
+    }
+
+    /// Like [`Bell::wait`], but first watches the bell for up to `spin` without sleeping:
+    /// when an answer is due within microseconds (a plugin decides in about one), the loop
+    /// takes it without paying a sleep and a wake-up of its thread.
+    pub fn wait_spinning(&self, timeout: Duration, spin: Duration) -> bool {
+        let until = Instant::now() + spin.min(timeout);
+        while Instant::now() < until {
+            if self.rung.load(Ordering::Acquire) {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.wait(if self.rung.load(Ordering::Acquire) { Duration::ZERO } else { timeout.saturating_sub(spin) })
     }
 
     /// A closure that rings this bell, for threads that only know "call this when done".
@@ -61,5 +80,15 @@ mod tests {
         });
         assert!(bell.wait(Duration::from_secs(30)));
         t.join().expect("ringer");
+    }
+
+    #[test]
+    fn a_spinning_wait_takes_a_ring_and_times_out_without_one() {
+        let bell = Bell::new();
+        let w = bell.waker();
+        let t = std::thread::spawn(move || w());
+        t.join().expect("ringer");
+        assert!(bell.wait_spinning(Duration::from_secs(30), Duration::from_millis(1)));
+        assert!(!bell.wait_spinning(Duration::from_millis(2), Duration::from_millis(1)), "no ring: it times out");
     }
 }
