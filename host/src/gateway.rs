@@ -586,14 +586,6 @@ impl Gateway {
         self.directory_version.clone()
     }
 
-    /// Waits up to `timeout` for the policy thread to finish something (service mode).
-    pub fn wait_policy(&mut self, timeout: std::time::Duration) -> bool {
-        match &mut self.policy {
-            Policy::Worker(w) => w.wait(timeout),
-            _ => false,
-        }
-    }
-
     /// How long until a read waiting for its plugin reaches `limits.max_decision_wait_ms`
     /// and must be decided by the fallback (service mode; the loop wakes then).
     pub fn policy_wake(&self) -> Option<std::time::Duration> {

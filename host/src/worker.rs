@@ -22,7 +22,7 @@ use crate::plugin::{Effects, Slot};
 use crate::policy::{fallback_decision, Decided, DropCount, PluginUnit, PolicyEngine};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -261,23 +261,6 @@ impl PolicyWorker {
     pub fn next_expiry(&self) -> Option<Duration> {
         let now = Instant::now();
         self.waiting.values().find(|w| w.ticket.lock().map(|g| g.is_some()).unwrap_or(true)).map(|w| (w.since + self.max_wait).saturating_duration_since(now))
-    }
-
-    /// Waits up to `timeout` for a finished job (or a read's wait to run out); true when
-    /// something is ready.
-    pub fn wait(&mut self, timeout: Duration) -> bool {
-        if !self.ready.is_empty() {
-            return true;
-        }
-        let timeout = self.next_expiry().map_or(timeout, |e| e.min(timeout));
-        match self.done.recv_timeout(timeout) {
-            Ok(f) => {
-                let d = self.finish(f);
-                self.ready.push_back(d);
-                true
-            }
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => self.next_expiry().is_some_and(|e| e.is_zero()),
-        }
     }
 
     /// Takes the next finished job without waiting: a decision, integration results, a

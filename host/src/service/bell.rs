@@ -86,7 +86,7 @@ mod tests {
     fn a_spinning_wait_takes_a_ring_and_times_out_without_one() {
         let bell = Bell::new();
         let w = bell.waker();
-        let t = std::thread::spawn(move || w());
+        let t = std::thread::spawn(w);
         t.join().expect("ringer");
         assert!(bell.wait_spinning(Duration::from_secs(30), Duration::from_millis(1)));
         assert!(!bell.wait_spinning(Duration::from_millis(2), Duration::from_millis(1)), "no ring: it times out");
