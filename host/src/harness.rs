@@ -41,6 +41,10 @@ struct Sidecar {
     /// Subjects, in the subject directory format (checked by `config::subjects_within`).
     #[serde(default, rename = "subject")]
     subjects: Vec<toml::Value>,
+    /// The site's `[limits]` (same keys and ranges), e.g. a larger `max_component_bytes`
+    /// for a Python or JavaScript component.
+    #[serde(default)]
+    limits: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +141,9 @@ pub fn minimal_site(plugin: &Path, world: World, trace: &Trace, trace_path: &Pat
         }
         t.push_str(&format!("[plugins.{}.config]\n{}\n", quoted(&name), toml::to_string(&table).unwrap_or_default()));
     }
+    if let Some(limits) = &side.limits {
+        t.push_str(&format!("\n[limits]\n{}\n", toml::to_string(limits).unwrap_or_default()));
+    }
     let doors: Vec<SidecarDoor> =
         if side.doors.is_empty() { doors_of(trace).into_iter().map(|id| SidecarDoor { id, credentials: None, open_ms: None, max_open_ms: None }).collect() } else { side.doors };
     if doors.is_empty() {
@@ -209,6 +216,14 @@ mod tests {
         std::fs::write(&side, "[[door]]\nid = \"face-only\"\ncredentials = [\"face\"]\n").expect("write");
         let e = minimal_site(Path::new("p.wasm"), World::Policy, &t, Path::new("t.jsonl"), Some(&side)).unwrap_err().to_string();
         assert!(e.starts_with(&side.display().to_string()) && e.contains("face-only") && e.contains("credentials"), "{e}");
+
+        // The site's limits, with their ranges: a Python component needs more than 16 MiB.
+        std::fs::write(&side, "[limits]\nmax_component_bytes = 33554432\n").expect("write");
+        let cfg = minimal_site(Path::new("p.wasm"), World::Policy, &t, Path::new("t.jsonl"), Some(&side)).expect("site");
+        assert_eq!(cfg.limits.max_component_bytes, 32 << 20);
+        std::fs::write(&side, "[limits]\nmax_component_bytes = 0\n").expect("write");
+        let e = minimal_site(Path::new("p.wasm"), World::Policy, &t, Path::new("t.jsonl"), Some(&side)).unwrap_err().to_string();
+        assert!(e.starts_with(&side.display().to_string()) && e.contains("max_component_bytes"), "{e}");
 
         std::fs::write(&side, "colour = \"red\"\n").expect("write");
         let e = minimal_site(Path::new("p.wasm"), World::Policy, &t, Path::new("t.jsonl"), Some(&side)).unwrap_err().to_string();

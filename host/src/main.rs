@@ -519,13 +519,17 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
             Ok(0)
         }
         PluginCmd::Test { plugin, trace, site, format } => {
-            let limits = gate::config::Limits::default();
-            let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
-            let report = gate::plugin::check::check(&rt, &plugin, &limits).map_err(input)?;
-            drop(rt);
             let t = Trace::load(&trace).map_err(input)?;
             let sidecar = gate::harness::sidecar_for(&trace, site.as_deref());
-            let cfg = gate::harness::minimal_site(&plugin, report.world, &t, &trace, sidecar.as_deref()).map_err(input)?;
+            // The sidecar's [limits] apply to the check too (a Python component is over 16 MiB).
+            let site_as_policy = gate::harness::minimal_site(&plugin, gate::config::World::Policy, &t, &trace, sidecar.as_deref()).map_err(input)?;
+            let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
+            let report = gate::plugin::check::check(&rt, &plugin, &site_as_policy.limits).map_err(input)?;
+            drop(rt);
+            let cfg = match report.world {
+                gate::config::World::Policy => site_as_policy,
+                world => gate::harness::minimal_site(&plugin, world, &t, &trace, sidecar.as_deref()).map_err(input)?,
+            };
             replay_and_report(cfg, &t, None, format)
         }
         PluginCmd::Sign(a) => fleet_cmd::sign(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
