@@ -149,8 +149,9 @@ async fn a_new_version_that_keeps_failing_rolls_back_by_itself_and_says_so() {
     assert_eq!(rolled.state, JobState::RolledBack);
     assert_eq!(gw.slot.lock().unwrap().plugins()[0].version.to_string(), "1.0.0");
 
-    // The rollback changes the plugins, so the link reconnects to refresh its will first; on a
-    // loaded machine a reconnect can take its back-off, hence a longer wait than T.
+    // The deployment and the rollback each change the plugins, and the link reconnects each
+    // time to refresh its will; on a loaded machine a reconnect can take a back-off, hence a
+    // longer wait than T.
     let seen = op.job_status("oak-court", "north", &s2.job_id, 3 * T, |s| s.state == JobState::RolledBack).await.unwrap().unwrap();
     assert_eq!(seen.state, JobState::RolledBack, "{seen:?}; link: {:?}", gw.handle.snapshot());
     assert!(seen.reason.unwrap().contains("rolled back to 1.0.0"));
