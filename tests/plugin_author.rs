@@ -71,6 +71,58 @@ fn a_new_rust_project_builds_outside_the_workspace_passes_its_sample_trace_and_a
     assert!(out.lines().any(|l| l.starts_with('+') && l.contains("\"reason\":\"no entry\"")), "{out}");
 }
 
+/// componentize-py from `cargo xtask setup` (`.cache/python`, pinned).
+fn python_tool(name: &str) -> PathBuf {
+    let p = root().join(".cache/python/bin").join(name);
+    assert!(p.exists(), "{} is missing: run `cargo xtask setup` (cargo xtask test does)", p.display());
+    p
+}
+
+fn run_in(dir: &Path, program: &Path, args: &[&str]) -> Output {
+    Command::new(program).current_dir(dir).args(args).output().unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
+}
+
+#[test]
+fn a_new_python_project_passes_its_unit_tests_and_its_sample_trace_and_a_broken_rule_fails_with_a_diff() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let o = gate_in(tmp.path(), &["plugin", "new", "--lang", "python", "py-policy"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("componentize-py -d wit -w policy-plugin"), "{}", text(&o));
+    let project = tmp.path().join("py-policy");
+    assert_eq!(std::fs::read_to_string(project.join("wit/gate-plugin.wit")).expect("wit"), std::fs::read_to_string(root().join("wit/gate-plugin.wit")).expect("wit"));
+    let (cpy, python) = (python_tool("componentize-py"), python_tool("python"));
+
+    // The contract's types for Python, then the rules' own unit tests, natively.
+    let o = run_in(&project, &cpy, &["-d", "wit", "-w", "policy-plugin", "bindings", "."]);
+    assert!(o.status.success(), "bindings:\n{}", text(&o));
+    let o = run_in(&project, &python, &["-m", "unittest", "-v", "test_app"]);
+    assert!(o.status.success() && text(&o).contains("Ran 5 tests"), "unit tests of the new project:\n{}", text(&o));
+
+    let build = |project: &Path| {
+        let o = run_in(project, &cpy, &["-d", "wit", "-w", "policy-plugin", "componentize", "app", "-o", "py-policy.wasm"]);
+        assert!(o.status.success(), "componentize:\n{}", text(&o));
+    };
+    build(&project);
+    let o = gate_in(&project, &["plugin", "test", "py-policy.wasm", "--trace", "tests/sample.jsonl"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("replay matches the") && out.contains("plugin:py-policy"), "{out}");
+    assert!(out.contains("NEED  card|pin|nfc") && out.contains("outside hours") && out.contains("liveness check failed"), "{out}");
+
+    // Break a rule: an unknown card now gets another reason. The trace catches it.
+    let app = project.join("app.py");
+    let src = std::fs::read_to_string(&app).expect("app.py");
+    let broken = src.replacen("return Decision_Deny(\"unknown credential\")", "return Decision_Deny(\"no entry\")", 1);
+    assert_ne!(src, broken, "the rule to break is in the template");
+    std::fs::write(&app, broken).expect("write app.py");
+    build(&project);
+    let o = gate_in(&project, &["plugin", "test", "py-policy.wasm", "--trace", "tests/sample.jsonl"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.lines().any(|l| l.starts_with('-') && l.contains("\"reason\":\"unknown credential\"")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with('+') && l.contains("\"reason\":\"no entry\"")), "{out}");
+}
+
 #[test]
 fn the_contract_is_written_for_other_languages_as_the_host_serves_it() {
     let tmp = tempfile::tempdir().expect("tmp");

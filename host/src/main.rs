@@ -234,7 +234,7 @@ enum PluginCmd {
         /// Folder to create (must not exist or be empty); default ./NAME.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The gate plugin SDK (`plugins/sdk` of a gate checkout) to depend on by path.
+        /// The gate plugin SDK (`plugins/sdk` of a gate checkout) to depend on by path (Rust).
         /// Default: the checkout this binary was built in, else a git URL to replace.
         #[arg(long)]
         sdk: Option<PathBuf>,
@@ -330,6 +330,7 @@ enum LogFormat {
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum NewLang {
     Rust,
+    Python,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -502,6 +503,7 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
         PluginCmd::New { name, lang, kind, dir, sdk } => {
             let lang = match lang {
                 NewLang::Rust => scaffold::Lang::Rust,
+                NewLang::Python => scaffold::Lang::Python,
             };
             let kind = match kind {
                 NewKind::Policy => scaffold::Kind::Policy,
@@ -511,11 +513,20 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             scaffold::new_project(&dir, &name, lang, kind, &sdk).map_err(scaffold_err)?;
             println!("gate: made {} ({name}, gate:plugin@{})", dir.display(), gate::plugin::CONTRACT_VERSION);
-            if let scaffold::SdkSource::Git(url) = &sdk {
-                println!("gate: the SDK dependency points at {url}: replace it in Cargo.toml, or run again with --sdk PATH/plugins/sdk");
+            match lang {
+                scaffold::Lang::Rust => {
+                    if let scaffold::SdkSource::Git(url) = &sdk {
+                        println!("gate: the SDK dependency points at {url}: replace it in Cargo.toml, or run again with --sdk PATH/plugins/sdk");
+                    }
+                    let wasm = format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"));
+                    println!("next:\n  cd {}\n  cargo test\n  cargo build --release --target wasm32-wasip2\n  gate plugin test {wasm} --trace tests/sample.jsonl", dir.display());
+                }
+                scaffold::Lang::Python => println!(
+                    "next (Python 3.11+, componentize-py {}):\n  cd {}\n  componentize-py -d wit -w policy-plugin bindings .\n  python -m unittest test_app\n  componentize-py -d wit -w policy-plugin componentize app -o {name}.wasm\n  gate plugin test {name}.wasm --trace tests/sample.jsonl",
+                    scaffold::COMPONENTIZE_PY_VERSION,
+                    dir.display()
+                ),
             }
-            let wasm = format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"));
-            println!("next:\n  cd {}\n  cargo test\n  cargo build --release --target wasm32-wasip2\n  gate plugin test {wasm} --trace tests/sample.jsonl", dir.display());
             Ok(0)
         }
         PluginCmd::Test { plugin, trace, site, format } => {

@@ -25,7 +25,12 @@ pub enum ScaffoldError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
     Rust,
+    /// Built by componentize-py ([`COMPONENTIZE_PY_VERSION`]) from `app.py` and the project's `wit/`.
+    Python,
 }
+
+/// The componentize-py release the Python scaffold is written and tested against.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
 /// Which world the project implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +114,15 @@ const RUST_POLICY: &[Template] = &[
     ("tests/sample.site.toml", include_str!("../templates/rust-policy/tests/sample.site.toml.tmpl")),
 ];
 
+const PYTHON_POLICY: &[Template] = &[
+    ("app.py", include_str!("../templates/python-policy/app.py.tmpl")),
+    ("test_app.py", include_str!("../templates/python-policy/test_app.py.tmpl")),
+    (".gitignore", include_str!("../templates/python-policy/gitignore.tmpl")),
+    ("README.md", include_str!("../templates/python-policy/README.md.tmpl")),
+    ("tests/sample.jsonl", include_str!("../templates/python-policy/tests/sample.jsonl.tmpl")),
+    ("tests/sample.site.toml", include_str!("../templates/python-policy/tests/sample.site.toml.tmpl")),
+];
+
 /// Writes a new project `dir` (which must not exist yet, or be empty) named `name`.
 pub fn new_project(dir: &Path, name: &str, lang: Lang, kind: Kind, sdk: &SdkSource) -> Result<Vec<PathBuf>, ScaffoldError> {
     check_name(name)?;
@@ -117,6 +131,7 @@ pub fn new_project(dir: &Path, name: &str, lang: Lang, kind: Kind, sdk: &SdkSour
     }
     let templates = match (lang, kind) {
         (Lang::Rust, Kind::Policy) => RUST_POLICY,
+        (Lang::Python, Kind::Policy) => PYTHON_POLICY,
     };
     let vars = [("{{name}}", name.to_string()), ("{{crate}}", name.replace('-', "_")), ("{{contract}}", crate::plugin::CONTRACT_VERSION.to_string()), ("{{sdk_dep}}", sdk.dependency())];
     let mut written = Vec::new();
@@ -131,6 +146,10 @@ pub fn new_project(dir: &Path, name: &str, lang: Lang, kind: Kind, sdk: &SdkSour
         }
         std::fs::write(&path, body).map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
         written.push(path);
+    }
+    // Other languages' binding generators read the contract from the project itself.
+    if lang == Lang::Python {
+        written.extend(write_wit(&dir.join("wit"))?);
     }
     Ok(written)
 }

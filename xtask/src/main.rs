@@ -6,6 +6,7 @@ mod deb;
 mod debian;
 mod models;
 mod plugins;
+mod python;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -108,6 +109,7 @@ fn setup(root: &Path, for_tests: bool) -> Result<()> {
     if for_tests {
         broker::ensure_installed()?;
         broker::ensure_browser()?;
+        python::ensure_componentize_py(root)?;
     }
     Ok(())
 }
