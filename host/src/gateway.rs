@@ -259,6 +259,17 @@ impl Gateway {
         Ok(())
     }
 
+    /// Drops a turn that failed half-way: its records were never acted on (no relay followed
+    /// them, nobody heard of them), so after a failure the stop logs into a clean log.
+    pub fn abort_turn(&mut self) {
+        if std::mem::take(&mut self.in_turn) {
+            if let Err(e) = self.log.rollback_turn() {
+                tracing::error!(error = %e, "the failed turn's records could not be dropped");
+            }
+        }
+        self.held.clear();
+    }
+
     pub fn log_mut(&mut self) -> &mut EventLog {
         &mut self.log
     }

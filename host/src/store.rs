@@ -363,6 +363,11 @@ impl EventLog {
         Ok(self.conn.execute_batch("COMMIT")?)
     }
 
+    /// Drops the records of a turn that failed half-way (nothing of it was acted on).
+    pub fn rollback_turn(&mut self) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch("ROLLBACK")?)
+    }
+
     /// Opens one transaction for the records of one turn of the service loop (group
     /// commit: one fsync for every record of the turn instead of one each), unless a
     /// transaction is already open (replay's batch). Returns whether it opened one.
@@ -465,6 +470,25 @@ fn insert_event(conn: &Connection, seq: i64, id: &str, at_ms: i64, record: &Reco
 mod tests {
     use super::*;
     use crate::event::{AlarmKind, Record};
+
+    #[test]
+    fn a_turn_is_committed_at_once_or_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.sqlite");
+        let rec = Record::Alarm { door: "d".into(), alarm: AlarmKind::Fire, active: true };
+        let mut log = EventLog::open(&path, "gw").unwrap();
+        assert!(log.begin_turn().unwrap());
+        assert!(!log.begin_turn().unwrap(), "a turn inside a turn (or replay's batch) opens nothing");
+        log.append(1, &rec).unwrap();
+        log.append(2, &rec).unwrap();
+        log.commit_batch().unwrap();
+        assert!(log.begin_turn().unwrap());
+        log.append(3, &rec).unwrap();
+        log.rollback_turn().unwrap();
+        drop(log);
+        let log = EventLog::open(&path, "gw").unwrap();
+        assert_eq!(log.count().unwrap(), 2, "the committed turn stays, the dropped one is gone");
+    }
 
     #[test]
     fn ids_are_unique_and_survive_reopen() {

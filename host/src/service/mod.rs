@@ -318,6 +318,8 @@ pub fn run(
 /// A clean stop: no more inputs, decisions in flight finished (for at most
 /// `opts.finish_ms`), every relay in its safe state. Everything is logged before it returns.
 pub fn stop(gw: &mut Gateway, source: &mut dyn Source, opts: &Options, ctl: &Control, fleet: Option<&Fleet>, sink: &mut dyn FnMut(Step) -> Result<(), ServiceError>) -> Result<(), ServiceError> {
+    // After a failure inside a turn, that turn was never acted on: drop it, then log the stop.
+    gw.abort_turn();
     source.close();
     let until = Instant::now() + Duration::from_millis(opts.finish_ms);
     loop {
