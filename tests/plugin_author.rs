@@ -50,20 +50,33 @@ fn a_new_rust_project_builds_outside_the_workspace_passes_its_sample_trace_and_a
     let o = gate_in(&project, &["plugin", "check", wasm.to_str().expect("utf-8")]);
     assert!(o.status.success() && text(&o).contains("gate:plugin/policy-plugin@0.2.0"), "{}", text(&o));
 
-    let o = gate_in(&project, &["plugin", "test", wasm.to_str().expect("utf-8"), "--trace", "tests/sample.jsonl"]);
+    let wasm = wasm.to_str().expect("utf-8");
+    sample_passes(&project, wasm, "site-policy");
+    break_the_unknown_card_rule(&project.join("src/lib.rs"), "return Decision::deny(\"unknown credential\");", "return Decision::deny(\"no entry\");");
+    build(&project);
+    sample_shows_the_broken_rule(&project, wasm);
+}
+
+/// `gate plugin test` of a new project's component against its own sample trace: it matches.
+fn sample_passes(project: &Path, wasm: &str, name: &str) {
+    let o = gate_in(project, &["plugin", "test", wasm, "--trace", "tests/sample.jsonl"]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("replay matches the") && out.contains("plugin:site-policy"), "{out}");
+    assert!(out.contains("replay matches the") && out.contains(&format!("plugin:{name}")), "{out}");
     assert!(out.contains("NEED  card|pin|nfc") && out.contains("outside hours") && out.contains("liveness check failed"), "{out}");
+}
 
-    // Break a rule: an unknown card now gets another reason. The trace catches it.
-    let lib = project.join("src/lib.rs");
-    let src = std::fs::read_to_string(&lib).expect("lib.rs");
-    let broken = src.replacen("return Decision::deny(\"unknown credential\");", "return Decision::deny(\"no entry\");", 1);
+/// Breaks a rule in the project's source: an unknown card now gets another reason.
+fn break_the_unknown_card_rule(source: &Path, rule: &str, broken_rule: &str) {
+    let src = std::fs::read_to_string(source).expect("read the source");
+    let broken = src.replacen(rule, broken_rule, 1);
     assert_ne!(src, broken, "the rule to break is in the template");
-    std::fs::write(&lib, broken).expect("write lib.rs");
-    build(&project);
-    let o = gate_in(&project, &["plugin", "test", wasm.to_str().expect("utf-8"), "--trace", "tests/sample.jsonl"]);
+    std::fs::write(source, broken).expect("write the source");
+}
+
+/// The sample trace catches the broken rule: exit 1 and a diff naming both reasons.
+fn sample_shows_the_broken_rule(project: &Path, wasm: &str) {
+    let o = gate_in(project, &["plugin", "test", wasm, "--trace", "tests/sample.jsonl"]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("replay differs from the trace's expected outputs"), "{out}");
@@ -103,24 +116,10 @@ fn a_new_python_project_passes_its_unit_tests_and_its_sample_trace_and_a_broken_
         assert!(o.status.success(), "componentize:\n{}", text(&o));
     };
     build(&project);
-    let o = gate_in(&project, &["plugin", "test", "py-policy.wasm", "--trace", "tests/sample.jsonl"]);
-    let out = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("replay matches the") && out.contains("plugin:py-policy"), "{out}");
-    assert!(out.contains("NEED  card|pin|nfc") && out.contains("outside hours") && out.contains("liveness check failed"), "{out}");
-
-    // Break a rule: an unknown card now gets another reason. The trace catches it.
-    let app = project.join("app.py");
-    let src = std::fs::read_to_string(&app).expect("app.py");
-    let broken = src.replacen("return Decision_Deny(\"unknown credential\")", "return Decision_Deny(\"no entry\")", 1);
-    assert_ne!(src, broken, "the rule to break is in the template");
-    std::fs::write(&app, broken).expect("write app.py");
+    sample_passes(&project, "py-policy.wasm", "py-policy");
+    break_the_unknown_card_rule(&project.join("app.py"), "return Decision_Deny(\"unknown credential\")", "return Decision_Deny(\"no entry\")");
     build(&project);
-    let o = gate_in(&project, &["plugin", "test", "py-policy.wasm", "--trace", "tests/sample.jsonl"]);
-    let out = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.lines().any(|l| l.starts_with('-') && l.contains("\"reason\":\"unknown credential\"")), "{out}");
-    assert!(out.lines().any(|l| l.starts_with('+') && l.contains("\"reason\":\"no entry\"")), "{out}");
+    sample_shows_the_broken_rule(&project, "py-policy.wasm");
 }
 
 #[test]
