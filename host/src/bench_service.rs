@@ -23,26 +23,17 @@ use std::time::{Duration, Instant};
 use super::bench::Stats;
 
 /// A scratch directory for one benchmark run, removed afterwards.
-pub struct Scratch(PathBuf);
+pub struct Scratch(tempfile::TempDir);
 
 impl Scratch {
-    /// A fresh directory under the system's temp dir.
+    /// A fresh directory under the system's temp dir, private to this user.
     pub fn new() -> Result<Scratch> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("gate-bench-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch(dir))
+        tempfile::Builder::new().prefix("gate-bench-").tempdir().map(Scratch).context("creating a scratch folder")
     }
 
     /// A path inside the directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join(name)
     }
 }
 

@@ -537,20 +537,32 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
             Ok(0)
         }
         PluginCmd::Test { plugin, trace, site, format, watch } => {
+            // The check and the replay share one compile (a 12-18 MB Python or JavaScript
+            // component takes 10-15 s); the cache lives as long as this command.
+            let fresh_cache = || tempfile::Builder::new().prefix("gate-plugin-test-").tempdir().map_err(|e| runtime(anyhow::anyhow!("a cache folder for the compiled component: {e}")));
             if !watch {
-                return plugin_test(&plugin, &trace, site.as_deref(), format);
+                return plugin_test(&plugin, &trace, site.as_deref(), format, fresh_cache()?.path());
             }
             let sidecar = gate::harness::sidecar_for(&trace, site.as_deref());
             let files: Vec<&Path> = [Some(plugin.as_path()), Some(trace.as_path()), sidecar.as_deref()].into_iter().flatten().collect();
+            // Ctrl-C ends the loop between runs, so the cache folder is removed.
+            let ctl = gate::service::Control::new(gate::service::Bell::new());
+            gate::service::systemd::handle_signals(ctl.clone()).map_err(|e| runtime(anyhow::anyhow!("installing the signal handler: {e}")))?;
+            let mut cache = fresh_cache()?;
+            let mut seen = gate::harness::stamps(&files);
             loop {
-                let seen = gate::harness::stamps(&files);
                 let t = std::time::Instant::now();
-                let outcome = match plugin_test(&plugin, &trace, site.as_deref(), format) {
+                let outcome = match plugin_test(&plugin, &trace, site.as_deref(), format, cache.path()) {
                     Ok(code) => format!("exit {code}"),
                     Err(Failure(code, e)) => format!("{e:#} (exit {code})"),
                 };
                 eprintln!("gate: {outcome} in {:.1} s; watching {} for changes (Ctrl-C ends)", t.elapsed().as_secs_f64(), files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
-                gate::harness::wait_for_change(&files, &seen);
+                let Some(now) = gate::harness::wait_for_change(&files, &seen, &|| ctl.stopping()) else { return Ok(0) };
+                if now[0] != seen[0] {
+                    // A new component: its predecessor's compiled form goes with the old folder.
+                    cache = fresh_cache()?;
+                }
+                seen = now;
             }
         }
         PluginCmd::Sign(a) => fleet_cmd::sign(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
@@ -562,19 +574,20 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
 
 /// `gate plugin test`: checks the component under the sidecar's limits, then replays the trace
 /// on the minimal site built around it and diffs the expectations.
-fn plugin_test(plugin: &Path, trace: &Path, site: Option<&Path>, format: Format) -> Result<u8, Failure> {
+fn plugin_test(plugin: &Path, trace: &Path, site: Option<&Path>, format: Format, cache: &Path) -> Result<u8, Failure> {
     let t = Trace::load(trace).map_err(input)?;
     let sidecar = gate::harness::sidecar_for(trace, site);
     // The sidecar's [limits] apply to the check too (a Python component is over 16 MiB).
     let site_as_policy = gate::harness::minimal_site(plugin, gate::config::World::Policy, &t, trace, sidecar.as_deref()).map_err(input)?;
-    let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
+    // Checked on the replay's own engine (fuel), so the replay finds it compiled in `cache`.
+    let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Deterministic, Some(cache.to_path_buf())).map_err(runtime)?;
     let report = gate::plugin::check::check(&rt, plugin, &site_as_policy.limits).map_err(input)?;
     drop(rt);
     let cfg = match report.world {
         gate::config::World::Policy => site_as_policy,
         world => gate::harness::minimal_site(plugin, world, &t, trace, sidecar.as_deref()).map_err(input)?,
     };
-    replay_and_report(cfg, &t, None, format)
+    replay_and_report(cfg, &t, Some(cache.to_path_buf()), format)
 }
 
 /// `gate plugin check`: what a component is, against the default or a site's limits.
