@@ -4,6 +4,7 @@
 mod broker;
 mod deb;
 mod debian;
+mod js;
 mod models;
 mod plugins;
 mod python;
@@ -110,6 +111,7 @@ fn setup(root: &Path, for_tests: bool) -> Result<()> {
         broker::ensure_installed()?;
         broker::ensure_browser()?;
         python::ensure_componentize_py(root)?;
+        js::ensure_componentize_js(root)?;
     }
     Ok(())
 }

@@ -1,0 +1,102 @@
+//! componentize-js for the JavaScript plugin scaffold's test: `npm ci` of the committed, exactly
+//! pinned `xtask/js/package.json` + `package-lock.json` into the repository's ignored `.cache/js`.
+//! Node.js and npm come from the machine, or from Debian (whose bookworm Node 18 is too old: the
+//! error says so).
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The release `gate plugin new --lang js` is written and tested against (keep equal to
+/// `gate::scaffold::COMPONENTIZE_JS_VERSION` and to `xtask/js/package.json`).
+const COMPONENTIZE_JS: &str = "0.23.0";
+
+/// The oldest Node.js the pinned tree runs on: the strictest `engines` in the lock file
+/// (rolldown and oxc-minify, through jco 1.35: `^20.19.0 || >=22.12.0`).
+const NODE_MIN: (u32, u32) = (20, 19);
+
+/// The folder the toolchain is installed into.
+pub fn dir(root: &Path) -> PathBuf {
+    root.join(".cache/js")
+}
+
+/// Makes sure `.cache/js/node_modules/.bin/componentize-js` is the pinned tree; idempotent, and
+/// fast (no npm run) when the installed lock file equals the committed one.
+pub fn ensure_componentize_js(root: &Path) -> Result<()> {
+    let dir = dir(root);
+    let src = root.join("xtask/js");
+    let lock = std::fs::read(src.join("package-lock.json")).context("reading xtask/js/package-lock.json")?;
+    let installed = dir.join("node_modules/@bytecodealliance/componentize-js/package.json");
+    let version_ok = std::fs::read_to_string(&installed).is_ok_and(|t| t.contains(&format!("\"version\": \"{COMPONENTIZE_JS}\"")));
+    if version_ok && std::fs::read(dir.join("package-lock.json")).is_ok_and(|l| l == lock) && dir.join("node_modules/.bin/componentize-js").exists() {
+        return Ok(());
+    }
+    let node = node()?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for f in ["package.json", "package-lock.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).with_context(|| format!("copying xtask/js/{f} into {}", dir.display()))?;
+    }
+    eprintln!(
+        "xtask: installing componentize-js {COMPONENTIZE_JS} (with jco, wizer and StarlingMonkey) from npm into {} with `npm ci`: about 160 packages, 390 MB unpacked; a minute or more (Node {})",
+        dir.display(),
+        node.version
+    );
+    crate::run(Command::new(&node.npm).current_dir(&dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=warn"])).context("npm ci of xtask/js/package-lock.json")?;
+    if !dir.join("node_modules/.bin/componentize-js").exists() {
+        bail!("npm ci ran but {} has no node_modules/.bin/componentize-js", dir.display());
+    }
+    eprintln!("xtask: componentize-js {COMPONENTIZE_JS} is in {}", dir.display());
+    Ok(())
+}
+
+/// A Node.js recent enough, with its npm.
+struct Node {
+    npm: PathBuf,
+    version: String,
+}
+
+/// The machine's `node` and `npm`, else Debian's `nodejs` and `npm`; an old one is refused with
+/// the version needed.
+fn node() -> Result<Node> {
+    if which("node").is_none() || which("npm").is_none() {
+        crate::debian::ensure("Node.js and npm for the JavaScript plugin scaffold's test", &["/usr/bin/npm"], &["nodejs", "npm"])?;
+    }
+    let out = Command::new("node").arg("--version").output().context("running node --version")?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let Some((major, minor)) = parse_version(&version) else {
+        bail!("`node --version` printed `{version}`, not a version");
+    };
+    if (major, minor) < NODE_MIN {
+        bail!(
+            "Node.js {version} is too old for componentize-js {COMPONENTIZE_JS}: its dependencies need Node {}.{} or later (Debian bookworm's `nodejs` is 18.20); install a newer Node.js (e.g. Debian trixie's, or NodeSource's 20.x / 22.x) and run `cargo xtask setup` again",
+            NODE_MIN.0,
+            NODE_MIN.1
+        );
+    }
+    let npm = which("npm").context("npm is not on PATH (Debian: apt install npm)")?;
+    Ok(Node { npm, version })
+}
+
+/// `v20.19.2` → (20, 19).
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim().trim_start_matches('v').split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_versions_are_read_and_compared() {
+        assert_eq!(parse_version("v20.20.2"), Some((20, 20)));
+        assert_eq!(parse_version("v18.20.4\n"), Some((18, 20)));
+        assert_eq!(parse_version("nonsense"), None);
+        assert!(parse_version("v18.20.4").is_some_and(|v| v < NODE_MIN));
+        assert!(parse_version("v22.1.0").is_some_and(|v| v >= NODE_MIN));
+    }
+}
