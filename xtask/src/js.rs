@@ -1,19 +1,25 @@
-//! componentize-js for the JavaScript plugin scaffold's test: `npm ci` of the committed, exactly
-//! pinned `xtask/js/package.json` + `package-lock.json` into the repository's ignored `.cache/js`.
-//! Node.js and npm come from the machine, or from Debian (whose bookworm Node 18 is too old: the
-//! error says so).
+//! componentize-js for the JavaScript example and scaffold: `npm ci` of the JavaScript example's
+//! own `package.json` + `package-lock.json` (`plugins/examples/js-policy`, componentize-js pinned
+//! exactly, the whole tree by the lock file) into the repository's ignored `.cache/js`, so the
+//! tests build with exactly what a new project's `npm ci` installs. Node.js and npm come from the
+//! machine, or from Debian (whose bookworm Node 18 is too old: the error says so).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The release `gate plugin new --lang js` is written and tested against (keep equal to
-/// `gate::scaffold::COMPONENTIZE_JS_VERSION` and to `xtask/js/package.json`).
+/// `gate::scaffold::COMPONENTIZE_JS_VERSION` and to the example's `package.json`).
 const COMPONENTIZE_JS: &str = "0.23.0";
 
 /// The oldest Node.js the pinned tree runs on: the strictest `engines` in the lock file
 /// (rolldown and oxc-minify, through jco 1.35: `^20.19.0 || >=22.12.0`).
 const NODE_MIN: (u32, u32) = (20, 19);
+
+/// The JavaScript example, whose `package.json` and `package-lock.json` pin the toolchain.
+fn example(root: &Path) -> PathBuf {
+    root.join("plugins/examples/js-policy")
+}
 
 /// The folder the toolchain is installed into.
 pub fn dir(root: &Path) -> PathBuf {
@@ -24,8 +30,8 @@ pub fn dir(root: &Path) -> PathBuf {
 /// fast (no npm run) when the installed lock file equals the committed one.
 pub fn ensure_componentize_js(root: &Path) -> Result<()> {
     let dir = dir(root);
-    let src = root.join("xtask/js");
-    let lock = std::fs::read(src.join("package-lock.json")).context("reading xtask/js/package-lock.json")?;
+    let src = example(root);
+    let lock = std::fs::read(src.join("package-lock.json")).with_context(|| format!("reading {}/package-lock.json", src.display()))?;
     let installed = dir.join("node_modules/@bytecodealliance/componentize-js/package.json");
     let version_ok = std::fs::read_to_string(&installed).is_ok_and(|t| t.contains(&format!("\"version\": \"{COMPONENTIZE_JS}\"")));
     if version_ok && std::fs::read(dir.join("package-lock.json")).is_ok_and(|l| l == lock) && dir.join("node_modules/.bin/componentize-js").exists() {
@@ -34,14 +40,14 @@ pub fn ensure_componentize_js(root: &Path) -> Result<()> {
     let node = node()?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for f in ["package.json", "package-lock.json"] {
-        std::fs::copy(src.join(f), dir.join(f)).with_context(|| format!("copying xtask/js/{f} into {}", dir.display()))?;
+        std::fs::copy(src.join(f), dir.join(f)).with_context(|| format!("copying {}/{f} into {}", src.display(), dir.display()))?;
     }
     eprintln!(
         "xtask: installing componentize-js {COMPONENTIZE_JS} (with jco, wizer and StarlingMonkey) from npm into {} with `npm ci`: about 160 packages, 390 MB unpacked; a minute or more (Node {})",
         dir.display(),
         node.version
     );
-    crate::run(Command::new(&node.npm).current_dir(&dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=warn"])).context("npm ci of xtask/js/package-lock.json")?;
+    crate::run(Command::new(&node.npm).current_dir(&dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=warn"])).context("npm ci of the JavaScript example's package-lock.json")?;
     if !dir.join("node_modules/.bin/componentize-js").exists() {
         bail!("npm ci ran but {} has no node_modules/.bin/componentize-js", dir.display());
     }
