@@ -44,7 +44,7 @@ fn us(d: Duration) -> f64 {
 }
 
 /// The measurements `gate bench` can run (`--only` picks some; all by default).
-pub const PARTS: &[&str] = &["plugin", "gateway", "replay", "face", "swaps", "service", "cold-start", "memory"];
+pub const PARTS: &[&str] = &["plugin", "languages", "gateway", "replay", "face", "swaps", "service", "cold-start", "memory"];
 
 /// Everything `gate bench` measured: one block of text per part, in order.
 pub struct Report {
@@ -65,8 +65,9 @@ impl fmt::Display for Report {
 }
 
 /// Runs the measurements named in `only` (all when empty) against the first door that has
-/// a policy plugin; `face_frame` adds frame-to-decision through the site's `[face]` matcher.
-pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&Path>, only: &[String]) -> Result<Report> {
+/// a policy plugin; `face_frame` adds frame-to-decision through the site's `[face]` matcher;
+/// `examples` holds the example policy built in each language (`cargo xtask plugins`).
+pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&Path>, examples: &Path, only: &[String]) -> Result<Report> {
     if let Some(bad) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
         return Err(anyhow!("--only {bad}: not a benchmark; the benchmarks are {}", PARTS.join(", ")));
     }
@@ -81,44 +82,31 @@ pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&Path>, only: 
     let load_before = load_average();
     let mut parts = Vec::new();
 
+    let event = wit::AccessEvent {
+        id: "bench-1".into(),
+        door: door.id.clone(),
+        direction: wit::Direction::Entry,
+        time: timestamp(&clock, start),
+        credential: wit::Credential::Card,
+        subject: Some(wit::Subject { id: resident.id.clone(), role: wit::Role::Resident, groups: resident.groups.clone() }),
+        prior: vec![],
+    };
     if want("plugin") {
-        // One decision through the real plugin, live engine (epoch deadlines, no fuel), and fresh instances.
-        let rt = Runtime::new(ExecMode::Live, None)?;
-        let loaded = rt.load(&pc.path, &cfg.limits)?;
-        let mut slot = Slot::new(&rt, &pc, &loaded, &cfg.limits, clock.clone(), Default::default())?;
-        let event = wit::AccessEvent {
-            id: "bench-1".into(),
-            door: door.id.clone(),
-            direction: wit::Direction::Entry,
-            time: timestamp(&clock, start),
-            credential: wit::Credential::Card,
-            subject: Some(wit::Subject { id: resident.id.clone(), role: wit::Role::Resident, groups: resident.groups.clone() }),
-            prior: vec![],
-        };
-        for _ in 0..1000 {
-            slot.decide(&rt, &event).map_err(|f| anyhow!("plugin failed during warm-up: {f}"))?;
-        }
-        let mut calls = Vec::with_capacity(iterations);
-        for _ in 0..iterations {
-            let t = Instant::now();
-            let r = slot.decide(&rt, &event);
-            calls.push(t.elapsed());
-            r.map_err(|f| anyhow!("plugin failed: {f}"))?;
-        }
-        let mut fresh = Vec::new();
-        for _ in 0..500 {
-            fresh.push(slot.instantiate_fresh(&rt).map_err(|f| anyhow!("instantiate failed: {f}"))?);
-        }
+        let c = PluginCosts::measure(&pc, &cfg.limits, &clock, &event, iterations)?;
         parts.push((
             "plugin".into(),
             format!(
                 "plugin: {plugin} ({}, {} bytes)\none decision through the plugin (live engine)  {}\nfresh plugin instance                          {}",
                 pc.path.display(),
-                loaded.size,
-                Stats::of(calls),
-                Stats::of(fresh)
+                c.size,
+                c.decision,
+                c.fresh
             ),
         ));
+    }
+
+    if want("languages") {
+        parts.push(("languages".into(), crate::bench_languages::run(&cfg, &door.id, &resident.cards[0], &clock, &event, iterations, examples, start, offset)?));
     }
 
     if want("gateway") {
@@ -195,6 +183,45 @@ pub fn run(cfg: SiteConfig, iterations: usize, face_frame: Option<&Path>, only: 
     Ok(Report { machine: machine(), load: (load_before, load_average()), parts })
 }
 
+/// What one plugin costs on the live engine: its size, one decision on a ready instance, a
+/// fresh instance, and the memory an instance holds after deciding.
+pub(crate) struct PluginCosts {
+    pub size: usize,
+    /// Compiling the component (a gateway does it once per version and caches it).
+    pub compile: Duration,
+    pub decision: Stats,
+    pub fresh: Stats,
+    /// Bytes of linear memory and tables of one instance after its decisions.
+    pub instance_bytes: usize,
+}
+
+impl PluginCosts {
+    /// Times `iterations` decisions of `event` (after 1,000 to warm up) and 200 fresh instances.
+    pub(crate) fn measure(pc: &crate::config::PluginConfig, limits: &crate::config::Limits, clock: &Clock, event: &wit::AccessEvent, iterations: usize) -> Result<PluginCosts> {
+        let rt = Runtime::new(ExecMode::Live, None)?;
+        let t = Instant::now();
+        let loaded = rt.load(&pc.path, limits)?;
+        let compile = t.elapsed();
+        let mut slot = Slot::new(&rt, pc, &loaded, limits, clock.clone(), Default::default())?;
+        for _ in 0..1000 {
+            slot.decide(&rt, event).map_err(|f| anyhow!("{}: failed during warm-up: {f}", pc.name))?;
+        }
+        let mut calls = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            let r = slot.decide(&rt, event);
+            calls.push(t.elapsed());
+            r.map_err(|f| anyhow!("{}: failed: {f}", pc.name))?;
+        }
+        let instance_bytes = slot.instance_bytes();
+        let mut fresh = Vec::new();
+        for _ in 0..200 {
+            fresh.push(slot.instantiate_fresh(&rt).map_err(|f| anyhow!("{}: instantiate failed: {f}", pc.name))?);
+        }
+        Ok(PluginCosts { size: loaded.size, compile, decision: Stats::of(calls), fresh: Stats::of(fresh), instance_bytes })
+    }
+}
+
 /// Events per second through `replay::drive` (the service loop at virtual pace) with the
 /// site's plugins, fuel-metered: a long synthetic morning of card reads, with the event log
 /// in memory (as `gate replay`) and in a file (WAL, the replay's one transaction).
@@ -235,7 +262,7 @@ fn replay_throughput(cfg: &SiteConfig, start: i64, offset: i32) -> Result<String
 
 /// Feeds card reads at a steady rate to a gateway in service mode while another thread
 /// swaps freshly linked instances of the policy plugin in, as a fleet activation does.
-fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConfig, card: &str, start: i64, offset: i32) -> Result<String> {
+pub(crate) fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config::PluginConfig, card: &str, start: i64, offset: i32) -> Result<String> {
     use crate::service::{self, Bell, Control, NoHooks, Options, Pace};
     const SWAPS: usize = 40;
     const READS_PER_SEC: i64 = 1000;

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod bench;
 pub mod bench_directory;
+pub mod bench_languages;
 pub mod bench_service;
 pub mod bounds;
 pub mod call;

@@ -184,10 +184,13 @@ enum Cmd {
         /// Also time camera frame -> decision with this photo of an enrolled subject ([face] must be set up).
         #[arg(long)]
         face_frame: Option<PathBuf>,
-        /// Run only these benchmarks (comma-separated): plugin, gateway, replay, face, swaps,
-        /// service, cold-start, memory. Default: all.
+        /// Run only these benchmarks (comma-separated): plugin, languages, gateway, replay, face,
+        /// swaps, service, cold-start, memory. Default: all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Where `languages` finds the example policy built in each language (`<lang>/example-policy.wasm`).
+        #[arg(long, default_value = "target/plugins/examples")]
+        examples: PathBuf,
     },
 }
 
@@ -734,10 +737,10 @@ fn dispatch(cmd: Cmd, format: gate::service::console::Format) -> Result<u8, Fail
             println!("{}", gate::bench_directory::run(&directory).map_err(runtime)?);
             Ok(0)
         }
-        Cmd::Bench { config, iterations, face_frame, only, .. } => {
+        Cmd::Bench { config, iterations, face_frame, only, examples, .. } => {
             let config = config.ok_or_else(|| input(anyhow::anyhow!("--config is required")))?;
             let cfg = load_config(&config)?;
-            let report = gate::bench::run(cfg, iterations, face_frame.as_deref(), &only).map_err(runtime)?;
+            let report = gate::bench::run(cfg, iterations, face_frame.as_deref(), &examples, &only).map_err(runtime)?;
             println!("{report}");
             Ok(0)
         }

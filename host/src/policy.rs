@@ -158,6 +158,19 @@ impl PluginUnit {
         Ok(self.slot.replace(slot))
     }
 
+    /// Readies an instance for the next call, off the decision path (not while quarantined:
+    /// its instance was dropped on purpose). A failure shows at the next call.
+    pub fn prepare(&mut self, rt: &Runtime, now: i64) {
+        if self.quarantined_until.is_some_and(|u| now < u) {
+            return;
+        }
+        if let Some(slot) = self.slot.as_mut() {
+            if let Err(fault) = slot.prepare(rt) {
+                tracing::debug!(plugin = %self.name, fault = %fault, "could not ready an instance ahead of the next call");
+            }
+        }
+    }
+
     /// This plugin, deferred at start, will not come (its compile failed): the fallback keeps its doors.
     pub fn compile_failed(&mut self, error: &str) {
         self.compiling = false;

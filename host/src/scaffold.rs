@@ -1,6 +1,7 @@
 //! Tools for plugin authors outside this repository: `gate plugin wit` writes the contract for
-//! other languages' binding generators, `gate plugin new` writes a ready project from templates
-//! embedded in the binary (so the gate binary alone is enough to start).
+//! other languages' binding generators, `gate plugin new` writes a ready project: a copy of the
+//! example of its language in `plugins/examples/`, embedded in the binary (so the gate binary
+//! alone is enough to start), renamed.
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -102,26 +103,42 @@ pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
     }
 }
 
-/// One template file: (path in the project, text with `{{…}}` placeholders).
+/// One file of an example project: (path in the new project, text of the example).
 type Template = (&'static str, &'static str);
 
+/// The examples in `plugins/examples/` are real projects, built and replayed by this
+/// repository's own build; a new project is a copy with the name (and, for Rust, the SDK
+/// dependency) replaced. This is the name they carry.
+pub const EXAMPLE_NAME: &str = "example-policy";
+
+/// The Rust example's SDK dependency, replaced by the new project's [`SdkSource`].
+const EXAMPLE_SDK_DEP: &str = "gate-plugin-sdk = { path = \"../../sdk\" }";
+
+/// The sample trace and its sidecar, shared by the examples of every language.
+const SAMPLE: &[Template] =
+    &[("tests/sample.jsonl", include_str!("../../plugins/examples/tests/sample.jsonl")), ("tests/sample.site.toml", include_str!("../../plugins/examples/tests/sample.site.toml"))];
+
 const RUST_POLICY: &[Template] = &[
-    ("Cargo.toml", include_str!("../templates/rust-policy/Cargo.toml.tmpl")),
-    (".gitignore", include_str!("../templates/rust-policy/gitignore.tmpl")),
-    ("README.md", include_str!("../templates/rust-policy/README.md.tmpl")),
-    ("src/lib.rs", include_str!("../templates/rust-policy/src/lib.rs.tmpl")),
-    ("tests/sample.jsonl", include_str!("../templates/rust-policy/tests/sample.jsonl.tmpl")),
-    ("tests/sample.site.toml", include_str!("../templates/rust-policy/tests/sample.site.toml.tmpl")),
+    ("Cargo.toml", include_str!("../../plugins/examples/rust-policy/Cargo.toml")),
+    (".gitignore", include_str!("../../plugins/examples/rust-policy/.gitignore")),
+    ("README.md", include_str!("../../plugins/examples/rust-policy/README.md")),
+    ("src/lib.rs", include_str!("../../plugins/examples/rust-policy/src/lib.rs")),
 ];
 
 const PYTHON_POLICY: &[Template] = &[
-    ("app.py", include_str!("../templates/python-policy/app.py.tmpl")),
-    ("test_app.py", include_str!("../templates/python-policy/test_app.py.tmpl")),
-    (".gitignore", include_str!("../templates/python-policy/gitignore.tmpl")),
-    ("README.md", include_str!("../templates/python-policy/README.md.tmpl")),
-    ("tests/sample.jsonl", include_str!("../templates/python-policy/tests/sample.jsonl.tmpl")),
-    ("tests/sample.site.toml", include_str!("../templates/python-policy/tests/sample.site.toml.tmpl")),
+    ("app.py", include_str!("../../plugins/examples/python-policy/app.py")),
+    ("test_app.py", include_str!("../../plugins/examples/python-policy/test_app.py")),
+    (".gitignore", include_str!("../../plugins/examples/python-policy/.gitignore")),
+    ("README.md", include_str!("../../plugins/examples/python-policy/README.md")),
 ];
+
+/// The example project of one language and kind.
+fn example(lang: Lang, kind: Kind) -> &'static [Template] {
+    match (lang, kind) {
+        (Lang::Rust, Kind::Policy) => RUST_POLICY,
+        (Lang::Python, Kind::Policy) => PYTHON_POLICY,
+    }
+}
 
 /// Writes a new project `dir` (which must not exist yet, or be empty) named `name`.
 pub fn new_project(dir: &Path, name: &str, lang: Lang, kind: Kind, sdk: &SdkSource) -> Result<Vec<PathBuf>, ScaffoldError> {
@@ -129,26 +146,19 @@ pub fn new_project(dir: &Path, name: &str, lang: Lang, kind: Kind, sdk: &SdkSour
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(ScaffoldError::Input(format!("{}: already exists and is not empty; nothing was written", dir.display())));
     }
-    let templates = match (lang, kind) {
-        (Lang::Rust, Kind::Policy) => RUST_POLICY,
-        (Lang::Python, Kind::Policy) => PYTHON_POLICY,
-    };
-    let vars = [("{{name}}", name.to_string()), ("{{crate}}", name.replace('-', "_")), ("{{contract}}", crate::plugin::CONTRACT_VERSION.to_string()), ("{{sdk_dep}}", sdk.dependency())];
+    let crate_name = name.replace('-', "_");
     let mut written = Vec::new();
-    for (rel, text) in templates {
+    for (rel, text) in example(lang, kind).iter().chain(SAMPLE) {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| ScaffoldError::Write { path: parent.to_path_buf(), source })?;
         }
-        let mut body = text.to_string();
-        for (k, v) in &vars {
-            body = body.replace(k, v);
-        }
+        let body = text.replace(EXAMPLE_SDK_DEP, &sdk.dependency()).replace(EXAMPLE_NAME, name).replace(&EXAMPLE_NAME.replace('-', "_"), &crate_name);
         std::fs::write(&path, body).map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
         written.push(path);
     }
     // Other languages' binding generators read the contract from the project itself.
-    if lang == Lang::Python {
+    if lang != Lang::Rust {
         written.extend(write_wit(&dir.join("wit"))?);
     }
     Ok(written)
@@ -168,6 +178,22 @@ mod tests {
     }
 
     #[test]
+    fn every_example_is_written_against_the_contract_the_host_serves() {
+        let current = format!("gate:plugin@{}", crate::plugin::CONTRACT_VERSION);
+        for lang in [Lang::Rust, Lang::Python] {
+            let files = example(lang, Kind::Policy);
+            assert!(files.iter().any(|(_, t)| t.contains(&current)), "{lang:?}: no file names {current}");
+            for (rel, text) in files {
+                for (i, _) in text.match_indices("gate:plugin@") {
+                    assert!(text[i..].starts_with(&current), "{lang:?} {rel} names another contract version than {current}");
+                }
+            }
+        }
+        let (_, cargo) = RUST_POLICY[0];
+        assert!(cargo.contains(EXAMPLE_SDK_DEP), "the Rust example's SDK line is what new projects replace");
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(check_name("maple-court-policy").is_ok());
         for bad in ["", "Policy", "9lives", "a_b", "a-", "../x", &"a".repeat(65)] {
@@ -176,16 +202,18 @@ mod tests {
     }
 
     #[test]
-    fn a_project_fills_every_placeholder_and_never_overwrites() {
+    fn a_project_is_the_example_renamed_and_never_overwrites() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("my-policy");
         let files = new_project(&p, "my-policy", Lang::Rust, Kind::Policy, &SdkSource::Git(SDK_GIT_PLACEHOLDER.into())).expect("new");
         for f in &files {
             let t = std::fs::read_to_string(f).expect("read");
-            assert!(!t.contains("{{"), "{} keeps a placeholder", f.display());
+            assert!(!t.contains("example-policy") && !t.contains("example_policy") && !t.contains("../../sdk"), "{} keeps the example's name or SDK path", f.display());
         }
         let cargo = std::fs::read_to_string(p.join("Cargo.toml")).expect("read");
         assert!(cargo.contains("name = \"my-policy\"") && cargo.contains(SDK_GIT_PLACEHOLDER), "{cargo}");
+        let lib = std::fs::read_to_string(p.join("src/lib.rs")).expect("read");
+        assert!(lib.contains("my-policy: a site policy"), "{lib}");
         let e = new_project(&p, "my-policy", Lang::Rust, Kind::Policy, &SdkSource::Git(SDK_GIT_PLACEHOLDER.into())).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
     }

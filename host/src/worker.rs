@@ -90,8 +90,13 @@ impl PluginControl {
 
     /// Puts `slot` in place of plugin `name`; returns the replaced slot once the plugin's
     /// thread has done it (waits at most `timeout`, the calls ahead of it in its queue).
-    pub fn swap(&self, name: &str, slot: Slot, timeout: Duration) -> Result<Option<Slot>, String> {
+    /// The new slot's instance is created here, on the caller's thread, so that the swap
+    /// and the first call after it never wait for one.
+    pub fn swap(&self, name: &str, mut slot: Slot, timeout: Duration) -> Result<Option<Slot>, String> {
         let lane = self.lanes.get(name).ok_or_else(|| format!("plugin `{name}` is not configured at this site"))?;
+        if let Err(fault) = slot.prepare(&self.rt) {
+            tracing::warn!(plugin = %name, fault = %fault, "the new version could not start an instance ahead of the swap; its first call will try again");
+        }
         let (tx, rx) = mpsc::channel();
         lane.send(Job::Swap(Box::new(slot), tx)).map_err(|_| format!("the thread of plugin `{name}` has stopped"))?;
         rx.recv_timeout(timeout).map_err(|_| format!("the thread of plugin `{name}` did not take the swap within {timeout:?}"))?
@@ -179,9 +184,9 @@ impl PolicyWorker {
                 stats: stats.clone(),
                 max_event_wait: Duration::from_millis(parts.limits.max_event_wait_ms),
             };
-            let (tx, bell) = (done_tx.clone(), bell.clone());
+            let (tx, bell, clock) = (done_tx.clone(), bell.clone(), clock.clone());
             let thread = format!("gate-p-{}", name.chars().take(8).collect::<String>());
-            std::thread::Builder::new().name(thread).spawn(move || ctx.run(rx, tx, bell))?;
+            std::thread::Builder::new().name(thread).spawn(move || ctx.run(rx, tx, bell, clock))?;
             lanes.insert(name, Lane { jobs, world, queued, stats, drops: DropCount::default() });
         }
         Ok(PolicyWorker {
@@ -355,7 +360,8 @@ struct LaneCtx {
 }
 
 impl LaneCtx {
-    fn run(mut self, jobs: Receiver<Job>, done: Sender<Finished>, bell: crate::service::Bell) {
+    fn run(mut self, jobs: Receiver<Job>, done: Sender<Finished>, bell: crate::service::Bell, clock: Clock) {
+        self.unit.prepare(&self.rt, clock.now_ms());
         for job in jobs {
             let out = match job {
                 Job::Decide(id, ticket) => {
@@ -393,6 +399,9 @@ impl LaneCtx {
                 break;
             }
             bell.ring();
+            // After the answer is out: a call that faulted lost its instance, and the next
+            // read must not wait while a new one is made.
+            self.unit.prepare(&self.rt, clock.now_ms());
         }
     }
 }

@@ -4,6 +4,7 @@
 mod broker;
 mod deb;
 mod debian;
+mod examples;
 mod js;
 mod models;
 mod plugins;
@@ -25,7 +26,7 @@ struct Cli {
 enum Cmd {
     /// Install the wasm target, build every plugin, fetch and verify models, install the test broker and browser.
     Setup,
-    /// Build every plugin for wasm32-wasip2 into target/plugins/.
+    /// Build every plugin for wasm32-wasip2, and the example policy in each language, into target/plugins/.
     Plugins,
     /// Fetch and verify the face models and ONNX Runtime into models/.
     Models,
@@ -55,11 +56,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.cmd {
-        Cmd::Setup => setup(&root, true),
-        Cmd::Plugins => plugins::build_all(&root),
+        Cmd::Setup => setup(&root, Needs::Tests),
+        Cmd::Plugins => plugins::build_all(&root).and_then(|()| examples::build_all(&root)),
         Cmd::Models => models::fetch(&root),
         Cmd::Demo { args } => {
-            setup(&root, false)?;
+            setup(&root, Needs::Demo)?;
             let mut cmd = cargo();
             cmd.current_dir(&root).args(["run", "--release", "--quiet", "-p", "gate", "--", "run", "--config", "configs/demo-site.toml", "--trace", "tests/traces/morning.jsonl"]);
             cmd.args(args);
@@ -73,7 +74,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => {
-            setup(&root, true)?;
+            setup(&root, Needs::Tests)?;
             check_aarch64(&root)?;
             let mut cmd = cargo();
             cmd.current_dir(&root).args(["test", "--release", "--workspace"]);
@@ -94,7 +95,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Bench => {
-            setup(&root, false)?;
+            setup(&root, Needs::Bench)?;
             let mut cmd = cargo();
             cmd.current_dir(&root).args(["run", "--release", "--quiet", "-p", "gate", "--", "bench", "--config", "configs/demo-site.toml"]);
             run(&mut cmd)
@@ -102,16 +103,28 @@ fn main() -> Result<()> {
     }
 }
 
+/// What a command needs set up beyond the plugins and models.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// The demo gateway: nothing more.
+    Demo,
+    /// The benchmarks: the example policy in every language (and their tools).
+    Bench,
+    /// The tests: the examples, the test broker and browser.
+    Tests,
+}
+
 /// Everything a fresh machine with only the Rust toolchain needs; each step is idempotent.
-fn setup(root: &Path, for_tests: bool) -> Result<()> {
+fn setup(root: &Path, needs: Needs) -> Result<()> {
     plugins::ensure_wasm_target()?;
     plugins::build_all(root)?;
     models::fetch(root)?;
-    if for_tests {
+    if needs != Needs::Demo {
+        examples::build_all(root)?;
+    }
+    if needs == Needs::Tests {
         broker::ensure_installed()?;
         broker::ensure_browser()?;
-        python::ensure_componentize_py(root)?;
-        js::ensure_componentize_js(root)?;
     }
     Ok(())
 }

@@ -71,6 +71,11 @@ impl MemoryCap {
         MemoryCap { max_bytes, total: 0, hit: false }
     }
 
+    /// Bytes of memories and tables the instance holds now.
+    pub(crate) fn total_bytes(&self) -> usize {
+        self.total
+    }
+
     /// The cap in MiB, for messages.
     pub(crate) fn max_mb(&self) -> usize {
         self.max_bytes >> 20

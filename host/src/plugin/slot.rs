@@ -146,6 +146,18 @@ impl Slot {
         }
     }
 
+    /// Makes sure a live instance is ready, so that the next call does not pay for creating
+    /// one: called off the decision path (before a swap, and by the plugin's thread after each
+    /// call). A failure here is reported by the next call, which tries again.
+    pub fn prepare(&mut self, rt: &Runtime) -> Result<(), PluginFault> {
+        self.ensure_instance(rt)
+    }
+
+    /// Bytes of linear memory and tables the live instance holds (0 without one), for `gate bench`.
+    pub fn instance_bytes(&self) -> usize {
+        self.live.as_ref().map_or(0, |(store, _)| store.data().limiter.total_bytes())
+    }
+
     /// Time to build a fresh instance, for `gate bench`.
     pub fn instantiate_fresh(&mut self, rt: &Runtime) -> Result<std::time::Duration, PluginFault> {
         self.reset();

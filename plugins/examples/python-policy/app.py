@@ -1,4 +1,4 @@
-"""{{name}}: a site policy for gate (gate:plugin@{{contract}}, policy-plugin world), in Python.
+"""example-policy: a site policy for gate (gate:plugin@0.2.0, policy-plugin world), in Python.
 
 Rules, in order (change them; `python -m unittest test_app` checks each one natively):
 1. A guard's release or a resident's intercom approval opens: a person decided.
@@ -13,7 +13,7 @@ Rules, in order (change them; `python -m unittest test_app` checks each one nati
    (default `07:00-19:00`, every day; an end before the start runs past midnight), else
    `outside hours`; a visitor without a pass escalates to the guard.
 
-Settings (the site configuration's `[plugins.{{name}}] config`, here the sidecar's
+Settings (the site configuration's `[plugins.example-policy] config`, here the sidecar's
 `[settings]`): `open-ms` (default 5000, 0..4294967295), `staff-hours` (`HH:MM-HH:MM`).
 """
 
@@ -142,6 +142,6 @@ class Policy(exports.Policy):
                 _rules = Rules.from_settings(config.get)
             except SettingsError as e:
                 # A misconfigured policy must not guess: trap, and the host's fallback decides.
-                log.log(log.Level.ERROR, f"{{name}}: {e}")
+                log.log(log.Level.ERROR, f"example-policy: {e}")
                 raise
         return decide(event, _rules)

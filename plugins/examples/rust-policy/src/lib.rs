@@ -1,4 +1,4 @@
-//! {{name}}: a site policy for gate (gate:plugin@{{contract}}, policy-plugin world).
+//! example-policy: a site policy for gate (gate:plugin@0.2.0, policy-plugin world).
 //!
 //! Rules, in order (change them; `cargo test` checks each one natively):
 //! 1. A guard's release or a resident's intercom approval opens: a person decided.
@@ -13,7 +13,7 @@
 //!    (default `07:00-19:00`, any day), else `outside hours`; a visitor without a pass
 //!    escalates to the guard.
 //!
-//! Settings (the site configuration's `[plugins.{{name}}] config`, here the sidecar's
+//! Settings (the site configuration's `[plugins.example-policy] config`, here the sidecar's
 //! `[settings]`): `open-ms` (default 5000), `staff-hours` (a schedule, see the SDK's `Schedule`).
 
 use gate_plugin_sdk::types::{AccessEvent, Credential, CredentialKind, Decision, Direction, Escalation, Liveness, Role};
@@ -83,8 +83,8 @@ impl Policy for SitePolicy {
             Ok(rules) => decide(&event, rules),
             Err(e) => {
                 // A misconfigured policy must not guess: trap, and the host's fallback decides.
-                logging::error(&format!("{{name}}: {e}"));
-                panic!("{{name}}: {e}");
+                logging::error(&format!("example-policy: {e}"));
+                panic!("example-policy: {e}");
             }
         }
     }

@@ -1,4 +1,4 @@
-"""The rules of {{name}}, checked natively: `python -m unittest test_app` (after `componentize-py ... bindings .`)."""
+"""The rules of example-policy, checked natively: `python -m unittest test_app` (after `componentize-py ... bindings .`)."""
 
 import unittest
 
