@@ -200,3 +200,48 @@ fn plugin_test_refuses_bad_input_with_exit_2_naming_the_file() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_eq!(std::fs::read_to_string(tmp.path().join("taken/keep.txt")).expect("kept"), "mine");
 }
+
+/// `gate plugin test --watch`: the author's loop. It tests at once, then again each time the
+/// component changes, until stopped; a rebuilt component that breaks the sample shows exit 1.
+#[test]
+fn plugin_test_watch_runs_again_when_the_component_changes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let examples = root().join("plugins/examples/tests");
+    for f in ["sample.jsonl", "sample.site.toml"] {
+        std::fs::copy(examples.join(f), tmp.path().join(f)).expect("copy the sample");
+    }
+    let wasm = tmp.path().join("example-policy.wasm");
+    std::fs::copy(root().join("target/plugins/examples/rust/example-policy.wasm"), &wasm).expect("the Rust example (cargo xtask plugins)");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
+        .current_dir(tmp.path())
+        .args(["plugin", "test", "example-policy.wasm", "--trace", "sample.jsonl", "--watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gate");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_outcome = || loop {
+        let line = rx.recv_timeout(Duration::from_secs(120)).expect("gate plugin test --watch said nothing for 2 minutes");
+        if line.contains("watching") {
+            return line;
+        }
+    };
+    let first = next_outcome();
+    assert!(first.contains("exit 0") && first.contains("example-policy.wasm"), "{first}");
+    // A "rebuild" that grants everyone: the sample's unknown card and spoof now differ.
+    std::fs::copy(support::plugin("grant-all"), &wasm).expect("replace the component");
+    let second = next_outcome();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(second.contains("exit 1"), "{second}");
+}

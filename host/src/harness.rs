@@ -171,6 +171,28 @@ pub fn minimal_site(plugin: &Path, world: World, trace: &Trace, trace_path: &Pat
     Ok(cfg)
 }
 
+/// What `gate plugin test --watch` compares: each file's modification time and length (None
+/// while a file is missing, e.g. during a rebuild).
+pub fn stamps(files: &[&Path]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+}
+
+/// Returns once `files` differ from `seen` and have stayed the same for a moment (a build
+/// writes a component in pieces; testing half a file would report a bogus error).
+pub fn wait_for_change(files: &[&Path], seen: &[Option<(std::time::SystemTime, u64)>]) {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+    loop {
+        std::thread::sleep(POLL);
+        let now = stamps(files);
+        if now.as_slice() != seen && now.iter().all(Option::is_some) {
+            std::thread::sleep(POLL);
+            if stamps(files) == now {
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

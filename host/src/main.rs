@@ -254,6 +254,10 @@ enum PluginCmd {
         site: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Run again whenever the component, the trace or the sidecar changes (an author's
+        /// loop: rebuild in another terminal, read the diff here); Ctrl-C ends it.
+        #[arg(long)]
+        watch: bool,
     },
     /// Sign a component into a deployment bundle with an operator key.
     Sign(fleet_cmd::SignArgs),
@@ -540,25 +544,45 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        PluginCmd::Test { plugin, trace, site, format } => {
-            let t = Trace::load(&trace).map_err(input)?;
+        PluginCmd::Test { plugin, trace, site, format, watch } => {
+            if !watch {
+                return plugin_test(&plugin, &trace, site.as_deref(), format);
+            }
             let sidecar = gate::harness::sidecar_for(&trace, site.as_deref());
-            // The sidecar's [limits] apply to the check too (a Python component is over 16 MiB).
-            let site_as_policy = gate::harness::minimal_site(&plugin, gate::config::World::Policy, &t, &trace, sidecar.as_deref()).map_err(input)?;
-            let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
-            let report = gate::plugin::check::check(&rt, &plugin, &site_as_policy.limits).map_err(input)?;
-            drop(rt);
-            let cfg = match report.world {
-                gate::config::World::Policy => site_as_policy,
-                world => gate::harness::minimal_site(&plugin, world, &t, &trace, sidecar.as_deref()).map_err(input)?,
-            };
-            replay_and_report(cfg, &t, None, format)
+            let files: Vec<&Path> = [Some(plugin.as_path()), Some(trace.as_path()), sidecar.as_deref()].into_iter().flatten().collect();
+            loop {
+                let seen = gate::harness::stamps(&files);
+                let t = std::time::Instant::now();
+                let outcome = match plugin_test(&plugin, &trace, site.as_deref(), format) {
+                    Ok(code) => format!("exit {code}"),
+                    Err(Failure(code, e)) => format!("{e:#} (exit {code})"),
+                };
+                eprintln!("gate: {outcome} in {:.1} s; watching {} for changes (Ctrl-C ends)", t.elapsed().as_secs_f64(), files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+                gate::harness::wait_for_change(&files, &seen);
+            }
         }
         PluginCmd::Sign(a) => fleet_cmd::sign(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         PluginCmd::Deploy(a) => fleet_cmd::deploy(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         PluginCmd::Rollback(a) => fleet_cmd::rollback(a).map_err(|fleet_cmd::Fail(c, e)| Failure(c, e)),
         PluginCmd::Check { file, config } => plugin_check(file, config),
     }
+}
+
+/// `gate plugin test`: checks the component under the sidecar's limits, then replays the trace
+/// on the minimal site built around it and diffs the expectations.
+fn plugin_test(plugin: &Path, trace: &Path, site: Option<&Path>, format: Format) -> Result<u8, Failure> {
+    let t = Trace::load(trace).map_err(input)?;
+    let sidecar = gate::harness::sidecar_for(trace, site);
+    // The sidecar's [limits] apply to the check too (a Python component is over 16 MiB).
+    let site_as_policy = gate::harness::minimal_site(plugin, gate::config::World::Policy, &t, trace, sidecar.as_deref()).map_err(input)?;
+    let rt = gate::plugin::Runtime::new(gate::plugin::ExecMode::Live, None).map_err(runtime)?;
+    let report = gate::plugin::check::check(&rt, plugin, &site_as_policy.limits).map_err(input)?;
+    drop(rt);
+    let cfg = match report.world {
+        gate::config::World::Policy => site_as_policy,
+        world => gate::harness::minimal_site(plugin, world, &t, trace, sidecar.as_deref()).map_err(input)?,
+    };
+    replay_and_report(cfg, &t, None, format)
 }
 
 /// `gate plugin check`: what a component is, against the default or a site's limits.
