@@ -536,8 +536,8 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
                     dir.display()
                 ),
                 scaffold::Lang::Js => println!(
-                    "next (Node.js {}+, componentize-js {} from npm):\n  cd {}\n  npm ci\n  npm test\n  npm run build\n  gate plugin test {name}.wasm --trace tests/sample.jsonl",
-                    scaffold::NODE_MIN_VERSION,
+                    "next (Node.js {}, componentize-js {} from npm):\n  cd {}\n  npm ci\n  npm test\n  npm run build\n  gate plugin test {name}.wasm --trace tests/sample.jsonl",
+                    scaffold::NODE_VERSIONS,
                     scaffold::COMPONENTIZE_JS_VERSION,
                     dir.display()
                 ),

@@ -40,9 +40,9 @@ pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 /// `package.json` pins it; `cargo xtask setup` installs that lock file into `.cache/js`).
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 
-/// The oldest Node.js the JavaScript scaffold's pinned toolchain runs on (its lock file's
-/// strictest `engines`).
-pub const NODE_MIN_VERSION: &str = "20.19";
+/// The Node.js releases the JavaScript scaffold's pinned toolchain runs on (its lock file's
+/// strictest `engines`, which the example's `package.json` states).
+pub const NODE_VERSIONS: &str = "^20.19.0 || >=22.12.0";
 
 /// Which world the project implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +219,7 @@ mod tests {
     fn the_javascript_example_pins_the_componentize_js_the_scaffold_names() {
         let (_, package) = JS_POLICY[0];
         assert!(package.contains(&format!("\"@bytecodealliance/componentize-js\": \"{COMPONENTIZE_JS_VERSION}\"")), "{package}");
-        assert!(package.contains(&format!("\"node\": \">={NODE_MIN_VERSION}\"")), "{package}");
+        assert!(package.contains(&format!("\"node\": \"{NODE_VERSIONS}\"")), "{package}");
         let (_, lock) = JS_POLICY[1];
         assert!(lock.contains(&format!("\"node_modules/@bytecodealliance/componentize-js\": {{\n      \"version\": \"{COMPONENTIZE_JS_VERSION}\"")), "the lock file pins another componentize-js");
     }

@@ -12,9 +12,14 @@ use std::process::Command;
 /// `gate::scaffold::COMPONENTIZE_JS_VERSION` and to the example's `package.json`).
 const COMPONENTIZE_JS: &str = "0.23.0";
 
-/// The oldest Node.js the pinned tree runs on: the strictest `engines` in the lock file
+/// The Node.js releases the pinned tree runs on: the strictest `engines` in the lock file
 /// (rolldown and oxc-minify, through jco 1.35: `^20.19.0 || >=22.12.0`).
-const NODE_MIN: (u32, u32) = (20, 19);
+const NODE_SUPPORTED: &str = "20.19+ or 22.12+";
+
+/// Whether Node `major.minor` is within [`NODE_SUPPORTED`].
+fn node_supported((major, minor): (u32, u32)) -> bool {
+    (major == 20 && minor >= 19) || (major, minor) >= (22, 12)
+}
 
 /// The JavaScript example, whose `package.json` and `package-lock.json` pin the toolchain.
 fn example(root: &Path) -> PathBuf {
@@ -72,11 +77,9 @@ fn node() -> Result<Node> {
     let Some((major, minor)) = parse_version(&version) else {
         bail!("`node --version` printed `{version}`, not a version");
     };
-    if (major, minor) < NODE_MIN {
+    if !node_supported((major, minor)) {
         bail!(
-            "Node.js {version} is too old for componentize-js {COMPONENTIZE_JS}: its dependencies need Node {}.{} or later (Debian bookworm's `nodejs` is 18.20); install a newer Node.js (e.g. Debian trixie's, or NodeSource's 20.x / 22.x) and run `cargo xtask setup` again",
-            NODE_MIN.0,
-            NODE_MIN.1
+            "Node.js {version} cannot run componentize-js {COMPONENTIZE_JS}: its dependencies need Node {NODE_SUPPORTED} (Debian bookworm's `nodejs` is 18.20, too old); install such a Node.js (e.g. Debian trixie's, or NodeSource's 20.x / 22.x) and run `cargo xtask setup` again"
         );
     }
     let npm = which("npm").context("npm is not on PATH (Debian: apt install npm)")?;
@@ -102,7 +105,8 @@ mod tests {
         assert_eq!(parse_version("v20.20.2"), Some((20, 20)));
         assert_eq!(parse_version("v18.20.4\n"), Some((18, 20)));
         assert_eq!(parse_version("nonsense"), None);
-        assert!(parse_version("v18.20.4").is_some_and(|v| v < NODE_MIN));
-        assert!(parse_version("v22.1.0").is_some_and(|v| v >= NODE_MIN));
+        let ok = |v: &str| parse_version(v).is_some_and(node_supported);
+        assert!(ok("v20.20.2") && ok("v20.19.0") && ok("v22.12.0") && ok("v24.1.0"));
+        assert!(!ok("v18.20.4") && !ok("v20.18.3") && !ok("v21.7.3") && !ok("v22.11.0"));
     }
 }
