@@ -7,7 +7,7 @@ mod support;
 use support::{gate, root, text};
 
 /// Languages with an example (keep equal to xtask's `examples::LANGS`).
-const LANGS: &[&str] = &["rust", "python"];
+const LANGS: &[&str] = &["rust", "python", "js"];
 
 #[test]
 fn the_example_policy_decides_the_sample_trace_identically_in_every_language() {

@@ -122,6 +122,46 @@ fn a_new_python_project_passes_its_unit_tests_and_its_sample_trace_and_a_broken_
     sample_shows_the_broken_rule(&project, "py-policy.wasm");
 }
 
+/// npm with componentize-js from `cargo xtask setup` (`.cache/js`, the JavaScript example's own
+/// lock file) first on the PATH, as a project's `npm ci` would put it in `node_modules/.bin`.
+fn npm_in(dir: &Path, args: &[&str]) -> Output {
+    let bin = root().join(".cache/js/node_modules/.bin");
+    assert!(bin.join("componentize-js").exists(), "{} is missing componentize-js: run `cargo xtask setup` (cargo xtask test does)", bin.display());
+    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths))).expect("PATH");
+    Command::new("npm").current_dir(dir).args(args).env("PATH", path).output().expect("run npm")
+}
+
+#[test]
+fn a_new_javascript_project_passes_its_unit_tests_and_its_sample_trace_and_a_broken_rule_fails_with_a_diff() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let o = gate_in(tmp.path(), &["plugin", "new", "--lang", "js", "js-policy"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("npm run build"), "{}", text(&o));
+    let project = tmp.path().join("js-policy");
+    assert_eq!(std::fs::read_to_string(project.join("wit/gate-plugin.wit")).expect("wit"), std::fs::read_to_string(root().join("wit/gate-plugin.wit")).expect("wit"));
+
+    // The rules' own unit tests, natively (`node --test`).
+    let o = npm_in(&project, &["test"]);
+    assert!(o.status.success() && text(&o).contains("# pass 5") && text(&o).contains("# fail 0"), "unit tests of the new project:\n{}", text(&o));
+
+    // The project's own build command (componentize-js, flags from its package.json).
+    let build = |project: &Path| {
+        let o = npm_in(project, &["run", "build"]);
+        assert!(o.status.success(), "npm run build:\n{}", text(&o));
+    };
+    build(&project);
+    // The component imports the contract and nothing else (every WASI feature left out).
+    let o = gate_in(&project, &["plugin", "check", "js-policy.wasm"]);
+    assert!(o.status.success() && text(&o).contains("gate:plugin/policy-plugin@0.2.0"), "{}", text(&o));
+    let imports = text(&o).lines().find(|l| l.trim_start().starts_with("imports:")).map(str::to_string).expect("an imports line");
+    assert!(!imports.contains("wasi:"), "{imports}");
+
+    sample_passes(&project, "js-policy.wasm", "js-policy");
+    break_the_unknown_card_rule(&project.join("rules.js"), "return deny('unknown credential');", "return deny('no entry');");
+    build(&project);
+    sample_shows_the_broken_rule(&project, "js-policy.wasm");
+}
+
 #[test]
 fn the_contract_is_written_for_other_languages_as_the_host_serves_it() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -221,7 +221,7 @@ enum PluginCmd {
         config: Option<PathBuf>,
     },
     /// Print the plugin contract (WIT), or write its files into --out DIR, for other
-    /// languages' binding generators (componentize-py, jco).
+    /// languages' binding generators (componentize-py, componentize-js).
     Wit {
         #[arg(long)]
         out: Option<PathBuf>,
@@ -338,6 +338,7 @@ enum LogFormat {
 enum NewLang {
     Rust,
     Python,
+    Js,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -511,6 +512,7 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
             let lang = match lang {
                 NewLang::Rust => scaffold::Lang::Rust,
                 NewLang::Python => scaffold::Lang::Python,
+                NewLang::Js => scaffold::Lang::Js,
             };
             let kind = match kind {
                 NewKind::Policy => scaffold::Kind::Policy,
@@ -531,6 +533,12 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
                 scaffold::Lang::Python => println!(
                     "next (Python 3.11+, componentize-py {}):\n  cd {}\n  componentize-py -d wit -w policy-plugin bindings .\n  python -m unittest test_app\n  componentize-py -d wit -w policy-plugin componentize app -o {name}.wasm\n  gate plugin test {name}.wasm --trace tests/sample.jsonl",
                     scaffold::COMPONENTIZE_PY_VERSION,
+                    dir.display()
+                ),
+                scaffold::Lang::Js => println!(
+                    "next (Node.js {}, componentize-js {} from npm):\n  cd {}\n  npm ci\n  npm test\n  npm run build\n  gate plugin test {name}.wasm --trace tests/sample.jsonl",
+                    scaffold::NODE_VERSIONS,
+                    scaffold::COMPONENTIZE_JS_VERSION,
                     dir.display()
                 ),
             }

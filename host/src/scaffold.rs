@@ -28,10 +28,21 @@ pub enum Lang {
     Rust,
     /// Built by componentize-py ([`COMPONENTIZE_PY_VERSION`]) from `app.py` and the project's `wit/`.
     Python,
+    /// Built by componentize-js ([`COMPONENTIZE_JS_VERSION`], pinned by the project's
+    /// `package-lock.json`) from `app.js` and the project's `wit/`; rules tested by `node --test`.
+    Js,
 }
 
 /// The componentize-py release the Python scaffold is written and tested against.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// The componentize-js release the JavaScript scaffold is written and tested against (its
+/// `package.json` pins it; `cargo xtask setup` installs that lock file into `.cache/js`).
+pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+
+/// The Node.js releases the JavaScript scaffold's pinned toolchain runs on (its lock file's
+/// strictest `engines`, which the example's `package.json` states).
+pub const NODE_VERSIONS: &str = "^20.19.0 || >=22.12.0";
 
 /// Which world the project implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +143,22 @@ const PYTHON_POLICY: &[Template] = &[
     ("README.md", include_str!("../../plugins/examples/python-policy/README.md")),
 ];
 
+const JS_POLICY: &[Template] = &[
+    ("package.json", include_str!("../../plugins/examples/js-policy/package.json")),
+    ("package-lock.json", include_str!("../../plugins/examples/js-policy/package-lock.json")),
+    ("rules.js", include_str!("../../plugins/examples/js-policy/rules.js")),
+    ("rules.test.js", include_str!("../../plugins/examples/js-policy/rules.test.js")),
+    ("app.js", include_str!("../../plugins/examples/js-policy/app.js")),
+    (".gitignore", include_str!("../../plugins/examples/js-policy/.gitignore")),
+    ("README.md", include_str!("../../plugins/examples/js-policy/README.md")),
+];
+
 /// The example project of one language and kind.
 fn example(lang: Lang, kind: Kind) -> &'static [Template] {
     match (lang, kind) {
         (Lang::Rust, Kind::Policy) => RUST_POLICY,
         (Lang::Python, Kind::Policy) => PYTHON_POLICY,
+        (Lang::Js, Kind::Policy) => JS_POLICY,
     }
 }
 
@@ -180,7 +202,7 @@ mod tests {
     #[test]
     fn every_example_is_written_against_the_contract_the_host_serves() {
         let current = format!("gate:plugin@{}", crate::plugin::CONTRACT_VERSION);
-        for lang in [Lang::Rust, Lang::Python] {
+        for lang in [Lang::Rust, Lang::Python, Lang::Js] {
             let files = example(lang, Kind::Policy);
             assert!(files.iter().any(|(_, t)| t.contains(&current)), "{lang:?}: no file names {current}");
             for (rel, text) in files {
@@ -191,6 +213,29 @@ mod tests {
         }
         let (_, cargo) = RUST_POLICY[0];
         assert!(cargo.contains(EXAMPLE_SDK_DEP), "the Rust example's SDK line is what new projects replace");
+    }
+
+    #[test]
+    fn the_javascript_example_pins_the_componentize_js_the_scaffold_names() {
+        let (_, package) = JS_POLICY[0];
+        assert!(package.contains(&format!("\"@bytecodealliance/componentize-js\": \"{COMPONENTIZE_JS_VERSION}\"")), "{package}");
+        assert!(package.contains(&format!("\"node\": \"{NODE_VERSIONS}\"")), "{package}");
+        let (_, lock) = JS_POLICY[1];
+        assert!(lock.contains(&format!("\"node_modules/@bytecodealliance/componentize-js\": {{\n      \"version\": \"{COMPONENTIZE_JS_VERSION}\"")), "the lock file pins another componentize-js");
+    }
+
+    #[test]
+    fn a_javascript_project_is_the_example_renamed_with_the_contract_beside_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("maple-js");
+        let files = new_project(&p, "maple-js", Lang::Js, Kind::Policy, &SdkSource::Git(SDK_GIT_PLACEHOLDER.into())).expect("new");
+        for f in &files {
+            let t = std::fs::read_to_string(f).expect("read");
+            assert!(!t.contains("example-policy") && !t.contains("example_policy"), "{} keeps the example's name", f.display());
+        }
+        let package = std::fs::read_to_string(p.join("package.json")).expect("read");
+        assert!(package.contains("\"name\": \"maple-js\"") && package.contains("--out maple-js.wasm app.js"), "{package}");
+        assert!(p.join("wit/gate-plugin.wit").is_file() && p.join("tests/sample.jsonl").is_file());
     }
 
     #[test]

@@ -9,15 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The languages with an example, as `plugins/examples/<lang>-policy` and `target/plugins/examples/<lang>/`.
-pub const LANGS: &[&str] = &["rust", "python"];
+pub const LANGS: &[&str] = &["rust", "python", "js"];
 
 /// Builds every example; a language whose component is newer than its sources is skipped.
 pub fn build_all(root: &Path) -> Result<()> {
     crate::python::ensure_componentize_py(root)?;
+    crate::js::ensure_componentize_js(root)?;
     for lang in LANGS {
         let out = root.join("target/plugins/examples").join(lang).join("example-policy.wasm");
         let src = root.join("plugins/examples").join(format!("{lang}-policy"));
-        let inputs = [src.clone(), root.join("plugins/examples/tests"), root.join("wit"), root.join(".cache/python/bin/componentize-py")];
+        let inputs = [src.clone(), root.join("plugins/examples/tests"), root.join("wit"), root.join(".cache/python/bin/componentize-py"), crate::js::dir(root).join("package-lock.json")];
         if *lang != "rust" && newer_than_all(&out, &inputs) {
             continue;
         }
@@ -27,6 +28,7 @@ pub fn build_all(root: &Path) -> Result<()> {
         let built = match *lang {
             "rust" => build_rust(root, &dir)?,
             "python" => build_python(root, &dir)?,
+            "js" => build_js(root, &dir)?,
             other => anyhow::bail!("no build for the {other} example"),
         };
         std::fs::create_dir_all(out.parent().unwrap_or(root))?;
@@ -46,10 +48,16 @@ fn copy_project(root: &Path, src: &Path, dir: &Path) -> Result<()> {
     copy_dir(&root.join("wit"), &dir.join("wit"))
 }
 
+/// What an author's own build leaves in an example folder: never copied, never an input.
+const SKIPPED: &[&str] = &["target", "node_modules"];
+
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let entry = entry?;
+        if SKIPPED.iter().any(|s| entry.file_name() == *s) {
+            continue;
+        }
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
         if entry.file_type()?.is_dir() {
             copy_dir(&src, &dst)?;
@@ -81,6 +89,16 @@ fn build_python(root: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The example's own `npm run build` (componentize-js, its flags in `package.json`), with the
+/// tool from `.cache/js` (installed by `js::ensure_componentize_js`) on the PATH in place of
+/// the project's `node_modules/`.
+fn build_js(root: &Path, dir: &Path) -> Result<PathBuf> {
+    let bin = crate::js::dir(root).join("node_modules/.bin");
+    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths)))?;
+    crate::run(Command::new("npm").current_dir(dir).args(["run", "--silent", "build"]).env("PATH", path)).context("npm run build of the JavaScript example")?;
+    Ok(dir.join("example-policy.wasm"))
+}
+
 fn toml_string(p: &Path) -> String {
     format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -93,7 +111,7 @@ fn newer_than_all(out: &Path, inputs: &[PathBuf]) -> bool {
         if !meta.is_dir() {
             return meta.modified().ok();
         }
-        std::fs::read_dir(p).ok()?.filter_map(|e| e.ok()).filter(|e| e.file_name() != "target").filter_map(|e| newest(&e.path())).max()
+        std::fs::read_dir(p).ok()?.filter_map(|e| e.ok()).filter(|e| !SKIPPED.iter().any(|s| e.file_name() == *s)).filter_map(|e| newest(&e.path())).max()
     }
     inputs.iter().all(|i| newest(i).is_some_and(|t| t < built))
 }

@@ -5,6 +5,7 @@ mod broker;
 mod deb;
 mod debian;
 mod examples;
+mod js;
 mod models;
 mod plugins;
 mod python;
