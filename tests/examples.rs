@@ -6,14 +6,12 @@ mod support;
 
 use support::{gate, root, text};
 
-/// Languages with an example (keep equal to xtask's `examples::LANGS`).
-const LANGS: &[&str] = &["rust", "python", "js"];
-
 #[test]
 fn the_example_policy_decides_the_sample_trace_identically_in_every_language() {
     let trace = root().join("plugins/examples/tests/sample.jsonl");
     let mut outputs = Vec::new();
-    for lang in LANGS {
+    // Every language `gate plugin new` writes must have its example built by xtask.
+    for lang in gate::scaffold::Lang::ALL.map(gate::scaffold::Lang::name) {
         let wasm = root().join("target/plugins/examples").join(lang).join("example-policy.wasm");
         assert!(wasm.exists(), "{} is missing: `cargo xtask plugins` builds it (cargo xtask test does)", wasm.display());
         let o = gate(&["plugin", "test", wasm.to_str().expect("utf-8"), "--trace", trace.to_str().expect("utf-8"), "--format", "jsonl"]);

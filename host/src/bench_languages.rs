@@ -11,9 +11,6 @@ use anyhow::{anyhow, Result};
 use std::fmt::Write;
 use std::path::Path;
 
-/// The languages, as `<examples>/<lang>/example-policy.wasm`.
-pub const LANGS: &[&str] = &["rust", "python", "js"];
-
 /// Largest example component accepted here (a Python one is about 18 MB): the bench's own
 /// limit, as the examples' sample sidecar sets it for `gate plugin test`.
 const MAX_COMPONENT_BYTES: u64 = 32 << 20;
@@ -23,7 +20,7 @@ const MAX_COMPONENT_BYTES: u64 = 32 << 20;
 pub fn run(cfg: &SiteConfig, door: &str, card: &str, clock: &Clock, event: &wit::AccessEvent, iterations: usize, examples: &Path, start: i64, offset: i32) -> Result<String> {
     let mut out = String::new();
     let mut measured = 0;
-    for lang in LANGS {
+    for lang in crate::scaffold::Lang::ALL.map(crate::scaffold::Lang::name) {
         let path = examples.join(lang).join("example-policy.wasm");
         if !path.exists() {
             let _ = writeln!(out, "{lang:<6}: not built ({} missing; `cargo xtask plugins` builds it)", path.display());

@@ -230,10 +230,10 @@ enum PluginCmd {
     New {
         /// The plugin's name (lower-case letters, digits, `-`); the project folder unless --dir.
         name: String,
-        #[arg(long, value_enum, default_value_t = NewLang::Rust)]
-        lang: NewLang,
-        #[arg(long, value_enum, default_value_t = NewKind::Policy)]
-        kind: NewKind,
+        #[arg(long, value_enum, default_value_t = gate::scaffold::Lang::Rust)]
+        lang: gate::scaffold::Lang,
+        #[arg(long, value_enum, default_value_t = gate::scaffold::Kind::Policy)]
+        kind: gate::scaffold::Kind,
         /// Folder to create (must not exist or be empty); default ./NAME.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -332,18 +332,6 @@ enum QrCmd {
 enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum NewLang {
-    Rust,
-    Python,
-    Js,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum NewKind {
-    Policy,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -509,14 +497,6 @@ fn plugin(cmd: PluginCmd) -> Result<u8, Failure> {
             Ok(0)
         }
         PluginCmd::New { name, lang, kind, dir, sdk } => {
-            let lang = match lang {
-                NewLang::Rust => scaffold::Lang::Rust,
-                NewLang::Python => scaffold::Lang::Python,
-                NewLang::Js => scaffold::Lang::Js,
-            };
-            let kind = match kind {
-                NewKind::Policy => scaffold::Kind::Policy,
-            };
             let exe = std::env::current_exe().ok();
             let sdk = scaffold::find_sdk(sdk.as_deref(), exe.as_deref()).map_err(scaffold_err)?;
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));

@@ -23,17 +23,33 @@ pub enum ScaffoldError {
 }
 
 /// The languages `gate plugin new` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
+    /// Rust: cargo builds it for wasm32-wasip2 with the gate plugin SDK
     Rust,
-    /// Built by componentize-py ([`COMPONENTIZE_PY_VERSION`]) from `app.py` and the project's `wit/`.
+    /// Python 3.11+: componentize-py builds it from app.py and the contract in wit/
     Python,
-    /// Built by componentize-js ([`COMPONENTIZE_JS_VERSION`], pinned by the project's
-    /// `package-lock.json`) from `app.js` and the project's `wit/`; rules tested by `node --test`.
+    /// JavaScript (Node.js 20.19+): componentize-js builds it from app.js and the contract in wit/
     Js,
 }
 
-/// The componentize-py release the Python scaffold is written and tested against.
+impl Lang {
+    /// Every language with an example and a scaffold.
+    pub const ALL: [Lang; 3] = [Lang::Rust, Lang::Python, Lang::Js];
+
+    /// Its name on the command line (`--lang`), in `plugins/examples/<name>-policy` and in
+    /// `target/plugins/examples/<name>/`, where `cargo xtask plugins` puts its example.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+            Lang::Js => "js",
+        }
+    }
+}
+
+/// The componentize-py release the Python scaffold is written and tested against (its README
+/// and `gate plugin new` name it).
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
 /// The componentize-js release the JavaScript scaffold is written and tested against (its
@@ -45,8 +61,9 @@ pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 pub const NODE_VERSIONS: &str = "^20.19.0 || >=22.12.0";
 
 /// Which world the project implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
+    /// A policy plugin: decides access events (world `policy-plugin`)
     Policy,
 }
 
@@ -236,6 +253,16 @@ mod tests {
         let package = std::fs::read_to_string(p.join("package.json")).expect("read");
         assert!(package.contains("\"name\": \"maple-js\"") && package.contains("--out maple-js.wasm app.js"), "{package}");
         assert!(p.join("wit/gate-plugin.wit").is_file() && p.join("tests/sample.jsonl").is_file());
+    }
+
+    #[test]
+    fn a_language_has_one_name_on_the_command_line_and_in_the_examples() {
+        use clap::ValueEnum;
+        assert_eq!(Lang::value_variants(), Lang::ALL.as_slice());
+        for lang in Lang::ALL {
+            assert_eq!(lang.to_possible_value().expect("a --lang value").get_name(), lang.name());
+            assert!(!example(lang, Kind::Policy).is_empty(), "{lang:?} has no example");
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The languages with an example, as `plugins/examples/<lang>-policy` and `target/plugins/examples/<lang>/`.
+/// The languages with an example, as `plugins/examples/<lang>-policy` and `target/plugins/examples/<lang>/`
+/// (every `gate::scaffold::Lang`: tests/examples.rs fails when one is missing here).
 pub const LANGS: &[&str] = &["rust", "python", "js"];
 
 /// Builds every example; a language whose component is newer than its sources is skipped.
