@@ -202,7 +202,8 @@ fn plugin_test_refuses_bad_input_with_exit_2_naming_the_file() {
 }
 
 /// `gate plugin test --watch`: the author's loop. It tests at once, then again each time the
-/// component changes, until stopped; a rebuilt component that breaks the sample shows exit 1.
+/// component changes, until Ctrl-C; a rebuilt component that breaks the sample shows exit 1,
+/// and Ctrl-C ends it cleanly, its compile cache removed.
 #[test]
 fn plugin_test_watch_runs_again_when_the_component_changes() {
     use std::io::{BufRead, BufReader};
@@ -216,8 +217,11 @@ fn plugin_test_watch_runs_again_when_the_component_changes() {
     }
     let wasm = tmp.path().join("example-policy.wasm");
     std::fs::copy(root().join("target/plugins/examples/rust/example-policy.wasm"), &wasm).expect("the Rust example (cargo xtask plugins)");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).expect("scratch");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gate"))
         .current_dir(tmp.path())
+        .env("TMPDIR", &scratch)
         .args(["plugin", "test", "example-policy.wasm", "--trace", "sample.jsonl", "--watch"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -241,7 +245,22 @@ fn plugin_test_watch_runs_again_when_the_component_changes() {
     // A "rebuild" that grants everyone: the sample's unknown card and spoof now differ.
     std::fs::copy(support::plugin("grant-all"), &wasm).expect("replace the component");
     let second = next_outcome();
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(second.contains("exit 1"), "{second}");
+    // Ctrl-C.
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("run kill");
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gate plugin test --watch did not end on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let left: Vec<_> = std::fs::read_dir(&scratch).expect("scratch").map(|e| e.expect("entry").file_name()).collect();
+    assert!(left.is_empty(), "the compile cache was left behind: {left:?}");
 }
