@@ -91,6 +91,17 @@ fn python_tool(name: &str) -> PathBuf {
     p
 }
 
+/// `gate plugin new --lang LANG NAME` in `dir`, for a language whose tools read the contract
+/// from the project: it says how to build (`build_hint`) and writes the contract the host serves.
+fn new_project_with_contract(dir: &Path, lang: &str, name: &str, build_hint: &str) -> PathBuf {
+    let o = gate_in(dir, &["plugin", "new", "--lang", lang, name]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(build_hint), "{}", text(&o));
+    let project = dir.join(name);
+    assert_eq!(std::fs::read_to_string(project.join("wit/gate-plugin.wit")).expect("wit"), std::fs::read_to_string(root().join("wit/gate-plugin.wit")).expect("wit"));
+    project
+}
+
 fn run_in(dir: &Path, program: &Path, args: &[&str]) -> Output {
     Command::new(program).current_dir(dir).args(args).output().unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
 }
@@ -98,11 +109,7 @@ fn run_in(dir: &Path, program: &Path, args: &[&str]) -> Output {
 #[test]
 fn a_new_python_project_passes_its_unit_tests_and_its_sample_trace_and_a_broken_rule_fails_with_a_diff() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let o = gate_in(tmp.path(), &["plugin", "new", "--lang", "python", "py-policy"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("componentize-py -d wit -w policy-plugin"), "{}", text(&o));
-    let project = tmp.path().join("py-policy");
-    assert_eq!(std::fs::read_to_string(project.join("wit/gate-plugin.wit")).expect("wit"), std::fs::read_to_string(root().join("wit/gate-plugin.wit")).expect("wit"));
+    let project = new_project_with_contract(tmp.path(), "python", "py-policy", "componentize-py -d wit -w policy-plugin");
     let (cpy, python) = (python_tool("componentize-py"), python_tool("python"));
 
     // The contract's types for Python, then the rules' own unit tests, natively.
@@ -134,11 +141,7 @@ fn npm_in(dir: &Path, args: &[&str]) -> Output {
 #[test]
 fn a_new_javascript_project_passes_its_unit_tests_and_its_sample_trace_and_a_broken_rule_fails_with_a_diff() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let o = gate_in(tmp.path(), &["plugin", "new", "--lang", "js", "js-policy"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("npm run build"), "{}", text(&o));
-    let project = tmp.path().join("js-policy");
-    assert_eq!(std::fs::read_to_string(project.join("wit/gate-plugin.wit")).expect("wit"), std::fs::read_to_string(root().join("wit/gate-plugin.wit")).expect("wit"));
+    let project = new_project_with_contract(tmp.path(), "js", "js-policy", "npm run build");
 
     // The rules' own unit tests, natively (`node --test`).
     let o = npm_in(&project, &["test"]);

@@ -245,14 +245,19 @@ mod tests {
     fn a_javascript_project_is_the_example_renamed_with_the_contract_beside_it() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("maple-js");
-        let files = new_project(&p, "maple-js", Lang::Js, Kind::Policy, &SdkSource::Git(SDK_GIT_PLACEHOLDER.into())).expect("new");
-        for f in &files {
-            let t = std::fs::read_to_string(f).expect("read");
-            assert!(!t.contains("example-policy") && !t.contains("example_policy"), "{} keeps the example's name", f.display());
-        }
+        renamed_project(&p, "maple-js", Lang::Js);
         let package = std::fs::read_to_string(p.join("package.json")).expect("read");
         assert!(package.contains("\"name\": \"maple-js\"") && package.contains("--out maple-js.wasm app.js"), "{package}");
         assert!(p.join("wit/gate-plugin.wit").is_file() && p.join("tests/sample.jsonl").is_file());
+    }
+
+    /// A new project at `p`, none of whose files keeps the example's name or SDK path.
+    fn renamed_project(p: &Path, name: &str, lang: Lang) {
+        let files = new_project(p, name, lang, Kind::Policy, &SdkSource::Git(SDK_GIT_PLACEHOLDER.into())).expect("new");
+        for f in &files {
+            let t = std::fs::read_to_string(f).expect("read");
+            assert!(!t.contains("example-policy") && !t.contains("example_policy") && !t.contains("../../sdk"), "{} keeps the example's name or SDK path", f.display());
+        }
     }
 
     #[test]
@@ -277,11 +282,7 @@ mod tests {
     fn a_project_is_the_example_renamed_and_never_overwrites() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("my-policy");
-        let files = new_project(&p, "my-policy", Lang::Rust, Kind::Policy, &SdkSource::Git(SDK_GIT_PLACEHOLDER.into())).expect("new");
-        for f in &files {
-            let t = std::fs::read_to_string(f).expect("read");
-            assert!(!t.contains("example-policy") && !t.contains("example_policy") && !t.contains("../../sdk"), "{} keeps the example's name or SDK path", f.display());
-        }
+        renamed_project(&p, "my-policy", Lang::Rust);
         let cargo = std::fs::read_to_string(p.join("Cargo.toml")).expect("read");
         assert!(cargo.contains("name = \"my-policy\"") && cargo.contains(SDK_GIT_PLACEHOLDER), "{cargo}");
         let lib = std::fs::read_to_string(p.join("src/lib.rs")).expect("read");
