@@ -19,9 +19,17 @@ pub fn build_all(root: &Path) -> Result<()> {
     for lang in LANGS {
         let out = root.join("target/plugins/examples").join(lang).join("example-policy.wasm");
         let src = root.join("plugins/examples").join(format!("{lang}-policy"));
-        let inputs = [src.clone(), root.join("plugins/examples/tests"), root.join("wit"), root.join(".cache/python/bin/componentize-py"), crate::js::dir(root).join("package-lock.json")];
-        if *lang != "rust" && newer_than_all(&out, &inputs) {
-            continue;
+        // Rust is always handed to cargo, which knows what changed; the others are rebuilt when
+        // the example, the sample, the contract or their own tool changed.
+        let tool = match *lang {
+            "python" => Some(crate::python::venv(root).join("bin/componentize-py")),
+            "js" => Some(crate::js::dir(root).join("package-lock.json")),
+            _ => None,
+        };
+        if let Some(tool) = tool {
+            if newer_than_all(&out, &[src.clone(), root.join("plugins/examples/tests"), root.join("wit"), tool]) {
+                continue;
+            }
         }
         eprintln!("xtask: building the {lang} example policy (plugins/examples/{lang}-policy)");
         let dir = root.join("target/examples").join(format!("{lang}-policy"));
@@ -74,7 +82,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 fn build_rust(root: &Path, dir: &Path) -> Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest)?;
-    let sdk = toml_string(&root.join("plugins/sdk"));
+    let sdk = toml::Value::String(root.join("plugins/sdk").display().to_string()).to_string();
     std::fs::write(&manifest, text.replace("path = \"../../sdk\"", &format!("path = {sdk}")))?;
     std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))?;
     let target = root.join("target/plugin-author");
@@ -98,10 +106,6 @@ fn build_js(root: &Path, dir: &Path) -> Result<PathBuf> {
     let path = std::env::join_paths(std::iter::once(bin).chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths)))?;
     crate::run(Command::new("npm").current_dir(dir).args(["run", "--silent", "build"]).env("PATH", path)).context("npm run build of the JavaScript example")?;
     Ok(dir.join("example-policy.wasm"))
-}
-
-fn toml_string(p: &Path) -> String {
-    format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Whether `out` exists and is newer than every file under `inputs`.
