@@ -322,7 +322,7 @@ pub(crate) fn swaps_under_load(cfg: &SiteConfig, door: &str, pc: &crate::config:
     let all: Vec<Duration> = done.iter().map(|(_, d, _)| *d).collect();
     let all: Stats = Stats::of(all);
     Ok(format!(
-        "{} swaps while {READS_PER_SEC} card reads/s arrived; {submitted} reads, {decided} decided ({} lost), {not_by_plugin} not by the plugin\n  swap request -> done on the policy thread            {}\n  read -> logged decision, reads within 2 ms of a swap {}\n  read -> logged decision, all reads                   {}\n  slowest decision {:.2} ms against the {} ms plugin deadline",
+        "{} swaps while {READS_PER_SEC} card reads/s arrived; {submitted} reads, {decided} decided ({} lost), {not_by_plugin} not by the plugin\n  swap request -> in service (new instance made first) {}\n  read -> logged decision, reads within 2 ms of a swap {}\n  read -> logged decision, all reads                   {}\n  slowest decision {:.2} ms against the {} ms plugin deadline",
         swap_times.len(),
         submitted.saturating_sub(decided),
         Stats::of(swap_times.iter().map(|(_, d)| *d).collect()),
